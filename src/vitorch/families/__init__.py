@@ -1,0 +1,18 @@
+"""Variational families: torch distributions with reparameterized draws, fused log-densities
+and log-densities at stopped parameters."""
+
+from . import kl as _kl  # noqa: F401  (registers closed-form KL divergences with torch)
+from .base import Family, stopped
+from .gaussian import DiagNormal, FullRankNormal, LowRankNormal
+from .heads import DiagNormalHead, FullRankNormalHead, LowRankNormalHead
+
+__all__ = [
+    "Family",
+    "stopped",
+    "DiagNormal",
+    "FullRankNormal",
+    "LowRankNormal",
+    "DiagNormalHead",
+    "FullRankNormalHead",
+    "LowRankNormalHead",
+]

@@ -1,0 +1,105 @@
+"""The contract every vitorch variational family keeps.
+
+A family is a :class:`torch.distributions.Distribution` with three additions that
+variational inference needs and torch does not provide:
+
+* :meth:`Family.rsample_and_log_prob` draws reparameterized samples and their
+  log-density in one pass (for a location-scale family the density follows from
+  the noise, so no solve is needed);
+* :meth:`Family.detach` returns the same distribution with its parameters cut
+  from the graph.  ``q.detach().log_prob(z)`` is "log q at stopped parameters",
+  which sticking-the-landing (Roeder et al., 2017) and DReG (Tucker et al., 2019)
+  evaluate while ``z`` keeps its path to the parameters;
+* parameter checks that raise :class:`ValueError` naming the parameter and the
+  constraint it breaks, including infinite values that torch's ``positive``
+  constraint lets through.
+
+:func:`stopped` extends ``detach`` to plain torch distributions, so estimators
+accept ``torch.distributions`` objects as well.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent, MultivariateNormal
+
+__all__ = ["Family", "stopped", "broadcast_params", "check_param"]
+
+
+def broadcast_params(**params: Tensor) -> list[Tensor]:
+    """Broadcast parameters against each other, or raise ``ValueError`` giving every shape."""
+    try:
+        return list(torch.broadcast_tensors(*params.values()))
+    except RuntimeError:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in params.items())
+        raise ValueError(f"parameter shapes do not broadcast: {shapes}") from None
+
+
+def check_param(name: str, value: Tensor, constraint: str, ok: Tensor, family: str) -> None:
+    """Raise ``ValueError`` if ``ok`` is not all true.
+
+    ``ok`` is a boolean tensor computed by the caller; NaN must make it false.
+    """
+    if not bool(ok.all()):
+        bad = value.detach()[~ok] if ok.shape == value.shape else value.detach().flatten()[:4]
+        raise ValueError(
+            f"{family}: parameter {name} must satisfy {constraint}; "
+            f"found invalid values such as {bad.flatten()[:4].tolist()} (shape {tuple(value.shape)})"
+        )
+
+
+class Family(Distribution):
+    """Base class of vitorch's variational families.
+
+    Subclasses implement ``rsample_and_log_prob`` (or inherit the generic one) and
+    ``detach``.  Every sample-shaped result has the sample dimensions first:
+    ``z`` is ``[*sample_shape, *batch_shape, *event_shape]`` and its log-density
+    ``[*sample_shape, *batch_shape]``.
+    """
+
+    def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
+        """Draw ``z`` by reparameterization and return ``(z, log q(z))``.
+
+        Args:
+            sample_shape: leading shape of the draw, e.g. ``(K,)`` particles.
+
+        Returns:
+            ``z`` of shape ``[*sample_shape, *batch_shape, *event_shape]`` and
+            ``log_q`` of shape ``[*sample_shape, *batch_shape]``.  Both carry
+            gradients to the parameters.
+        """
+        z = self.rsample(torch.Size(sample_shape))
+        return z, self.log_prob(z)
+
+    def detach(self) -> Family:
+        """The same distribution with every parameter detached from the graph."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement detach()")
+
+
+def stopped(q: Distribution) -> Distribution:
+    """Return ``q`` with stopped parameters: ``stopped(q).log_prob(z)`` has no path to them.
+
+    Works for vitorch families (through :meth:`Family.detach`), for
+    ``Independent`` wrappers, and for torch distributions whose constructor takes
+    exactly their ``arg_constraints`` (Normal, MultivariateNormal, Gamma, ...).
+
+    Raises:
+        ValueError: if ``q`` cannot be rebuilt with detached parameters.
+    """
+    if isinstance(q, Family):
+        return q.detach()
+    if isinstance(q, Independent):
+        return Independent(stopped(q.base_dist), q.reinterpreted_batch_ndims, validate_args=False)
+    if isinstance(q, MultivariateNormal):
+        return MultivariateNormal(
+            q.loc.detach(), scale_tril=q._unbroadcasted_scale_tril.detach(), validate_args=False
+        )
+    names = [k for k in q.arg_constraints if k in q.__dict__]
+    try:
+        return type(q)(**{k: getattr(q, k).detach() for k in names}, validate_args=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"cannot evaluate log_prob at stopped parameters for {type(q).__name__}; "
+            "use a vitorch family or one whose constructor takes its arg_constraints"
+        ) from err

@@ -1,0 +1,337 @@
+"""Gaussian variational families: diagonal, full-rank (Cholesky) and low-rank-plus-diagonal.
+
+All three have event shape ``[D]`` and reparameterize ``z = loc + A eps`` with
+``eps ~ N(0, I)`` (Kingma & Welling, 2014; Rezende et al., 2014).  Their
+``rsample_and_log_prob`` reads log q from the noise, ``-||eps||^2 / 2 - log|det A|
+- D log(2 pi) / 2``, which skips the solve that ``log_prob(z)`` would need (the
+low-rank family, whose noise has ``R + D`` dimensions, still evaluates it).
+
+References:
+    Kingma & Welling, Auto-Encoding Variational Bayes (2014).
+    Rezende, Mohamed & Wierstra, Stochastic Backpropagation and Approximate
+    Inference in Deep Generative Models (2014).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.distributions import constraints
+from torch.distributions.utils import lazy_property
+
+from . import _linalg
+from .base import Family, broadcast_params
+from .constraints import finite_real_matrix, finite_real_vector, lower_cholesky_finite, positive_finite_vector
+
+__all__ = ["DiagNormal", "FullRankNormal", "LowRankNormal"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _as_tensor(x, like: Tensor | None = None) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    dtype = like.dtype if like is not None else torch.get_default_dtype()
+    return torch.as_tensor(x, dtype=dtype)
+
+
+def _event_check(name: str, t: Tensor, ndim: int, family: str) -> None:
+    if t.dim() < ndim:
+        raise ValueError(f"{family}: {name} must have at least {ndim} dimension(s); got shape {tuple(t.shape)}")
+
+
+class DiagNormal(Family):
+    """Gaussian with diagonal covariance, ``N(loc, diag(scale^2))``.
+
+    Args:
+        loc: ``[*batch, D]`` mean.
+        scale: ``[*batch, D]`` standard deviations, positive and finite;
+            broadcasts against ``loc``.
+        validate_args: check parameters and ``log_prob`` inputs (torch's default
+            when ``None``).
+
+    Example:
+        >>> q = DiagNormal(torch.zeros(3), torch.ones(3))
+        >>> z, log_q = q.rsample_and_log_prob((5,))   # [5, 3], [5]
+    """
+
+    arg_constraints = {"loc": finite_real_vector, "scale": positive_finite_vector}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, loc: Tensor, scale: Tensor, validate_args: bool | None = None):
+        loc = _as_tensor(loc)
+        scale = _as_tensor(scale, loc)
+        _event_check("loc", loc, 1, "DiagNormal")
+        self.loc, self.scale = broadcast_params(loc=loc, scale=scale)
+        super().__init__(self.loc.shape[:-1], self.loc.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        shape = torch.Size(batch_shape) + self.event_shape
+        return DiagNormal(self.loc.expand(shape), self.scale.expand(shape), validate_args=False)
+
+    def detach(self) -> DiagNormal:
+        return DiagNormal(self.loc.detach(), self.scale.detach(), validate_args=False)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def mode(self) -> Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> Tensor:
+        return self.scale.pow(2)
+
+    @property
+    def stddev(self) -> Tensor:
+        return self.scale
+
+    @property
+    def covariance_matrix(self) -> Tensor:
+        return torch.diag_embed(self.variance)
+
+    @property
+    def scale_tril(self) -> Tensor:
+        return torch.diag_embed(self.scale)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + self.scale * eps
+
+    def rsample_and_log_prob(self, sample_shape=torch.Size()) -> tuple[Tensor, Tensor]:
+        eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
+        z = self.loc + self.scale * eps
+        d = self.loc.shape[-1]
+        log_q = -0.5 * eps.pow(2).sum(-1) - (self.scale.log().sum(-1) + 0.5 * d * _LOG_2PI)
+        return z, log_q
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        u = (value - self.loc) / self.scale
+        d = self.loc.shape[-1]
+        return -0.5 * u.pow(2).sum(-1) - (self.scale.log().sum(-1) + 0.5 * d * _LOG_2PI)
+
+    def entropy(self) -> Tensor:
+        d = self.loc.shape[-1]
+        return self.scale.log().sum(-1) + 0.5 * d * (1 + _LOG_2PI)
+
+
+class FullRankNormal(Family):
+    """Gaussian with dense covariance ``scale_tril @ scale_tril.T``.
+
+    Args:
+        loc: ``[*batch, D]`` mean.
+        scale_tril: ``[*batch, D, D]`` lower-triangular Cholesky factor with a
+            positive diagonal; its batch dimensions broadcast against ``loc``'s.
+        validate_args: check parameters and ``log_prob`` inputs.
+
+    ``log_prob`` costs one triangular solve, ``O(D^2)`` per sample;
+    ``rsample_and_log_prob`` costs one triangular product.
+    """
+
+    arg_constraints = {"loc": finite_real_vector, "scale_tril": lower_cholesky_finite}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, loc: Tensor, scale_tril: Tensor, validate_args: bool | None = None):
+        loc = _as_tensor(loc)
+        scale_tril = _as_tensor(scale_tril, loc)
+        _event_check("loc", loc, 1, "FullRankNormal")
+        _event_check("scale_tril", scale_tril, 2, "FullRankNormal")
+        d = loc.shape[-1]
+        if scale_tril.shape[-2:] != (d, d):
+            raise ValueError(
+                f"FullRankNormal: scale_tril must end in [D, D] = [{d}, {d}] to match loc; "
+                f"got loc {tuple(loc.shape)} and scale_tril {tuple(scale_tril.shape)}"
+            )
+        try:
+            batch_shape = torch.broadcast_shapes(loc.shape[:-1], scale_tril.shape[:-2])
+        except RuntimeError:
+            raise ValueError(
+                f"FullRankNormal: batch shapes do not broadcast: loc {tuple(loc.shape)}, "
+                f"scale_tril {tuple(scale_tril.shape)}"
+            ) from None
+        self._loc, self._scale_tril = loc, scale_tril  # unbroadcast, for cheap products
+        self.loc = loc.expand(*batch_shape, d)
+        self.scale_tril = scale_tril.expand(*batch_shape, d, d)
+        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        d = self.event_shape[0]
+        return FullRankNormal(
+            self.loc.expand(*batch_shape, d), self.scale_tril.expand(*batch_shape, d, d), validate_args=False
+        )
+
+    def detach(self) -> FullRankNormal:
+        return FullRankNormal(self._loc.detach(), self._scale_tril.detach(), validate_args=False)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def mode(self) -> Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> Tensor:
+        return self.scale_tril.pow(2).sum(-1)
+
+    @property
+    def covariance_matrix(self) -> Tensor:
+        return self.scale_tril @ self.scale_tril.mT
+
+    def _half_log_det(self) -> Tensor:
+        return self._scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1).expand(self.batch_shape)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
+        return self._loc + _linalg.matvec(self._scale_tril, eps, self.batch_shape)
+
+    def rsample_and_log_prob(self, sample_shape=torch.Size()) -> tuple[Tensor, Tensor]:
+        eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
+        z = self._loc + _linalg.matvec(self._scale_tril, eps, self.batch_shape)
+        d = self.event_shape[0]
+        log_q = -0.5 * eps.pow(2).sum(-1) - (self._half_log_det() + 0.5 * d * _LOG_2PI)
+        return z, log_q
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        d = self.event_shape[0]
+        u = _linalg.tril_solve(self._scale_tril, value - self.loc, self.batch_shape)
+        return -0.5 * u.pow(2).sum(-1) - (self._half_log_det() + 0.5 * d * _LOG_2PI)
+
+    def entropy(self) -> Tensor:
+        d = self.event_shape[0]
+        return self._half_log_det() + 0.5 * d * (1 + _LOG_2PI)
+
+
+class LowRankNormal(Family):
+    """Gaussian with covariance ``cov_factor @ cov_factor.T + diag(cov_diag)``.
+
+    Args:
+        loc: ``[*batch, D]`` mean.
+        cov_factor: ``[*batch, D, R]`` low-rank factor ``W``.
+        cov_diag: ``[*batch, D]`` positive diagonal ``d``.
+        validate_args: check parameters and ``log_prob`` inputs.
+
+    ``log_prob`` uses the Woodbury identity and the matrix determinant lemma
+    through the ``R x R`` capacitance ``I + W^T diag(d)^{-1} W``, so it costs
+    ``O(D R)`` per sample plus one ``O(R^3)`` factorization per batch element.
+    """
+
+    arg_constraints = {
+        "loc": finite_real_vector,
+        "cov_factor": finite_real_matrix,
+        "cov_diag": positive_finite_vector,
+    }
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, loc: Tensor, cov_factor: Tensor, cov_diag: Tensor, validate_args: bool | None = None):
+        loc = _as_tensor(loc)
+        cov_factor = _as_tensor(cov_factor, loc)
+        cov_diag = _as_tensor(cov_diag, loc)
+        _event_check("loc", loc, 1, "LowRankNormal")
+        _event_check("cov_factor", cov_factor, 2, "LowRankNormal")
+        _event_check("cov_diag", cov_diag, 1, "LowRankNormal")
+        d = loc.shape[-1]
+        if cov_factor.shape[-2] != d or cov_diag.shape[-1] != d:
+            raise ValueError(
+                f"LowRankNormal: event sizes differ: loc {tuple(loc.shape)}, cov_factor "
+                f"{tuple(cov_factor.shape)} (expected [..., {d}, R]), cov_diag {tuple(cov_diag.shape)}"
+            )
+        try:
+            batch_shape = torch.broadcast_shapes(loc.shape[:-1], cov_factor.shape[:-2], cov_diag.shape[:-1])
+        except RuntimeError:
+            raise ValueError(
+                f"LowRankNormal: batch shapes do not broadcast: loc {tuple(loc.shape)}, "
+                f"cov_factor {tuple(cov_factor.shape)}, cov_diag {tuple(cov_diag.shape)}"
+            ) from None
+        r = cov_factor.shape[-1]
+        self._cov_factor = cov_factor
+        self.loc = loc.expand(*batch_shape, d)
+        self.cov_factor = cov_factor.expand(*batch_shape, d, r)
+        self.cov_diag = cov_diag.expand(*batch_shape, d)
+        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        d, r = self.cov_factor.shape[-2:]
+        return LowRankNormal(
+            self.loc.expand(*batch_shape, d),
+            self.cov_factor.expand(*batch_shape, d, r),
+            self.cov_diag.expand(*batch_shape, d),
+            validate_args=False,
+        )
+
+    def detach(self) -> LowRankNormal:
+        return LowRankNormal(
+            self.loc.detach(), self._cov_factor.detach(), self.cov_diag.detach(), validate_args=False
+        )
+
+    @property
+    def rank(self) -> int:
+        return self.cov_factor.shape[-1]
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def mode(self) -> Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> Tensor:
+        return self.cov_factor.pow(2).sum(-1) + self.cov_diag
+
+    @property
+    def covariance_matrix(self) -> Tensor:
+        return self.cov_factor @ self.cov_factor.mT + torch.diag_embed(self.cov_diag)
+
+    @property
+    def scale_tril(self) -> Tensor:
+        return torch.linalg.cholesky(self.covariance_matrix)
+
+    @lazy_property
+    def _capacitance_tril(self) -> Tensor:
+        # C = I + W^T D^{-1} W; its Cholesky gives both the Woodbury solve and log|Sigma|.
+        w = self._cov_factor
+        wt_dinv = w.mT / self.cov_diag.unsqueeze(-2)
+        cap = wt_dinv @ w
+        cap = cap + torch.eye(self.rank, dtype=cap.dtype, device=cap.device)
+        return torch.linalg.cholesky(cap)
+
+    def _log_det(self) -> Tensor:
+        half = self._capacitance_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return (2 * half + self.cov_diag.log().sum(-1)).expand(self.batch_shape)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        shape = self._extended_shape(sample_shape)
+        eps_w = torch.randn(*shape[:-1], self.rank, dtype=self.loc.dtype, device=self.loc.device)
+        eps_d = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + _linalg.matvec(self._cov_factor, eps_w, self.batch_shape) + self.cov_diag.sqrt() * eps_d
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        x = value - self.loc
+        x_over_d = x / self.cov_diag
+        wt_x = _linalg.matvec(self._cov_factor.mT, x_over_d, self.batch_shape)
+        y = _linalg.tril_solve(self._capacitance_tril, wt_x, self.batch_shape)
+        mahalanobis = (x * x_over_d).sum(-1) - y.pow(2).sum(-1)
+        d = self.event_shape[0]
+        return -0.5 * (mahalanobis + self._log_det() + d * _LOG_2PI)
+
+    def entropy(self) -> Tensor:
+        d = self.event_shape[0]
+        return 0.5 * (self._log_det() + d * (1 + _LOG_2PI))
