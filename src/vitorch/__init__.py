@@ -6,6 +6,7 @@ Families are torch distributions; objectives are pure functions of log-weights
 scalar surrogate whose value is the bound and whose gradient is the estimator's.
 """
 
+from . import estimators, objectives
 from ._version import __version__
 from .families import (
     DiagNormal,
@@ -17,9 +18,15 @@ from .families import (
     LowRankNormalHead,
     stopped,
 )
+from .loss import LossOutput, check, loss
 
 __all__ = [
     "__version__",
+    "estimators",
+    "objectives",
+    "loss",
+    "check",
+    "LossOutput",
     "Family",
     "stopped",
     "DiagNormal",

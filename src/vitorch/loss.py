@@ -1,0 +1,117 @@
+"""``vitorch.loss``: a log-joint, a family, an objective and an estimator become one scalar.
+
+The returned loss has the *value* of the (negated) bound and the *gradient* of the
+estimator, joined by the identity ``a.detach() + (b - b.detach())``: printing the
+loss prints the bound, and ``backward`` follows the estimator (TFP, BlackJAX).
+No backward is called here; the caller owns the optimization step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from .estimators import Estimator, reparam
+from .objectives import Objective, elbo
+
+__all__ = ["loss", "check", "LossOutput"]
+
+
+@dataclass
+class LossOutput:
+    """What :func:`loss` returns.
+
+    Attributes:
+        loss: scalar surrogate to minimize.  Its value is ``-mean(bound)`` for a lower
+            bound and ``+mean(bound)`` for an upper bound (so minimizing tightens it);
+            its gradient is the estimator's.
+        bound: ``[*batch]`` the bound estimate per datum (detached).  For a split
+            objective, the model's bound.
+        log_w: ``[K, *batch]`` detached log-weights (for diagnostics such as ESS).
+        z: ``[K, *batch, *event]`` the particles, still attached to the guide where the
+            estimator is pathwise (InfoVAE's MMD term uses them).
+    """
+
+    loss: Tensor
+    bound: Tensor
+    log_w: Tensor
+    z: Tensor
+
+
+def _factory_hint(x) -> str:
+    name = getattr(x, "__name__", type(x).__name__)
+    return f"{name} is a factory; call it (e.g. {name}()) to get an instance"
+
+
+def check(q: Distribution, num_particles: int, objective: Objective, estimator: Estimator) -> None:
+    """Raise ``ValueError`` listing every reason the combination cannot run; return ``None`` if it can.
+
+    Called by :func:`loss` before any sampling; call it yourself to fail at set-up.
+    """
+    reasons = []
+    if not isinstance(objective, Objective):
+        reasons.append(
+            f"objective must be a vitorch objective; got {objective!r}"
+            + (f" ({_factory_hint(objective)})" if callable(objective) else "")
+        )
+    if not isinstance(estimator, Estimator):
+        reasons.append(
+            f"estimator must be a vitorch estimator; got {estimator!r}"
+            + (f" ({_factory_hint(estimator)})" if callable(estimator) else "")
+        )
+    if not isinstance(q, Distribution):
+        reasons.append(f"q must be a torch Distribution (a vitorch family); got {type(q).__name__}")
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+        reasons.append(f"num_particles (K) must be an integer >= 1; got {num_particles!r}")
+    elif isinstance(objective, Objective):
+        reasons += objective.reasons(num_particles)
+        if isinstance(estimator, Estimator) and isinstance(q, Distribution):
+            reasons += estimator.reasons(objective, q, num_particles)
+    if reasons:
+        raise ValueError("invalid variational set-up:\n  - " + "\n  - ".join(reasons))
+
+
+def loss(
+    log_joint: Callable[[Tensor], Tensor],
+    q: Distribution,
+    num_particles: int = 1,
+    objective: Objective = elbo,
+    estimator: Estimator = reparam,
+    *,
+    context: Tensor | None = None,
+) -> LossOutput:
+    """Monte Carlo variational loss with the estimator's gradient.
+
+    Args:
+        log_joint: maps particles ``z [K, *batch, *event]`` to ``log p(x, z)`` of
+            shape ``[K, *batch]``; it closes over the data and the model's parameters.
+        q: the guide, a distribution with batch shape ``[*batch]``.
+        num_particles: K, the number of particles per datum.
+        objective: a :mod:`vitorch.objectives` bound (``elbo``, ``iwae``, ``miwae(M)``...).
+        estimator: a :mod:`vitorch.estimators` estimator (``reparam``, ``dreg``...).
+        context: what an input-dependent baseline reads (``score(LearnedBaseline(net))``).
+
+    Returns:
+        :class:`LossOutput`; ``out.loss.backward()`` populates the gradients.
+
+    Raises:
+        ValueError: before any sampling, listing every reason the objective,
+            estimator, family and K cannot work together; or if ``log_joint``
+            returns the wrong shape.
+
+    Example:
+        >>> out = vt.loss(log_joint, q, num_particles=8, objective=vt.objectives.iwae,
+        ...               estimator=vt.estimators.dreg)
+        >>> out.loss.backward()
+    """
+    check(q, num_particles, objective, estimator)
+    surrogate, log_w, z = estimator.surrogate(log_joint, q, num_particles, objective, context)
+    with torch.no_grad():
+        bound = objective(log_w)
+    ascent = surrogate.mean()
+    value = -objective.sign * bound.mean()
+    return LossOutput(loss=value.detach() - (ascent - ascent.detach()), bound=bound, log_w=log_w, z=z)
