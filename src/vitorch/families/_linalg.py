@@ -1,56 +1,68 @@
-"""Batched triangular algebra with the sample dimensions folded into the right-hand side.
+"""Batched matrix algebra with the sample dimensions folded into the right-hand side.
 
 A family with batch shape ``B`` and ``K`` particles holds one matrix per batch
 element.  ``torch.matmul(L, eps[..., None])`` would broadcast ``L`` to
-``[K, *B, D, D]`` and copy it; folding the particles into the columns of one
-right-hand side per batch element keeps a single ``[*B, D, D]`` operand and turns
-``K`` matrix-vector products into one matrix-matrix product.
+``[K, *B, D, D]`` and copy it.  Here every dimension along which the matrix is
+*shared* (the sample dimensions, and batch dimensions where the matrix has size 1)
+is folded into the columns of one right-hand side per *distinct* matrix, so the
+matrix is never copied and ``K`` matrix-vector products become one matrix-matrix
+product (a single GEMM when the matrix is shared by everything).
+
+The right-hand side may also carry batch dimensions that broadcast against the
+matrix's (a value of shape ``[2, 3, D]`` against a matrix of shape
+``[2, 1, D, D]``), as ``torch.distributions`` allows in ``log_prob``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 
-def to_columns(x: Tensor, batch_shape: torch.Size) -> tuple[Tensor, torch.Size]:
-    """``x [*S, *B, D] -> [prod(B), D, prod(S)]`` and the sample shape ``S``."""
-    d = x.shape[-1]
-    nb = len(batch_shape)
-    sample_shape = x.shape[: x.dim() - nb - 1]
-    x = x.expand(*sample_shape, *batch_shape, d)
-    n_s, n_b = math.prod(sample_shape), math.prod(batch_shape)
-    return x.reshape(n_s, n_b, d).permute(1, 2, 0), sample_shape
+def _apply(op: Callable[[Tensor, Tensor], Tensor], m: Tensor, x: Tensor) -> Tensor:
+    """``op(m, columns)`` for ``m [*Bm, D, E]`` and ``x [*Bx, E]``, returning ``[*broadcast(Bx, Bm), D]``.
+
+    ``op`` maps ``([N, D, E], [N, E, C]) -> [N, D, C]`` (a product or a solve).
+    """
+    # A dimension along which ``m`` was expanded (stride 0) holds one matrix; treat it
+    # as size 1 so that reshaping ``m`` below never materializes the copies.
+    for i in range(m.dim() - 2):
+        if m.shape[i] > 1 and m.stride(i) == 0:
+            m = m.narrow(i, 0, 1)
+    e = x.shape[-1]
+    full = torch.broadcast_shapes(x.shape[:-1], m.shape[:-2])
+    n = len(full)
+    m_batch = (1,) * (n - (m.dim() - 2)) + tuple(m.shape[:-2])
+    # Dimensions where the matrix varies stay batch dimensions of the product; the
+    # rest (where it is shared) become columns.
+    kept = [i for i in range(n) if m_batch[i] != 1]
+    folded = [i for i in range(n) if m_batch[i] == 1]
+    n_kept = math.prod(full[i] for i in kept)
+    n_folded = math.prod(full[i] for i in folded)
+    x = x.expand(*full, e).permute(*kept, n, *folded).reshape(n_kept, e, n_folded)
+    y = op(m.reshape(n_kept, *m.shape[-2:]), x)  # [n_kept, D, n_folded]
+    d = y.shape[1]
+    y = y.reshape(*(full[i] for i in kept), d, *(full[i] for i in folded))
+    # Undo the permutation: position j of ``order`` holds the source dimension of output dimension j.
+    order = kept + [n] + folded
+    inverse = [order.index(j) for j in range(n + 1)]
+    return y.permute(*inverse)
 
 
-def from_columns(y: Tensor, sample_shape: torch.Size, batch_shape: torch.Size) -> Tensor:
-    """Inverse of :func:`to_columns`: ``[prod(B), D', prod(S)] -> [*S, *B, D']``."""
-    return y.permute(2, 0, 1).reshape(*sample_shape, *batch_shape, y.shape[1])
-
-
-def as_batch(m: Tensor, batch_shape: torch.Size) -> Tensor:
-    """``m [*B', D, E]`` broadcast to ``[prod(B), D, E]`` (copies only if ``B'`` is partial)."""
-    if m.dim() == 2:
-        return m.unsqueeze(0)
-    return m.expand(*batch_shape, *m.shape[-2:]).reshape(-1, *m.shape[-2:])
-
-
-def matvec(m: Tensor, x: Tensor, batch_shape: torch.Size) -> Tensor:
-    """``m x`` for ``m [*B, D, E]`` and ``x [*S, *B, E]``, returning ``[*S, *B, D]``."""
+def matvec(m: Tensor, x: Tensor) -> Tensor:
+    """``m x`` for ``m [*Bm, D, E]`` and ``x [*Bx, E]``, returning ``[*broadcast(Bx, Bm), D]``."""
     if m.dim() == 2:  # one shared matrix: a single GEMM over every row
         return x @ m.mT
-    cols, sample_shape = to_columns(x, batch_shape)
-    return from_columns(as_batch(m, batch_shape) @ cols, sample_shape, batch_shape)
+    return _apply(torch.bmm, m, x)
 
 
-def tril_solve(tril: Tensor, x: Tensor, batch_shape: torch.Size) -> Tensor:
-    """``L^{-1} x`` for lower-triangular ``L [*B, D, D]`` and ``x [*S, *B, D]``."""
-    if tril.dim() == 2:
-        return torch.linalg.solve_triangular(tril, x.reshape(-1, x.shape[-1]).mT, upper=False).mT.reshape(
-            x.shape
-        )
-    cols, sample_shape = to_columns(x, batch_shape)
-    y = torch.linalg.solve_triangular(as_batch(tril, batch_shape), cols, upper=False)
-    return from_columns(y, sample_shape, batch_shape)
+def _solve_lower(tril: Tensor, cols: Tensor) -> Tensor:
+    return torch.linalg.solve_triangular(tril, cols, upper=False)
+
+
+def tril_solve(tril: Tensor, x: Tensor) -> Tensor:
+    """``L^{-1} x`` for lower-triangular ``L [*Bm, D, D]`` and ``x [*Bx, D]``, broadcasting as :func:`matvec`."""
+    return _apply(_solve_lower, tril, x)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal
+from torch.distributions.utils import lazy_property
 
 __all__ = ["Family", "stopped", "broadcast_params", "check_param"]
 
@@ -92,14 +93,19 @@ def stopped(q: Distribution) -> Distribution:
     if isinstance(q, Independent):
         return Independent(stopped(q.base_dist), q.reinterpreted_batch_ndims, validate_args=False)
     if isinstance(q, MultivariateNormal):
-        return MultivariateNormal(
-            q.loc.detach(), scale_tril=q._unbroadcasted_scale_tril.detach(), validate_args=False
-        )
+        return MultivariateNormal(q.loc.detach(), scale_tril=q._unbroadcasted_scale_tril.detach(), validate_args=False)
     names = [k for k in q.arg_constraints if k in q.__dict__]
-    try:
-        return type(q)(**{k: getattr(q, k).detach() for k in names}, validate_args=False)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"cannot evaluate log_prob at stopped parameters for {type(q).__name__}; "
-            "use a vitorch family or one whose constructor takes its arg_constraints"
-        ) from err
+    # Alternative parametrizations (Bernoulli's probs/logits) are lazy properties of
+    # the class; once read, both sit in __dict__ and the constructor takes only one.
+    alternatives = [k for k in names if isinstance(getattr(type(q), k, None), lazy_property)]
+    fixed = [k for k in names if k not in alternatives]
+    attempts = [fixed + [k] for k in alternatives] if len(alternatives) > 1 else [names]
+    for keys in attempts:
+        try:
+            return type(q)(**{k: getattr(q, k).detach() for k in keys}, validate_args=False)
+        except (TypeError, ValueError):
+            continue
+    raise ValueError(
+        f"cannot evaluate log_prob at stopped parameters for {type(q).__name__}; "
+        "use a vitorch family or one whose constructor takes its arg_constraints"
+    )

@@ -37,6 +37,12 @@ def _as_tensor(x, like: Tensor | None = None) -> Tensor:
     return torch.as_tensor(x, dtype=dtype)
 
 
+def _keep_validation(old: Family, new: Family) -> Family:
+    """Give ``new`` (built unchecked from ``old``'s valid parameters) ``old``'s ``log_prob`` checking."""
+    new._validate_args = old._validate_args
+    return new
+
+
 def _event_check(name: str, t: Tensor, ndim: int, family: str) -> None:
     if t.dim() < ndim:
         raise ValueError(f"{family}: {name} must have at least {ndim} dimension(s); got shape {tuple(t.shape)}")
@@ -70,10 +76,10 @@ class DiagNormal(Family):
 
     def expand(self, batch_shape, _instance=None):
         shape = torch.Size(batch_shape) + self.event_shape
-        return DiagNormal(self.loc.expand(shape), self.scale.expand(shape), validate_args=False)
+        return _keep_validation(self, DiagNormal(self.loc.expand(shape), self.scale.expand(shape), validate_args=False))
 
     def detach(self) -> DiagNormal:
-        return DiagNormal(self.loc.detach(), self.scale.detach(), validate_args=False)
+        return _keep_validation(self, DiagNormal(self.loc.detach(), self.scale.detach(), validate_args=False))
 
     @property
     def mean(self) -> Tensor:
@@ -99,11 +105,11 @@ class DiagNormal(Family):
     def scale_tril(self) -> Tensor:
         return torch.diag_embed(self.scale)
 
-    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
         return self.loc + self.scale * eps
 
-    def rsample_and_log_prob(self, sample_shape=torch.Size()) -> tuple[Tensor, Tensor]:
+    def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
         eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
         z = self.loc + self.scale * eps
         d = self.loc.shape[-1]
@@ -163,14 +169,14 @@ class FullRankNormal(Family):
         super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
-        batch_shape = torch.Size(batch_shape)
-        d = self.event_shape[0]
-        return FullRankNormal(
-            self.loc.expand(*batch_shape, d), self.scale_tril.expand(*batch_shape, d, d), validate_args=False
-        )
+        # Only loc is expanded: the unbroadcast factor keeps products and solves copy-free.
+        loc = self.loc.expand(*batch_shape, self.event_shape[0])
+        return _keep_validation(self, FullRankNormal(loc, self._scale_tril, validate_args=False))
 
     def detach(self) -> FullRankNormal:
-        return FullRankNormal(self._loc.detach(), self._scale_tril.detach(), validate_args=False)
+        return _keep_validation(
+            self, FullRankNormal(self._loc.detach(), self._scale_tril.detach(), validate_args=False)
+        )
 
     @property
     def mean(self) -> Tensor:
@@ -191,13 +197,13 @@ class FullRankNormal(Family):
     def _half_log_det(self) -> Tensor:
         return self._scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1).expand(self.batch_shape)
 
-    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
-        return self._loc + _linalg.matvec(self._scale_tril, eps, self.batch_shape)
+        return self._loc + _linalg.matvec(self._scale_tril, eps)
 
-    def rsample_and_log_prob(self, sample_shape=torch.Size()) -> tuple[Tensor, Tensor]:
+    def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
         eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
-        z = self._loc + _linalg.matvec(self._scale_tril, eps, self.batch_shape)
+        z = self._loc + _linalg.matvec(self._scale_tril, eps)
         d = self.event_shape[0]
         log_q = -0.5 * eps.pow(2).sum(-1) - (self._half_log_det() + 0.5 * d * _LOG_2PI)
         return z, log_q
@@ -206,7 +212,7 @@ class FullRankNormal(Family):
         if self._validate_args:
             self._validate_sample(value)
         d = self.event_shape[0]
-        u = _linalg.tril_solve(self._scale_tril, value - self.loc, self.batch_shape)
+        u = _linalg.tril_solve(self._scale_tril, value - self.loc)
         return -0.5 * u.pow(2).sum(-1) - (self._half_log_det() + 0.5 * d * _LOG_2PI)
 
     def entropy(self) -> Tensor:
@@ -257,25 +263,21 @@ class LowRankNormal(Family):
                 f"cov_factor {tuple(cov_factor.shape)}, cov_diag {tuple(cov_diag.shape)}"
             ) from None
         r = cov_factor.shape[-1]
-        self._cov_factor = cov_factor
+        self._cov_factor, self._cov_diag = cov_factor, cov_diag  # unbroadcast, for the capacitance
         self.loc = loc.expand(*batch_shape, d)
         self.cov_factor = cov_factor.expand(*batch_shape, d, r)
         self.cov_diag = cov_diag.expand(*batch_shape, d)
         super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
-        batch_shape = torch.Size(batch_shape)
-        d, r = self.cov_factor.shape[-2:]
-        return LowRankNormal(
-            self.loc.expand(*batch_shape, d),
-            self.cov_factor.expand(*batch_shape, d, r),
-            self.cov_diag.expand(*batch_shape, d),
-            validate_args=False,
-        )
+        # Only loc is expanded, so the capacitance is factorized once per distinct factor.
+        loc = self.loc.expand(*batch_shape, self.event_shape[0])
+        return _keep_validation(self, LowRankNormal(loc, self._cov_factor, self._cov_diag, validate_args=False))
 
     def detach(self) -> LowRankNormal:
-        return LowRankNormal(
-            self.loc.detach(), self._cov_factor.detach(), self.cov_diag.detach(), validate_args=False
+        return _keep_validation(
+            self,
+            LowRankNormal(self.loc.detach(), self._cov_factor.detach(), self._cov_diag.detach(), validate_args=False),
         )
 
     @property
@@ -306,28 +308,28 @@ class LowRankNormal(Family):
     def _capacitance_tril(self) -> Tensor:
         # C = I + W^T D^{-1} W; its Cholesky gives both the Woodbury solve and log|Sigma|.
         w = self._cov_factor
-        wt_dinv = w.mT / self.cov_diag.unsqueeze(-2)
+        wt_dinv = w.mT / self._cov_diag.unsqueeze(-2)
         cap = wt_dinv @ w
         cap = cap + torch.eye(self.rank, dtype=cap.dtype, device=cap.device)
         return torch.linalg.cholesky(cap)
 
     def _log_det(self) -> Tensor:
         half = self._capacitance_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        return (2 * half + self.cov_diag.log().sum(-1)).expand(self.batch_shape)
+        return (2 * half + self._cov_diag.log().sum(-1)).expand(self.batch_shape)
 
-    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         shape = self._extended_shape(sample_shape)
         eps_w = torch.randn(*shape[:-1], self.rank, dtype=self.loc.dtype, device=self.loc.device)
         eps_d = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
-        return self.loc + _linalg.matvec(self._cov_factor, eps_w, self.batch_shape) + self.cov_diag.sqrt() * eps_d
+        return self.loc + _linalg.matvec(self._cov_factor, eps_w) + self.cov_diag.sqrt() * eps_d
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
         x = value - self.loc
         x_over_d = x / self.cov_diag
-        wt_x = _linalg.matvec(self._cov_factor.mT, x_over_d, self.batch_shape)
-        y = _linalg.tril_solve(self._capacitance_tril, wt_x, self.batch_shape)
+        wt_x = _linalg.matvec(self._cov_factor.mT, x_over_d)
+        y = _linalg.tril_solve(self._capacitance_tril, wt_x)
         mahalanobis = (x * x_over_d).sum(-1) - y.pow(2).sum(-1)
         d = self.event_shape[0]
         return -0.5 * (mahalanobis + self._log_det() + d * _LOG_2PI)

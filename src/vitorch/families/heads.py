@@ -90,9 +90,7 @@ class FullRankNormalHead(_Head):
         validate_args: bool | None = None,
     ):
         n_tril = event_size * (event_size - 1) // 2
-        super().__init__(
-            in_features, event_size, 2 * event_size + n_tril, hidden, activation, min_scale, validate_args
-        )
+        super().__init__(in_features, event_size, 2 * event_size + n_tril, hidden, activation, min_scale, validate_args)
         rows, cols = torch.tril_indices(event_size, event_size, offset=-1)
         self.register_buffer("_rows", rows, persistent=False)
         self.register_buffer("_cols", cols, persistent=False)
@@ -122,9 +120,7 @@ class LowRankNormalHead(_Head):
     ):
         if rank < 1:
             raise ValueError(f"rank must be >= 1; got {rank}")
-        super().__init__(
-            in_features, event_size, event_size * (2 + rank), hidden, activation, min_scale, validate_args
-        )
+        super().__init__(in_features, event_size, event_size * (2 + rank), hidden, activation, min_scale, validate_args)
         self.rank = rank
 
     def forward(self, context: Tensor) -> LowRankNormal:
@@ -133,6 +129,4 @@ class LowRankNormalHead(_Head):
         loc, raw_diag, factor = out[..., :d], out[..., d : 2 * d], out[..., 2 * d :]
         factor = factor.reshape(*out.shape[:-1], d, r)
         # cov_diag is a variance; the floor is squared to match the scale floor of the other heads.
-        return LowRankNormal(
-            loc, factor, self._positive(raw_diag).pow(2), validate_args=self.validate_args
-        )
+        return LowRankNormal(loc, factor, self._positive(raw_diag).pow(2), validate_args=self.validate_args)

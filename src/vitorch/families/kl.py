@@ -73,7 +73,9 @@ def _gaussian_kl(q, p) -> Tensor:
     _check_gaussian(p)
     d = q.event_shape[-1]
     if p.event_shape != q.event_shape:
-        raise ValueError(f"KL between Gaussians of different event shapes {tuple(q.event_shape)} and {tuple(p.event_shape)}")
+        raise ValueError(
+            f"KL between Gaussians of different event shapes: q {tuple(q.event_shape)}, p {tuple(p.event_shape)}"
+        )
     if _is_diag_normal(p):
         loc_p, scale_p = _diag_loc_scale(p)
         mean_term = ((_variance(q) + (q.mean - loc_p).pow(2)) / scale_p.pow(2)).sum(-1)
