@@ -1,0 +1,75 @@
+"""Gaussian processes: exact, collapsed sparse (SGPR) and stochastic variational (SVGP).
+
+The variational posterior over inducing values is a vitorch family
+(:class:`~vitorch.families.FullRankNormal` or :class:`~vitorch.families.DiagNormal`)
+and its KL to the prior is the core's closed form, so the GP zoo carries the
+families over to function space.
+
+Example:
+    >>> from vitorch.models import gp
+    >>> k = gp.RBF(lengthscale=1.0, variance=1.0)
+    >>> gp.ExactGP(k, noise=0.1).log_marginal_likelihood(X, y)
+    >>> gp.SGPR(k, Z, noise=0.1).elbo(X, y)
+    >>> model = gp.SVGP(k, Z, likelihood=gp.GaussianLikelihood(noise=0.1), num_data=N)
+    >>> model.elbo(X_batch, y_batch); model.predict(X_test)
+"""
+
+from .exact import ExactGP
+from .inducing import greedy_variance, kmeans
+from .kernels import (
+    RBF,
+    Kernel,
+    Linear,
+    Matern12,
+    Matern32,
+    Matern52,
+    Periodic,
+    Product,
+    RationalQuadratic,
+    Scale,
+    Stationary,
+    Sum,
+)
+from .likelihoods import BernoulliLogit, BernoulliProbit, GaussianLikelihood, Likelihood, Poisson, StudentT
+from .linalg import JitterWarning, NotPositiveDefiniteError, jittered_cholesky
+from .means import ConstantMean, ZeroMean
+from .metrics import gaussian_nlpd, nlpd, rmse
+from .quadrature import GaussHermite, MonteCarlo
+from .sgpr import SGPR
+from .svgp import SVGP
+
+__all__ = [
+    "ExactGP",
+    "SGPR",
+    "SVGP",
+    "Kernel",
+    "Stationary",
+    "RBF",
+    "Matern12",
+    "Matern32",
+    "Matern52",
+    "RationalQuadratic",
+    "Periodic",
+    "Linear",
+    "Sum",
+    "Product",
+    "Scale",
+    "ZeroMean",
+    "ConstantMean",
+    "Likelihood",
+    "GaussianLikelihood",
+    "BernoulliLogit",
+    "BernoulliProbit",
+    "Poisson",
+    "StudentT",
+    "GaussHermite",
+    "MonteCarlo",
+    "kmeans",
+    "greedy_variance",
+    "jittered_cholesky",
+    "JitterWarning",
+    "NotPositiveDefiniteError",
+    "rmse",
+    "nlpd",
+    "gaussian_nlpd",
+]
