@@ -21,12 +21,19 @@ def _upcast(x: Tensor) -> Tensor:
     return x.float() if x.dtype in _LOW_PRECISION else x
 
 
+def _degenerate(xf: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    # all -inf: the sum is 0; any +inf: the sum is inf (a Renyi bound with alpha > 1
+    # meets this when one weight is zero).  Both get exact values and zero gradients.
+    return torch.isneginf(xf).all(dim, keepdim=True), torch.isposinf(xf).any(dim, keepdim=True)
+
+
 def logsumexp(x: Tensor, dim: int = 0) -> Tensor:
-    """``log sum exp(x)`` along ``dim``; all ``-inf`` slices give ``-inf`` with zero gradient."""
+    """``log sum exp(x)`` along ``dim``; all ``-inf`` slices give ``-inf`` and slices
+    holding ``+inf`` give ``+inf``, both with zero gradient instead of NaN."""
     xf = _upcast(x)
-    dead = torch.isneginf(xf).all(dim, keepdim=True)
-    out = torch.logsumexp(torch.where(dead, 0.0, xf), dim)
-    out = torch.where(dead.squeeze(dim), -math.inf, out)
+    dead, inf = _degenerate(xf, dim)
+    out = torch.logsumexp(torch.where(dead | inf, 0.0, xf), dim)
+    out = torch.where(dead.squeeze(dim), -math.inf, torch.where(inf.squeeze(dim), math.inf, out))
     return out.to(x.dtype)
 
 
@@ -36,8 +43,9 @@ def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
 
 
 def softmax(x: Tensor, dim: int = 0) -> Tensor:
-    """Normalized weights ``exp(x) / sum exp(x)``; all ``-inf`` slices give zeros, not NaN."""
+    """Normalized weights ``exp(x) / sum exp(x)``; degenerate slices (see :func:`logsumexp`)
+    give zeros, matching the zero gradient of their log-sum-exp."""
     xf = _upcast(x)
-    dead = torch.isneginf(xf).all(dim, keepdim=True)
-    w = torch.softmax(torch.where(dead, 0.0, xf), dim)
-    return torch.where(dead, 0.0, w).to(x.dtype)
+    bad = torch.logical_or(*_degenerate(xf, dim))
+    w = torch.softmax(torch.where(bad, 0.0, xf), dim)
+    return torch.where(bad, 0.0, w).to(x.dtype)

@@ -57,6 +57,16 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den != 0, num / torch.where(den != 0, den, 1.0), 0.0)
 
 
+def _weighted_sum(coef: Tensor, x: Tensor) -> Tensor:
+    """``sum_k coef_k x_k`` where a zero weight silences a ``-inf`` term instead of making NaN."""
+    return torch.where(coef != 0, coef * x, 0.0).sum(0)
+
+
+def _family_name(q: Distribution) -> str:
+    base = getattr(q, "base_dist", None)
+    return f"{type(q).__name__}({_family_name(base)})" if base is not None else type(q).__name__
+
+
 def _check_log_p(log_p: Tensor, z: Tensor, num_particles: int, batch_shape: torch.Size) -> None:
     expected = torch.Size([num_particles]) + batch_shape
     if log_p.shape != expected:
@@ -77,7 +87,7 @@ class Estimator:
         out = []
         if self.needs_rsample and not getattr(q, "has_rsample", False):
             out.append(
-                f"{self.name} is a pathwise estimator and needs rsample, but {type(q).__name__} has none; "
+                f"{self.name} is a pathwise estimator and needs rsample, but {_family_name(q)} has none; "
                 "use score() or vimco"
             )
         return out
@@ -130,7 +140,7 @@ class _Pathwise(Estimator):
             with torch.no_grad():
                 c_model = objective.model.sign * objective.model.grad_coefficients(log_w)
                 ratio = _ratio(self.guide_coefficients(objective, log_w), c_model)
-            surrogate = (c_model * log_w).sum(0)
+            surrogate = _weighted_sum(c_model, log_w)
             z_path.register_hook(lambda g: g * _per_particle(ratio, g))
             if not self.stop_q and log_q.requires_grad:
                 log_q.register_hook(lambda g: g * ratio)
@@ -138,7 +148,7 @@ class _Pathwise(Estimator):
             # RSVI: the acceptance density's score, weighted by the learning signal.
             with torch.no_grad():
                 signal = objective.guide.learning_signal(log_w.detach())
-            surrogate = surrogate + (signal * log_corr).sum(0)
+            surrogate = surrogate + _weighted_sum(signal, log_corr)
         return surrogate, log_w.detach(), z
 
 
@@ -229,7 +239,7 @@ class _ScoreBase(Estimator):
         with torch.no_grad():
             c_model = objective.model.sign * objective.model.grad_coefficients(log_w)
         a_guide, extra = self.guide_weights(objective, log_w, context)
-        surrogate = (c_model * log_p).sum(0) + (a_guide * log_q).sum(0)
+        surrogate = _weighted_sum(c_model, log_p) + _weighted_sum(a_guide, log_q)
         if extra is not None:  # a learned baseline's regression loss, added with zero value
             surrogate = surrogate - (extra - extra.detach())
         return surrogate, log_w, z

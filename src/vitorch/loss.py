@@ -112,6 +112,8 @@ def loss(
     surrogate, log_w, z = estimator.surrogate(log_joint, q, num_particles, objective, context)
     with torch.no_grad():
         bound = objective(log_w)
-    ascent = surrogate.mean()
+    # A datum whose bound is -inf keeps its honest value but must not turn the
+    # zero-valued gradient carrier below into inf - inf = NaN.
+    ascent = torch.where(torch.isfinite(surrogate.detach()), surrogate, 0.0).mean()
     value = -objective.sign * bound.mean()
     return LossOutput(loss=value.detach() - (ascent - ascent.detach()), bound=bound, log_w=log_w, z=z)
