@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import Z
-from core import lingauss as lg
 
 import vitorch as vt
+from conftest import Z
+from core import lingauss as lg
 
 O, E = vt.objectives, vt.estimators
 D = 2

@@ -9,10 +9,10 @@ import math
 
 import pytest
 import torch
-from conftest import Z
-from core import lingauss as lg
 
 import vitorch as vt
+from conftest import Z
+from core import lingauss as lg
 
 O = vt.objectives
 ALL = [O.elbo, O.iwae, O.miwae(2), O.ciwae(0.3), O.renyi(0.5), O.renyi(2.0), O.cubo(2), O.cubo(3), O.piwae(2), O.vis()]
