@@ -1,0 +1,30 @@
+"""Variational Bayesian last layers (VBLL) and the exact Bayesian linear regression oracle.
+
+* :class:`BayesianLinearRegression` — exact posterior, predictive and evidence, with
+  type-II tuning of the prior and noise scales;
+* :class:`VBLLRegression` — deterministic VBLL regression objective, any of the
+  weight-posterior parameterizations in :mod:`.covariance`, fixed or learned noise;
+* :class:`VBLLClassification` — discriminative classification with the Jensen bound;
+* :class:`VBLLGenerativeClassification` — class-conditional Gaussian features;
+* :mod:`.metrics` — NLL, RMSE, accuracy, expected calibration error, AUROC and
+  reliability diagrams.
+
+References:
+    Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024).
+"""
+
+from .blr import BayesianLinearRegression
+from .covariance import Dense, DensePrecision, Diagonal, LowRank, WeightPosterior
+from .output import LastLayerOutput
+from .regression import VBLLRegression
+
+__all__ = [
+    "BayesianLinearRegression",
+    "VBLLRegression",
+    "LastLayerOutput",
+    "WeightPosterior",
+    "Dense",
+    "Diagonal",
+    "LowRank",
+    "DensePrecision",
+]
