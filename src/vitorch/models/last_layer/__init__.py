@@ -13,14 +13,20 @@ References:
     Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024).
 """
 
+from . import metrics
 from .blr import BayesianLinearRegression
+from .classification import VBLLClassification
 from .covariance import Dense, DensePrecision, Diagonal, LowRank, WeightPosterior
+from .generative import VBLLGenerativeClassification
 from .output import LastLayerOutput
 from .regression import VBLLRegression
 
 __all__ = [
     "BayesianLinearRegression",
     "VBLLRegression",
+    "VBLLClassification",
+    "VBLLGenerativeClassification",
+    "metrics",
     "LastLayerOutput",
     "WeightPosterior",
     "Dense",
