@@ -1,10 +1,12 @@
 """Log-space reductions that stay finite where the textbook formulas produce NaN.
 
-``torch.logsumexp`` over a row that is entirely ``-inf`` returns ``-inf`` (correct)
-but its backward computes ``exp(-inf - (-inf)) = NaN``.  A datum whose every
-particle has zero weight is legitimate (a point outside the model's support), so
-here such rows keep the value ``-inf`` and receive a zero gradient.  Half-precision
-inputs are reduced in float32, whose exponent range the weights need.
+``torch.logsumexp`` over a slice that is entirely ``-inf`` returns ``-inf`` (correct)
+but its backward computes ``exp(-inf - (-inf)) = NaN``; likewise a slice holding
+``+inf`` (a Rényi bound with ``alpha > 1`` meets one when a weight is zero).  A
+datum whose every particle has zero weight is legitimate (a point outside the
+model's support), so here such slices keep their exact value and receive a zero
+gradient.  The forward pass is one ``torch.logsumexp``; only the backward differs.
+Half-precision inputs are reduced in float32, whose exponent range weights need.
 """
 
 from __future__ import annotations
@@ -17,24 +19,21 @@ from torch import Tensor
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _upcast(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in _LOW_PRECISION else x
-
-
-def _degenerate(xf: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    # all -inf: the sum is 0; any +inf: the sum is inf (a Renyi bound with alpha > 1
-    # meets this when one weight is zero).  Both get exact values and zero gradients.
-    return torch.isneginf(xf).all(dim, keepdim=True), torch.isposinf(xf).any(dim, keepdim=True)
+def _degenerate(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """The slice maxima and where they are not finite (all ``-inf``, or any ``+inf``)."""
+    m = x.detach().amax(dim, keepdim=True)
+    return m, torch.isfinite(m).logical_not_()
 
 
 def logsumexp(x: Tensor, dim: int = 0) -> Tensor:
-    """``log sum exp(x)`` along ``dim``; all ``-inf`` slices give ``-inf`` and slices
-    holding ``+inf`` give ``+inf``, both with zero gradient instead of NaN."""
-    xf = _upcast(x)
-    dead, inf = _degenerate(xf, dim)
-    out = torch.logsumexp(torch.where(dead | inf, 0.0, xf), dim)
-    out = torch.where(dead.squeeze(dim), -math.inf, torch.where(inf.squeeze(dim), math.inf, out))
-    return out.to(x.dtype)
+    """``log sum exp(x)`` along ``dim``; degenerate slices (all ``-inf``, or holding
+    ``+inf``) keep their value and get a zero gradient instead of NaN."""
+    xf = x.float() if x.dtype in _LOW_PRECISION else x
+    m, bad = _degenerate(xf, dim)
+    # Degenerate slices are swapped for zeros inside the reduction, so its backward
+    # never sees inf - inf; the outer where restores their exact value.
+    out = torch.where(bad, m, torch.logsumexp(torch.where(bad, 0.0, xf), dim, keepdim=True))
+    return out.squeeze(dim).to(x.dtype)
 
 
 def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
@@ -43,9 +42,10 @@ def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
 
 
 def softmax(x: Tensor, dim: int = 0) -> Tensor:
-    """Normalized weights ``exp(x) / sum exp(x)``; degenerate slices (see :func:`logsumexp`)
-    give zeros, matching the zero gradient of their log-sum-exp."""
-    xf = _upcast(x)
-    bad = torch.logical_or(*_degenerate(xf, dim))
-    w = torch.softmax(torch.where(bad, 0.0, xf), dim)
-    return torch.where(bad, 0.0, w).to(x.dtype)
+    """Normalized weights ``exp(x) / sum exp(x)`` (no gradient); degenerate slices give
+    zeros, matching the zero gradient of their log-sum-exp."""
+    with torch.no_grad():
+        xf = x.float() if x.dtype in _LOW_PRECISION else x
+        _, bad = _degenerate(xf, dim)
+        w = torch.softmax(torch.where(bad, 0.0, xf), dim)
+        return w.masked_fill_(bad, 0.0).to(x.dtype)

@@ -77,7 +77,11 @@ def _check_log_p(log_p: Tensor, z: Tensor, num_particles: int, batch_shape: torc
 
 
 class Estimator:
-    """Base class: ``surrogate(...) -> (ascent surrogate [*batch], log_w [K, *batch], z)``."""
+    """Base class: ``surrogate(...) -> (ascent surrogate [*batch], log_w [K, *batch], z, bound)``.
+
+    ``bound`` is the objective's value ``[*batch]`` when the surrogate's value is exactly
+    ``sign * bound`` (plain autograd through the bound), else ``None``.
+    """
 
     name = "estimator"
     needs_rsample = False
@@ -94,7 +98,7 @@ class Estimator:
 
     def surrogate(
         self, log_joint: LogJoint, q: Distribution, num_particles: int, objective: Objective, context=None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -129,8 +133,10 @@ class _Pathwise(Estimator):
             if self.stop_q:
                 log_q = stopped(q).log_prob(z)
             log_w = log_p - log_q
-            surrogate = objective.sign * objective(log_w)
+            surrogate = objective(log_w) if objective.sign > 0 else -objective(log_w)
+            bound = None if corrected else surrogate.detach() * objective.sign
         else:
+            bound = None
             z_path = z.view_as(z)
             log_p = log_joint(z_path)
             _check_log_p(log_p, z, K, q.batch_shape)
@@ -149,7 +155,7 @@ class _Pathwise(Estimator):
             with torch.no_grad():
                 signal = objective.guide.learning_signal(log_w.detach())
             surrogate = surrogate + _weighted_sum(signal, log_corr)
-        return surrogate, log_w.detach(), z
+        return surrogate, log_w.detach(), z, bound
 
 
 class _Reparam(_Pathwise):
@@ -242,7 +248,7 @@ class _ScoreBase(Estimator):
         surrogate = _weighted_sum(c_model, log_p) + _weighted_sum(a_guide, log_q)
         if extra is not None:  # a learned baseline's regression loss, added with zero value
             surrogate = surrogate - (extra - extra.detach())
-        return surrogate, log_w, z
+        return surrogate, log_w, z, None
 
 
 class _Score(_ScoreBase):

@@ -109,7 +109,10 @@ def loss(
         >>> out.loss.backward()
     """
     check(q, num_particles, objective, estimator)
-    surrogate, log_w, z = estimator.surrogate(log_joint, q, num_particles, objective, context)
+    surrogate, log_w, z, bound = estimator.surrogate(log_joint, q, num_particles, objective, context)
+    if bound is not None:
+        # The surrogate is the signed bound itself: autograd through it is the estimator.
+        return LossOutput(loss=-surrogate.mean(), bound=bound, log_w=log_w, z=z)
     with torch.no_grad():
         bound = objective(log_w)
     # A datum whose bound is -inf keeps its honest value but must not turn the
