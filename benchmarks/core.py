@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 
 import torch
-from _harness import interleaved_medians, parser, report, setup
 from torch import nn
 from torch.nn import functional as F
 
 import vitorch as vt
+
+from _harness import interleaved_medians, parser, report, setup
 
 LOG_2PI = math.log(2 * math.pi)
 

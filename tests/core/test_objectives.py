@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import vitorch as vt
+
 from conftest import Z
 from core import lingauss as lg
 
