@@ -1,0 +1,99 @@
+"""The temporally parallel Kalman filter of Särkkä & García-Fernández (2021).
+
+Filtering is a prefix scan: each time step ``k`` becomes an element
+``(A, b, C, eta, J)`` describing ``p(x_k | x_{k-1}, y_k)`` (the affine Gaussian
+``N(A x_{k-1} + b, C)``) together with the likelihood ``p(y_k | x_{k-1})`` in
+information form (``eta``, ``J``).  Combining two elements marginalizes the state
+between them, and the operator is associative, so :func:`associative_scan`
+yields every filtering distribution ``p(x_k | y_{1:k}) = N(b_{1:k}, C_{1:k})`` in
+``O(log T)`` rounds of batched ``D x D`` algebra.  The log-likelihood then
+follows from the one-step predictions, all computed at once.
+
+References:
+    Särkkä & García-Fernández, Temporal Parallelization of Bayesian Smoothers,
+    IEEE Transactions on Automatic Control 66(1), 2021 (Lemmas 7-8).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._scan import associative_scan
+from .kalman import FilterResult, _mv, align, symmetrize, update
+
+__all__ = ["parallel_kalman_filter"]
+
+
+def _combine(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    A_i, b_i, C_i, eta_i, J_i = earlier
+    A_j, b_j, C_j, eta_j, J_j = later
+    eye = torch.eye(A_i.shape[-1], dtype=A_i.dtype, device=A_i.device)
+    M = eye + C_i @ J_j  # (I + J_j C_i) is its transpose, as C and J are symmetric
+    Aj_Minv = torch.linalg.solve(M.mT, A_j.mT).mT  # A_j M^{-1}
+    Minv_Ai = torch.linalg.solve(M, A_i)  # M^{-1} A_i, so A_i^T (I + J_j C_i)^{-1} = Minv_Ai^T
+    A = Aj_Minv @ A_i
+    b = _mv(Aj_Minv, b_i + _mv(C_i, eta_j)) + b_j
+    C = symmetrize(Aj_Minv @ C_i @ A_j.mT + C_j)
+    eta = _mv(Minv_Ai.mT, eta_j - _mv(J_j, b_i)) + eta_i
+    J = symmetrize(Minv_Ai.mT @ J_j @ A_i + J_i)
+    return A, b, C, eta, J
+
+
+def _elements(F, Q, H, R, m1, P1, y):
+    """The scan's elements, time first: ``A, C, J [T, *Bp, D, D]`` and ``b, eta [T, *B, D]``."""
+    T = y.shape[0]
+    # k = 1: the prior is known, so the element is the filtered x_1 with no dependence on x_0.
+    b1, C1, _, _ = update(m1, P1, y[0], H, R)
+    # k >= 2: condition x_k | x_{k-1} ~ N(F x_{k-1}, Q) on y_k.
+    S = symmetrize(H @ Q @ H.mT + R)
+    L, info = torch.linalg.cholesky_ex(S)
+    if not bool((info == 0).all()):
+        raise ValueError("parallel Kalman filter: H Q H^T + R is not positive definite")
+    HQ = H @ Q
+    K = torch.cholesky_solve(HQ, L).mT  # Q H^T S^{-1}
+    eye = torch.eye(F.shape[-1], dtype=F.dtype, device=F.device)
+    IKH = eye - K @ H
+    A = IKH @ F
+    C = symmetrize(IKH @ Q @ IKH.mT + K @ R @ K.mT)  # Joseph form of (I - K H) Q
+    HF = H @ F
+    Sinv_HF = torch.cholesky_solve(HF, L)
+    J = symmetrize(HF.mT @ Sinv_HF)
+    y_rest = y[1:]
+    b = _mv(K, y_rest)
+    eta = _mv(Sinv_HF.mT, y_rest)
+    batch_p = torch.broadcast_shapes(A.shape[:-2], C1.shape[:-2])
+    mat_shape = (T, *batch_p, *A.shape[-2:])
+    A_all = torch.cat([torch.zeros_like(A).expand(1, *mat_shape[1:]), A.expand(T - 1, *mat_shape[1:])])
+    C_all = torch.cat([C1.expand(1, *mat_shape[1:]), C.expand(T - 1, *mat_shape[1:])])
+    J_all = torch.cat([torch.zeros_like(J).expand(1, *mat_shape[1:]), J.expand(T - 1, *mat_shape[1:])])
+    vec_shape = torch.broadcast_shapes(b1.shape, b.shape[1:], eta.shape[1:])
+    b_all = torch.cat([b1.expand(1, *vec_shape), b.expand(T - 1, *vec_shape)])
+    eta_all = torch.cat([torch.zeros(1, *vec_shape, dtype=b.dtype, device=b.device), eta.expand(T - 1, *vec_shape)])
+    rank = b_all.dim() + 1  # matrices keep the parameters' batch, right-aligned against the data's
+    return align(A_all, rank, 2), b_all, align(C_all, rank, 2), eta_all, align(J_all, rank, 2)
+
+
+def parallel_kalman_filter(F: Tensor, Q: Tensor, H: Tensor, R: Tensor, m1: Tensor, P1: Tensor, y: Tensor) -> FilterResult:
+    """Kalman filter by associative scan: ``O(log T)`` depth, ``O(T)`` work.
+
+    Same arguments and result as :func:`vitorch.models.ssm.kalman.kalman_filter`
+    (time first, ``y [T, *B, p]``), up to rounding.
+    """
+    T = y.shape[0]
+    if T == 1:
+        m_f, P_f, w, hld = update(m1, P1, y[0], H, R)
+        r = m_f.dim() + 1
+        return FilterResult(m1.expand_as(m_f)[None], align(P1[None], r + 1, 2), m_f[None], align(P_f[None], r + 1, 2), w[None], align(hld[None], r - 1, 0))
+    _, filt_means, filt_covs, _, _ = associative_scan(_combine, _elements(F, Q, H, R, m1, P1, y))
+    # One-step predictions from the filtered laws, every step at once.
+    pred_means = torch.cat([m1.expand(1, *filt_means.shape[1:]), _mv(F, filt_means[:-1])])
+    pred_covs = torch.cat([P1.expand(1, *filt_covs.shape[1:]), symmetrize(F @ filt_covs[:-1] @ F.mT + Q)])
+    S = symmetrize(H @ pred_covs @ H.mT + R)
+    L, info = torch.linalg.cholesky_ex(S)
+    if not bool((info == 0).all()):
+        raise ValueError("parallel Kalman filter: an innovation covariance is not positive definite")
+    v = y - _mv(H, pred_means)
+    w = torch.linalg.solve_triangular(L, v.unsqueeze(-1), upper=False).squeeze(-1)
+    hld = align(L.diagonal(dim1=-2, dim2=-1).log().sum(-1), w.dim() - 1, 0)
+    return FilterResult(pred_means, pred_covs, filt_means, filt_covs, w, hld)
