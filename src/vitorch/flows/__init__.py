@@ -1,0 +1,56 @@
+"""Normalizing-flow transforms (``nn.Module`` s with ``call_and_ladj`` and, where one
+exists, ``inverse_and_ladj``) and the module that turns them into a family.
+
+========================  ==========================  ===========================
+transform                 sampling pass               inverse (``log_prob``, STL, DReG)
+========================  ==========================  ===========================
+Planar, Radial            one, ``O(D)``               Newton solve / closed form
+HouseholderSylvester,     one, ``O(DM + M^2)``        ``M`` scalar Newton solves
+OrthogonalSylvester
+IAF                       one MADE pass               ``D`` MADE passes
+MAF                       ``D`` MADE passes           one MADE pass
+Coupling (Affine/Spline)  one network pass            one network pass
+ElementwiseAffine,        one                         one
+Softplus, Sigmoid,
+Permutation, LULinear
+========================  ==========================  ===========================
+
+Every transform with parameters takes ``context_features`` and then reads a context.
+"""
+
+from .autoregressive import IAF, MAF
+from .base import NoInverseError, ParamNet, Transform
+from .conditional import ConditionalFlow
+from .coupling import AffineCoupling, Coupling, SplineCoupling
+from .elementwise import ElementwiseAffine, Sigmoid, Softplus
+from .linear import LULinear, Permutation
+from .made import MADE
+from .planar import Planar
+from .radial import Radial
+from .sylvester import HouseholderSylvester, OrthogonalSylvester
+from .univariate import AffineMap, RQSpline, UnivariateMap
+
+__all__ = [
+    "Transform",
+    "NoInverseError",
+    "ParamNet",
+    "ConditionalFlow",
+    "Planar",
+    "Radial",
+    "HouseholderSylvester",
+    "OrthogonalSylvester",
+    "MADE",
+    "MAF",
+    "IAF",
+    "Coupling",
+    "AffineCoupling",
+    "SplineCoupling",
+    "UnivariateMap",
+    "AffineMap",
+    "RQSpline",
+    "ElementwiseAffine",
+    "Softplus",
+    "Sigmoid",
+    "Permutation",
+    "LULinear",
+]

@@ -1,0 +1,137 @@
+"""The transform primitive of vitorch's normalizing flows.
+
+A transform is an :class:`torch.nn.Module` mapping ``x [*shape, D]`` to ``y [*shape, D]``
+in the *sampling* direction (base noise towards the variational sample) and returning
+``log|det dy/dx|`` with it, so a flow's ``rsample_and_log_prob`` is one pass
+(Rezende & Mohamed, 2015; zuko's ``call_and_ladj``).  Every transform may read a
+context ``[*batch, C]`` (an encoder's features) that broadcasts against the leading
+dimensions of ``x``; an amortized posterior is then "encoder output -> flow".
+
+Inverses: where one exists in closed form or by a monotone scalar solve,
+:meth:`Transform.inverse_and_ladj` gives ``x`` and ``log|det dx/dy|``.  A flow's
+``log_prob`` needs it, and so do sticking-the-landing and DReG, which evaluate log q
+at stopped parameters on the flow's own samples.  A transform without one raises
+:class:`NoInverseError`.
+
+References:
+    Rezende & Mohamed, Variational Inference with Normalizing Flows (2015).
+    Papamakarios et al., Normalizing Flows for Probabilistic Modeling and Inference (2021).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import constraints
+
+__all__ = ["Transform", "NoInverseError", "ParamNet", "mlp", "check_features"]
+
+
+class NoInverseError(NotImplementedError):
+    """Raised when a transform has no inverse, so ``log_prob`` (and STL/DReG) cannot evaluate it."""
+
+
+def check_features(name: str, value: int, minimum: int = 1) -> int:
+    """Return ``value`` if it is an integer ``>= minimum``; otherwise raise ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return value
+
+
+def mlp(in_features: int, hidden: Sequence[int], out_features: int) -> nn.Sequential:
+    """A plain multilayer perceptron with ELU activations (smooth, so Jacobians are well defined)."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, check_features("hidden width", h)), nn.ELU()]
+        width = h
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+class ParamNet(nn.Module):
+    """The raw parameters of a transform: a free vector, or a hypernetwork of the context.
+
+    Args:
+        num_params: ``P``, the length of the raw parameter vector.
+        context_features: ``C``; ``0`` makes the parameters free ``nn.Parameter`` s.
+        hidden: hidden widths of the hypernetwork ``[*batch, C] -> [*batch, P]``.
+        init_std: standard deviation of the initial free parameters (and of the
+            hypernetwork's output bias), small so a new flow starts near the identity.
+
+    Calling it with ``context`` returns ``[*batch, P]`` (or ``[P]`` when unconditional).
+    """
+
+    def __init__(self, num_params: int, context_features: int = 0, hidden: Sequence[int] = (64,), init_std=0.1):
+        super().__init__()
+        self.num_params = num_params
+        self.context_features = check_features("context_features", context_features, 0)
+        if self.context_features == 0:
+            self.params = nn.Parameter(init_std * torch.randn(num_params))
+        else:
+            self.net = mlp(self.context_features, hidden, num_params)
+            last = self.net[-1]
+            with torch.no_grad():
+                last.weight.mul_(0.1)
+                last.bias.normal_(0.0, init_std)
+
+    def forward(self, context: Tensor | None = None) -> Tensor:
+        if self.context_features == 0:
+            return self.params
+        if context is None:
+            raise ValueError(f"this transform is conditional (context_features={self.context_features}); pass context")
+        if context.shape[-1] != self.context_features:
+            raise ValueError(
+                f"context must end in context_features={self.context_features}; got shape {tuple(context.shape)}"
+            )
+        return self.net(context)
+
+
+class Transform(nn.Module):
+    """Base class: a bijection (or injection onto ``codomain``) of ``R^D`` with its log-determinant.
+
+    Subclasses implement :meth:`call_and_ladj` and, where possible,
+    :meth:`inverse_and_ladj`.  Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``; a
+    context ``[*batch, C]`` broadcasts against ``*shape``'s trailing dimensions.
+
+    Attributes:
+        dim: ``D``, the event size.
+        domain, codomain: torch constraints of an input and output *element*
+            (``real`` for most transforms, ``positive`` after ``Softplus``).
+    """
+
+    domain = constraints.real
+    codomain = constraints.real
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = check_features("dim", dim)
+
+    def call_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``y = T(x)`` and ``log|det dy/dx|``: ``[*shape, D] -> ([*shape, D], [*shape])``."""
+        raise NotImplementedError
+
+    def inverse_and_ladj(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x = T^{-1}(y)`` and ``log|det dx/dy|`` (the inverse map's own log-determinant)."""
+        raise NoInverseError(
+            f"{type(self).__name__} has no inverse, so a flow containing it cannot evaluate log_prob(z); "
+            "sticking-the-landing and DReG need log q at stopped parameters, which is log_prob, and thus "
+            "the inverse: use reparam with rsample_and_log_prob, or an invertible transform"
+        )
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.call_and_ladj(x, context)[0]
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.inverse_and_ladj(y, context)[0]
+
+    def _check_input(self, x: Tensor, name: str = "x") -> None:
+        if x.dim() < 1 or x.shape[-1] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__}(dim={self.dim}): {name} must end in {self.dim}; got {tuple(x.shape)}"
+            )
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
