@@ -19,8 +19,9 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from conftest import Z
 from vitorch.families import DiagNormal, FullRankNormal, LowRankNormal
+
+from conftest import Z
 
 D = 3
 N = 20000

@@ -24,8 +24,9 @@ from torch.autograd import gradcheck
 from torch.distributions import Independent, Laplace, kl_divergence
 from torch.testing import assert_close
 
-from conftest import Z
 from vitorch.families import DiagNormal
+
+from conftest import Z
 
 RTOL = ATOL = 1e-10  # float64 round-off, as in test_gaussian_densities
 D = 3

@@ -27,13 +27,13 @@ def _apply(op: Callable[[Tensor, Tensor], Tensor], m: Tensor, x: Tensor) -> Tens
 
     ``op`` maps ``([N, D, E], [N, E, C]) -> [N, D, C]`` (a product or a solve).
     """
+    e = x.shape[-1]
+    full = torch.broadcast_shapes(x.shape[:-1], m.shape[:-2])
     # A dimension along which ``m`` was expanded (stride 0) holds one matrix; treat it
-    # as size 1 so that reshaping ``m`` below never materializes the copies.
+    # as size 1 (once ``full`` has it) so that reshaping ``m`` never materializes copies.
     for i in range(m.dim() - 2):
         if m.shape[i] > 1 and m.stride(i) == 0:
             m = m.narrow(i, 0, 1)
-    e = x.shape[-1]
-    full = torch.broadcast_shapes(x.shape[:-1], m.shape[:-2])
     n = len(full)
     m_batch = (1,) * (n - (m.dim() - 2)) + tuple(m.shape[:-2])
     # Dimensions where the matrix varies stay batch dimensions of the product; the
