@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ._params import PositiveParam
+from ._rbf import rbf_cross
 
 __all__ = [
     "Kernel",
@@ -110,14 +111,18 @@ class Stationary(Kernel):
     def variance(self, value) -> None:
         self._variance.set(value)
 
-    def scaled_sqdist(self, x1: Tensor, x2: Tensor | None) -> Tensor:
-        """``r^2 [N1, N2]`` through ``|a|^2 + |b|^2 - 2 a.b`` (one GEMM), after centring to limit cancellation."""
+    def scaled_inputs(self, x1: Tensor, x2: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``x1 / l`` and ``x2 / l``, both shifted by the mean of the first to limit cancellation in distances."""
         _check_inputs(type(self).__name__, x1, x2)
         ell = self.lengthscale
         a = x1 / ell
         b = a if x2 is None else x2 / ell
         shift = a.mean(0, keepdim=True).detach()
-        a, b = a - shift, b - shift
+        return a - shift, b - shift
+
+    def scaled_sqdist(self, x1: Tensor, x2: Tensor | None) -> Tensor:
+        """``r^2 [N1, N2]`` through ``|a|^2 + |b|^2 - 2 a.b`` (one GEMM)."""
+        a, b = self.scaled_inputs(x1, x2)
         # addmm fuses the product and the norms; clamp the rounding-negative entries.
         d = torch.addmm(a.pow(2).sum(-1, keepdim=True), a, b.mT, alpha=-2.0) + b.pow(2).sum(-1)
         return d.clamp_min(0.0)
@@ -131,10 +136,14 @@ class Stationary(Kernel):
 
 
 class RBF(Stationary):
-    """Squared-exponential kernel ``s^2 exp(-r^2 / 2)``; see :class:`Stationary` for the arguments."""
+    """Squared-exponential kernel ``s^2 exp(-r^2 / 2)``; see :class:`Stationary` for the arguments.
+
+    Evaluated by a fused kernel with a hand-written backward (:mod:`~vitorch.models.gp._rbf`).
+    """
 
     def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
-        return self.variance * torch.exp(-0.5 * self.scaled_sqdist(x1, x2))
+        a, b = self.scaled_inputs(x1, x2)
+        return rbf_cross(a, b, self.variance.log().reshape(()))
 
 
 class Matern12(Stationary):

@@ -12,8 +12,9 @@ either over ``u = f(Z)`` itself or, *whitened*, over ``v`` with ``u = L v`` and
 
     ELBO = (num_data / |b|) sum_{n in b} E_{q(f_n)} log p(y_n | f_n) - KL(q || p).
 
-Per step: one ``O(M^3 / 3)`` Cholesky of ``K_mm``, one triangular solve and one
-product of ``O(M^2 |b|)``; no inverse is formed.  The KL uses the closed forms
+Per step: one ``O(M^3 / 3)`` Cholesky of ``K_mm`` and four ``O(M^2 |b|)`` products
+(forward and backward, fused in :mod:`~vitorch.models.gp._marginals`); ``K_mm`` is
+never inverted.  The KL uses the closed forms
 registered with ``torch.distributions.kl_divergence`` by the core.
 
 :meth:`SVGP.natural_gradient_step` (Gaussian likelihood, full-rank q) moves q
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 from ...families import DiagNormal, FullRankNormal
+from ._marginals import cholesky_and_inverse, whitened_marginals
 from ._params import _inverse_softplus
 from .kernels import Kernel
 from .likelihoods import GaussianLikelihood, Likelihood
@@ -149,15 +151,18 @@ class SVGP(nn.Module):
 
     def _marginals(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``q(f)`` mean and variance ``[N]`` at ``x``, and the Cholesky factor of ``K_mm``."""
-        l_mm = self._chol_kmm()
-        a = torch.linalg.solve_triangular(l_mm, self.kernel(self.inducing, x), upper=False)  # [M, N]
-        proj = a if self.whiten else torch.linalg.solve_triangular(l_mm.mT, a, upper=True)
-        mean = self.mean(x) + proj.mT @ self.q_loc
+        l_mm, l_inv = cholesky_and_inverse(self.kernel(self.inducing), "K_mm", self.jitter)
         if self.family is DiagNormal:
-            spread = (F.softplus(self.q_diag_raw).pow(2).unsqueeze(-1) * proj.pow(2)).sum(0)
+            root = torch.diag_embed(F.softplus(self.q_diag_raw))
         else:
-            spread = (self._q_tril().mT @ proj).pow(2).sum(0)
-        var = self.kernel.diag(x) - a.pow(2).sum(0) + spread
+            root = self._q_tril()
+        loc = self.q_loc
+        if not self.whiten:  # q over u = L v: express it over v, an O(M^3) change of variables
+            loc = torch.linalg.solve_triangular(l_mm, loc.unsqueeze(-1), upper=False).squeeze(-1)
+            root = torch.linalg.solve_triangular(l_mm, root, upper=False)
+        mean_update, var_update = whitened_marginals(l_mm, l_inv, self.kernel(self.inducing, x), loc, root)
+        mean = self.mean(x) + mean_update
+        var = self.kernel.diag(x) + var_update
         return mean, var.clamp_min(1e-30), l_mm
 
     def elbo(self, x: Tensor, y: Tensor) -> Tensor:
