@@ -127,19 +127,32 @@ def kalman_filter(F: Tensor, Q: Tensor, H: Tensor, R: Tensor, m1: Tensor, P1: Te
     Returns:
         A :class:`FilterResult`.
     """
+    eye = torch.eye(F.shape[-1], dtype=F.dtype, device=F.device)
     m, P = m1, P1
-    out: list[list[Tensor]] = [[], [], [], [], [], []]
+    out: list[list[Tensor]] = [[], [], [], [], [], [], []]
     for t in range(y.shape[0]):
         if t > 0:
             m = _mv(F, m)
-            P = symmetrize(F @ P @ F.mT + Q)
-        m_f, P_f, w, hld = update(m, P, y[t], H, R)
-        for lst, val in zip(out, (m, P, m_f, P_f, w, hld)):
+            P = F @ P @ F.mT + Q
+        # The measurement update of update(), inlined: the loop is overhead-bound, so the
+        # whitening, log-determinants and the definiteness check run once, vectorized, below.
+        HP = H @ P
+        L, info = torch.linalg.cholesky_ex(HP @ H.mT + R)
+        K = torch.cholesky_solve(HP, L).mT
+        v = y[t] - _mv(H, m)
+        IKH = eye - K @ H
+        m_f, P_f = m + _mv(K, v), symmetrize(IKH @ P @ IKH.mT + K @ R @ K.mT)
+        for lst, val in zip(out, (m, P, m_f, P_f, L, v, info)):
             lst.append(val)
         m, P = m_f, P_f
-    pm, pc, fm, fc, w, hld = (torch.stack(torch.broadcast_tensors(*lst)) for lst in out)
+    pm, pc, fm, fc, L, v, info = (torch.stack(torch.broadcast_tensors(*lst)) for lst in out)
+    if not bool((info == 0).all()):
+        raise ValueError("Kalman filter: an innovation covariance H P H^T + R is not positive definite")
+    L = align(L, v.dim() + 1, 2)
+    w = torch.linalg.solve_triangular(L, v.unsqueeze(-1), upper=False).squeeze(-1)
+    hld = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     rank = pm.dim()  # [T, *B, D]; covariances keep the parameters' batch, right-aligned
-    return FilterResult(pm, align(pc, rank + 1, 2), fm, align(fc, rank + 1, 2), w, align(hld, rank - 1, 0))
+    return FilterResult(pm, align(symmetrize(pc), rank + 1, 2), fm, align(fc, rank + 1, 2), w, align(hld, rank - 1, 0))
 
 
 def smoother_gains(F: Tensor, filt_covs: Tensor, pred_covs: Tensor) -> Tensor:
