@@ -34,6 +34,11 @@ def families(draw):
     d = draw(st.integers(1, 3))
     rank = draw(st.integers(1, 2))
     p = {name: gc.params(kind, draw(broadcast_partner(batch)), d, rank=rank)[name] for name in gc.params(kind, (), d)}
+    if draw(st.booleans()):  # some parameters expanded to the whole batch, as stride-0 views
+        full = torch.broadcast_shapes(*(t.shape[: t.dim() - _event_dims(n)] for n, t in p.items()))
+        p = {
+            n: t.expand(*full, *t.shape[t.dim() - _event_dims(n) :]) if draw(st.booleans()) else t for n, t in p.items()
+        }
     return kind, p, d
 
 

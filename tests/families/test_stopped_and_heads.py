@@ -148,3 +148,21 @@ def test_head_scale_floor(kind):
         assert_close(q.cov_diag, torch.full((4, D), 0.1**2), rtol=1e-12, atol=0)
     else:
         assert_close(q.scale_tril.diagonal(dim1=-2, dim2=-1), torch.full((4, D), 0.1), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("kind", gc.FAMILIES)
+def test_same_seed_gives_identical_draws_densities_and_gradients(kind):
+    p = gc.params(kind, (2,), D)
+
+    def run():
+        leaves = {k: v.clone().requires_grad_() for k, v in p.items()}
+        torch.manual_seed(123)
+        z, log_q = gc.family(kind, leaves).rsample_and_log_prob((4,))
+        grads = torch.autograd.grad((z.pow(2).sum(-1) + log_q).sum(), list(leaves.values()))
+        return z.detach(), log_q.detach(), grads
+
+    for a, b in zip(run(), run()):
+        if isinstance(a, tuple):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
+        else:
+            assert torch.equal(a, b)

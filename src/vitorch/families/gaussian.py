@@ -188,11 +188,13 @@ class FullRankNormal(Family):
 
     @property
     def variance(self) -> Tensor:
-        return self.scale_tril.pow(2).sum(-1)
+        # From the unbroadcast factor: one O(D^2) reduction per distinct factor, not per batch element.
+        return self._scale_tril.pow(2).sum(-1).expand(*self.batch_shape, self.event_shape[0])
 
     @property
     def covariance_matrix(self) -> Tensor:
-        return self.scale_tril @ self.scale_tril.mT
+        d = self.event_shape[0]
+        return (self._scale_tril @ self._scale_tril.mT).expand(*self.batch_shape, d, d)
 
     def _half_log_det(self) -> Tensor:
         return self._scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1).expand(self.batch_shape)
@@ -231,7 +233,10 @@ class LowRankNormal(Family):
 
     ``log_prob`` uses the Woodbury identity and the matrix determinant lemma
     through the ``R x R`` capacitance ``I + W^T diag(d)^{-1} W``, so it costs
-    ``O(D R)`` per sample plus one ``O(R^3)`` factorization per batch element.
+    ``O(D R)`` per sample plus one ``O(R^3)`` factorization per distinct factor.
+    The Woodbury Mahalanobis term is a difference of two quadratic forms, so it
+    loses about ``log10(max(W W^T) / min(cov_diag))`` digits; when that ratio nears
+    ``1 / eps`` of the dtype, use :class:`FullRankNormal`.
     """
 
     arg_constraints = {
@@ -294,15 +299,20 @@ class LowRankNormal(Family):
 
     @property
     def variance(self) -> Tensor:
-        return self.cov_factor.pow(2).sum(-1) + self.cov_diag
+        return (self._cov_factor.pow(2).sum(-1) + self._cov_diag).expand(*self.batch_shape, self.event_shape[0])
 
     @property
     def covariance_matrix(self) -> Tensor:
-        return self.cov_factor @ self.cov_factor.mT + torch.diag_embed(self.cov_diag)
+        d = self.event_shape[0]
+        cov = self._cov_factor @ self._cov_factor.mT + torch.diag_embed(self._cov_diag)
+        return cov.expand(*self.batch_shape, d, d)
 
     @property
     def scale_tril(self) -> Tensor:
-        return torch.linalg.cholesky(self.covariance_matrix)
+        # Factorize each distinct covariance once, then broadcast.
+        d = self.event_shape[0]
+        cov = self._cov_factor @ self._cov_factor.mT + torch.diag_embed(self._cov_diag)
+        return torch.linalg.cholesky(cov).expand(*self.batch_shape, d, d)
 
     @lazy_property
     def _capacitance_tril(self) -> Tensor:
