@@ -86,8 +86,8 @@ def ess(log_w: Tensor) -> Tensor:
     References:
         Kong, A Note on Importance Sampling using Standardized Weights (1992).
     """
-    dtype = log_w.dtype
     lw = _check_log_w(log_w)
+    dtype = log_w.dtype
     top = lw.amax(0)
     empty = top == -math.inf
     lw = lw - torch.where(empty, 0.0, top)  # the largest weight becomes 1
@@ -179,8 +179,8 @@ def psis(log_w: Tensor) -> tuple[Tensor, Tensor]:
     References:
         Vehtari, Simpson, Gelman, Yao & Gabry, Pareto Smoothed Importance Sampling (2015-2024).
     """
-    dtype = log_w.dtype
     lw = _check_log_w(log_w).double()  # the fit takes logs of small differences
+    dtype = log_w.dtype
     K, batch = lw.shape[0], lw.shape[1:]
     lw = lw.reshape(K, -1)
     khat = torch.full(lw.shape[1:], math.inf, dtype=lw.dtype, device=lw.device)
@@ -208,8 +208,9 @@ def psis(log_w: Tensor) -> tuple[Tensor, Tensor]:
     q = _gpd_quantile(p.unsqueeze(-1), k, sigma)  # [M, B], ascending exceedances
     new_tail = torch.where(finite_cut, safe_cut + torch.log1p(q * torch.exp(-safe_cut)), q.log())
     new_tail = new_tail.clamp_max(0.0)  # no smoothed weight above the largest raw weight
-    s[K - M :] = torch.where(smooth, new_tail, tail)
-    smoothed = torch.empty_like(s).scatter_(0, order, s + torch.where(fit | tied, top, 0.0))
+    # Only the smoothed tail is shifted back; the rest keeps its input values bit for bit.
+    sorted_lw[K - M :] = torch.where(smooth, new_tail + torch.where(smooth, top, 0.0), sorted_lw[K - M :])
+    smoothed = torch.empty_like(sorted_lw).scatter_(0, order, sorted_lw)
     return smoothed.reshape(K, *batch).to(dtype), khat.reshape(batch).to(dtype)
 
 
