@@ -168,6 +168,14 @@ class Flow(Family):
 
     def expand(self, batch_shape, _instance=None) -> Flow:
         batch_shape = torch.Size(batch_shape)
+        try:
+            ok = torch.broadcast_shapes(self.batch_shape, batch_shape) == batch_shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"Flow.expand: batch shape {tuple(self.batch_shape)} cannot expand to {tuple(batch_shape)}"
+            )
         ctx = None if self.context is None else self.context.expand(*batch_shape, self.context.shape[-1])
         new = Flow(self.base.expand(batch_shape), self.transforms, ctx, validate_args=False, _stop=self._stop)
         new._validate_args = self._validate_args

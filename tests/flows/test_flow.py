@@ -1,0 +1,197 @@
+"""The ``Flow`` family: closed forms, shapes, stopped parameters, ``vt.loss`` and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cases import make
+from torch.distributions import MultivariateNormal
+
+import vitorch as vt
+from vitorch import flows
+from vitorch.families.flow import Flow
+from vitorch.families.gaussian import DiagNormal
+
+from conftest import Z
+
+D, C, B = 3, 2, 4
+
+
+def _std_normal(d=D):
+    return DiagNormal(torch.zeros(d), torch.ones(d))
+
+
+def _mixed_stack(c=0):
+    """One of nearly every transform, so composition and context plumbing are exercised together."""
+    names = ["elementwise_affine", "planar", "radial", "sylvester_householder", "iaf_affine", "maf_spline"]
+    names += ["coupling_affine", "lu_linear", "sylvester_orthogonal", "iaf_spline", "coupling_spline"]
+    return [make(n, D, c, spread=0.1) for n in names] + [flows.Permutation(D)]
+
+
+def test_lu_linear_flow_is_the_gaussian_it_pushes_forward():
+    t = make("lu_linear", D)
+    q = Flow(_std_normal(), [t])
+    with torch.no_grad():
+        x0 = torch.zeros(D)
+        bias = t(x0)
+        w = torch.autograd.functional.jacobian(t, x0)  # the linear map, independent of ladj
+    exact = MultivariateNormal(bias, covariance_matrix=w @ w.T)
+    z = torch.randn(20, D) * 2
+    torch.testing.assert_close(q.log_prob(z), exact.log_prob(z), atol=1e-12, rtol=0)
+
+
+def test_fused_and_inverse_log_densities_agree_with_batch_and_context():
+    stack = flows.ConditionalFlow(_mixed_stack(C))
+    ctx = torch.randn(B, C)
+    q = stack(ctx)
+    assert q.batch_shape == (B,) and q.event_shape == (D,)
+    z, log_q = q.rsample_and_log_prob((5,))
+    assert z.shape == (5, B, D) and log_q.shape == (5, B)
+    torch.testing.assert_close(q.log_prob(z), log_q, atol=1e-9, rtol=0)
+    assert q.sample((2, 3)).shape == (2, 3, B, D)
+    assert q.expand((2, B)).rsample((7,)).shape == (7, 2, B, D)
+
+
+def test_detach_keeps_values_and_stops_every_parameter_and_the_context():
+    ctx = torch.randn(B, C, requires_grad=True)
+    module = flows.ConditionalFlow(_mixed_stack(C))
+    q = module(ctx)
+    z = q.sample((3,))
+    stopped = vt.stopped(q).log_prob(z)
+    torch.testing.assert_close(stopped, q.log_prob(z), atol=1e-12, rtol=0)
+    assert not stopped.requires_grad  # z carries no graph, and nothing else may
+    # With z on its path, gradients reach the parameters only through z.
+    z_path = z.clone().requires_grad_()
+    vt.stopped(q).log_prob(z_path).sum().backward()
+    assert z_path.grad is not None and all(p.grad is None for p in module.parameters()) and ctx.grad is None
+
+
+@pytest.mark.parametrize("name", ["planar", "radial", "sylvester_householder", "sylvester_orthogonal", "iaf_spline"])
+def test_score_of_log_prob_has_mean_zero(name):
+    """``E_q[d/dc log q(z | c)] = 0``: checks log_prob's gradient through the (iterative) inverse.
+
+    Its failure would make sticking-the-landing biased, since STL and the
+    reparameterization gradient differ by exactly this score term.  Every datum has
+    its own copy of the context, so ``ctx.grad`` holds per-sample scores.
+    """
+    n = 20_000
+    q_mod = flows.ConditionalFlow([make("elementwise_affine", D, spread=0.1), make(name, D, C, spread=0.1)])
+    ctx = torch.randn(C).expand(n, C).clone().requires_grad_()
+    q = q_mod(ctx)
+    z = q.sample()
+    q.log_prob(z).sum().backward()
+    score = ctx.grad
+    mean, se = score.mean(0), score.std(0) / n**0.5
+    assert (se > 0).all()
+    assert (mean.abs() <= Z * se).all(), f"mean score {mean.tolist()} with standard errors {se.tolist()}"
+
+
+def test_stl_gradient_is_exactly_zero_when_q_is_the_target():
+    """STL has zero variance at the optimum (Roeder et al., 2017), with the target's density
+    computed independently of the flow (a Gaussian pushed through a linear map)."""
+    stack = [make("elementwise_affine", D), make("lu_linear", D)]
+    q = Flow(_std_normal(), stack)
+    with torch.no_grad():
+        w = torch.autograd.functional.jacobian(lambda x: stack[1](stack[0](x)), torch.zeros(D))
+        target = MultivariateNormal(stack[1](stack[0](torch.zeros(D))), covariance_matrix=w @ w.T)
+    out = vt.loss(target.log_prob, q, num_particles=16, estimator=vt.estimators.stl)
+    out.loss.backward()
+    for p in torch.nn.ModuleList(stack).parameters():
+        assert p.grad.abs().max() < 1e-10
+
+
+@pytest.mark.parametrize(
+    ("objective", "estimator"),
+    [
+        (vt.objectives.elbo, vt.estimators.reparam),
+        (vt.objectives.elbo, vt.estimators.stl),
+        (vt.objectives.iwae, vt.estimators.dreg),
+        (vt.objectives.iwae, vt.estimators.reparam),
+    ],
+)
+def test_amortized_flow_trains_through_vt_loss(objective, estimator):
+    encoder = torch.nn.Linear(5, C)
+    module = flows.ConditionalFlow(_mixed_stack(C))
+    x = torch.randn(B, 5)
+    q = module(encoder(x))
+
+    def log_joint(z):  # [K, B, D] -> [K, B]
+        return -0.5 * (z - x[:, :D]).pow(2).sum(-1)
+
+    out = vt.loss(log_joint, q, num_particles=4, objective=objective, estimator=estimator)
+    assert out.bound.shape == (B,) and out.log_w.shape == (4, B)
+    out.loss.backward()
+    for p in list(module.parameters()) + list(encoder.parameters()):
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    assert encoder.weight.grad.abs().sum() > 0
+
+
+class _NoInverse(flows.Transform):
+    """A shift with no inverse implemented, standing in for a user's one-way transform."""
+
+    def __init__(self, dim):
+        super().__init__(dim)
+        self.shift = torch.nn.Parameter(torch.ones(dim))
+
+    def call_and_ladj(self, x, context=None):
+        return x + self.shift, x.new_zeros(x.shape[:-1])
+
+
+def test_transform_without_inverse_fails_clearly_for_log_prob_and_stl():
+    q = Flow(_std_normal(), [_NoInverse(D)])
+    z, log_q = q.rsample_and_log_prob((3,))  # the forward pass still works
+    assert z.shape == (3, D)
+    with pytest.raises(flows.NoInverseError, match="sticking-the-landing and DReG"):
+        q.log_prob(z)
+    with pytest.raises(flows.NoInverseError, match="inverse"):
+        vt.loss(lambda z: -z.pow(2).sum(-1), q, num_particles=2, estimator=vt.estimators.stl)
+    vt.loss(lambda z: -z.pow(2).sum(-1), q, num_particles=2, estimator=vt.estimators.reparam).loss.backward()
+
+
+def test_constrained_support_is_validated():
+    q = Flow(_std_normal(), [make("elementwise_affine", D), flows.Softplus(D)], validate_args=True)
+    assert (q.sample((10,)) > 0).all()
+    with pytest.raises(ValueError, match="support"):
+        q.log_prob(-torch.ones(D))
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: Flow(1.0, []), "base"),
+        (lambda: Flow(torch.distributions.Normal(0.0, 1.0), []), "event shape"),
+        (lambda: Flow(_std_normal(), [flows.Planar(D + 1)]), "dim"),
+        (lambda: Flow(_std_normal(), [torch.nn.Linear(D, D)]), "Transform"),
+        (lambda: Flow(_std_normal(), [flows.Planar(D, context_features=C)], torch.randn(5, C)).expand((4,)), "expand"),
+        (lambda: Flow(DiagNormal(torch.zeros(3, D), torch.ones(3, D)), [], torch.randn(5, C)), "broadcast"),
+        (lambda: Flow(_std_normal(), [flows.Planar(D, context_features=C)]).sample(), "context"),
+        (lambda: Flow(_std_normal(), [flows.Planar(D, context_features=C)], torch.randn(C + 1)).sample(), "context"),
+        (lambda: flows.Planar(0), "dim"),
+        (lambda: flows.OrthogonalSylvester(2, rank=3), "rank"),
+        (lambda: flows.HouseholderSylvester(2, reflections=0), "reflections"),
+        (lambda: flows.MAF(3, order=[0, 0, 1]), "order"),
+        (lambda: flows.IAF(3, transformer=torch.nn.Identity()), "transformer"),
+        (lambda: flows.RQSpline(bins=0), "bins"),
+        (lambda: flows.RQSpline(bound=-1.0), "bound"),
+        (lambda: flows.AffineCoupling(1), "dim"),
+        (lambda: flows.Coupling(3, mask=[True, True, True]), "mask"),
+        (lambda: flows.Permutation(3, perm=[0, 1, 1]), "perm"),
+        (lambda: flows.ConditionalFlow([]), "dim"),
+    ],
+)
+def test_bad_input_is_a_value_error(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_spline_passes_through_its_knots_with_their_slopes():
+    spline = flows.RQSpline(bins=5, bound=2.0)
+    params = torch.randn(1, spline.num_params)
+    xs, ys, d = spline._spline(params, torch.Size([1]))
+    knots = xs[0, 1:-1]
+    y, log_dy = spline(knots.unsqueeze(-1), params.expand(len(knots), -1).unsqueeze(-2))
+    torch.testing.assert_close(y.squeeze(-1), ys[0, 1:-1], atol=1e-12, rtol=0)
+    torch.testing.assert_close(log_dy.squeeze(-1).exp(), d[0, 1:-1], atol=1e-12, rtol=0)
+    outside = torch.tensor([[-3.0], [2.5]])
+    y_out, log_dy_out = spline(outside, params.unsqueeze(-2))
+    assert torch.equal(y_out, outside) and torch.equal(log_dy_out, torch.zeros_like(outside))
