@@ -11,6 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -198,6 +200,22 @@ def test_psis_special_cases():
     assert math.isfinite(k.item()) and bool((s[:300] == -math.inf).all())
 
 
+@given(
+    K=st.integers(1, 60),
+    batch=st.lists(st.integers(0, 3), max_size=2),
+    scale=st.floats(0.1, 50.0),
+)
+def test_weight_diagnostics_shapes(K, batch, scale):
+    log_w = scale * torch.randn(K, *batch)
+    smoothed, khat = dg.psis(log_w)
+    assert smoothed.shape == log_w.shape and khat.shape == tuple(batch)
+    assert dg.ess(log_w).shape == tuple(batch) and dg.psis_khat(log_w).shape == tuple(batch)
+    if K <= 20:  # too few tail draws: reported, not smoothed
+        assert bool(torch.isinf(khat).all()) and torch.equal(smoothed, log_w)
+    else:
+        assert bool(torch.isfinite(khat).all()) and bool(torch.isfinite(smoothed).all())
+
+
 # ----------------------------------------------------------------------------- gradient SNR
 
 
@@ -289,6 +307,9 @@ def test_gradient_snr_bad_input():
         dg.gradient_snr(lambda: theta * 2, [theta], 3)
     with pytest.raises(ValueError, match="no graph"):
         dg.gradient_snr(lambda: torch.tensor(1.0), [theta], 3)
+    scale = theta.exp()  # derived once, outside loss_fn: its graph is freed by the first draw
+    with pytest.raises(ValueError, match="inside loss_fn"):
+        dg.gradient_snr(lambda: (scale * torch.randn(2)).sum(), [theta], 3)
     with pytest.raises(ValueError, match=r"non-finite gradient for params\[0\] at draw 0"):
         dg.gradient_snr(lambda: theta.sqrt().sum(), [theta], 3)
 
@@ -309,6 +330,12 @@ def test_kl_per_dim_sums_to_the_full_kl():
     torch.testing.assert_close(ind, kl_divergence(Normal(loc_q, scale_q), Normal(0.0, 1.0)))
     same = dg.kl_per_dim(DiagNormal(loc_q, scale_q), DiagNormal(loc_q, scale_q * (1 + 1e-9)))
     assert bool((same >= 0).all()) and bool((same < 1e-17).all())  # ~ (2e-9)^2 / 2, no cancellation
+
+
+def test_kl_per_dim_gradcheck():
+    args = (torch.randn(2, 3), torch.rand(2, 3) + 0.3, torch.randn(3), torch.rand(3) + 0.3)
+    args = tuple(a.requires_grad_() for a in args)
+    assert torch.autograd.gradcheck(lambda a, b, c, d: dg.kl_per_dim(DiagNormal(a, b), DiagNormal(c, d)), args)
 
 
 def test_kl_per_dim_bad_input():

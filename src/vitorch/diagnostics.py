@@ -9,8 +9,8 @@
 * :func:`kl_per_dim`, :func:`active_units` and :func:`collapse_diagnostics` find
   latent dimensions that a VAE's encoder has stopped using (Burda et al., 2016).
 
-Everything here is a measurement: nothing returned carries a gradient and no
-function touches ``.grad``.
+Everything here except :func:`kl_per_dim` is a measurement: it returns no
+gradient, and no function touches ``.grad``.
 
 References:
     Vehtari, Simpson, Gelman, Yao & Gabry, Pareto Smoothed Importance Sampling (2015-2024).
@@ -107,8 +107,9 @@ def _gpd_fit(x: Tensor) -> tuple[Tensor, Tensor]:
     ``k(theta) = mean(log(1 - theta x))``, with profile log-likelihood
     ``n (log(-theta / k(theta)) - k(theta) - 1)``.  Zhang & Stephens average ``theta``
     over a fixed grid of ``m = 30 + floor(sqrt(n))`` points weighted by that profile
-    likelihood (an empirical-Bayes posterior mean), which is fast, always defined,
-    and nearly unbiased for ``k < 1``.  Vehtari et al. then shrink ``k`` towards 0.5
+    likelihood (an empirical-Bayes posterior mean): no iterative optimizer, always
+    defined, and about as efficient as maximum likelihood (it sits an ``O(1/n)``
+    offset from the MLE).  Vehtari et al. then shrink ``k`` towards 0.5
     with the weight of 10 observations: ``k = (n k + 5) / (n + 10)``.
 
     Args:
@@ -150,13 +151,13 @@ def psis(log_w: Tensor) -> tuple[Tensor, Tensor]:
     """Pareto-smoothed importance sampling: smoothed log-weights and the k-hat diagnostic.
 
     Per batch element, the ``M = ceil(min(K / 5, 3 sqrt(K)))`` largest weights are
-    fitted by a generalized Pareto distribution above the next-largest weight (the
-    fit of :func:`_gpd_fit`: Zhang & Stephens, 2009, with Vehtari et al.'s weakly
-    informative prior on the shape), and replaced by the fitted distribution's
-    expected order statistics ``u + F^{-1}((j - 1/2) / M)``, ``j = 1..M``, truncated
+    fitted by a generalized Pareto distribution above the next-largest weight ``u``
+    (Zhang & Stephens' 2009 estimator with Vehtari et al.'s weakly informative prior
+    on the shape), and replaced by the fitted distribution's quantiles at the
+    plotting positions, ``u + F^{-1}((j - 1/2) / M)``, ``j = 1..M``, truncated
     at the largest raw weight.  The rest of the weights are unchanged and the order of
     the weights is kept.  The fitted shape k-hat says how heavy the weights' tail is
-    (the weights have ``1 / k`` finite moments):
+    (moments of the weights of order below ``1 / k`` are finite):
 
     * ``k < 0.5`` (:data:`KHAT_GOOD`): finite variance; ``q`` is a good proposal.
     * ``0.5 <= k < 0.7`` (:data:`KHAT_OK`): infinite variance, but PSIS estimates are
@@ -291,8 +292,10 @@ def gradient_snr(loss_fn: Callable[[], Tensor], params: Iterable[Tensor] | nn.Mo
     guide gradient's SNR falls as ``O(1 / sqrt(K))``.
 
     Args:
-        loss_fn: draws a fresh scalar loss each call, e.g.
-            ``lambda: vt.loss(log_joint, q, 8, vt.objectives.iwae, vt.estimators.dreg).loss``.
+        loss_fn: builds and returns a fresh scalar loss on each call, including
+            the family from the parameters, e.g.
+            ``lambda: vt.loss(log_joint, DiagNormal(loc, log_scale.exp()), 8, vt.objectives.iwae,
+            vt.estimators.dreg).loss``.
         params: tensors with ``requires_grad=True``, or an ``nn.Module`` (its trainable parameters).
         num_draws: how many gradients to draw, at least 2.
 
@@ -318,7 +321,15 @@ def gradient_snr(loss_fn: Callable[[], Tensor], params: Iterable[Tensor] | nn.Mo
             raise ValueError(f"loss_fn must return a scalar tensor; got {shape}")
         if not loss.requires_grad:
             raise ValueError("loss_fn returned a tensor with no graph: it does not depend on params")
-        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        try:
+            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        except RuntimeError as err:
+            if "second time" not in str(err):
+                raise
+            raise ValueError(
+                "loss_fn reuses a graph that an earlier draw already freed; build everything "
+                "derived from params (e.g. the family q) inside loss_fn"
+            ) from err
         for name, p, g, mu, acc in zip(names, tensors, grads, mean, m2):
             g = torch.zeros_like(p, dtype=torch.float64) if g is None else g.detach().double()
             if not bool(torch.isfinite(g).all()):
@@ -353,7 +364,6 @@ def _diag_gaussian(d: Distribution, name: str) -> tuple[Tensor, Tensor]:
     )
 
 
-@torch.no_grad()
 def kl_per_dim(q: Distribution, p: Distribution) -> Tensor:
     """``KL(q || p)`` of two diagonal Gaussians, split over the latent dimensions.
 
@@ -369,7 +379,8 @@ def kl_per_dim(q: Distribution, p: Distribution) -> Tensor:
             e.g. the prior ``Normal(0., 1.)``.
 
     Returns:
-        ``[*batch, D]`` non-negative per-dimension KL (no gradient).
+        ``[*batch, D]`` non-negative per-dimension KL.  Unlike the other diagnostics it
+        keeps the graph, so it can also shape a loss (e.g. free bits, Kingma et al., 2016).
 
     Raises:
         ValueError: if either is not a diagonal Gaussian, their event sizes differ, or
