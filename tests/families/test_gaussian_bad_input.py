@@ -94,6 +94,18 @@ BAD_PARAMETERS = {
         r"parameter cov_factor .*FiniteReal",
     ),
     "lowrank loc nan": (LowRankNormal, (_vec(0, 0, NAN), _factor(1), ONES), r"parameter loc .*FiniteReal"),
+    # One bad member of a batch, and a bad factor shared by a batch of means.
+    "full one bad matrix in a batch": (
+        FullRankNormal,
+        (torch.zeros(3), torch.stack([_tril(), _tril(upper=0.5), _tril()])),
+        r"parameter scale_tril .*lower triangular",
+    ),
+    "full bad shared factor": (FullRankNormal, (torch.zeros(4, 3), _tril(diag=-1.0)), r"parameter scale_tril"),
+    "diag one bad scale in a batch": (
+        DiagNormal,
+        (torch.zeros(3), torch.stack([ONES, _vec(1, 1, -1)])),
+        r"parameter scale .*PositiveFinite.*-1\.0",
+    ),
 }
 
 
@@ -108,7 +120,7 @@ def test_bad_parameter_raises_naming_parameter_and_constraint(case):
 def test_validate_args_false_skips_parameter_checks(case):
     cls, args, _ = BAD_PARAMETERS[case]
     q = cls(*args, validate_args=False)
-    assert q.batch_shape == () and q.event_shape == (3,)
+    assert q.event_shape == (3,)
 
 
 BAD_SHAPES = {

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, MultivariateNormal
+from torch.distributions import Distribution, Independent, MultivariateNormal, constraints
 from torch.distributions.utils import lazy_property
 
 __all__ = ["Family", "stopped", "broadcast_params", "check_param"]
@@ -40,10 +40,11 @@ def broadcast_params(**params: Tensor) -> list[Tensor]:
 def check_param(name: str, value: Tensor, constraint: str, ok: Tensor, family: str) -> None:
     """Raise ``ValueError`` if ``ok`` is not all true.
 
-    ``ok`` is a boolean tensor computed by the caller; NaN must make it false.
+    ``ok`` is a boolean tensor computed by the caller, of ``value``'s shape or a
+    prefix of it (one flag per vector or matrix); NaN must make it false.
     """
     if not bool(ok.all()):
-        bad = value.detach()[~ok] if ok.shape == value.shape else value.detach().flatten()[:4]
+        bad = value.detach()[~ok] if ok.shape == value.shape[: ok.dim()] else value.detach()
         raise ValueError(
             f"{family}: parameter {name} must satisfy {constraint}; "
             f"found invalid values such as {bad.flatten()[:4].tolist()} (shape {tuple(value.shape)})"
@@ -58,6 +59,29 @@ class Family(Distribution):
     ``z`` is ``[*sample_shape, *batch_shape, *event_shape]`` and its log-density
     ``[*sample_shape, *batch_shape]``.
     """
+
+    def _init_checked(
+        self, batch_shape: torch.Size, event_shape: torch.Size, validate_args: bool | None, **params: Tensor
+    ) -> None:
+        """``Distribution.__init__`` with the parameter checks run on the *unbroadcast* ``params``.
+
+        torch checks the broadcast attributes, which for a factor shared by a batch
+        would materialize one ``[D, D]`` check per batch element; the flags are the
+        same, so each distinct parameter is checked once here instead.
+        """
+        super().__init__(batch_shape, event_shape, validate_args=False)
+        validate = Distribution._validate_args if validate_args is None else validate_args
+        if not validate:
+            return
+        self._validate_args = True
+        for name, value in params.items():
+            constraint = self.arg_constraints[name]
+            if isinstance(constraint, constraints.independent):
+                # Elementwise flags, so that the message shows the offending entries.
+                ok = constraint.base_constraint.check(value)
+            else:
+                ok = constraint.check(value)
+            check_param(name, value, repr(constraint), ok, type(self).__name__)
 
     def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
         """Draw ``z`` by reparameterization and return ``(z, log q(z))``.

@@ -72,7 +72,7 @@ class DiagNormal(Family):
         scale = _as_tensor(scale, loc)
         _event_check("loc", loc, 1, "DiagNormal")
         self.loc, self.scale = broadcast_params(loc=loc, scale=scale)
-        super().__init__(self.loc.shape[:-1], self.loc.shape[-1:], validate_args=validate_args)
+        self._init_checked(self.loc.shape[:-1], self.loc.shape[-1:], validate_args, loc=loc, scale=scale)
 
     def expand(self, batch_shape, _instance=None):
         shape = torch.Size(batch_shape) + self.event_shape
@@ -166,7 +166,7 @@ class FullRankNormal(Family):
         self._loc, self._scale_tril = loc, scale_tril  # unbroadcast, for cheap products
         self.loc = loc.expand(*batch_shape, d)
         self.scale_tril = scale_tril.expand(*batch_shape, d, d)
-        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+        self._init_checked(batch_shape, loc.shape[-1:], validate_args, loc=loc, scale_tril=scale_tril)
 
     def expand(self, batch_shape, _instance=None):
         # Only loc is expanded: the unbroadcast factor keeps products and solves copy-free.
@@ -272,7 +272,9 @@ class LowRankNormal(Family):
         self.loc = loc.expand(*batch_shape, d)
         self.cov_factor = cov_factor.expand(*batch_shape, d, r)
         self.cov_diag = cov_diag.expand(*batch_shape, d)
-        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+        self._init_checked(
+            batch_shape, loc.shape[-1:], validate_args, loc=loc, cov_factor=cov_factor, cov_diag=cov_diag
+        )
 
     def expand(self, batch_shape, _instance=None):
         # Only loc is expanded, so the capacitance is factorized once per distinct factor.
