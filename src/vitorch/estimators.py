@@ -57,6 +57,13 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den != 0, num / torch.where(den != 0, den, 1.0), 0.0)
 
 
+def _stopped_log_prob(q: Distribution, z: Tensor) -> Tensor:
+    """log q(z) at stopped parameters; ``z`` came from q itself, so its support check is skipped."""
+    sq = stopped(q)
+    sq._validate_args = False
+    return sq.log_prob(z)
+
+
 def _weighted_sum(coef: Tensor, x: Tensor) -> Tensor:
     """``sum_k coef_k x_k`` where a zero weight silences a ``-inf`` term instead of making NaN."""
     return torch.where(coef != 0, coef * x, 0.0).sum(0)
@@ -131,7 +138,7 @@ class _Pathwise(Estimator):
             log_p = log_joint(z)
             _check_log_p(log_p, z, K, q.batch_shape)
             if self.stop_q:
-                log_q = stopped(q).log_prob(z)
+                log_q = _stopped_log_prob(q, z)
             log_w = log_p - log_q
             surrogate = objective(log_w) if objective.sign > 0 else -objective(log_w)
             bound = None if corrected else surrogate.detach() * objective.sign
@@ -141,7 +148,7 @@ class _Pathwise(Estimator):
             log_p = log_joint(z_path)
             _check_log_p(log_p, z, K, q.batch_shape)
             if self.stop_q:
-                log_q = stopped(q).log_prob(z_path)
+                log_q = _stopped_log_prob(q, z_path)
             log_w = log_p - log_q
             with torch.no_grad():
                 c_model = objective.model.sign * objective.model.grad_coefficients(log_w)
