@@ -89,3 +89,18 @@ def test_kl_rejects_mismatched_events_and_unsupported_pairs():
         kl_divergence(DiagNormal(torch.zeros(3), torch.ones(3)), DiagNormal(torch.zeros(4), torch.ones(4)))
     with pytest.raises(NotImplementedError, match="Independent"):
         kl_divergence(DiagNormal(torch.zeros(3), torch.ones(3)), Independent(Laplace(torch.zeros(3), 1.0), 1))
+
+
+@pytest.mark.parametrize("q_kind", gc.FAMILIES)
+@pytest.mark.parametrize("p_kind", gc.FAMILIES)
+def test_kl_with_factors_shared_across_the_batch(q_kind, p_kind):
+    """Parameters of p other than loc are shared by p's batch (unbroadcast inside the families)."""
+    pq = gc.params(q_kind, (2, 1), D)
+    pp = gc.params(p_kind, (), D, s=1.3)
+    pp["loc"] = torch.randn(3, D)
+    q, p = gc.family(q_kind, pq), gc.family(p_kind, pp)
+    dense_p = gc.dense_mvn(p_kind, {k: v if k == "loc" else v.expand(3, *v.shape).clone() for k, v in pp.items()})
+    expected = kl_divergence(gc.dense_mvn(q_kind, pq), dense_p)
+    assert expected.shape == (2, 3)
+    assert_close(kl_divergence(q, p), expected, rtol=RTOL, atol=ATOL)
+    assert_close(kl_divergence(p, q), kl_divergence(dense_p, gc.dense_mvn(q_kind, pq)), rtol=RTOL, atol=ATOL)

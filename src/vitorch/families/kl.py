@@ -68,6 +68,15 @@ def _cov_root(d) -> Tensor:
     return d.scale_tril
 
 
+def _unbroadcast_tril(d) -> Tensor:
+    """p's Cholesky factor without its batch expansion: solves then run once per distinct factor."""
+    if isinstance(d, FullRankNormal):
+        return d._scale_tril
+    if isinstance(d, MultivariateNormal):
+        return d._unbroadcasted_scale_tril
+    return d.scale_tril
+
+
 def _gaussian_kl(q, p) -> Tensor:
     _check_gaussian(q)
     _check_gaussian(p)
@@ -81,7 +90,7 @@ def _gaussian_kl(q, p) -> Tensor:
         mean_term = ((_variance(q) + (q.mean - loc_p).pow(2)) / scale_p.pow(2)).sum(-1)
         cross = scale_p.log().sum(-1) + 0.5 * d * _LOG_2PI + 0.5 * mean_term
         return cross - _entropy(q)
-    tril_p = p.scale_tril
+    tril_p = _unbroadcast_tril(p)
     m = torch.linalg.solve_triangular(tril_p, _cov_root(q), upper=False)
     diff = (q.mean - p.mean).unsqueeze(-1)
     u = torch.linalg.solve_triangular(tril_p, diff, upper=False).squeeze(-1)
