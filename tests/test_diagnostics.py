@@ -181,6 +181,27 @@ def test_psis_smoothing_keeps_order_touches_only_the_tail_and_never_exceeds_the_
     assert bool((new_sorted[K - M :] >= raw_sorted[K - M - 1]).all())
 
 
+def test_psis_tail_is_the_fitted_gpd_quantiles():
+    """Smoothed tail weight j, minus the threshold weight u, is sigma * F^{-1}((j - 1/2) / M; k-hat)
+    for one sigma per row: its ratio to scipy's unit-scale quantile must be constant along j
+    (except where truncated at the largest raw weight)."""
+    from scipy import stats
+
+    K = 2000
+    M = math.ceil(min(K / 5, 3 * math.sqrt(K)))
+    log_w = _gpd_log_draws(0.7, (K, 4))
+    log_w = log_w - log_w.amax(0)  # largest weight 1, so exp() below is exact enough
+    smoothed, khat = dg.psis(log_w)
+    raw_sorted, new_sorted = log_w.sort(0).values, smoothed.sort(0).values
+    p = (np.arange(1, M + 1) - 0.5) / M
+    for b in range(4):
+        excess = new_sorted[K - M :, b].exp() - raw_sorted[K - M - 1, b].exp()
+        ratio = excess.numpy() / stats.genpareto.ppf(p, khat[b].item())
+        kept = new_sorted[K - M :, b].numpy() < 0  # not truncated at the largest raw weight
+        assert kept.sum() > M // 2
+        np.testing.assert_allclose(ratio[kept], ratio[kept][0], rtol=1e-9)
+
+
 def test_psis_special_cases():
     small = torch.randn(20, 2)  # M = 4 < 5 tail draws: cannot be assessed
     s, k = dg.psis(small)
@@ -405,5 +426,7 @@ def test_collapse_bad_input():
         dg.collapse_diagnostics(lambda xb: xb, x, prior=Normal(0.0, 1.0))
     with pytest.raises(ValueError, match=r"\[n, D\]"):
         dg.collapse_diagnostics(lambda xb: xb.sum(-1), x)
+    with pytest.raises(ValueError, match="changed its D between batches: 2 then 1"):
+        dg.collapse_diagnostics(lambda xb: xb[:, : 1 + (xb.shape[0] == 4)], x, batch_size=4)
     with pytest.raises(ValueError, match="at least 2 inputs"):
         dg.collapse_diagnostics(lambda xb: xb, x[:1])

@@ -542,6 +542,8 @@ def collapse_diagnostics(
         if mean is None:
             n, mean, m2 = nb, batch_mean, batch_m2
             continue
+        if batch_mean.shape != mean.shape:
+            raise ValueError(f"encoder output changed its D between batches: {mean.shape[0]} then {means.shape[1]}")
         delta = batch_mean - mean
         mean = mean + delta * (nb / (n + nb))
         m2 = m2 + batch_m2 + delta.pow(2) * (n * nb / (n + nb))
