@@ -24,6 +24,8 @@ TOL = 1e-12  # see the module docstring
 def operands(draw):
     full = tuple(draw(st.lists(st.integers(1, 3), max_size=3)))
     d = draw(st.integers(1, 4))
+    # Tensors come from a seed hypothesis chose, so that a failing example replays exactly.
+    torch.manual_seed(draw(st.integers(0, 2**32 - 1)))
     # The matrix: a suffix of the batch, each dimension full, 1, or expanded with stride 0.
     k = draw(st.integers(0, len(full)))
     kinds = [draw(st.sampled_from(["full", "one", "expanded"])) for _ in full[len(full) - k :]]
