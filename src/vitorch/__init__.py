@@ -6,7 +6,7 @@ Families are torch distributions; objectives are pure functions of log-weights
 scalar surrogate whose value is the bound and whose gradient is the estimator's.
 """
 
-from . import estimators, objectives
+from . import diagnostics, estimators, objectives
 from ._version import __version__
 from .families import (
     DiagNormal,
@@ -22,6 +22,7 @@ from .loss import LossOutput, check, loss
 
 __all__ = [
     "__version__",
+    "diagnostics",
     "estimators",
     "objectives",
     "loss",
