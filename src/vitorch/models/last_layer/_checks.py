@@ -24,6 +24,13 @@ def positive_float(owner: str, name: str, value) -> float:
     return v
 
 
+def all_finite(t: Tensor) -> bool:
+    """Whether every entry is finite; one reduction in the common case (a NaN or inf makes the sum non-finite)."""
+    if math.isfinite(float(t.detach().sum())):
+        return True
+    return bool(torch.isfinite(t).all())  # the sum may have overflowed; decide entry by entry
+
+
 def features(owner: str, phi: Tensor, in_features: int) -> Tensor:
     """Check ``phi [N, in_features]``: a finite floating-point matrix."""
     if not isinstance(phi, Tensor):
@@ -32,7 +39,7 @@ def features(owner: str, phi: Tensor, in_features: int) -> Tensor:
         raise ValueError(f"{owner}: phi must have shape [N, {in_features}]; got {tuple(phi.shape)}")
     if not phi.is_floating_point():
         raise ValueError(f"{owner}: phi must be floating point; got {phi.dtype}")
-    if not bool(torch.isfinite(phi).all()):
+    if not all_finite(phi):
         raise ValueError(f"{owner}: phi must be finite; found NaN or infinite features")
     return phi
 
@@ -46,7 +53,7 @@ def targets(owner: str, y: Tensor, n: int, out_features: int) -> Tensor:
     if y.shape != (n, out_features):
         expected = f"[{n}]" + (f" or [{n}, 1]" if out_features == 1 else f" / [{n}, {out_features}]")
         raise ValueError(f"{owner}: y must have shape {expected} to match phi; got {tuple(y.shape)}")
-    if not bool(torch.isfinite(y).all()):
+    if not all_finite(y):
         raise ValueError(f"{owner}: y must be finite; found NaN or infinite targets")
     return y
 

@@ -82,14 +82,20 @@ class WeightPosterior(nn.Module):
         """Move to the member closest in ``KL(q || p)`` to ``p = N(mean [O, D], precision^{-1} [O, D, D])``."""
         raise NotImplementedError
 
-    def kl_to_isotropic(self, prior_variance: Tensor | float) -> Tensor:
+    def quad_and_trace(self, phi: Tensor) -> tuple[Tensor, Tensor]:
+        """``(quad(phi) [N, O], trace() [O])`` together; dense forms share one factor."""
+        return self.quad(phi), self.trace()
+
+    def kl_to_isotropic(self, prior_variance: float, trace: Tensor | None = None) -> Tensor:
         """``KL(q(w_i) || N(0, v I))`` for every row, ``[O]``.
 
-        ``KL = 1/2 [tr(S)/v + m^T m / v - D + D log v - log|S|]``.
+        ``KL = 1/2 [tr(S)/v + m^T m / v - D + D log v - log|S|]``; pass ``trace`` if
+        it is already at hand (from :meth:`quad_and_trace`).
         """
-        v = torch.as_tensor(prior_variance, dtype=self.mean.dtype)
+        v = float(prior_variance)
         d = self.in_features
-        return 0.5 * ((self.trace() + self.mean.pow(2).sum(-1)) / v - d + d * v.log() - self.log_det())
+        trace = self.trace() if trace is None else trace
+        return 0.5 * ((trace + self.mean.pow(2).sum(-1)) / v - self.log_det()) + 0.5 * d * (math.log(v) - 1)
 
     def _set_mean(self, mean: Tensor) -> None:
         with torch.no_grad():
@@ -220,7 +226,11 @@ class Dense(_Cholesky):
 
     def quad(self, phi: Tensor) -> Tensor:
         # phi^T L L^T phi = ||L^T phi||^2
-        return torch.einsum("nd,ode->noe", phi, self.tril()).pow(2).sum(-1)
+        return torch.matmul(phi, self.tril()).pow(2).sum(-1).mT
+
+    def quad_and_trace(self, phi: Tensor) -> tuple[Tensor, Tensor]:
+        tril = self.tril()
+        return torch.matmul(phi, tril).pow(2).sum(-1).mT, tril.pow(2).sum((-2, -1))
 
     def trace(self) -> Tensor:
         return self.tril().pow(2).sum((-2, -1))

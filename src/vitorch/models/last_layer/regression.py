@@ -109,12 +109,13 @@ class VBLLRegression(nn.Module):
             return phi, None
         return phi, _checks.targets(owner, y, phi.shape[0], self.out_features).to(phi.dtype)
 
-    def _data_terms(self, phi: Tensor, y: Tensor) -> Tensor:
-        """Per-datum expected log-likelihood ``E_q log N(y_n | W phi_n, Sigma)``, ``[N]``."""
-        var = self.noise_variance
+    def _data_terms(self, phi: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-datum expected log-likelihood ``E_q log N(y_n | W phi_n, Sigma)`` ``[N]``, and ``KL(q || p)``."""
         resid = y - phi @ self.weights.mean.mT  # [N, O]
-        quad = self.weights.quad(phi)  # [N, O]
-        return -0.5 * ((resid.pow(2) + quad) / var + self.log_noise_variance + _LOG_2PI).sum(-1)
+        quad, trace = self.weights.quad_and_trace(phi)  # [N, O], [O]
+        expected = -0.5 * ((resid.pow(2) + quad) / self.noise_variance + self.log_noise_variance).sum(-1)
+        kl = self.weights.kl_to_isotropic(self.prior_scale**2, trace).sum()
+        return expected - 0.5 * self.out_features * _LOG_2PI, kl
 
     def kl(self) -> Tensor:
         """``KL(q(W) || p(W))``, a scalar."""
@@ -135,7 +136,8 @@ class VBLLRegression(nn.Module):
             y: ``[N, O]`` targets (``[N]`` when ``O = 1``).
         """
         phi, y = self._check(phi, y)
-        return self._data_terms(phi, y).sum() - self.kl()
+        expected, kl = self._data_terms(phi, y)
+        return expected.sum() - kl
 
     def loss(self, phi: Tensor, y: Tensor, num_data: int) -> Tensor:
         """Scaled minibatch loss ``-(1/B) sum_batch E log p - (log p(Sigma) - KL) / N`` (a scalar).
@@ -147,7 +149,8 @@ class VBLLRegression(nn.Module):
         """
         phi, y = self._check(phi, y)
         _checks.num_data(type(self).__name__, num_data, phi.shape[0])
-        return -(self._data_terms(phi, y).mean() + (self.noise_log_prior() - self.kl()) / num_data)
+        expected, kl = self._data_terms(phi, y)
+        return -(expected.mean() + (self.noise_log_prior() - kl) / num_data)
 
     # ----- prediction
 
