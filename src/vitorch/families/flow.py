@@ -44,14 +44,14 @@ class _Method(nn.Module):
         self.t = transform
         self.method = method
 
-    def forward(self, v, context):
-        return getattr(self.t, self.method)(v, context)
+    def forward(self, v, context, **kwargs):
+        return getattr(self.t, self.method)(v, context, **kwargs)
 
 
-def _stopped_call(transform: Transform, method: str, v: Tensor, context: Tensor | None):
-    """``transform.<method>(v, context)`` with every parameter and buffer detached."""
+def _stopped_call(transform: Transform, method: str, v: Tensor, context: Tensor | None, **kwargs):
+    """``transform.<method>(v, context)`` with every parameter detached."""
     state = {f"t.{k}": p.detach() for k, p in transform.named_parameters()}
-    return functional_call(_Method(transform, method), state, (v, context))
+    return functional_call(_Method(transform, method), state, (v, context), kwargs)
 
 
 class Flow(Family):
@@ -116,6 +116,10 @@ class Flow(Family):
         self.transforms = transforms
         self.context = context
         self._stop = _stop
+        # Inputs of the iterative-inverse layers from the last forward pass, shared with
+        # detach(): log_prob on the flow's own samples (STL, DReG) starts its Newton
+        # solves there.  Only a starting point, so a stale entry costs time, never accuracy.
+        self._hints: dict = {}
         super().__init__(batch_shape, base.event_shape, validate_args=validate_args)
 
     @property
@@ -123,10 +127,10 @@ class Flow(Family):
         codomain = self.transforms[-1].codomain if self.transforms else constraints.real
         return constraints.independent(codomain, 1)
 
-    def _call(self, t: Transform, method: str, v: Tensor):
+    def _call(self, t: Transform, method: str, v: Tensor, **kwargs):
         if self._stop:
-            return _stopped_call(t, method, v, self.context)
-        return getattr(t, method)(v, self.context)
+            return _stopped_call(t, method, v, self.context, **kwargs)
+        return getattr(t, method)(v, self.context, **kwargs)
 
     def _base(self) -> Distribution:
         return self.base if self.base.batch_shape == self.batch_shape else self.base.expand(self.batch_shape)
@@ -138,9 +142,14 @@ class Flow(Family):
         else:
             z = base.rsample(torch.Size(sample_shape))
             log_q = base.log_prob(z)
-        for t in self.transforms:
+        hints = {}
+        for i, t in enumerate(self.transforms):
+            if t.accepts_hint:
+                hints[i] = z.detach()
             z, ladj = self._call(t, "call_and_ladj", z)
             log_q = log_q - ladj
+        self._hints.clear()
+        self._hints.update(hints)
         return z, log_q
 
     def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
@@ -155,8 +164,14 @@ class Flow(Family):
         if self._validate_args:
             self._validate_sample(value)
         x, log_det = value, 0.0
-        for t in reversed(self.transforms):
-            x, ladj = self._call(t, "inverse_and_ladj", x)
+        for i in reversed(range(len(self.transforms))):
+            t = self.transforms[i]
+            if t.accepts_hint:
+                hint = self._hints.get(i)
+                hint = hint if hint is not None and hint.shape == x.shape else None
+                x, ladj = self._call(t, "inverse_and_ladj", x, hint=hint)
+            else:
+                x, ladj = self._call(t, "inverse_and_ladj", x)
             log_det = log_det + ladj
         return self._base().log_prob(x) + log_det
 
@@ -164,6 +179,7 @@ class Flow(Family):
         ctx = None if self.context is None else self.context.detach()
         new = Flow(stopped(self.base), self.transforms, ctx, validate_args=False, _stop=True)
         new._validate_args = self._validate_args
+        new._hints = self._hints
         return new
 
     def expand(self, batch_shape, _instance=None) -> Flow:

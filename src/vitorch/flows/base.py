@@ -104,6 +104,7 @@ class Transform(nn.Module):
 
     domain = constraints.real
     codomain = constraints.real
+    accepts_hint = False  # True if inverse_and_ladj takes hint=<guess of x> to speed an iterative solve
 
     def __init__(self, dim: int):
         super().__init__()

@@ -66,12 +66,17 @@ class Planar(Transform):
         uw = (u * w).sum(-1)
         return y, torch.log1p(uw * (1 - h * h))
 
-    def inverse_and_ladj(self, y, context=None):
+    accepts_hint = True
+
+    def inverse_and_ladj(self, y, context=None, hint=None):
+        """The inverse by a Newton solve; ``hint``, a guess of ``x`` (such as the forward
+        pass's input, which :class:`~vitorch.Flow` passes), only speeds it up."""
         self._check_input(y, "y")
         u, w, b = self._uwb(context)
         uw = (u * w).sum(-1)
         # w^T y = a + (u^T w) tanh(a + b) with a = w^T x: a monotone equation in a.
-        a = tanh_root(uw, torch.ones_like(uw), b, (y * w).sum(-1))
+        guess = None if hint is None else (hint * w).sum(-1)
+        a = tanh_root(uw, torch.ones_like(uw), b, (y * w).sum(-1), guess)
         h = torch.tanh(a + b)
         x = y - u * h.unsqueeze(-1)
         return x, -torch.log1p(uw * (1 - h * h))

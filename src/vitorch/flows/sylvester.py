@@ -85,11 +85,17 @@ class _Sylvester(Transform):
         y = x + _matvec(q, _matvec(r1, h))
         return y, self._ladj(h, r1, r2)
 
-    def inverse_and_ladj(self, y, context=None):
+    accepts_hint = True
+
+    def inverse_and_ladj(self, y, context=None, hint=None):
+        """The inverse by back-substitution of Newton solves; ``hint``, a guess of ``x``
+        (such as the forward pass's input, which :class:`~vitorch.Flow` passes), only
+        speeds it up."""
         self._check_input(y, "y")
         q, r1, r2, b = self._unpack(context)
         c = _matvec(q.mT, y)  # Q^T y = v + R1 tanh(R2 v + b), with v = Q^T x
         with torch.no_grad():
+            guess = None if hint is None else _matvec(q.mT, hint).detach().expand_as(c)
             r1_, r2_, b_, c_ = (t.detach() for t in (r1, r2, b, c))
             m = self.rank
             v = torch.zeros_like(c_)
@@ -98,7 +104,8 @@ class _Sylvester(Transform):
             for i in reversed(range(m)):
                 t_i = (r2_[..., i, i + 1 :] * v[..., i + 1 :]).sum(-1) + b_[..., i]
                 rhs = c_[..., i] - (r1_[..., i, i + 1 :] * h[..., i + 1 :]).sum(-1)
-                v[..., i] = tanh_root(r1_[..., i, i], r2_[..., i, i], t_i, rhs)
+                g_i = None if guess is None else guess[..., i]
+                v[..., i] = tanh_root(r1_[..., i, i], r2_[..., i, i], t_i, rhs, g_i)
                 h[..., i] = torch.tanh(r2_[..., i, i] * v[..., i] + t_i)
             jac = torch.eye(m, dtype=v.dtype, device=v.device) + r1_ @ ((1 - h * h).unsqueeze(-1) * r2_)
         # One differentiable Newton step on F(v) = v + R1 tanh(R2 v + b) - Q^T y: exact value,
