@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
+import vitorch as vt
 from vitorch.models import gp
 
 from conftest import Z
@@ -110,3 +111,23 @@ def test_integrator_sizes_are_validated():
         gp.GaussHermite(0)
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
         gp.MonteCarlo(0)
+
+
+@pytest.mark.parametrize("make_estimator", [lambda: vt.estimators.stl, lambda: vt.estimators.score()])
+def test_monte_carlo_through_core_estimators_has_unbiased_value_and_gradient(make_estimator):
+    y = torch.tensor([1.0, 0.0])
+    mean = torch.tensor([0.3, -1.0], requires_grad=True)
+    var = torch.tensor([0.5, 1.2], requires_grad=True)
+    exact = gp.BernoulliLogit().expected_log_prob(y, mean, var)
+    want = torch.cat(torch.autograd.grad(exact.sum(), (mean, var)))
+    lik = gp.BernoulliLogit(integrator=gp.MonteCarlo(32, estimator=make_estimator()))
+    values, grads = [], []
+    for _ in range(200):  # independent replicates: their spread gives the standard errors
+        est = lik.expected_log_prob(y, mean, var)
+        grads.append(torch.cat(torch.autograd.grad(est.sum(), (mean, var))))
+        values.append(est.detach())
+    values, grads = torch.stack(values), torch.stack(grads)
+    se_v = values.std(0) / 200**0.5
+    se_g = grads.std(0) / 200**0.5
+    assert bool(((values.mean(0) - exact.detach()).abs() <= Z * se_v).all())
+    assert bool(((grads.mean(0) - want).abs() <= Z * se_g).all())

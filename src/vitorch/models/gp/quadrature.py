@@ -7,9 +7,11 @@ interface, so any likelihood can use either:
 * :class:`GaussHermite` — ``sum_i (w_i / sqrt(pi)) g(m + sqrt(2 v) x_i)`` with the
   Gauss–Hermite nodes ``x_i`` and weights ``w_i``; exact for polynomials of degree
   ``< 2 * num_points``, deterministic, differentiable in ``m`` and ``v``;
-* :class:`MonteCarlo` — reparameterized draws from the core's
-  :class:`~vitorch.families.DiagNormal` (Kingma & Welling, 2014): unbiased, for
-  likelihoods whose integrand is not smooth enough for quadrature.
+* :class:`MonteCarlo` — draws from the core's :class:`~vitorch.families.DiagNormal`:
+  plain reparameterized draws (Kingma & Welling, 2014), or, given a core
+  estimator (``vt.estimators.stl``, ``reparam``, ``score()``, ...), the surrogate of
+  :func:`vitorch.loss`, so that a likelihood that is not differentiable in ``f``
+  can still be trained by the score-function estimator.
 
 Both also give ``log E[exp(h(f))]`` in log space, for log predictive densities.
 
@@ -27,7 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...families import DiagNormal
+from ...families import DiagNormal, stopped
+from ...loss import loss as vt_loss
+from ...objectives import elbo
 
 __all__ = ["GaussHermite", "MonteCarlo"]
 
@@ -80,27 +84,45 @@ class GaussHermite:
 
 
 class MonteCarlo:
-    """Monte Carlo with ``num_samples`` reparameterized draws from ``DiagNormal(mean, sqrt(var))``.
+    """Monte Carlo with ``num_samples`` draws from ``DiagNormal(mean, sqrt(var))``.
 
     Args:
         num_samples: draws per evaluation (>= 1).
+        estimator: ``None`` for plain reparameterized draws, or a core estimator
+            (:mod:`vitorch.estimators`).  With an estimator, ``E[g(f)]`` is computed
+            by :func:`vitorch.loss` as the ELBO of the log-joint
+            ``g(f) + log q_stopped(f)``, whose log-weights equal ``g(f)``; the value
+            is the plain estimate, the gradient the estimator's (``stl`` gives the
+            pure pathwise gradient, ``score()`` needs no derivative of ``g``).
 
     Raises:
         ValueError: if ``num_samples < 1``.
     """
 
-    def __init__(self, num_samples: int = 64):
+    def __init__(self, num_samples: int = 64, estimator=None):
         if int(num_samples) < 1:
             raise ValueError(f"MonteCarlo: num_samples must be >= 1; got {num_samples}")
         self.num_samples = int(num_samples)
+        self.estimator = estimator
 
     def _draw(self, mean: Tensor, var: Tensor) -> Tensor:
         q = DiagNormal(mean.reshape(-1), var.clamp_min(_MIN_VAR).sqrt().reshape(-1), validate_args=False)
         return q.rsample((self.num_samples,)).reshape(self.num_samples, *mean.shape)
 
     def expect(self, g: Callable[[Tensor], Tensor], mean: Tensor, var: Tensor) -> Tensor:
-        """Unbiased estimate of ``E[g(f)]`` for ``f ~ N(mean, var)``."""
-        return g(self._draw(mean, var)).mean(0)
+        """Unbiased estimate of ``E[g(f)]`` for ``f ~ N(mean, var)``, elementwise over ``mean``'s shape."""
+        if self.estimator is None:
+            return g(self._draw(mean, var)).mean(0)
+        shape, n = mean.shape, mean.numel()
+        q = DiagNormal(mean.reshape(n, 1), var.clamp_min(_MIN_VAR).sqrt().reshape(n, 1), validate_args=False)
+        q_stop = stopped(q)
+
+        def log_joint(f: Tensor) -> Tensor:  # [K, n, 1] -> [K, n]; log w = g(f) in value
+            return g(f.squeeze(-1).reshape(self.num_samples, *shape)).reshape(self.num_samples, n) + q_stop.log_prob(f)
+
+        out = vt_loss(log_joint, q, self.num_samples, objective=elbo, estimator=self.estimator)
+        total = -out.loss * n  # value: sum over data of the estimates; gradient: the estimator's
+        return (out.bound + (total - total.detach()) / n).reshape(shape)
 
     def log_expect_exp(self, h: Callable[[Tensor], Tensor], mean: Tensor, var: Tensor) -> Tensor:
         """``log mean_k exp(h(f_k))`` (a consistent, downward-biased estimate of ``log E[exp h]``)."""

@@ -30,13 +30,11 @@ References:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 from ...families import DiagNormal, FullRankNormal
 from ._marginals import cholesky_and_inverse, whitened_marginals
-from ._params import _inverse_softplus
 from .kernels import Kernel
 from .likelihoods import GaussianLikelihood, Likelihood
 from .linalg import check_data, default_jitter, jittered_cholesky
@@ -97,7 +95,9 @@ class SVGP(nn.Module):
         self.jitter = default_jitter(z.dtype) if jitter is None else float(jitter)
         m = z.shape[0]
         self.q_loc = nn.Parameter(z.new_zeros(m))
-        self.q_diag_raw = nn.Parameter(_inverse_softplus(z.new_ones(m)))
+        # The diagonal of q's square root is stored unconstrained, as in GPflow and GPyTorch: only
+        # S = R R^T matters, so a sign flip is harmless and is undone column-wise in q().
+        self.q_diag = nn.Parameter(z.new_ones(m))
         if family is FullRankNormal:
             self.q_offdiag = nn.Parameter(z.new_zeros(m, m))
         if not self.whiten:  # start at the prior, q(u) = N(0, K_mm)
@@ -105,19 +105,25 @@ class SVGP(nn.Module):
                 self._set_q_params(z.new_zeros(m), self._chol_kmm())
 
     # -- q(u) --------------------------------------------------------------------
+    def _q_root(self) -> Tensor:
+        """A lower-triangular square root of q's covariance, possibly with negative diagonal entries."""
+        if self.family is DiagNormal:
+            return torch.diag_embed(self.q_diag)
+        return self.q_offdiag.tril(-1) + torch.diag_embed(self.q_diag)
+
     def _q_tril(self) -> Tensor:
-        diag = F.softplus(self.q_diag_raw)
-        return self.q_offdiag.tril(-1) + torch.diag_embed(diag)
+        """The Cholesky factor of q's covariance: the root with each column's sign set by its diagonal."""
+        return self._q_root() * torch.where(self.q_diag < 0, -1.0, 1.0).to(self.q_diag.dtype)
 
     def q(self) -> FullRankNormal | DiagNormal:
         """The variational distribution over ``v`` (whitened) or ``u``, event shape ``[M]``."""
         if self.family is DiagNormal:
-            return DiagNormal(self.q_loc, F.softplus(self.q_diag_raw), validate_args=False)
+            return DiagNormal(self.q_loc, self.q_diag.abs(), validate_args=False)
         return FullRankNormal(self.q_loc, self._q_tril(), validate_args=False)
 
     def _set_q_params(self, loc: Tensor, tril: Tensor) -> None:
         self.q_loc.copy_(loc)
-        self.q_diag_raw.copy_(_inverse_softplus(tril.diagonal().clamp_min(1e-30)))
+        self.q_diag.copy_(tril.diagonal())
         if self.family is FullRankNormal:
             self.q_offdiag.copy_(tril.tril(-1))
 
@@ -152,10 +158,7 @@ class SVGP(nn.Module):
     def _marginals(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``q(f)`` mean and variance ``[N]`` at ``x``, and the Cholesky factor of ``K_mm``."""
         l_mm, l_inv = cholesky_and_inverse(self.kernel(self.inducing), "K_mm", self.jitter)
-        if self.family is DiagNormal:
-            root = torch.diag_embed(F.softplus(self.q_diag_raw))
-        else:
-            root = self._q_tril()
+        root = self._q_root()
         loc = self.q_loc
         if not self.whiten:  # q over u = L v: express it over v, an O(M^3) change of variables
             loc = torch.linalg.solve_triangular(l_mm, loc.unsqueeze(-1), upper=False).squeeze(-1)
