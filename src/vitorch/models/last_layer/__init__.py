@@ -4,6 +4,8 @@
   type-II tuning of the prior and noise scales;
 * :class:`VBLLRegression` — deterministic VBLL regression objective, any of the
   weight-posterior parameterizations in :mod:`.covariance`, fixed or learned noise;
+* :class:`VBLLStudentTRegression` — normal-gamma noise precision, Student-t predictive;
+* :class:`VBLLHeteroscedasticRegression` — a second Bayesian layer for the log-variance;
 * :class:`VBLLClassification` — discriminative classification with the Jensen bound;
 * :class:`VBLLGenerativeClassification` — class-conditional Gaussian features;
 * :mod:`.metrics` — NLL, RMSE, accuracy, expected calibration error, AUROC and
@@ -18,12 +20,16 @@ from .blr import BayesianLinearRegression
 from .classification import VBLLClassification
 from .covariance import Dense, DensePrecision, Diagonal, LowRank, WeightPosterior
 from .generative import VBLLGenerativeClassification
+from .heteroscedastic import VBLLHeteroscedasticRegression
 from .output import LastLayerOutput
 from .regression import VBLLRegression
+from .student_t import VBLLStudentTRegression
 
 __all__ = [
     "BayesianLinearRegression",
     "VBLLRegression",
+    "VBLLStudentTRegression",
+    "VBLLHeteroscedasticRegression",
     "VBLLClassification",
     "VBLLGenerativeClassification",
     "metrics",
