@@ -1,0 +1,47 @@
+"""The VAE zoo: one model, any encoder family, decoder likelihood, objective and estimator.
+
+Example:
+    >>> from vitorch.models import vae
+    >>> model = vae.iwae(784, K=5)                      # IWAE, 784-200-200-50 MLP, Bernoulli decoder
+    >>> out = model(x)                                  # vt.loss output
+    >>> out.loss.backward()
+    >>> metrics = vae.evaluate(model, x_test, num_particles=5000)
+"""
+
+from .evaluate import evaluate, iwae_log_likelihood, latent_means
+from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood, Poisson
+from .model import VAE
+from .networks import ConvDecoder, ConvFeatures, GaussianEncoder, IAFEncoder, MLPDecoder, mlp
+from .plots import image_grid, save_image_grid
+from .recipes import RECIPES, beta_vae, ciwae, iaf_vae, info_vae, iwae, iwae_dreg, miwae, piwae, vae, vis
+
+__all__ = [
+    "VAE",
+    "Likelihood",
+    "Bernoulli",
+    "Gaussian",
+    "Categorical",
+    "Poisson",
+    "mlp",
+    "MLPDecoder",
+    "ConvFeatures",
+    "ConvDecoder",
+    "GaussianEncoder",
+    "IAFEncoder",
+    "evaluate",
+    "iwae_log_likelihood",
+    "latent_means",
+    "image_grid",
+    "save_image_grid",
+    "RECIPES",
+    "vae",
+    "beta_vae",
+    "iwae",
+    "miwae",
+    "piwae",
+    "ciwae",
+    "iwae_dreg",
+    "info_vae",
+    "vis",
+    "iaf_vae",
+]

@@ -1,0 +1,256 @@
+"""The variational autoencoder: an encoder family, a decoder likelihood and any objective x estimator.
+
+``VAE.forward(x)`` is one call of :func:`vitorch.loss` with the log-joint
+``log p(z) + log p(x | z)`` of a standard-normal prior and the decoder's
+likelihood, so the model trains with any bound (ELBO, IWAE, MIWAE, CIWAE,
+PIWAE, VIS, Rényi, ...) and any estimator (reparam, STL, DReG, score, VIMCO)
+without code of its own.  Three options change the bound:
+
+* ``kl_weight = beta`` (β-VAE, Higgins et al., 2017): ``E log p(x|z) - beta KL``.
+  Done inside the log-joint, ``log p(x|z) + beta log p(z) + (1 - beta) log q(z)``,
+  so that ``log w = log p(x|z) + beta (log p(z) - log q(z))``; ELBO only.
+* ``analytic_kl=True``: ``log w = log p(x|z) - beta KL(q(z|x) || p(z))`` with the
+  closed-form KL of a Gaussian encoder (Kingma & Welling, 2014, eq. 10).  The
+  log-joint adds back ``log q(z)`` so that vitorch's ``- log q`` cancels; with the
+  ``reparam`` estimator the two cancel in value and gradient.
+* ``mmd_weight = lambda`` (InfoVAE, Zhao et al., 2019): adds
+  ``lambda * MMD(z ~ q(z), z ~ p(z))`` between the batch's particles (the aggregate
+  posterior) and as many prior draws to the loss; the reported bound is unchanged.
+
+References:
+    Kingma & Welling, Auto-Encoding Variational Bayes (2014).
+    Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders (2016).
+    Higgins et al., beta-VAE (ICLR 2017).
+    Zhao, Song & Ermon, InfoVAE (AAAI 2019).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import kl_divergence
+
+from ... import estimators as E
+from ... import objectives as O
+from ...families import DiagNormal
+from ...loss import LossOutput, check, loss
+from ...mmd import mmd
+from .likelihoods import Bernoulli, Likelihood
+from .networks import ConvDecoder, ConvFeatures, GaussianEncoder, IAFEncoder, MLPDecoder
+
+__all__ = ["VAE"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class VAE(nn.Module):
+    """A VAE whose ``forward(x)`` returns :func:`vitorch.loss`'s output.
+
+    Args:
+        encoder: ``x [B, *event] -> family`` with batch ``[B]``, event ``[D]``.
+        decoder: ``z [*S, D] -> params [*S, *event(, P)]``.
+        likelihood: a :class:`~vitorch.models.vae.Likelihood` (default Bernoulli).
+        latent_dim: ``D``.
+        objective: a :mod:`vitorch.objectives` bound (default ELBO).
+        estimator: a :mod:`vitorch.estimators` estimator (default reparam).
+        num_particles: ``K`` particles per datum in training.
+        kl_weight: ``beta`` of the β-VAE (ELBO only).
+        analytic_kl: use the closed-form KL (ELBO, reparam, Gaussian encoder).
+        mmd_weight: ``lambda`` of InfoVAE's MMD term (0 disables it).
+        mmd_kernel, mmd_scale: the MMD kernel (``"imq"`` or ``"rbf"``) and bandwidth.
+
+    Shapes: ``x [B, *event]`` -> ``out.loss`` scalar, ``out.bound [B]``,
+    ``out.log_w [K, B]``, ``out.z [K, B, D]``.  A ``(x, y)`` batch reads ``x``.
+
+    Raises:
+        ValueError: at construction, listing every reason the options cannot work
+            together (a β or analytic KL with a multi-sample bound, for instance).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        likelihood: Likelihood | None = None,
+        latent_dim: int | None = None,
+        objective: O.Objective = O.elbo,
+        estimator: E.Estimator = E.reparam,
+        num_particles: int = 1,
+        kl_weight: float = 1.0,
+        analytic_kl: bool = False,
+        mmd_weight: float = 0.0,
+        mmd_kernel: str = "imq",
+        mmd_scale: float = 1.0,
+    ):
+        super().__init__()
+        latent_dim = latent_dim if latent_dim is not None else getattr(encoder, "latent_dim", None)
+        reasons = []
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+            reasons.append(f"latent_dim must be an integer >= 1 (or an encoder with .latent_dim); got {latent_dim!r}")
+        if not 0.0 <= kl_weight < math.inf:
+            reasons.append(f"kl_weight (beta) must be finite and >= 0; got {kl_weight!r}")
+        if not 0.0 <= mmd_weight < math.inf:
+            reasons.append(f"mmd_weight must be finite and >= 0; got {mmd_weight!r}")
+        if mmd_kernel not in ("imq", "rbf"):
+            reasons.append(f"mmd_kernel must be 'imq' or 'rbf'; got {mmd_kernel!r}")
+        if (kl_weight != 1.0 or analytic_kl) and objective is not O.elbo:
+            reasons.append(
+                f"kl_weight != 1 and analytic_kl weight the KL of the ELBO; objective {objective!r} "
+                "has no such term (use objectives.elbo)"
+            )
+        if analytic_kl and estimator is not E.reparam:
+            reasons.append(f"analytic_kl needs the reparam estimator (its log q terms cancel); got {estimator!r}")
+        if reasons:
+            raise ValueError("invalid VAE set-up:\n  - " + "\n  - ".join(reasons))
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = likelihood if likelihood is not None else Bernoulli()
+        self.latent_dim = latent_dim
+        self.objective = objective
+        self.estimator = estimator
+        self.num_particles = num_particles
+        self.kl_weight = float(kl_weight)
+        self.analytic_kl = analytic_kl
+        self.mmd_weight = float(mmd_weight)
+        self.mmd_kernel = mmd_kernel
+        self.mmd_scale = mmd_scale
+
+    # ----------------------------------------------------------------- builders
+    @classmethod
+    def mlp(
+        cls,
+        data_dim: int,
+        latent_dim: int = 50,
+        hidden: Sequence[int] = (200, 200),
+        likelihood: Likelihood | None = None,
+        posterior: str = "diag",
+        activation: type[nn.Module] = nn.Tanh,
+        num_flows: int = 2,
+        **options,
+    ) -> VAE:
+        """The MLP VAE of Burda et al. (default 784-200-200-50 with tanh units for ``data_dim=784``).
+
+        ``posterior`` is ``"diag"`` (a diagonal Gaussian) or ``"iaf"`` (a Gaussian plus
+        ``num_flows`` IAF steps).  ``options`` go to :class:`VAE`.
+        """
+        likelihood = likelihood if likelihood is not None else Bernoulli()
+        decoder = MLPDecoder(latent_dim, (data_dim,), tuple(reversed(hidden)), likelihood.params_per_entry, activation)
+        if posterior == "diag":
+            encoder = GaussianEncoder(nn.Identity(), data_dim, latent_dim, hidden, activation)
+        elif posterior == "iaf":
+            trunk = nn.Sequential(*list(_trunk(data_dim, hidden, activation)))
+            encoder = IAFEncoder(trunk, hidden[-1] if hidden else data_dim, latent_dim, num_flows)
+        else:
+            raise ValueError(f"posterior must be 'diag' or 'iaf'; got {posterior!r}")
+        return cls(encoder, decoder, likelihood, latent_dim, **options)
+
+    @classmethod
+    def conv(
+        cls,
+        image_shape: Sequence[int],
+        latent_dim: int = 32,
+        features: int = 256,
+        likelihood: Likelihood | None = None,
+        posterior: str = "diag",
+        flat_data: bool = True,
+        num_flows: int = 2,
+        **options,
+    ) -> VAE:
+        """A small convolutional VAE for ``(C, H, W)`` images (``H, W`` multiples of 4).
+
+        ``flat_data`` says the data arrive flattened (``[B, C*H*W]``, as
+        :class:`~vitorch.data.ImageData` gives them by default).
+        """
+        likelihood = likelihood if likelihood is not None else Bernoulli()
+        event = (math.prod(image_shape),) if flat_data else tuple(image_shape)
+        decoder = ConvDecoder(latent_dim, image_shape, likelihood.params_per_entry, event)
+        trunk = ConvFeatures(image_shape, features)
+        if posterior == "diag":
+            encoder = GaussianEncoder(trunk, features, latent_dim)
+        elif posterior == "iaf":
+            encoder = IAFEncoder(trunk, features, latent_dim, num_flows)
+        else:
+            raise ValueError(f"posterior must be 'diag' or 'iaf'; got {posterior!r}")
+        return cls(encoder, decoder, likelihood, latent_dim, **options)
+
+    # ----------------------------------------------------------------- the model
+    def log_prior(self, z: Tensor) -> Tensor:
+        """``log N(z; 0, I)``: ``[*S, D] -> [*S]``."""
+        return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * _LOG_2PI)
+
+    def prior(self, like: Tensor | None = None) -> DiagNormal:
+        """The standard-normal prior as a family (event ``[D]``), on ``like``'s dtype and device."""
+        zeros = torch.zeros(self.latent_dim, dtype=None if like is None else like.dtype)
+        if like is not None:
+            zeros = zeros.to(like.device)
+        return DiagNormal(zeros, torch.ones_like(zeros), validate_args=False)
+
+    def log_joint(self, x: Tensor, q=None):
+        """``z [*S, B, D] -> log p(x, z) [*S, B]`` for data ``x [B, *event]`` (what :func:`vitorch.loss` reads).
+
+        With ``kl_weight != 1`` or ``analytic_kl`` the function reweights the KL as
+        described in the module notes and needs the guide ``q``.
+        """
+        decoder, lik = self.decoder, self.likelihood
+        if self.analytic_kl:
+            kl = self.kl_weight * kl_divergence(q, self.prior(x))
+
+            def fn(z):
+                return lik.log_prob(decoder(z), x) + q.log_prob(z) - kl
+
+        elif self.kl_weight != 1.0:
+            beta = self.kl_weight
+
+            def fn(z):
+                return lik.log_prob(decoder(z), x) + beta * self.log_prior(z) + (1.0 - beta) * q.log_prob(z)
+
+        else:
+
+            def fn(z):
+                return self.log_prior(z) + lik.log_prob(decoder(z), x)
+
+        return fn
+
+    def forward(self, x: Tensor | Sequence[Tensor]) -> LossOutput:
+        """The training loss on a batch ``x [B, *event]``; see :class:`VAE`."""
+        if isinstance(x, (tuple, list)):
+            x = x[0]
+        q = self.encoder(x)
+        out = loss(self.log_joint(x, q), q, self.num_particles, self.objective, self.estimator)
+        if self.mmd_weight:
+            z = out.z.reshape(-1, out.z.shape[-1])
+            penalty = mmd(z, torch.randn_like(z), kernel=self.mmd_kernel, scale=self.mmd_scale)
+            out = replace(out, loss=out.loss + self.mmd_weight * penalty)
+        return out
+
+    def check(self, x: Tensor) -> None:
+        """Raise ``ValueError`` if the encoder's family cannot run the objective and estimator (call at set-up)."""
+        with torch.no_grad():
+            check(self.encoder(x), self.num_particles, self.objective, self.estimator)
+
+    # ----------------------------------------------------------------- generation
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = True) -> Tensor:
+        """``n`` draws ``z ~ p(z)`` decoded: the likelihood's mean (``mean=True``) or a sample, ``[n, *event]``."""
+        p = next(self.parameters())
+        z = torch.randn(n, self.latent_dim, dtype=p.dtype, device=p.device)
+        params = self.decoder(z)
+        return self.likelihood.mean(params) if mean else self.likelihood.sample(params)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decode one draw of ``q(z | x)``: the likelihood's mean ``[B, *event]``."""
+        z = self.encoder(x).sample()
+        return self.likelihood.mean(self.decoder(z))
+
+
+def _trunk(data_dim: int, hidden: Sequence[int], activation: type[nn.Module]):
+    width = data_dim
+    for h in hidden:
+        yield nn.Linear(width, h)
+        yield activation()
+        width = h

@@ -1,0 +1,226 @@
+"""Encoders and decoders: small MLP and convolutional networks.
+
+An *encoder* is any module ``x [B, *event] -> family`` with batch shape ``[B]``
+and event ``[D]`` (a :class:`~vitorch.DiagNormal`, a :class:`~vitorch.Flow`, ...).
+A *decoder* is any module ``z [*S, D] -> params [*S, *event(, P)]``, where ``P``
+is the likelihood's ``params_per_entry`` and is dropped when it is 1.
+
+Families are built with ``validate_args=False``: the networks produce valid
+parameters by construction (softplus scales), and checks in the training hot path
+cost time every step.
+
+References:
+    Kingma & Welling, Auto-Encoding Variational Bayes (2014) (MLP encoder/decoder).
+    Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow
+    (2016) (the IAF posterior: a Gaussian from the encoder, then IAF steps reading
+    the encoder's features as context).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from ...families import DiagNormalHead
+from ...flows import IAF, ConditionalFlow, ElementwiseAffine
+
+__all__ = ["mlp", "MLPDecoder", "ConvFeatures", "ConvDecoder", "GaussianEncoder", "IAFEncoder"]
+
+
+def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: type[nn.Module] = nn.Tanh):
+    """``Linear -> act -> ... -> Linear``; the plain multilayer perceptron of the VAE papers."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), activation()]
+        width = h
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
+
+
+class MLPDecoder(nn.Module):
+    """``z [*S, D] -> params [*S, *event_shape(, P)]`` through an MLP.
+
+    Args:
+        latent_dim: ``D``.
+        event_shape: the shape of one datum, e.g. ``(784,)``.
+        hidden: hidden widths.
+        params_per_entry: ``P`` outputs per data entry (the likelihood's).
+        activation: hidden activation class.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        event_shape: Sequence[int],
+        hidden: Sequence[int] = (200, 200),
+        params_per_entry: int = 1,
+        activation: type[nn.Module] = nn.Tanh,
+    ):
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+        _check_sizes(latent_dim=latent_dim, params_per_entry=params_per_entry, **{"event size": math.prod(event_shape)})
+        self.out_shape = self.event_shape + ((params_per_entry,) if params_per_entry > 1 else ())
+        self.net = mlp(latent_dim, hidden, math.prod(self.out_shape), activation)
+        self._flat = len(self.out_shape) == 1
+
+    def forward(self, z: Tensor) -> Tensor:
+        out = self.net(z)
+        return out if self._flat else out.reshape(*z.shape[:-1], *self.out_shape)
+
+
+class ConvFeatures(nn.Module):
+    """``x [B, C, H, W]`` (or flattened ``[B, C*H*W]``) ``-> [B, features]``: two stride-2 convolutions.
+
+    ``H`` and ``W`` must be multiples of 4 (28x28 Fashion-MNIST, 8x8 digits).
+    """
+
+    def __init__(self, image_shape: Sequence[int], features: int = 256, channels: Sequence[int] = (32, 64)):
+        super().__init__()
+        c, h, w = _image_shape(image_shape)
+        c1, c2 = channels
+        self.image_shape = (c, h, w)
+        self.net = nn.Sequential(
+            nn.Conv2d(c, c1, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(c2 * (h // 4) * (w // 4), features),
+            nn.ReLU(),
+        )
+        self.features = features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.reshape(x.shape[0], *self.image_shape))
+
+
+class ConvDecoder(nn.Module):
+    """``z [*S, D] -> params [*S, *event_shape(, P)]`` through two stride-2 transposed convolutions.
+
+    Args:
+        latent_dim: ``D``.
+        image_shape: ``(C, H, W)`` with ``H, W`` multiples of 4.
+        params_per_entry: ``P`` outputs per pixel.
+        event_shape: the data's event shape (default ``image_shape``; ``(C*H*W,)``
+            for flattened data).
+        channels: the two hidden channel counts.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        image_shape: Sequence[int],
+        params_per_entry: int = 1,
+        event_shape: Sequence[int] | None = None,
+        channels: Sequence[int] = (64, 32),
+    ):
+        super().__init__()
+        c, h, w = _image_shape(image_shape)
+        _check_sizes(latent_dim=latent_dim, params_per_entry=params_per_entry)
+        c1, c2 = channels
+        self.start = (c1, h // 4, w // 4)
+        self.params_per_entry = params_per_entry
+        self.event_shape = tuple(event_shape) if event_shape is not None else (c, h, w)
+        if math.prod(self.event_shape) != c * h * w:
+            raise ValueError(f"event_shape {self.event_shape} does not hold {c * h * w} = C*H*W entries")
+        self.fc = nn.Sequential(nn.Linear(latent_dim, c1 * (h // 4) * (w // 4)), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(c1, c2, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c2, c * params_per_entry, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        lead = z.shape[:-1]
+        out = self.net(self.fc(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start))  # [N, C*P, H, W]
+        p = self.params_per_entry
+        if p > 1:
+            n, cp, h, w = out.shape
+            out = out.reshape(n, cp // p, p, h, w).permute(0, 1, 3, 4, 2)  # entries first, P last
+            return out.reshape(*lead, *self.event_shape, p)
+        return out.reshape(*lead, *self.event_shape)
+
+
+def _image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
+    shape = tuple(image_shape)
+    if len(shape) != 3 or any(s < 1 for s in shape) or shape[1] % 4 or shape[2] % 4:
+        raise ValueError(f"image_shape must be (C, H, W) with H and W multiples of 4; got {shape}")
+    return shape
+
+
+class GaussianEncoder(nn.Module):
+    """``x -> DiagNormal``: a feature network followed by :class:`~vitorch.DiagNormalHead`.
+
+    Args:
+        features: ``x [B, *event] -> [B, F]`` (``nn.Identity()`` with ``feature_dim``
+            the data size gives the plain MLP encoder, the head's ``hidden`` layers
+            doing the work).
+        feature_dim: ``F``.
+        latent_dim: ``D``.
+        hidden: hidden widths inside the head.
+        activation: the head's hidden activation.
+    """
+
+    def __init__(
+        self,
+        features: nn.Module,
+        feature_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (),
+        activation: type[nn.Module] = nn.Tanh,
+    ):
+        super().__init__()
+        _check_sizes(feature_dim=feature_dim, latent_dim=latent_dim)
+        self.features = features
+        self.head = DiagNormalHead(feature_dim, latent_dim, hidden, activation, validate_args=False)
+        self.latent_dim = latent_dim
+
+    def forward(self, x: Tensor):
+        return self.head(self.features(x))
+
+
+class IAFEncoder(nn.Module):
+    """``x -> Flow``: an amortized Gaussian then ``num_flows`` IAF steps, all reading the encoder's features.
+
+    The first transform, an :class:`~vitorch.flows.ElementwiseAffine` conditioned on
+    the features, is the usual diagonal-Gaussian posterior; each IAF step then
+    reads the same features as context and alternates the autoregressive order.
+    Sampling is one pass per step; ``log_prob`` (needed by STL and DReG) costs
+    ``D`` passes per IAF step, so pair this encoder with ``reparam``.
+    """
+
+    def __init__(
+        self,
+        features: nn.Module,
+        feature_dim: int,
+        latent_dim: int,
+        num_flows: int = 2,
+        flow_hidden: Sequence[int] = (128,),
+    ):
+        super().__init__()
+        _check_sizes(feature_dim=feature_dim, latent_dim=latent_dim)
+        if isinstance(num_flows, bool) or not isinstance(num_flows, int) or num_flows < 0:
+            raise ValueError(f"num_flows must be an integer >= 0; got {num_flows!r}")
+        reverse = list(range(latent_dim))[::-1]
+        steps = [
+            IAF(latent_dim, hidden=flow_hidden, context_features=feature_dim, order=reverse if i % 2 else None)
+            for i in range(num_flows)
+        ]
+        self.features = features
+        self.flow = ConditionalFlow([ElementwiseAffine(latent_dim, context_features=feature_dim, hidden=())] + steps)
+        self.latent_dim = latent_dim
+
+    def forward(self, x: Tensor) -> Distribution:
+        q = self.flow(self.features(x))
+        q._validate_args = False
+        return q
