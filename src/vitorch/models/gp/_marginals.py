@@ -9,9 +9,9 @@ where ``m [M]`` is q's mean and ``W [M, M]`` the symmetric "middle" matrix
 about twelve ``O(M^2 B)`` passes (``W = R R^T - I`` is formed inside, from a
 square root ``R``).  :class:`WhitenedMarginals` needs four GEMMs of
 ``2 M^2 B`` flops: ``A`` and ``W A`` forward; ``dK = L^{-T} dA`` and
-``dW = (A diag(dv)) A^T`` backward.  The gradient for ``L`` then follows in
-``O(M^3)`` from the symmetry of ``W``: ``dL = -tril(L^{-T} dA A^T)`` with
-``dA A^T = 2 W dW + m (A dmean)^T``.
+``dW = (A diag(dv)) A^T`` backward.  The gradient for ``K_mm`` then follows in
+``O(M^3)``, straight through the Cholesky factor (see :class:`WhitenedMarginals`),
+from the symmetry of ``W``: ``dA A^T = 2 W dW + m (A dmean)^T``.
 
 It multiplies by ``L^{-1}`` (one ``O(M^3 / 3)`` triangular inversion of the Cholesky
 factor, never of ``K_mm``) because a CPU GEMM is several times faster per flop than
@@ -64,13 +64,17 @@ def cholesky_and_inverse(k: Tensor, name: str = "K", jitter: float = 0.0) -> tup
 
 
 class WhitenedMarginals(torch.autograd.Function):
-    """``(L, L^{-1}, K_mb [M, B], m [M], R [M, M]) -> (A^T m [B], colsum(A * W A) [B])``, ``W = R R^T - I``.
+    """``(K_mm, L^{-1}, K_mb [M, B], m [M], R [M, M]) -> (A^T m [B], colsum(A * W A) [B])``, ``W = R R^T - I``.
 
-    The gradient for ``L`` is returned; ``L^{-1}`` is taken as a constant that equals its inverse.
+    ``L^{-1}`` must be the inverse Cholesky factor of ``K_mm`` (taken as a constant); the
+    gradient is returned for ``K_mm`` itself.  With ``dA = -Phi(L^{-1} dK_mm L^{-T}) A``
+    (the derivative of the Cholesky factor, Murray 2016), the adjoint is
+    ``dK_mm = -sym(L^{-T} Phi(G_A A^T) L^{-1})``: two GEMMs of ``2 M^3`` after
+    ``G_A A^T``, where chaining through ``L`` would take four.
     """
 
     @staticmethod
-    def forward(ctx, tril: Tensor, linv: Tensor, k_mb: Tensor, m: Tensor, root: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx, k_mm: Tensor, linv: Tensor, k_mb: Tensor, m: Tensor, root: Tensor) -> tuple[Tensor, Tensor]:
         w = root @ root.mT
         w.diagonal().sub_(1.0)
         a = linv @ k_mb
@@ -88,20 +92,23 @@ class WhitenedMarginals(torch.autograd.Function):
             # after the product, in place, to save a pass over [M, B]
             d_k = (linv.mT @ (wa * (2.0 * d_var))).addr_(linv.mT @ m, d_mean)
         a_dmean = a @ d_mean
-        d_tril = None
+        d_kmm = None
         if ctx.needs_input_grad[0]:
-            # dL = -L^{-T} dA A^T, and dA A^T = 2 W (A dv A^T) + m (A dmean)^T needs no further O(M^2 B) product
-            d_tril = -(linv.mT @ torch.addr(2.0 * (w @ d_w), m, a_dmean)).tril()
+            # G_A A^T = 2 W (A dv A^T) + m (A dmean)^T needs no further O(M^2 B) product
+            phi = torch.addr(2.0 * (w @ d_w), m, a_dmean).tril()
+            phi.diagonal().mul_(0.5)
+            d_kmm = -(linv.mT @ phi @ linv)
+            d_kmm = 0.5 * (d_kmm + d_kmm.mT)
         d_root = 2.0 * (d_w @ root) if ctx.needs_input_grad[4] else None  # d(R R^T) with dW symmetric
-        return d_tril, None, d_k, a_dmean, d_root
+        return d_kmm, None, d_k, a_dmean, d_root
 
 
-def whitened_marginals(tril: Tensor, linv: Tensor, k_mb: Tensor, m: Tensor, root: Tensor) -> tuple[Tensor, Tensor]:
+def whitened_marginals(k_mm: Tensor, linv: Tensor, k_mb: Tensor, m: Tensor, root: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and variance updates of ``q(f_b)``; see :class:`WhitenedMarginals`.
 
     Args:
-        tril: ``[M, M]`` lower Cholesky factor ``L`` of ``K_mm``.
-        linv: ``[M, M]`` its inverse (from :func:`cholesky_and_inverse`).
+        k_mm: ``[M, M]`` the inducing covariance (gradients flow to it).
+        linv: ``[M, M]`` the inverse of its (jittered) Cholesky factor, from :func:`cholesky_and_inverse`.
         k_mb: ``[M, B]`` cross-covariance ``k(Z, X_b)``.
         m: ``[M]`` mean of the whitened q.
         root: ``[M, M]`` a square root ``R`` of the whitened q's covariance ``S = R R^T``;
@@ -110,4 +117,4 @@ def whitened_marginals(tril: Tensor, linv: Tensor, k_mb: Tensor, m: Tensor, root
     Returns:
         ``A^T m`` and ``colsum(A * (W A))``, each ``[B]``, with ``A = L^{-1} K_mb``.
     """
-    return WhitenedMarginals.apply(tril, linv, k_mb, m, root)
+    return WhitenedMarginals.apply(k_mm, linv, k_mb, m, root)

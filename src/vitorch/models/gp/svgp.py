@@ -157,13 +157,14 @@ class SVGP(nn.Module):
 
     def _marginals(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``q(f)`` mean and variance ``[N]`` at ``x``, and the Cholesky factor of ``K_mm``."""
-        l_mm, l_inv = cholesky_and_inverse(self.kernel(self.inducing), "K_mm", self.jitter)
+        k_mm = self.kernel(self.inducing)
+        l_mm, l_inv = cholesky_and_inverse(k_mm, "K_mm", self.jitter)
         root = self._q_root()
         loc = self.q_loc
         if not self.whiten:  # q over u = L v: express it over v, an O(M^3) change of variables
             loc = torch.linalg.solve_triangular(l_mm, loc.unsqueeze(-1), upper=False).squeeze(-1)
             root = torch.linalg.solve_triangular(l_mm, root, upper=False)
-        mean_update, var_update = whitened_marginals(l_mm, l_inv, self.kernel(self.inducing, x), loc, root)
+        mean_update, var_update = whitened_marginals(k_mm, l_inv, self.kernel(self.inducing, x), loc, root)
         mean = self.mean(x) + mean_update
         var = self.kernel.diag(x) + var_update
         return mean, var.clamp_min(1e-30), l_mm
