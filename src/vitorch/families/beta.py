@@ -97,9 +97,7 @@ class _BetaBase(Family):
         a, b = self.concentration1, self.concentration0
         total = a + b
         log_b = torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(total)
-        return (
-            log_b - (a - 1) * torch.digamma(a) - (b - 1) * torch.digamma(b) + (total - 2) * torch.digamma(total)
-        )
+        return log_b - (a - 1) * torch.digamma(a) - (b - 1) * torch.digamma(b) + (total - 2) * torch.digamma(total)
 
 
 class Beta(_BetaBase):

@@ -2,8 +2,7 @@
 
 ``z = x / sum(x)`` with independent ``x_k ~ Gamma(alpha_k, 1)`` is
 ``Dirichlet(alpha)``.  :class:`Dirichlet` differentiates the draw implicitly
-(Figurnov et al., 2018) through torch's Dirichlet sampler and its
-``_dirichlet_grad``; :class:`RSVIDirichlet` draws each ``x_k`` by the boosted
+(Figurnov et al., 2018) with torch's ``_dirichlet_grad``; :class:`RSVIDirichlet` draws each ``x_k`` by the boosted
 Marsaglia-Tsang sampler of :mod:`vitorch.families._rsvi` and normalizes in log
 space, ``z = softmax(log x)``, so that concentrations of 1e-3
 neither underflow every component to zero nor divide zero by zero.  Its
@@ -44,11 +43,18 @@ def dirichlet_log_prob(concentration: Tensor, value: Tensor) -> Tensor:
 
 
 class _ImplicitDirichletDraw(Function):
-    """A Dirichlet draw whose backward is the implicit gradient ``dz/d alpha`` (torch's ``_dirichlet_grad``)."""
+    """A Dirichlet draw whose backward is the implicit gradient ``dz/d alpha`` (torch's ``_dirichlet_grad``).
+
+    The draw itself comes from the log-space Gamma sampler (normalized by softmax):
+    the implicit gradient needs only the value, and torch's ``_sample_dirichlet``
+    puts too little mass below the smallest normal number at concentration 1e-3
+    (0.472 instead of 0.493 for component 0 of Dirichlet(1e-3, 1, 2.5), 2e5 draws).
+    """
 
     @staticmethod
     def forward(ctx, concentration):
-        z = clamp_tiny(torch._sample_dirichlet(concentration))
+        log_x, _, _ = _rsvi.log_standard_gamma(concentration, 0)
+        z = clamp_tiny(torch.softmax(log_x, -1))
         ctx.save_for_backward(z, concentration)
         return z
 

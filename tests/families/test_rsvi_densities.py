@@ -1,0 +1,191 @@
+"""Gamma, Beta and Dirichlet families (RSVI and implicit): densities, shapes and bad input.
+
+TESTING.md families 1 (log_prob / entropy / mean / variance against ``scipy.stats``
+over a parameter grid with edge values), 3 (shapes, ``expand``, ``detach``) and 19
+(bad input raises ``ValueError`` naming the culprit; ``validate_args=False`` skips).
+"""
+
+from __future__ import annotations
+
+import pytest
+import scipy.stats as st
+import torch
+
+from vitorch.families.base import Family
+from vitorch.families.beta import Beta, RSVIBeta
+from vitorch.families.dirichlet import Dirichlet, RSVIDirichlet
+from vitorch.families.gamma import Gamma, RSVIGamma
+
+GRID = torch.tensor([1e-3, 0.1, 0.7, 1.0, 2.5, 40.0, 1e4], dtype=torch.float64)
+RATES = torch.tensor([1e-2, 0.5, 1.0, 3.0, 1e2], dtype=torch.float64)
+
+GAMMAS = [Gamma, lambda a, b, **kw: RSVIGamma(a, b, boost=1, **kw)]
+BETAS = [Beta, lambda a, b, **kw: RSVIBeta(a, b, boost=1, **kw)]
+DIRICHLETS = [Dirichlet, lambda a, **kw: RSVIDirichlet(a, boost=1, **kw)]
+
+
+def _rel_close(x: torch.Tensor, y, rtol: float = 1e-9, atol: float = 1e-9) -> bool:
+    # Deterministic special-function values in float64: only rounding separates them.
+    return torch.allclose(x, torch.as_tensor(y, dtype=x.dtype), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("make", GAMMAS, ids=["implicit", "rsvi"])
+def test_gamma_density_and_moments_match_scipy(make):
+    a, b = torch.meshgrid(GRID, RATES, indexing="ij")
+    q = make(a, b)
+    ref = st.gamma(a.numpy(), scale=1 / b.numpy())
+    z = torch.tensor([1e-30, 1e-3, 0.3, 1.0, 7.0, 1e4]).reshape(-1, 1, 1)
+    assert _rel_close(q.log_prob(z), ref.logpdf(z.numpy()))
+    assert _rel_close(q.entropy(), ref.entropy(), rtol=1e-8)
+    assert _rel_close(q.mean, ref.mean())
+    assert _rel_close(q.variance, ref.var())
+    assert _rel_close(q.cdf(z), ref.cdf(z.numpy()))
+
+
+@pytest.mark.parametrize("make", BETAS, ids=["implicit", "rsvi"])
+def test_beta_density_and_moments_match_scipy(make):
+    a, b = torch.meshgrid(GRID, GRID, indexing="ij")
+    q = make(a, b)
+    ref = st.beta(a.numpy(), b.numpy())
+    z = torch.tensor([1e-12, 0.01, 0.5, 0.9, 1 - 1e-9]).reshape(-1, 1, 1)
+    assert _rel_close(q.log_prob(z), ref.logpdf(z.numpy()), rtol=1e-8)
+    assert _rel_close(q.entropy(), ref.entropy(), rtol=1e-7, atol=1e-7)
+    assert _rel_close(q.mean, ref.mean())
+    assert _rel_close(q.variance, ref.var())
+
+
+@pytest.mark.parametrize("make", DIRICHLETS, ids=["implicit", "rsvi"])
+def test_dirichlet_density_and_moments_match_scipy(make):
+    alphas = [GRID[[0, 3, 6]], GRID[[1, 2, 4, 5]], torch.tensor([1e-3, 1e-3]), torch.tensor([5.0, 1e4, 0.7])]
+    for alpha in alphas:
+        q = make(alpha)
+        ref = st.dirichlet(alpha.numpy())
+        z = torch.distributions.Dirichlet(alpha.clamp(min=0.5)).sample((4,))
+        assert _rel_close(q.log_prob(z), [ref.logpdf(zi.numpy()) for zi in z], rtol=1e-8)
+        assert _rel_close(q.entropy(), ref.entropy(), rtol=1e-7, atol=1e-7)
+        assert _rel_close(q.mean, ref.mean())
+        assert _rel_close(q.variance, ref.var())
+
+
+ALL = [
+    ("Gamma", lambda **kw: Gamma(torch.full((2, 3), 0.5), torch.tensor(2.0), **kw)),
+    ("RSVIGamma", lambda **kw: RSVIGamma(torch.full((2, 3), 0.5), torch.tensor(2.0), boost=2, **kw)),
+    ("Beta", lambda **kw: Beta(torch.full((2, 3), 0.5), torch.tensor(2.0), **kw)),
+    ("RSVIBeta", lambda **kw: RSVIBeta(torch.full((2, 3), 0.5), torch.tensor(2.0), **kw)),
+    ("Dirichlet", lambda **kw: Dirichlet(torch.full((2, 3, 4), 0.5), **kw)),
+    ("RSVIDirichlet", lambda **kw: RSVIDirichlet(torch.full((2, 3, 4), 0.5), **kw)),
+]
+
+
+@pytest.mark.parametrize("name,make", ALL, ids=[n for n, _ in ALL])
+def test_shapes_expand_detach(name, make):
+    q = make()
+    assert isinstance(q, Family) and q.has_rsample
+    event = (4,) if "Dirichlet" in name else ()
+    assert q.batch_shape == (2, 3) and q.event_shape == event
+    z, log_q = q.rsample_and_log_prob((5,))
+    assert z.shape == (5, 2, 3, *event) and log_q.shape == (5, 2, 3)
+    assert torch.allclose(log_q, q.log_prob(z), rtol=1e-12, atol=1e-12)
+    assert q.sample((7,)).shape == (7, 2, 3, *event) and q.rsample().shape == (2, 3, *event)
+    big = q.expand((4, 2, 3))
+    assert big.batch_shape == (4, 2, 3) and big.rsample((2,)).shape == (2, 4, 2, 3, *event)
+    assert torch.allclose(big.entropy()[1], q.entropy())
+    if name.startswith("RSVI"):
+        z, log_q, log_corr = q.rsample_with_correction((5,))
+        assert log_corr.shape == (5, 2, 3)
+        assert big.boost == q.boost and big.has_correction is True
+
+
+@pytest.mark.parametrize("name,make", ALL, ids=[n for n, _ in ALL])
+def test_detach_stops_every_parameter(name, make):
+    params = {k: v for k, v in vars(make()).items() if k.startswith("concentration") or k == "rate"}
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    cls = type(make())
+    q = cls(**leaves)
+    z = q.rsample((3,)).detach()
+    assert q.log_prob(z).requires_grad
+    assert not q.detach().log_prob(z).requires_grad
+    assert not q.detach().rsample_and_log_prob((2,))[1].requires_grad
+
+
+def test_correction_flag_and_boost_are_kept():
+    q = RSVIGamma(torch.tensor(0.3), torch.tensor(1.0), boost=3, correction=False)
+    assert q.has_correction is False and q.detach().has_correction is False and q.detach().boost == 3
+    assert RSVIDirichlet(torch.ones(3)).has_correction is True
+    assert RSVIBeta(1.0, 2.0, correction=False).expand((2,)).has_correction is False
+
+
+BAD_PARAMS = [
+    (lambda v: Gamma(v, 1.0), "concentration"),
+    (lambda v: Gamma(1.0, v), "rate"),
+    (lambda v: RSVIGamma(v, 1.0), "concentration"),
+    (lambda v: RSVIGamma(1.0, v), "rate"),
+    (lambda v: Beta(v, 1.0), "concentration1"),
+    (lambda v: RSVIBeta(1.0, v), "concentration0"),
+    (lambda v: Dirichlet(torch.stack([torch.tensor(1.0), v])), "concentration"),
+    (lambda v: RSVIDirichlet(torch.stack([v, torch.tensor(1.0)])), "concentration"),
+]
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), float("nan")])
+@pytest.mark.parametrize("make,name", BAD_PARAMS)
+def test_bad_parameters_raise_naming_the_parameter(make, name, bad):
+    with pytest.raises(ValueError, match=rf"parameter {name} must satisfy"):
+        make(torch.tensor(bad))
+
+
+@pytest.mark.parametrize("cls", [Gamma, RSVIGamma, Beta, RSVIBeta])
+def test_validate_args_false_skips_checks(cls):
+    # A negative concentration and a value outside the support pass unchecked (no raise).
+    q = cls(torch.tensor(-1.0), torch.tensor(1.0), validate_args=False)
+    assert q.log_prob(torch.tensor(-2.0)).shape == ()
+    q = Dirichlet(torch.tensor([-1.0, 2.0]), validate_args=False)
+    assert q.log_prob(torch.tensor([0.9, 0.9])).shape == ()
+
+
+@pytest.mark.parametrize("boost", [-1, 1.5, True, "2"])
+@pytest.mark.parametrize("cls", ["gamma", "beta", "dirichlet"])
+def test_bad_boost_raises(cls, boost):
+    with pytest.raises(ValueError, match="boost must be an integer >= 0"):
+        if cls == "gamma":
+            RSVIGamma(1.0, 1.0, boost=boost)
+        elif cls == "beta":
+            RSVIBeta(1.0, 1.0, boost=boost)
+        else:
+            RSVIDirichlet(torch.ones(2), boost=boost)
+
+
+def test_shapes_that_do_not_broadcast_raise_with_both_shapes():
+    with pytest.raises(ValueError, match=r"concentration \(3,\), rate \(2,\)"):
+        RSVIGamma(torch.ones(3), torch.ones(2))
+    with pytest.raises(ValueError, match=r"concentration1 \(3,\), concentration0 \(4,\)"):
+        Beta(torch.ones(3), torch.ones(4))
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        Dirichlet(torch.tensor(1.0))
+
+
+@pytest.mark.parametrize(
+    "q,value",
+    [
+        (Gamma(1.0, 1.0), -0.5),
+        (RSVIGamma(1.0, 1.0), float("nan")),
+        (Beta(1.0, 1.0), 1.5),
+        (RSVIBeta(1.0, 1.0), float("nan")),
+        (Dirichlet(torch.ones(3)), [0.5, 0.6, 0.1]),
+        (RSVIDirichlet(torch.ones(3)), [-0.1, 0.6, 0.5]),
+    ],
+)
+def test_log_prob_outside_support_raises_naming_the_support(q, value):
+    with pytest.raises(ValueError, match="support"):
+        q.log_prob(torch.tensor(value))
+    unchecked = q.expand(q.batch_shape)
+    unchecked._validate_args = False
+    assert unchecked.log_prob(torch.tensor(value)).shape == q.batch_shape
+
+
+@pytest.mark.parametrize("name,make", ALL, ids=[n for n, _ in ALL])
+def test_float32_parameters_give_float32_draws(name, make):
+    q = make().expand((2, 3))
+    params = {k: v.float() for k, v in vars(q).items() if k.startswith("concentration") or k == "rate"}
+    z, log_q = type(q)(**params).rsample_and_log_prob((3,))
+    assert z.dtype == log_q.dtype == torch.float32
