@@ -3,17 +3,42 @@
 * :class:`LinearGaussianSSM` — Kalman filter (sequential, or parallel by associative
   scan), RTS smoother, FFBS sampling, proper or diffuse initial states, and the
   exact posterior as a variational family (:meth:`LinearGaussianSSM.posterior`).
-* :class:`GaussianMarkovChain` — a structured Gaussian family over whole paths.
+* :class:`GaussianMarkovChain` — a structured Gaussian family over whole paths;
+  :class:`MarkovGaussianGuide` gives it free parameters for one series.
+* :class:`StateSpaceModel` with Gaussian, Poisson and Bernoulli emission helpers:
+  nonlinear / non-Gaussian models as plain torch distributions.
+* :class:`StructuredInferenceNetwork` — the amortized deep-Markov-model posterior
+  (Krishnan et al., 2017).
+* :class:`EulerMaruyamaSDE` and :class:`SDEPosterior` — discretized SDEs with the
+  autoregressive variational bridge of Ryder et al. (2018) and a posterior over
+  the SDE's parameters.
 """
 
 from .chain import GaussianMarkovChain, affine_recurrence
+from .guides import DMMCombiner, MarkovGaussianGuide, StructuredInferenceNetwork
 from .kalman import FilterResult, kalman_filter, rts_smoother
 from .linear_gaussian import LinearGaussianSSM
+from .model import BernoulliEmission, GaussianEmission, GaussianTransition, PoissonEmission, StateSpaceModel
 from .parallel import parallel_kalman_filter
+from .path import AutoregressiveGaussianPath
+from .sde import BridgeStep, EulerMaruyamaSDE, SDEJointPosterior, SDEPosterior
 
 __all__ = [
     "LinearGaussianSSM",
     "GaussianMarkovChain",
+    "AutoregressiveGaussianPath",
+    "MarkovGaussianGuide",
+    "StructuredInferenceNetwork",
+    "DMMCombiner",
+    "StateSpaceModel",
+    "GaussianTransition",
+    "GaussianEmission",
+    "PoissonEmission",
+    "BernoulliEmission",
+    "EulerMaruyamaSDE",
+    "SDEPosterior",
+    "SDEJointPosterior",
+    "BridgeStep",
     "FilterResult",
     "affine_recurrence",
     "kalman_filter",
