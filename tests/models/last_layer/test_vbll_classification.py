@@ -91,9 +91,10 @@ def test_generative_fit_is_the_conjugate_posterior_of_the_class_means():
     torch.testing.assert_close(head.means.covariance().diagonal(dim1=-2, dim2=-1), cov, rtol=1e-10, atol=1e-12)
 
 
-def test_generative_predictive_is_bayes_rule_on_the_marginals():
+@pytest.mark.parametrize("cov", [Dense, Diagonal])
+def test_generative_predictive_is_bayes_rule_on_the_marginals(cov):
     phi, y = _data()
-    head = VBLLGenerativeClassification(D, C, covariance=Dense)
+    head = VBLLGenerativeClassification(D, C, covariance=cov)
     _perturb(head, 0.2)
     cov = head.means.covariance() + torch.diag(head.noise_variance)
     log_lik = torch.stack([MultivariateNormal(head.means.mean[k], cov[k]).log_prob(phi) for k in range(C)], -1)

@@ -41,12 +41,17 @@ __all__ = ["Dense", "Diagonal", "LowRank", "DensePrecision", "WeightPosterior"]
 class WeightPosterior(nn.Module):
     """Base class: row-independent Gaussian ``q(W)`` with mean ``[O, D]``.
 
+    ``is_diagonal`` tells heads that every ``S_i`` is diagonal, so that they may use
+    :meth:`diagonal` instead of dense algebra.
+
     Args:
         out_features: O, the number of rows (outputs or classes).
         in_features: D, the feature dimension.
         init_variance: initial variance of every weight (the diagonal of ``S_i``).
         init_mean_scale: standard deviation of the random initial mean.
     """
+
+    is_diagonal = False
 
     def __init__(self, out_features: int, in_features: int, init_variance: float = 1.0, init_mean_scale: float = 0.0):
         super().__init__()
@@ -73,6 +78,10 @@ class WeightPosterior(nn.Module):
     def covariance(self) -> Tensor:
         """Dense ``S_i``, ``[O, D, D]``."""
         raise NotImplementedError
+
+    def diagonal(self) -> Tensor:
+        """The diagonal of ``S_i``, ``[O, D]``."""
+        return self.covariance().diagonal(dim1=-2, dim2=-1)
 
     def distribution(self):
         """``q(W)`` as a vitorch family with batch shape ``[O]`` and event shape ``[D]``."""
@@ -109,6 +118,8 @@ def _eye_like(x: Tensor, d: int) -> Tensor:
 class Diagonal(WeightPosterior):
     """Mean-field rows, ``S_i = diag(exp(log_var_i))``."""
 
+    is_diagonal = True
+
     def __init__(self, out_features: int, in_features: int, init_variance: float = 1.0, init_mean_scale: float = 0.0):
         super().__init__(out_features, in_features, init_variance, init_mean_scale)
         self.log_var = nn.Parameter(torch.full((out_features, in_features), math.log(init_variance)))
@@ -127,6 +138,9 @@ class Diagonal(WeightPosterior):
 
     def covariance(self) -> Tensor:
         return torch.diag_embed(self.variance())
+
+    def diagonal(self) -> Tensor:
+        return self.variance()
 
     def distribution(self) -> DiagNormal:
         return DiagNormal(self.mean, self.variance().sqrt())

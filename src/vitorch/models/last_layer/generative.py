@@ -102,6 +102,10 @@ class VBLLGenerativeClassification(nn.Module):
     def class_log_likelihoods(self, phi: Tensor) -> Tensor:
         """``log N(phi_n | m_k, Sigma + S_k)``, ``[N, C]``."""
         phi, _ = self._check(phi)
+        if self.means.is_diagonal:  # diagonal marginals: no factorization needed
+            var = self.means.diagonal() + self.noise_variance  # [C, D]
+            maha = (phi.unsqueeze(-2) - self.means.mean).pow(2) / var  # [N, C, D]
+            return -0.5 * (maha.sum(-1) + var.log().sum(-1) + self.in_features * _LOG_2PI)
         cov = self.means.covariance() + torch.diag_embed(self.noise_variance)
         return MultivariateNormal(self.means.mean, cov).log_prob(phi.unsqueeze(-2))
 
@@ -113,7 +117,7 @@ class VBLLGenerativeClassification(nn.Module):
         """``E_q log N(phi_n | mu_{y_n}, Sigma)``, ``[N]``."""
         var = self.noise_variance
         resid = phi - self.means.mean[y]
-        trace = (self.means.covariance().diagonal(dim1=-2, dim2=-1)[y] / var).sum(-1)
+        trace = (self.means.diagonal()[y] / var).sum(-1)
         maha = (resid.pow(2) / var).sum(-1)
         return -0.5 * (maha + trace + self.log_noise_variance.sum() + self.in_features * _LOG_2PI)
 
@@ -168,7 +172,7 @@ class VBLLGenerativeClassification(nn.Module):
             if not self.learn_noise:
                 break
             old = self.log_noise_variance.clone()
-            resid = (phi - self.means.mean[y]).pow(2) + self.means.covariance().diagonal(dim1=-2, dim2=-1)[y]
+            resid = (phi - self.means.mean[y]).pow(2) + self.means.diagonal()[y]
             n = phi.shape[0]
             var = (resid.sum(0) + self.wishart_scale) / (n + self.wishart_dof + self.in_features + 1)
             self.log_noise_variance.copy_(var.log())
