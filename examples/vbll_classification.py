@@ -1,0 +1,166 @@
+"""Variational Bayesian last layers for classification on scikit-learn's digits, with OOD detection.
+
+Digits 0-7 are the in-distribution classes (train on 75%, test on the rest); digits
+8 and 9 are held out entirely and serve as out-of-distribution inputs.  Four models
+share one feature network shape (``64 -> 64 -> 64``, ELU) and the same training
+budget (Adam, lr 1e-3, batch 64):
+
+* ``softmax``: a deterministic softmax classifier (OOD score ``1 - max_k p_k``);
+* ``vbll``: the discriminative VBLL head trained end to end (Jensen bound);
+* ``g_vbll``: the generative VBLL head trained end to end (OOD score: negative
+  feature log-density under the class-conditional Gaussians);
+* ``softmax + post hoc vbll`` / ``g_vbll``: the discriminative head (L-BFGS) and the
+  generative head (closed form) fitted on the frozen features of the softmax network.
+
+Reported on the in-distribution test set: accuracy, NLL and expected calibration
+error (15 bins), with a reliability diagram per model (``reliability_<model>.png``);
+and OOD AUROC of in-distribution test digits against the held-out digits, both by
+each model's own OOD score and by ``1 - max_k p_k`` for all.
+
+    python examples/vbll_classification.py [--quick] [--out outputs/vbll_classification]
+
+The last line of output is a JSON object of headline metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vitorch.models.last_layer import VBLLClassification, VBLLGenerativeClassification, metrics
+
+WIDTH = 64
+NUM_IN = 8  # digits 0..7 are in distribution; 8 and 9 are out of distribution
+
+
+def load_digits(seed: int = 0):
+    from sklearn.datasets import load_digits as load
+
+    x, y = load(return_X_y=True)
+    x, y = torch.as_tensor(x, dtype=torch.float32) / 16.0, torch.as_tensor(y)
+    inside = y < NUM_IN
+    x_in, y_in, x_ood = x[inside], y[inside], x[~inside]
+    perm = torch.randperm(len(y_in), generator=torch.Generator().manual_seed(seed))
+    n_tr = int(0.75 * len(y_in))
+    tr, te = perm[:n_tr], perm[n_tr:]
+    mean, std = x_in[tr].mean(0), x_in[tr].std(0).clamp_min(1e-2)
+    norm = lambda t: (t - mean) / std  # noqa: E731
+    return norm(x_in[tr]), y_in[tr], norm(x_in[te]), y_in[te], norm(x_ood)
+
+
+def features(d_in: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, WIDTH), nn.ELU(), nn.Linear(WIDTH, WIDTH), nn.ELU())
+
+
+def train(params, loss_fn, x, y, steps, seed, batch=64, lr=1e-3):
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (batch,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss_fn(x[idx], y[idx]).backward()
+        opt.step()
+
+
+class Softmax(nn.Module):
+    def __init__(self, d_in):
+        super().__init__()
+        self.features, self.head = features(d_in), nn.Linear(WIDTH, NUM_IN)
+
+    def loss(self, x, y):
+        return F.cross_entropy(self.head(self.features(x)), y)
+
+    def predict(self, x):
+        probs = self.head(self.features(x)).softmax(-1)
+        return probs, 1 - probs.max(-1).values
+
+
+class Bayesian(nn.Module):
+    """A feature network with a VBLL head (discriminative or generative)."""
+
+    def __init__(self, d_in, head, n):
+        super().__init__()
+        self.features, self.head, self.n = features(d_in), head, n
+
+    def loss(self, x, y):
+        return self.head.loss(self.features(x), y, self.n)
+
+    def predict(self, x):
+        out = self.head(self.features(x))
+        return out.predictive.probs, out.ood_score
+
+
+class PostHoc(nn.Module):
+    """A VBLL head fitted on a trained network's frozen features (closed form or a few L-BFGS steps)."""
+
+    def __init__(self, net, head, x, y):
+        super().__init__()
+        self.features = net.features
+        with torch.no_grad():
+            phi = net.features(x).double()
+        self.head = head.double().fit(phi, y)
+
+    def predict(self, x):
+        out = self.head(self.features(x).double())
+        return out.predictive.probs, out.ood_score
+
+
+def evaluate(model, x_te, y_te, x_ood, out_dir, name):
+    """In-distribution accuracy, NLL, ECE; OOD AUROC by the model's own score and by ``1 - max_k p_k``."""
+    with torch.no_grad():
+        probs, score_in = model.predict(x_te)
+        probs_ood, score_out = model.predict(x_ood)
+    probs = probs.double()
+    nll = float(-probs.gather(-1, y_te[:, None]).clamp_min(1e-300).log().mean())
+    ece = metrics.reliability_diagram(probs, y_te, out_dir / f"reliability_{name}.png", title=name)
+    return {
+        "accuracy": metrics.accuracy(probs, y_te),
+        "nll": nll,
+        "ece": ece,
+        "ood_auroc": metrics.auroc(score_in, score_out),
+        "ood_auroc_maxprob": metrics.auroc(1 - probs.max(-1).values, 1 - probs_ood.double().max(-1).values),
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a short smoke run")
+    p.add_argument("--out", default="outputs/vbll_classification", help="where figures go")
+    args = p.parse_args()
+    torch.set_num_threads(1)  # tiny networks: a second thread only adds contention
+    out_dir = pathlib.Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps = 400 if args.quick else 4000
+    x_tr, y_tr, x_te, y_te, x_ood = load_digits()
+    d, n = x_tr.shape[1], len(y_tr)
+    print(f"digits: {n} train / {len(y_te)} test in distribution (0-{NUM_IN - 1}), {len(x_ood)} held-out 8s and 9s")
+
+    torch.manual_seed(0)
+    models = {
+        "softmax": Softmax(d),
+        "vbll": Bayesian(d, VBLLClassification(WIDTH, NUM_IN), n),
+        "g_vbll": Bayesian(d, VBLLGenerativeClassification(WIDTH, NUM_IN), n),
+    }
+    results = {}
+    for name, model in models.items():
+        train(model.parameters(), model.loss, x_tr, y_tr, steps, seed=1)
+        results[name] = evaluate(model, x_te, y_te, x_ood, out_dir, name)
+    post_hoc = {
+        "softmax + post hoc vbll": VBLLClassification(WIDTH, NUM_IN),
+        "softmax + post hoc g_vbll": VBLLGenerativeClassification(WIDTH, NUM_IN),
+    }
+    for name, head in post_hoc.items():
+        model = PostHoc(models["softmax"], head, x_tr, y_tr)
+        results[name] = evaluate(model, x_te, y_te, x_ood, out_dir, name.replace(" + ", "_").replace(" ", "_"))
+    for name, r in results.items():
+        print(f"{name:>26}: " + "  ".join(f"{k} {v:.4f}" for k, v in r.items()))
+    print(json.dumps({"steps": steps, **results, "figures_dir": str(out_dir)}))
+
+
+if __name__ == "__main__":
+    main()
