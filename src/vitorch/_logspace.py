@@ -1,11 +1,15 @@
-"""Log-space reductions that stay finite where the textbook formulas produce NaN.
+"""Log-space reductions that stay finite where the textbook formulas produce NaN or inf.
 
-``torch.logsumexp`` over a slice that is entirely ``-inf`` returns ``-inf`` (correct)
-but its backward computes ``exp(-inf - (-inf)) = NaN``; likewise a slice holding
-``+inf`` (a Rényi bound with ``alpha > 1`` meets one when a weight is zero).  A
-datum whose every particle has zero weight is legitimate (a point outside the
-model's support), so here such slices keep their exact value and receive a zero
-gradient.  The forward pass is one ``torch.logsumexp``; only the backward differs.
+A particle can have zero weight (``log w = -inf``, a point outside the model's
+support) and, for a Rényi bound with ``alpha > 1``, a power of a log-weight can be
+``+inf``.  ``torch.logsumexp`` over a slice that is entirely ``-inf`` returns
+``-inf`` and its backward ``exp(-inf - (-inf)) = NaN``.  Here log-weights are first
+clamped to ``[-LOG_WEIGHT_LIMIT, LOG_WEIGHT_LIMIT]`` (``1e30``): a zero weight stays
+a weight of exactly zero next to any finite one, a datum whose particles all have
+zero weight gets the finite bound ``-1e30`` instead of ``-inf`` (so one impossible
+datum cannot make a batch loss infinite), and the clamp's backward gives such
+particles a zero gradient.  NaN is not clamped: it propagates, as a bug should.
+One clamp costs one elementwise op, which matters for a bound evaluated every step.
 Half-precision inputs are reduced in float32, whose exponent range weights need.
 """
 
@@ -16,24 +20,26 @@ import math
 import torch
 from torch import Tensor
 
+LOG_WEIGHT_LIMIT = 1e30
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _degenerate(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """The slice maxima and where they are not finite (all ``-inf``, or any ``+inf``)."""
-    m = x.detach().amax(dim, keepdim=True)
-    return m, torch.isfinite(m).logical_not_()
+def clamp(x: Tensor) -> Tensor:
+    """``x`` in ``[-1e30, 1e30]`` (upcast to float32 if half precision); NaN passes through."""
+    if x.dtype in _LOW_PRECISION:
+        x = x.float()
+    return x.clamp(-LOG_WEIGHT_LIMIT, LOG_WEIGHT_LIMIT)
+
+
+def finite_bound(v: Tensor) -> Tensor:
+    """Where a bound value is an honest number, not the clamp's floor/ceiling (nor NaN)."""
+    return v.abs() < 0.1 * LOG_WEIGHT_LIMIT
 
 
 def logsumexp(x: Tensor, dim: int = 0) -> Tensor:
-    """``log sum exp(x)`` along ``dim``; degenerate slices (all ``-inf``, or holding
-    ``+inf``) keep their value and get a zero gradient instead of NaN."""
-    xf = x.float() if x.dtype in _LOW_PRECISION else x
-    m, bad = _degenerate(xf, dim)
-    # Degenerate slices are swapped for zeros inside the reduction, so its backward
-    # never sees inf - inf; the outer where restores their exact value.
-    out = torch.where(bad, m, torch.logsumexp(torch.where(bad, 0.0, xf), dim, keepdim=True))
-    return out.squeeze(dim).to(x.dtype)
+    """``log sum exp(x)`` along ``dim`` on clamped inputs: finite values, no NaN gradients."""
+    out = torch.logsumexp(clamp(x), dim)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
@@ -41,11 +47,21 @@ def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
     return logsumexp(x, dim) - math.log(x.shape[dim])
 
 
+def mean(x: Tensor, dim: int = 0) -> Tensor:
+    """Mean of clamped log-weights (the ELBO's reduction)."""
+    out = clamp(x).mean(dim)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
 def softmax(x: Tensor, dim: int = 0) -> Tensor:
-    """Normalized weights ``exp(x) / sum exp(x)`` (no gradient); degenerate slices give
-    zeros, matching the zero gradient of their log-sum-exp."""
+    """Normalized weights ``exp(x) / sum exp(x)`` of clamped inputs, without gradient;
+    exactly the gradient of :func:`logsumexp`."""
     with torch.no_grad():
-        xf = x.float() if x.dtype in _LOW_PRECISION else x
-        _, bad = _degenerate(xf, dim)
-        w = torch.softmax(torch.where(bad, 0.0, xf), dim)
-        return w.masked_fill_(bad, 0.0).to(x.dtype)
+        # Clamped entries have zero gradient in the bound, so they get zero weight here too.
+        w = torch.softmax(clamp(x), dim).masked_fill_(~in_range(x), 0.0)
+        return w.to(x.dtype)
+
+
+def in_range(x: Tensor) -> Tensor:
+    """Where ``x`` is untouched by :func:`clamp` (so the bound's gradient reaches it)."""
+    return x.abs() <= LOG_WEIGHT_LIMIT

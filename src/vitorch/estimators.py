@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from . import _logspace as ls
 from .families.base import stopped
 from .objectives import Objective, elbo
 
@@ -65,8 +66,9 @@ def _stopped_log_prob(q: Distribution, z: Tensor) -> Tensor:
 
 
 def _weighted_sum(coef: Tensor, x: Tensor) -> Tensor:
-    """``sum_k coef_k x_k`` where a zero weight silences a ``-inf`` term instead of making NaN."""
-    return torch.where(coef != 0, coef * x, 0.0).sum(0)
+    """``sum_k coef_k x_k`` over the finite ``x_k`` only: a particle of zero weight
+    (``x_k = -inf``) contributes neither a value nor a gradient."""
+    return torch.where(torch.isfinite(x), coef * x, 0.0).sum(0)
 
 
 def _family_name(q: Distribution) -> str:
@@ -140,8 +142,9 @@ class _Pathwise(Estimator):
             if self.stop_q:
                 log_q = _stopped_log_prob(q, z)
             log_w = log_p - log_q
-            surrogate = objective(log_w) if objective.sign > 0 else -objective(log_w)
-            bound = None if corrected else surrogate.detach() * objective.sign
+            bound = objective(log_w)
+            surrogate = bound if objective.sign > 0 else -bound
+            bound = None if corrected else bound.detach()
         else:
             bound = None
             z_path = z.view_as(z)
@@ -318,7 +321,7 @@ class _VIMCO(_ScoreBase):
             replaced = torch.where(eye, others.unsqueeze(0), log_w.unsqueeze(1))
             value = guide(log_w).unsqueeze(0)
             loo = guide(replaced)
-            signal = torch.where(torch.isfinite(value) & torch.isfinite(loo), value - loo, 0.0)
+            signal = torch.where(ls.finite_bound(value) & ls.finite_bound(loo), value - loo, 0.0)
             return guide.sign * (signal - guide.grad_coefficients(log_w)), None
 
 

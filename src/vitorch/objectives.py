@@ -19,6 +19,11 @@ gradient of one bound and the guide's the gradient of another.
 
 All bounds satisfy, on the same particles, ``elbo <= iwae`` and they are equal
 at ``K = 1``; ``miwae(M)`` runs from ``iwae`` (M = 1) to ``elbo`` (M = K).
+
+Log-weights are clamped to ``[-1e30, 1e30]`` inside every bound: a particle of zero
+weight (``log w = -inf``) contributes nothing and receives a zero gradient, and a
+datum whose particles all have zero weight gets the finite bound ``-1e30`` rather
+than ``-inf`` (and a zero gradient), so it cannot turn a batch loss into inf or NaN.
 """
 
 from __future__ import annotations
@@ -99,9 +104,10 @@ class Objective:
     def learning_signal(self, log_w: Tensor, baseline: Tensor | float = 0.0) -> Tensor:
         """``[K, *batch]`` ascent signal ``L_k`` whose product with the score of particle k's
         density gives the score part of ``grad E[O]``: ``sign * (O - b)`` for a bound that
-        couples its particles.  Non-finite values give a zero signal rather than NaN."""
+        couples its particles.  A datum whose bound sits at the clamp's floor (every
+        weight zero) gets a zero signal."""
         value = self(log_w).unsqueeze(0).expand_as(log_w)
-        return self.sign * torch.where(torch.isfinite(value), value - baseline, 0.0)
+        return self.sign * torch.where(ls.finite_bound(value), value - baseline, 0.0)
 
     def score_coefficients(self, log_w: Tensor, baseline: Tensor | float = 0.0) -> Tensor:
         """Ascent weights ``a_k`` of ``grad log q(z_k)`` in a score-function gradient.
@@ -132,10 +138,10 @@ class _ELBO(Objective):
     has_dreg = True
 
     def __call__(self, log_w: Tensor) -> Tensor:
-        return log_w.mean(0)
+        return ls.mean(log_w, 0)
 
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
-        return torch.full_like(log_w, 1.0 / log_w.shape[0])
+        return ls.in_range(log_w).to(log_w.dtype) / log_w.shape[0]
 
     def dreg_coefficients(self, log_w: Tensor) -> Tensor:
         # The ELBO's score term has zero mean for each particle, so DReG is STL here.
@@ -221,10 +227,10 @@ class _CIWAE(Objective):
         return self.beta * elbo(log_w) + (1 - self.beta) * iwae(log_w)
 
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
-        return self.beta / log_w.shape[0] + (1 - self.beta) * iwae.grad_coefficients(log_w)
+        return self.beta * elbo.grad_coefficients(log_w) + (1 - self.beta) * iwae.grad_coefficients(log_w)
 
     def dreg_coefficients(self, log_w: Tensor) -> Tensor:
-        return self.beta / log_w.shape[0] + (1 - self.beta) * iwae.dreg_coefficients(log_w)
+        return self.beta * elbo.grad_coefficients(log_w) + (1 - self.beta) * iwae.dreg_coefficients(log_w)
 
 
 def ciwae(beta: float) -> Objective:

@@ -286,20 +286,22 @@ def test_score_identity_elbo():
 
 
 @pytest.mark.parametrize("estimator", [E.reparam, E.dreg, E.score(), E.vimco])
-@pytest.mark.parametrize("objective", [O.elbo, O.iwae, O.piwae(2)])
+@pytest.mark.parametrize("objective", [O.elbo, O.iwae, O.ciwae(0.5), O.cubo(2), O.piwae(2)], ids=str)
 def test_all_neg_inf_log_weights_give_zero_not_nan(objective, estimator):
     K, B = 4, 3
     m = torch.zeros(B, D, requires_grad=True)
     theta = torch.zeros(D, requires_grad=True)
     dead = torch.tensor([False, True, False])
+    if objective.name.startswith("cubo") and estimator is E.dreg:
+        pytest.skip("dreg has no formula for cubo; the pair is refused (test_invalid_pairs)")
 
     def log_joint(z):  # datum 1 lies outside the model's support
         lp = lg.log_joint(torch.zeros(B, D), theta)(z)
         return torch.where(dead, -torch.inf, lp)
 
     out = vt.loss(log_joint, vt.DiagNormal(m, torch.ones(B, D)), K, objective, estimator)
-    assert not torch.isnan(out.loss)
-    assert out.bound[1] == -torch.inf and torch.isfinite(out.bound[[0, 2]]).all()
+    assert torch.isfinite(out.loss)
+    assert out.bound[1] <= -1e29 and torch.isfinite(out.bound).all()
     g_m, g_t = torch.autograd.grad(out.loss, [m, theta], allow_unused=True)
     assert torch.isfinite(g_m).all() and (g_m[1] == 0).all()
     assert g_t is None or torch.isfinite(g_t).all()

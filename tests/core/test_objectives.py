@@ -112,11 +112,13 @@ def test_log_sum_exp_safety(objective):
     assert torch.isfinite(val).all()
     (g,) = torch.autograd.grad(val.sum(), lw)
     assert torch.isfinite(g).all()
+    # A datum whose particles all have zero weight: a finite bound at the floor
+    # (-1e30, not -inf, so a batch loss stays finite) and a zero gradient, not NaN.
     dead = torch.full((4, 2), -torch.inf).requires_grad_(True)
     val = objective(dead)
-    assert (val == -torch.inf).all()
+    assert torch.isfinite(val).all() and (val <= -1e29).all()
     (g,) = torch.autograd.grad(val.sum(), dead)
-    assert torch.isfinite(g).all()
+    assert (g == 0).all()
     one = torch.randn(1, 3).requires_grad_(True)
     if not objective.reasons(1):
         torch.testing.assert_close(objective(one), one[0])  # K = 1: every bound is log w
