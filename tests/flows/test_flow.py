@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from cases import make
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.distributions import MultivariateNormal
 
 import vitorch as vt
@@ -195,3 +197,20 @@ def test_spline_passes_through_its_knots_with_their_slopes():
     outside = torch.tensor([[-3.0], [2.5]])
     y_out, log_dy_out = spline(outside, params.unsqueeze(-2))
     assert torch.equal(y_out, outside) and torch.equal(log_dy_out, torch.zeros_like(outside))
+
+
+@given(
+    sample_shape=st.lists(st.integers(1, 3), max_size=2),
+    batch_shape=st.lists(st.integers(1, 3), max_size=2),
+    name=st.sampled_from(["planar", "iaf_spline", "maf_affine", "coupling_spline", "sylvester_orthogonal"]),
+)
+@settings(max_examples=15, deadline=None)
+def test_shape_algebra(sample_shape, batch_shape, name):
+    torch.manual_seed(0)
+    q = flows.ConditionalFlow([make(name, D, C)])(torch.randn(*batch_shape, C))
+    z, log_q = q.rsample_and_log_prob(sample_shape)
+    assert q.batch_shape == tuple(batch_shape)
+    assert z.shape == (*sample_shape, *batch_shape, D) and log_q.shape == (*sample_shape, *batch_shape)
+    assert q.log_prob(z).shape == log_q.shape
+    # A single z broadcasts against the batch, as torch distributions do.
+    assert q.log_prob(z[(0,) * (len(sample_shape) + len(batch_shape))]).shape == tuple(batch_shape)

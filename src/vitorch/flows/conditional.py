@@ -20,8 +20,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..families.flow import Flow
-from ..families.gaussian import DiagNormal
 from .base import Transform
 
 __all__ = ["ConditionalFlow"]
@@ -52,6 +50,12 @@ class ConditionalFlow(nn.Module):
         self.register_buffer("base_loc", torch.zeros(dim), persistent=False)
         self.register_buffer("base_scale", torch.ones(dim), persistent=False)
 
-    def forward(self, context: Tensor | None = None) -> Flow:
+    def forward(self, context: Tensor | None = None):
+        """``context [*batch, C]`` (or ``None``) -> :class:`~vitorch.Flow` with batch shape ``[*batch]``."""
+        # Imported here: vitorch.families.flow imports this package, so a top-level
+        # import would be circular whichever package is imported first.
+        from ..families.flow import Flow
+        from ..families.gaussian import DiagNormal
+
         base = DiagNormal(self.base_loc, self.base_scale, validate_args=False)
         return Flow(base, list(self.transforms), context)

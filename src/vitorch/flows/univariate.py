@@ -61,11 +61,13 @@ class AffineMap(UnivariateMap):
 
     def __call__(self, x, params):
         shift, log_scale = self._split(params)
-        return shift + torch.exp(log_scale) * x, log_scale.expand_as(x)
+        y = shift + torch.exp(log_scale) * x
+        return y, log_scale.expand_as(y)
 
     def inverse(self, y, params):
         shift, log_scale = self._split(params)
-        return (y - shift) * torch.exp(-log_scale), (-log_scale).expand_as(y)
+        x = (y - shift) * torch.exp(-log_scale)
+        return x, (-log_scale).expand_as(x)
 
     def __repr__(self) -> str:
         return f"AffineMap(bound={self.bound})"
