@@ -1,0 +1,14 @@
+"""Training: :func:`fit`, its :class:`History`, checkpoints and the non-finite guard.
+
+``fit`` runs the optimization loop for any ``nn.Module`` whose forward returns
+``vt.loss``'s output (or a scalar loss), with evaluation and early stopping on the
+held-out bound, bit-exact resumable checkpoints, DDP and ``torch.compile``.
+"""
+
+from .checkpoint import load_checkpoint
+from .fit import fit
+from .guard import NonFiniteError
+from .history import History
+from .loop import StepContext
+
+__all__ = ["fit", "History", "StepContext", "NonFiniteError", "load_checkpoint"]

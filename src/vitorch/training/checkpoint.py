@@ -1,0 +1,168 @@
+"""Checkpoints of a :func:`~vitorch.training.fit` run: write, find, read and check.
+
+A checkpoint is one ``torch.save`` file of plain containers (dicts, lists, tensors,
+numbers, strings), read back only with ``torch.load(weights_only=True)`` so that
+loading never unpickles arbitrary objects.  It carries two checks:
+
+* ``fingerprint``: a hash of the model's parameter and buffer names, shapes and
+  dtypes, so a checkpoint from another model is refused with the differences listed;
+* ``digest``: a SHA-256 of everything else in canonical order, so a truncated or
+  edited file is refused rather than silently resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint", "fingerprint", "FORMAT"]
+
+FORMAT = "vitorch.fit/1"
+_REQUIRED = ("format", "fingerprint", "digest", "model", "optimizer", "scheduler", "rng", "data", "loop", "history")
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+
+
+def fingerprint(state: dict[str, Tensor]) -> str:
+    """Hash of the names, shapes and dtypes of a model's ``state_dict`` (not the values)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    return h.hexdigest()
+
+
+def _update(h, obj) -> None:
+    """Feed ``obj`` to the hash in a canonical order; types are tagged so 1 != 1.0 != True."""
+    if isinstance(obj, Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            _update(h, key)
+            _update(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}".encode())
+        for item in obj:
+            _update(h, item)
+    elif obj is None or isinstance(obj, (bool, int, float, str)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    else:
+        raise TypeError(f"checkpoints hold plain containers only; got {type(obj).__name__}")
+
+
+def _digest(payload: dict) -> str:
+    h = hashlib.sha256()
+    _update(h, {k: v for k, v in payload.items() if k != "digest"})
+    return h.hexdigest()
+
+
+def save_checkpoint(payload: dict, directory: str | Path, step: int, keep: int | None = None) -> Path:
+    """Write ``payload`` as ``directory/step-<step>.pt`` atomically; keep the newest ``keep`` files.
+
+    Args:
+        payload: the run's state (see :func:`vitorch.training.fit`); ``format``,
+            ``fingerprint`` and ``digest`` are added here.
+        directory: created if missing.
+        step: the optimizer step the state follows.
+        keep: how many checkpoints to keep (oldest removed first); ``None`` keeps all.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = dict(payload, format=FORMAT, fingerprint=fingerprint(payload["model"]))
+    payload["digest"] = _digest(payload)
+    path = directory / f"step-{step:09d}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    if keep is not None:
+        for old in _listing(directory)[:-keep]:
+            old.unlink()
+    return path
+
+
+def _listing(directory: Path) -> list[Path]:
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """``path`` itself if it is a file, else the newest ``step-*.pt`` in that directory."""
+    path = Path(path)
+    if path.is_dir():
+        listing = _listing(path)
+        if not listing:
+            raise FileNotFoundError(f"no checkpoint (step-*.pt) in directory {path}")
+        return listing[-1]
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
+    """Read a checkpoint for ``model`` with ``weights_only=True`` and check it.
+
+    Args:
+        path: a checkpoint file, or a directory (its newest checkpoint is read).
+        model: the module the checkpoint must match (names, shapes, dtypes).
+
+    Returns:
+        The payload dict (tensors on the CPU).
+
+    Raises:
+        ValueError: if the file is truncated or not a checkpoint, holds objects
+            ``weights_only`` refuses, misses entries, fails its digest (tampered), or
+            belongs to a model with other parameters (the differences are listed).
+    """
+    path = find_checkpoint(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"cannot read checkpoint {path}: {first} (the file is truncated, corrupted or not a "
+            "vitorch.fit checkpoint; it is only ever read with torch.load(weights_only=True))"
+        ) from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(payload).__name__}, not a vitorch.fit checkpoint dict")
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise ValueError(f"checkpoint {path} is not a vitorch.fit checkpoint: missing entries {missing}")
+    if payload["format"] != FORMAT:
+        raise ValueError(f"checkpoint {path} has format {payload['format']!r}; this version reads {FORMAT!r}")
+    if payload["digest"] != _digest(payload):
+        raise ValueError(f"checkpoint {path} fails its SHA-256 digest: it was modified after it was written")
+    _check_model(path, payload, model)
+    return payload
+
+
+def _check_model(path: Path, payload: dict, model: nn.Module) -> None:
+    ours = model.state_dict()
+    theirs = payload["model"]
+    if payload["fingerprint"] == fingerprint(ours) and fingerprint(theirs) == payload["fingerprint"]:
+        return
+    problems = []
+    missing = sorted(set(ours) - set(theirs))
+    extra = sorted(set(theirs) - set(ours))
+    if missing:
+        problems.append(f"missing from the checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if extra:
+        problems.append(f"not in the model: {extra[:8]}{' ...' if len(extra) > 8 else ''}")
+    for name in sorted(set(ours) & set(theirs)):
+        a, b = ours[name], theirs[name]
+        if a.shape != b.shape or a.dtype != b.dtype:
+            problems.append(f"{name}: checkpoint {tuple(b.shape)} {b.dtype}, model {tuple(a.shape)} {a.dtype}")
+    if not problems:
+        problems.append("the stored fingerprint does not match the stored parameters")
+    raise ValueError(
+        f"checkpoint {path} was written for another model (parameter fingerprint differs):\n  - "
+        + "\n  - ".join(problems[:12])
+    )

@@ -1,0 +1,135 @@
+"""``vitorch.fit``: the training loop for models whose forward returns ``vt.loss``'s output.
+
+The loop is ordinary PyTorch (zero grad, forward, backward, clip, step) with the parts
+a research run needs around it: held-out evaluation and early stopping on the bound,
+checkpoints from which a resumed run continues bit for bit, a guard against NaN/inf,
+DDP under ``torchrun``, ``torch.compile``, a progress bar and a written history.
+No backward is hidden from the model: its forward returns the loss, fit only steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .history import History
+from .loop import Run, StepContext
+from .options import FitOptions
+
+__all__ = ["fit", "StepContext"]
+
+
+def fit(
+    model: nn.Module,
+    data,
+    *,
+    optimizer: torch.optim.Optimizer | Callable | None = None,
+    lr: float = 1e-3,
+    scheduler=None,
+    scheduler_interval: str = "step",
+    epochs: int | None = None,
+    steps: int | None = None,
+    batch_size: int = 64,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    num_workers: int = 0,
+    seed: int | None = None,
+    eval_data=None,
+    eval_every: int | None = None,
+    eval_fn: Callable | None = None,
+    eval_batch_size: int | None = None,
+    patience: int | None = None,
+    monitor: str | None = None,
+    mode: str | None = None,
+    min_delta: float = 0.0,
+    restore_best: bool = False,
+    clip_grad_norm: float | None = None,
+    clip_grad_value: float | None = None,
+    on_nonfinite: str = "raise",
+    max_consecutive_skips: int = 10,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    keep_checkpoints: int | None = None,
+    resume: str | Path | None = None,
+    log_dir: str | Path | None = None,
+    progress: bool | None = None,
+    callbacks: Sequence[Callable[[StepContext], object]] = (),
+    distributed: bool | str = "auto",
+    compile: bool | Mapping = False,
+    device: str | torch.device | None = None,
+) -> History:
+    """Train ``model`` on ``data``; return the :class:`History`.
+
+    Args:
+        model: an ``nn.Module`` whose ``forward(batch)`` returns a
+            :class:`vitorch.LossOutput` (``vt.loss(...)``; its ``bound [*batch]`` is
+            logged and evaluated) or a scalar loss tensor.  Baselines, encoders and
+            decoders are submodules and train with it.
+        data: a ``DataLoader`` (used as given; rebuilt around a ``DistributedSampler``
+            under DDP), a ``Dataset``, a tensor ``[N, ...]`` (batches are tensors) or a
+            tuple of tensors sharing the first dimension (batches are tuples).
+        optimizer: an optimizer over the model's parameters, or a factory
+            ``params -> Optimizer``; default ``Adam(lr=lr)``.
+        lr: learning rate of the default optimizer.
+        scheduler: an LR scheduler or a factory ``optimizer -> scheduler``; stepped
+            every step (``scheduler_interval="step"``) or epoch (``"epoch"``);
+            ``ReduceLROnPlateau`` is stepped with the monitored metric after each evaluation.
+        epochs, steps: stop after this many epochs and/or optimizer steps (at least one).
+            A skipped non-finite step counts as a step.
+        batch_size, shuffle, drop_last, num_workers: how fit batches a Dataset or
+            tensors (ignored for a DataLoader).  ``batch_size`` is per process under DDP.
+        seed: data-order seed (epoch e is shuffled with ``seed + e``, as
+            ``DistributedSampler`` does); default drawn from torch's global generator.
+        eval_data: held-out data (same kinds as ``data``), evaluated in eval mode
+            without gradients every ``eval_every`` steps (default: once per epoch).
+        eval_fn: ``(model, loader) -> {name: float}``; default: the mean held-out
+            ``bound`` per datum (``loss`` for models returning a scalar).
+        eval_batch_size: default ``batch_size``.
+        patience: stop after this many evaluations without improvement of ``monitor``
+            (default ``"bound"``, else ``"loss"``) by more than ``min_delta``; ``mode``
+            is ``"max"`` or ``"min"`` (default: ``"min"`` for names containing "loss").
+        restore_best: end with the weights of the best evaluation.
+        clip_grad_norm, clip_grad_value: gradient clipping before each step
+            (the pre-clipping norm is logged as ``grad_norm``).
+        on_nonfinite: ``"raise"`` stops with :class:`NonFiniteError` naming the step
+            and every parameter with a NaN/inf gradient; ``"skip"`` drops the step
+            (no optimizer or scheduler step), counts it, and raises after more than
+            ``max_consecutive_skips`` in a row.
+        checkpoint_dir, checkpoint_every, keep_checkpoints: write ``step-N.pt`` every
+            ``checkpoint_every`` steps and at the end, keeping the newest
+            ``keep_checkpoints`` (default all).  A checkpoint holds the model,
+            optimizer, scheduler, the RNG states of torch/CUDA/numpy/Python on every
+            rank, the data order, the counters, the early-stopping state and the history.
+        resume: a checkpoint file or directory (its newest).  The same call with
+            ``resume`` continues exactly where the checkpoint left off; on CPU the
+            parameters equal those of an uninterrupted run bit for bit.
+        log_dir: write ``steps.csv``, ``evals.csv`` and ``history.json`` there (at
+            each checkpoint and at the end).
+        progress: a tqdm bar with the loss and bound; default only on a terminal.
+        callbacks: called after every step with a :class:`StepContext`; setting
+            ``ctx.stop = True`` ends the run, an exception interrupts it.
+        distributed: ``"auto"`` trains data-parallel (DDP) when a process group is
+            initialized, ``True`` also initializes one from torchrun's environment,
+            ``False`` never.  Only rank 0 writes checkpoints, logs and progress.
+        compile: ``True`` (or a dict of ``torch.compile`` options) compiles the
+            model's forward, loss included.
+        device: where batches go; default the device of the model's parameters.
+
+    Returns:
+        :class:`History` with one record per step and per evaluation.
+
+    Raises:
+        ValueError: for bad options (every problem listed), data of the wrong kind, or
+            a checkpoint that is unreadable, tampered with or from another model.
+        NonFiniteError: on a NaN/inf loss or gradient (see ``on_nonfinite``).
+
+    Example:
+        >>> history = vt.fit(vae, x_train, epochs=10, batch_size=128, eval_data=x_test,
+        ...                  patience=5, checkpoint_dir="ckpt", checkpoint_every=500)
+        >>> history = vt.fit(vae, x_train, epochs=20, resume="ckpt")  # continues bit for bit
+    """
+    options = {k: v for k, v in locals().items() if k not in ("model", "data")}
+    return Run(model, data, FitOptions(**options)).train()

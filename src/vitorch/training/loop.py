@@ -1,0 +1,347 @@
+"""The loop behind :func:`vitorch.training.fit`: set-up, steps, evaluation and checkpoints.
+
+Order of work in one step: zero grad, forward, backward, the non-finite check (one
+host sync for the loss, the bound and the flags), clip, optimizer and scheduler step,
+the history record, then evaluation, checkpoint and callbacks.  A checkpoint is taken
+after all of that, so a resumed run replays nothing and repeats nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from tqdm.auto import tqdm
+
+from . import distributed as ddp
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import epoch_sampler, loader_generators, make_eval_loader, make_loader, to_device
+from .guard import NonFiniteError, describe_nonfinite, evaluate, nonfinite_flags, split_output
+from .history import History
+from .options import FitOptions
+from .rng import capture_rng, generator_states, restore_generators, restore_rng
+
+__all__ = ["Run", "StepContext"]
+
+
+@dataclass
+class StepContext:
+    """What a callback receives after each step; set ``stop = True`` to end the run.
+
+    Attributes:
+        step: optimizer steps taken so far (1-based for the step just done).
+        epoch: current epoch (0-based).
+        record: this step's history record (``loss``, ``bound``, ``lr``...).
+        eval: the metrics if an evaluation ran at this step, else ``None``.
+        model, optimizer, history: the live objects.
+    """
+
+    step: int
+    epoch: int
+    record: dict
+    eval: dict | None
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    history: History
+    stop: bool = field(default=False)
+
+
+class Run:
+    """One call of :func:`fit`: the set-up, the state a checkpoint holds, and the loop."""
+
+    def __init__(self, model: nn.Module, data, opt: FitOptions):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be an nn.Module; got {type(model).__name__}")
+        self.model, self.opt = model, opt
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("model has no parameters with requires_grad=True")
+        self.device = torch.device(opt.device) if opt.device is not None else self.params[0].device
+        self.topo = ddp.setup(opt.distributed)
+        payload = load_checkpoint(opt.resume, model) if opt.resume is not None else None
+        if payload is not None:
+            self.seed = int(payload["loop"]["seed"])
+        else:
+            seed = opt.seed if opt.seed is not None else int(torch.randint(2**62, ()).item())
+            self.seed = ddp.broadcast_int(seed, self.topo, self.device)
+            if self.topo.rank > 0:
+                # Each rank draws its own particles: without this, ranks seeded alike would
+                # reuse rank 0's noise on their own data (correlated gradient estimates).
+                torch.manual_seed(torch.initial_seed() + self.topo.rank)
+        self.loader = make_loader(
+            data,
+            batch_size=opt.batch_size,
+            shuffle=opt.shuffle,
+            drop_last=opt.drop_last,
+            num_workers=opt.num_workers,
+            seed=self.seed,
+            rank=self.topo.rank,
+            world=self.topo.world,
+        )
+        self.generators = loader_generators(self.loader)
+        self.optimizer = _make_optimizer(opt, self.params)
+        self.scheduler = opt.scheduler(self.optimizer) if _is_factory(opt.scheduler) else opt.scheduler
+        # Counters and the state a checkpoint restores.
+        self.step = self.epoch = self.batch = 0
+        self.bad_evals = self.consecutive_skips = 0
+        self.history, self.best_state = History(), None
+        self.epoch_start: dict | None = None
+        self.resume_rng = self._restore(payload) if payload is not None else None
+        self.eval_loader = None
+        if opt.eval_data is not None:
+            self.eval_loader = make_eval_loader(
+                opt.eval_data,
+                batch_size=opt.eval_batch_size or opt.batch_size,
+                rank=self.topo.rank,
+                world=self.topo.world,
+            )
+        self.eval_every = opt.eval_every or (_length(self.loader) if self.eval_loader is not None else None)
+        if self.eval_loader is not None and not self.eval_every:
+            raise ValueError("eval_every is required when the training data has no length")
+        wrapped = ddp.wrap(model, self.topo, self.device)
+        if opt.compile:
+            wrapped = torch.compile(wrapped, **(dict(opt.compile) if isinstance(opt.compile, Mapping) else {}))
+        self.forward = wrapped
+
+    # ----- checkpoints -------------------------------------------------------------
+
+    def _restore(self, payload: dict) -> dict:
+        loop = payload["loop"]
+        if int(loop["world"]) != self.topo.world:
+            raise ValueError(
+                f"resume: the checkpoint was written by {loop['world']} process(es), this run has "
+                f"{self.topo.world}; resume with the same number of processes"
+            )
+        if bool(payload["scheduler"]) != (self.scheduler is not None):
+            raise ValueError("resume: pass a scheduler exactly when the checkpointed run had one")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(payload["scheduler"])
+        self.step, self.epoch, self.batch = int(loop["step"]), int(loop["epoch"]), int(loop["batch"])
+        self.bad_evals, self.consecutive_skips = int(loop["bad_evals"]), int(loop["consecutive_skips"])
+        self.history = History.from_state_dict(payload["history"])
+        self.history.stop_reason = None
+        best = payload["best_model"]
+        self.best_state = {k: v.to(self.device) for k, v in best.items()} if best else None
+        data = payload["data"][self.topo.rank]
+        self.epoch_start = data if data["rng"] else None
+        return payload["rng"][self.topo.rank]
+
+    def _checkpoint(self) -> None:
+        opt = self.opt
+        epoch_start = self.epoch_start if self.batch > 0 and self.epoch_start is not None else {"rng": {}, "gens": []}
+        rngs = ddp.gather_objects(capture_rng(), self.topo)
+        datas = ddp.gather_objects(epoch_start, self.topo)
+        if not self.topo.is_main:
+            return
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "rng": rngs,
+            "data": datas,
+            "loop": {
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch": self.batch,
+                "seed": self.seed,
+                "bad_evals": self.bad_evals,
+                "consecutive_skips": self.consecutive_skips,
+                "world": self.topo.world,
+            },
+            "history": self.history.state_dict(),
+            "best_model": self.best_state or {},
+        }
+        save_checkpoint(payload, opt.checkpoint_dir, self.step, keep=opt.keep_checkpoints)
+        self.saved_step = self.step
+        if opt.log_dir is not None:
+            self.history.write(opt.log_dir)
+
+    # ----- the loop ----------------------------------------------------------------
+
+    def train(self) -> History:
+        opt, topo = self.opt, self.topo
+        was_training = self.model.training
+        self.model.train()
+        self.saved_step = self.step if opt.resume is not None else -1
+        self.t0 = time.perf_counter() - (self.history.steps[-1]["time"] if self.history.steps else 0.0)
+        show = opt.progress if opt.progress is not None else sys.stderr.isatty()
+        self.bar = tqdm(total=self._total(), initial=self.step, disable=not (show and topo.is_main), dynamic_ncols=True)
+        reason = None
+        try:
+            while reason is None:
+                reason = self._epoch()
+        finally:
+            self.bar.close()
+            self.model.train(was_training)
+        self.history.stop_reason = reason
+        if opt.checkpoint_dir is not None and self.saved_step != self.step:
+            self._checkpoint()
+        if opt.restore_best and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        if opt.log_dir is not None and topo.is_main:
+            self.history.write(opt.log_dir)
+        return self.history
+
+    def _total(self) -> int | None:
+        n = _length(self.loader)
+        by_epochs = self.opt.epochs * n if (self.opt.epochs is not None and n) else None
+        totals = [t for t in (self.opt.steps, by_epochs) if t is not None]
+        return min(totals) if totals else None
+
+    def _epoch(self) -> str | None:
+        """Run (the rest of) one epoch; return why the run stops, or ``None`` to go on."""
+        opt = self.opt
+        if opt.epochs is not None and self.epoch >= opt.epochs:
+            return "epochs"
+        if opt.steps is not None and self.step >= opt.steps:
+            return "steps"
+        resuming = self.resume_rng is not None
+        if resuming and self.batch > 0 and self.epoch_start is not None:
+            # Replay the epoch's start so the sampler and workers draw the same order,
+            # skip the batches already trained on, then continue from the saved state.
+            restore_rng(self.epoch_start["rng"])
+            restore_generators(self.generators, self.epoch_start["gens"])
+        else:
+            if resuming:
+                restore_rng(self.resume_rng)
+                resuming = False
+            self.batch = 0
+            self.epoch_start = {"rng": capture_rng(), "gens": generator_states(self.generators)}
+        sampler = epoch_sampler(self.loader)
+        if sampler is not None:
+            sampler.set_epoch(self.epoch)
+        it = iter(self.loader)
+        if resuming:
+            for _ in range(self.batch):
+                next(it, None)
+            restore_rng(self.resume_rng)
+        self.resume_rng = None
+        for batch in it:
+            reason = self._step(batch)
+            if reason is not None:
+                return reason
+        self.epoch += 1
+        self.batch = 0
+        if self.scheduler is not None and opt.scheduler_interval == "epoch" and not self._plateau():
+            self.scheduler.step()
+        return None
+
+    def _plateau(self) -> bool:
+        return isinstance(self.scheduler, ReduceLROnPlateau)
+
+    def _step(self, batch) -> str | None:
+        opt, topo = self.opt, self.topo
+        self.step += 1
+        self.batch += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, bound = split_output(self.forward(to_device(batch, self.device)))
+        loss.backward()
+        flags = ddp.all_reduce(nonfinite_flags(loss, self.params), topo, op="max")
+        bound_mean = bound.detach().mean().to(torch.float64) if bound is not None else flags.new_tensor(float("nan"))
+        stats = torch.cat([torch.stack([loss.detach().to(torch.float64), bound_mean]), flags])
+        loss_v, bound_v, loss_bad, grad_bad = stats.tolist()  # the step's only host sync
+        record = {"step": self.step, "epoch": self.epoch, "loss": loss_v}
+        if bound is not None:
+            record["bound"] = bound_v
+        record["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        if loss_bad or grad_bad:
+            message = describe_nonfinite(self.model, loss_v, self.step, self.epoch, self.batch)
+            if opt.on_nonfinite == "raise":
+                raise NonFiniteError(message)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.history.skipped += 1
+            self.consecutive_skips += 1
+            record["skipped"] = 1
+            if self.consecutive_skips > opt.max_consecutive_skips:
+                raise NonFiniteError(
+                    f"{self.consecutive_skips} consecutive non-finite steps (max_consecutive_skips="
+                    f"{opt.max_consecutive_skips}); the last: {message}"
+                )
+        else:
+            self.consecutive_skips = 0
+            if opt.clip_grad_value is not None:
+                nn.utils.clip_grad_value_(self.params, opt.clip_grad_value)
+            if opt.clip_grad_norm is not None:
+                record["grad_norm"] = float(nn.utils.clip_grad_norm_(self.params, opt.clip_grad_norm))
+            self.optimizer.step()
+            if self.scheduler is not None and opt.scheduler_interval == "step" and not self._plateau():
+                self.scheduler.step()
+            record["skipped"] = 0
+        record["time"] = time.perf_counter() - self.t0
+        self.history.steps.append(record)
+        self.bar.update(1)
+        self.bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "bound") if k in record}, refresh=False)
+
+        metrics, reason = None, None
+        if self.eval_loader is not None and self.step % self.eval_every == 0:
+            metrics, reason = self._evaluate()
+        if opt.steps is not None and self.step >= opt.steps:
+            reason = reason or "steps"
+        if opt.checkpoint_every is not None and self.step % opt.checkpoint_every == 0:
+            self._checkpoint()
+        if opt.callbacks:
+            ctx = StepContext(self.step, self.epoch, record, metrics, self.model, self.optimizer, self.history)
+            for callback in opt.callbacks:
+                callback(ctx)
+            stop = ddp.all_reduce(torch.tensor([float(ctx.stop)], device=self.device), topo, op="max")
+            if stop.item() and reason is None:
+                reason = "callback"
+        return reason
+
+    def _evaluate(self) -> tuple[dict, str | None]:
+        opt = self.opt
+        metrics = evaluate(
+            self.model, self.eval_loader, self.topo, self.device, opt.eval_fn, lambda b: to_device(b, self.device)
+        )
+        monitor = opt.monitor or next((m for m in ("bound", "loss") if m in metrics), None)
+        if monitor is None and len(metrics) == 1:
+            monitor = next(iter(metrics))  # a custom eval_fn with one metric: watch that one
+        if monitor not in metrics:
+            raise ValueError(f"monitor {monitor!r} is not among the evaluation metrics {sorted(metrics)}")
+        value = metrics[monitor]
+        self.history.evals.append({"step": self.step, "epoch": self.epoch, **metrics})
+        if self.scheduler is not None and self._plateau():
+            self.scheduler.step(value)
+        mode = opt.mode or ("min" if "loss" in monitor else "max")
+        best = self.history.best_value
+        improved = best is None or (value > best + opt.min_delta if mode == "max" else value < best - opt.min_delta)
+        if improved:
+            self.history.best_step, self.history.best_value = self.step, value
+            self.bad_evals = 0
+            if opt.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.bad_evals += 1
+        if not self.bar.disable:
+            self.bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.6g}" for k, v in metrics.items()))
+        stop = opt.patience is not None and self.bad_evals >= opt.patience
+        return metrics, ("early_stopping" if stop else None)
+
+
+def _is_factory(obj) -> bool:
+    return callable(obj) and not isinstance(obj, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler))
+
+
+def _make_optimizer(opt: FitOptions, params: list) -> torch.optim.Optimizer:
+    if opt.optimizer is None:
+        return torch.optim.Adam(params, lr=opt.lr)
+    if isinstance(opt.optimizer, torch.optim.Optimizer):
+        return opt.optimizer
+    optimizer = opt.optimizer(params)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer factory returned {type(optimizer).__name__}, not a torch Optimizer")
+    return optimizer
+
+
+def _length(loader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
