@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .linalg import jittered_cholesky
 
@@ -49,6 +50,7 @@ class _CholeskyAndInverse(torch.autograd.Function):
         return tril, linv
 
     @staticmethod
+    @once_differentiable  # saved intermediates carry no graph: refuse double backward loudly
     def backward(ctx, d_tril: Tensor, _d_linv: Tensor):
         tril, linv = ctx.saved_tensors
         phi = (tril.mT @ d_tril).tril()
@@ -83,6 +85,7 @@ class WhitenedMarginals(torch.autograd.Function):
         return a.mT @ m, (a * wa).sum(0)
 
     @staticmethod
+    @once_differentiable  # saved intermediates carry no graph: refuse double backward loudly
     def backward(ctx, d_mean: Tensor, d_var: Tensor):
         linv, a, wa, m, w, root = ctx.saved_tensors
         d_w = (a * d_var) @ a.mT  # A diag(dv) A^T, symmetric [M, M]

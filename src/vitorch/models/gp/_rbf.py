@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["rbf_cross"]
 
@@ -34,6 +35,7 @@ class _RBFCross(torch.autograd.Function):
         return k
 
     @staticmethod
+    @once_differentiable  # saved intermediates carry no graph: refuse double backward loudly
     def backward(ctx, d_k: Tensor):
         a, b, k = ctx.saved_tensors
         p = d_k * k
