@@ -1,7 +1,7 @@
 """Beta families from two Gammas: ``z = x1 / (x1 + x0)``, ``x1 ~ Gamma(a, 1)``, ``x0 ~ Gamma(b, 1)``.
 
 :class:`Beta` uses implicit reparameterization gradients (Figurnov et al., 2018)
-through the two-component Dirichlet draw; :class:`RSVIBeta` draws both Gammas by
+of the two Gammas and ``z = sigmoid(log x1 - log x0)``; :class:`RSVIBeta` draws both Gammas by
 the boosted Marsaglia-Tsang sampler and forms ``z = sigmoid(log x1 - log x0)`` in log
 space, with correction ``log pi(eps1; a + B) + log pi(eps0; b + B)``
 (Naesseth et al., 2017).
@@ -26,8 +26,7 @@ from torch.distributions import constraints
 from . import _rsvi
 from .base import Family, broadcast_params
 from .constraints import positive_finite
-from .dirichlet import _ImplicitDirichletDraw
-from .gamma import as_param
+from .gamma import as_param, implicit_log_standard_gamma
 
 __all__ = ["Beta", "RSVIBeta"]
 
@@ -115,7 +114,8 @@ class Beta(_BetaBase):
     def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         shape = self._extended_shape(sample_shape)
         both = torch.stack([self.concentration1.expand(shape), self.concentration0.expand(shape)], -1)
-        return _clamp_unit(_ImplicitDirichletDraw.apply(both).select(-1, 0))
+        log_x = implicit_log_standard_gamma(both)
+        return _clamp_unit(torch.sigmoid(log_x[..., 0] - log_x[..., 1]))
 
     def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
         z = self.rsample(sample_shape)

@@ -1,8 +1,10 @@
 """Gamma families with two kinds of reparameterized gradient.
 
 * :class:`Gamma`: implicit reparameterization (Figurnov et al., 2018),
-  ``dz/d alpha = -(dF(z; alpha)/d alpha) / q(z; alpha)``, through torch's
-  ``_standard_gamma`` whose backward computes exactly this.
+  ``dz/d alpha = -(dF(z; alpha)/d alpha) / q(z; alpha)``, computed by torch's
+  ``_standard_gamma_grad`` and, below ``z = 1e-10`` (and for draws that underflow),
+  by its small-``z`` limit in log space (see :func:`implicit_dlogx`).  The draw
+  itself comes from the log-space sampler of :mod:`vitorch.families._rsvi`.
 * :class:`RSVIGamma`: the Marsaglia-Tsang sampler reparameterized through the
   accepted proposal noise, with shape augmentation and the exact correction term
   of Naesseth et al. (2017) supplied to the estimator by
@@ -29,13 +31,15 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
 from torch.distributions import constraints
 
 from . import _rsvi
 from .base import Family, broadcast_params
 from .constraints import positive_finite
 
-__all__ = ["Gamma", "RSVIGamma"]
+__all__ = ["Gamma", "RSVIGamma", "implicit_dlogx", "implicit_log_standard_gamma"]
 
 
 def as_param(x, like: Tensor | None = None) -> Tensor:
@@ -49,6 +53,47 @@ def as_param(x, like: Tensor | None = None) -> Tensor:
 def clamp_tiny(z: Tensor) -> Tensor:
     """Raise values below the smallest positive normal number to it (zero gradient there)."""
     return z.clamp(min=torch.finfo(z.dtype).tiny)
+
+
+_SMALL_LOG_X = -23.0  # log(1e-10): below it the small-x limit is exact to ~1e-10 relative
+
+
+def implicit_dlogx(alpha: Tensor, log_x: Tensor) -> Tensor:
+    """``d log x / d alpha`` for a standard Gamma draw ``x`` held at fixed CDF (Figurnov et al., 2018).
+
+    Above ``x = 1e-10`` it is ``-(dF/d alpha) / (x q(x))`` from torch's
+    ``_standard_gamma_grad``.  Below, ``F(x; alpha) = x^alpha / Gamma(alpha + 1) (1 + O(x))``
+    gives ``(digamma(alpha + 1) - log x) / alpha`` with relative error ``O(x)``, which
+    stays finite for draws whose ``x`` underflows (only ``log x`` is needed).
+    Shapes broadcast.
+    """
+    alpha, log_x = torch.broadcast_tensors(alpha, log_x)
+    small = log_x < _SMALL_LOG_X
+    x = torch.exp(torch.where(small, 0.0, log_x))
+    large_x = torch._standard_gamma_grad(alpha.contiguous(), x) / x
+    small_x = (torch.digamma(alpha + 1) - log_x) / alpha
+    return torch.where(small, small_x, large_x)
+
+
+class _ImplicitLogGamma(Function):
+    """``log x`` with ``x ~ Gamma(alpha, 1)``: log-space draw forward, implicit gradient backward."""
+
+    @staticmethod
+    def forward(ctx, alpha):
+        log_x, _, _ = _rsvi.log_standard_gamma(alpha, 0)
+        ctx.save_for_backward(alpha, log_x)
+        return log_x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        alpha, log_x = ctx.saved_tensors
+        return grad * implicit_dlogx(alpha, log_x)
+
+
+def implicit_log_standard_gamma(alpha: Tensor) -> Tensor:
+    """``[*shape]`` reparameterized ``log x``, ``x ~ Gamma(alpha, 1)``, with implicit gradients in ``alpha``."""
+    return _ImplicitLogGamma.apply(alpha)
 
 
 class _GammaBase(Family):
@@ -122,9 +167,8 @@ class Gamma(_GammaBase):
         rate: ``[*batch]`` rate ``beta > 0``, finite; broadcasts with ``concentration``.
         validate_args: check parameters and ``log_prob`` inputs (torch's default when ``None``).
 
-    The sample comes from torch's Gamma sampler and the gradient of a draw is
-    ``-(dF/d alpha) / q`` at that draw (torch's ``_standard_gamma`` backward), plus
-    ``-z / rate`` for the rate.  Works with every pathwise estimator (``reparam``,
+    The gradient of a draw is ``-(dF/d alpha) / q`` at that draw (see
+    :func:`implicit_dlogx`), plus ``-z / rate`` for the rate.  Works with every pathwise estimator (``reparam``,
     ``stl``, ``dreg``).
 
     Example:
@@ -137,8 +181,8 @@ class Gamma(_GammaBase):
 
     def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         shape = self._extended_shape(sample_shape)
-        x = torch._standard_gamma(self.concentration.expand(shape))
-        return clamp_tiny(x / self.rate.expand(shape))
+        log_x = implicit_log_standard_gamma(self.concentration.expand(shape))
+        return clamp_tiny(torch.exp(log_x - torch.log(self.rate)))
 
     def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
         z = self.rsample(sample_shape)
