@@ -151,3 +151,18 @@ def test_bad_input_raises():
         clf.elbo(x, y)
     with pytest.raises(ValueError, match="needs a GaussianLikelihood"):
         clf.natural_gradient_step(x, (y > 0).double())
+
+
+def test_sign_of_a_column_of_q_root_does_not_matter():
+    x, y = _data()
+    model = _svgp(gp.RBF(0.8), x[:6], 40)
+    with torch.no_grad():
+        model.q_loc.normal_()
+        model.q_offdiag.normal_(std=0.3)
+        before = model.elbo(x, y)
+        model.q_diag[2] *= -1  # negate column 2 of the root: S = R R^T is unchanged
+        model.q_offdiag[:, 2] *= -1
+        after = model.elbo(x, y)
+        q = model.q()
+    assert torch.allclose(before, after, rtol=1e-12)
+    assert bool((q.scale_tril.diagonal() > 0).all())  # the family always sees a proper Cholesky factor
