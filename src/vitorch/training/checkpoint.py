@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import re
 from pathlib import Path
 
@@ -125,7 +124,9 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
     path = find_checkpoint(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as err:
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as err:  # the zip, pickle and OS layers each raise their own kind
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"cannot read checkpoint {path}: {first} (the file is truncated, corrupted or not a "
