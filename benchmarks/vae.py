@@ -1,0 +1,318 @@
+"""Training speed of the VAE zoo against the same model written by hand, in Pyro and in pythae.
+
+Model: the 784-200-200-50 MLP VAE of Burda et al. (tanh units, Bernoulli decoder),
+batch 128, Adam 1e-3, Fashion-MNIST binarized at 0.5 (scikit-learn digits, 64 pixels,
+when the Debian package ``dataset-fashion-mnist`` is missing).  A timed call runs
+``--inner`` training steps (zero grad, forward, backward, Adam step) on the same
+sequence of minibatches for every contestant; medians of interleaved calls give
+``ratio = peer_s / vitorch_s`` (> 1: vitorch is faster).
+
+Cases: VAE (ELBO, K=1), IWAE K=5 and K=50, IWAE-DReG K=50.  Peers: ``torch`` (the
+same model by hand), ``pyro`` (``Trace_ELBO`` at K=1, ``RenyiELBO(alpha=0,
+vectorize_particles=True)`` for IWAE), ``pythae`` (its ``VAE`` / ``IWAE`` models with
+the same networks), and ``torch.compile`` of the vitorch model against eager
+hand-written torch.  Then the IWAE test log-likelihood after the same number of
+steps for vitorch and hand-written torch (``--ll-steps``, ``--ll-particles``,
+``--ll-images``; the issue's reference: 2 epochs, K=5000, 1,000 test images).
+
+    python benchmarks/vae.py [--quick] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import vitorch as vt
+from vitorch.data import FASHION_MNIST_DIR, digits, fashion_mnist
+from vitorch.models import vae
+
+from _harness import interleaved_medians, parser, report, setup, try_import
+
+LATENT, HIDDEN, BATCH, LR = 50, (200, 200), 128, 1e-3
+CASES = [  # name, K, objective, estimator
+    ("vae K=1", 1, vt.objectives.elbo, vt.estimators.reparam),
+    ("iwae K=5", 5, vt.objectives.iwae, vt.estimators.reparam),
+    ("iwae K=50", 50, vt.objectives.iwae, vt.estimators.reparam),
+    ("iwae-dreg K=50", 50, vt.objectives.iwae, vt.estimators.dreg),
+]
+
+
+def load(quick: bool):
+    if os.path.isdir(FASHION_MNIST_DIR):
+        train = fashion_mnist("train", binarize="fixed", dtype=torch.float32)
+        test = fashion_mnist("test", binarize="fixed", dtype=torch.float32)
+        name = "fashion-mnist"
+    else:
+        train = digits("train", binarize="fixed", dtype=torch.float32)
+        test = digits("test", binarize="fixed", dtype=torch.float32)
+        name = "digits"
+    n = 2048 if quick else len(train)
+    return name, train.images[:n], test.images
+
+
+class Batches:
+    """The same cyclic sequence of minibatches for every contestant."""
+
+    def __init__(self, x: torch.Tensor, seed: int = 0):
+        self.x = x
+        self.order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+        self.i = 0
+
+    def __call__(self) -> torch.Tensor:
+        if self.i + BATCH > self.x.shape[0]:
+            self.i = 0
+        idx = self.order[self.i : self.i + BATCH]
+        self.i += BATCH
+        return self.x[idx]
+
+
+class HandVAE(nn.Module):
+    """The same networks as ``vae.VAE.mlp`` (encoder head ``[loc, raw scale]``, decoder logits)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.enc = vae.mlp(d, HIDDEN, 2 * LATENT)
+        self.dec = vae.mlp(LATENT, HIDDEN[::-1], d)
+
+    def guide(self, x):
+        loc, raw = self.enc(x).chunk(2, -1)
+        return loc, F.softplus(raw) + 1e-4
+
+
+def torch_step(net: HandVAE, batches: Batches, K: int, kind: str):
+    """One training step written directly in torch, the way a careful user would."""
+    opt = torch.optim.Adam(net.parameters(), LR)
+    enc, dec = list(net.enc.parameters()), list(net.dec.parameters())
+    half_log_2pi = 0.5 * LATENT * math.log(2 * math.pi)
+
+    def step():
+        x = batches()
+        opt.zero_grad(set_to_none=True)
+        loc, scale = net.guide(x)
+        eps = torch.randn(K, *loc.shape)
+        z = loc + scale * eps
+        logits = net.dec(z)
+        log_lik = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+        log_p = log_lik - 0.5 * z.pow(2).sum(-1) - half_log_2pi
+        if kind == "dreg":  # log q at stopped parameters; encoder on w~^2, decoder on w~
+            log_q = (-0.5 * ((z - loc.detach()) / scale.detach()).pow(2) - scale.detach().log()).sum(-1)
+            log_w = log_p - log_q + half_log_2pi
+            w = torch.softmax(log_w.detach(), 0)
+            g_enc = torch.autograd.grad(-(w.pow(2) * log_w).sum(0).mean(), enc, retain_graph=True)
+            g_dec = torch.autograd.grad(-(w * log_w).sum(0).mean(), dec)
+            for p, g in zip(enc + dec, g_enc + g_dec):
+                p.grad = g
+        else:
+            log_q = -0.5 * eps.pow(2).sum(-1) - scale.log().sum(-1) - half_log_2pi
+            log_w = log_p - log_q
+            bound = log_w.mean(0) if K == 1 else torch.logsumexp(log_w, 0) - math.log(K)
+            (-bound.mean()).backward()
+        opt.step()
+
+    return step
+
+
+def vitorch_step(model: vae.VAE, batches: Batches, forward=None):
+    opt = torch.optim.Adam(model.parameters(), LR)
+    forward = forward or model
+
+    def step():
+        x = batches()
+        opt.zero_grad(set_to_none=True)
+        forward(x).loss.backward()
+        opt.step()
+
+    return step
+
+
+def pyro_step(pyro, d: int, batches: Batches, K: int):
+    import pyro.distributions as dist
+    from pyro.infer import SVI, RenyiELBO, Trace_ELBO
+
+    pyro.clear_param_store()
+    pyro.enable_validation(False)
+    net = HandVAE(d)
+    zeros, ones = torch.zeros(LATENT), torch.ones(LATENT)
+
+    def model(x):
+        pyro.module("dec", net.dec)
+        with pyro.plate("data", x.shape[0], dim=-1):
+            z = pyro.sample("z", dist.Normal(zeros, ones).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=net.dec(z)).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("enc", net.enc)
+        with pyro.plate("data", x.shape[0], dim=-1):
+            loc, scale = net.guide(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    elbo = Trace_ELBO() if K == 1 else RenyiELBO(alpha=0.0, num_particles=K, vectorize_particles=True)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": LR}), loss=elbo)
+    return (lambda: svi.step(batches())), ("Trace_ELBO" if K == 1 else f"RenyiELBO(alpha=0, K={K})")
+
+
+def pythae_step(d: int, batches: Batches, K: int):
+    from pythae.models import IWAE, VAE, IWAEConfig, VAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+
+    class Encoder(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.net = vae.mlp(d, HIDDEN, 2 * LATENT)
+
+        def forward(self, x):
+            loc, log_var = self.net(x).chunk(2, -1)
+            return ModelOutput(embedding=loc, log_covariance=log_var)
+
+    class Decoder(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.net = vae.mlp(LATENT, HIDDEN[::-1], d)
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=torch.sigmoid(self.net(z)))
+
+    if K == 1:
+        model = VAE(VAEConfig(input_dim=(d,), latent_dim=LATENT, reconstruction_loss="bce"), Encoder(), Decoder())
+    else:
+        config = IWAEConfig(input_dim=(d,), latent_dim=LATENT, reconstruction_loss="bce", number_samples=K)
+        model = IWAE(config, Encoder(), Decoder())
+    opt = torch.optim.Adam(model.parameters(), LR)
+
+    def step():
+        x = batches()
+        opt.zero_grad(set_to_none=True)
+        model({"data": x}).loss.backward()
+        opt.step()
+
+    return step, ("VAE" if K == 1 else f"IWAE(K={K})")
+
+
+def repeat(step, n):
+    def run():
+        for _ in range(n):
+            step()
+
+    return run
+
+
+def speed(args, x, d):
+    pyro, pyro_skip = try_import("pyro")
+    pythae, pythae_skip = try_import("pythae.models")
+    cases = CASES[:2] if args.quick else CASES
+    for case, K, objective, estimator in cases:
+        inner = max(2, args.inner // K) if K > 1 else args.inner
+        fns, peers = {}, {}
+        model = vae.VAE.mlp(d, LATENT, HIDDEN, objective=objective, estimator=estimator, num_particles=K)
+        fns["vitorch"] = repeat(vitorch_step(model, Batches(x)), inner)
+        fns["torch"] = repeat(
+            torch_step(HandVAE(d), Batches(x), K, "dreg" if estimator is vt.estimators.dreg else ""), inner
+        )
+        if estimator is vt.estimators.reparam:
+            if pyro is not None:
+                fn, peers["pyro"] = pyro_step(pyro, d, Batches(x), K)
+                fns["pyro"] = repeat(fn, inner)
+            if pythae is not None:
+                fn, peers["pythae"] = pythae_step(d, Batches(x), K)
+                fns["pythae"] = repeat(fn, inner)
+        t = interleaved_medians(fns, args.repeats, warmup=1)
+        per = {k: v / inner for k, v in t.items()}
+        sps = {k: 1.0 / v for k, v in per.items()}
+        for peer in ("torch", "pyro", "pythae"):
+            skipped = {"pyro": pyro_skip, "pythae": pythae_skip}.get(peer)
+            if peer in per:
+                report(
+                    "vae",
+                    case,
+                    per["vitorch"],
+                    peer,
+                    per[peer],
+                    vitorch_steps_per_s=sps["vitorch"],
+                    peer_steps_per_s=sps[peer],
+                    peer_impl=peers.get(peer, "hand-written"),
+                    steps_per_call=inner,
+                )
+            elif skipped is not None:
+                report("vae", case, per["vitorch"], peer, None, skipped=skipped)
+            elif estimator is vt.estimators.dreg:
+                report("vae", case, per["vitorch"], peer, None, skipped=f"{peer} has no DReG estimator")
+
+
+def compiled(args, x, d):
+    for case, K, objective, estimator in (CASES[0], CASES[2]):
+        if args.quick:
+            report("vae", f"torch.compile {case}", None, "torch-eager", None, skipped="--quick: compile time")
+            continue
+        model = vae.VAE.mlp(d, LATENT, HIDDEN, objective=objective, estimator=estimator, num_particles=K)
+        inner = max(2, args.inner // K) if K > 1 else args.inner
+        try:
+            fast = vitorch_step(model, Batches(x), torch.compile(model))
+            fast()  # compile outside the timing
+        except Exception as err:  # no compiler, or an op inductor cannot lower: report, never fake
+            report("vae", f"torch.compile {case}", None, "torch-eager", None, skipped=f"{type(err).__name__}: {err}")
+            continue
+        fns = {"compiled": repeat(fast, inner), "torch": repeat(torch_step(HandVAE(d), Batches(x), K, ""), inner)}
+        t = interleaved_medians(fns, args.repeats, warmup=1)
+        report("vae", f"torch.compile {case}", t["compiled"] / inner, "torch-eager", t["torch"] / inner)
+
+
+def log_likelihood(args, x, test, d):
+    """IWAE test log-likelihood after the same training steps (same batches) for vitorch and torch."""
+    torch.manual_seed(1)
+    model = vae.VAE.mlp(d, LATENT, HIDDEN)
+    net = HandVAE(d)
+    results = {}
+    for name, step in (("vitorch", vitorch_step(model, Batches(x))), ("torch", torch_step(net, Batches(x), 1, ""))):
+        t0 = time.perf_counter()
+        for _ in range(args.ll_steps):
+            step()
+        results[name] = time.perf_counter() - t0
+    # Score the hand-written networks with the same evaluator: wrap them as a VAE.
+    hand = vae.VAE(vae.GaussianEncoder(nn.Identity(), d, LATENT), net.dec, latent_dim=LATENT)
+    hand.encoder.head.net = net.enc
+    xt = test[: args.ll_images]
+    ll = {
+        k: float(vae.iwae_log_likelihood(m, xt, num_particles=args.ll_particles).mean())
+        for k, m in (("vitorch", model), ("torch", hand))
+    }
+    report(
+        "vae",
+        f"test LL after {args.ll_steps} steps (K={args.ll_particles}, {len(xt)} images)",
+        results["vitorch"],
+        "torch",
+        results["torch"],
+        vitorch_ll=ll["vitorch"],
+        peer_ll=ll["torch"],
+    )
+
+
+def main():
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--inner", type=int, default=None, help="training steps per timed call at K=1")
+    p.add_argument("--ll-steps", type=int, default=None, help="training steps before the log-likelihood")
+    p.add_argument("--ll-particles", type=int, default=None)
+    p.add_argument("--ll-images", type=int, default=None)
+    args = p.parse_args()
+    setup(args)
+    args.repeats = args.repeats or (2 if args.quick else 15)
+    args.inner = args.inner or (3 if args.quick else 20)
+    args.ll_steps = args.ll_steps or (10 if args.quick else 938)  # 2 epochs of 60,000 at batch 128
+    args.ll_particles = args.ll_particles or (20 if args.quick else 5000)
+    args.ll_images = args.ll_images or (50 if args.quick else 1000)
+    name, x, test = load(args.quick)
+    d = x.shape[1]
+    print(f"# data: {name}, {x.shape[0]} training images of {d} pixels", flush=True)
+    speed(args, x, d)
+    compiled(args, x, d)
+    log_likelihood(args, x, test, d)
+
+
+if __name__ == "__main__":
+    main()
