@@ -50,7 +50,9 @@ def fit_mle(y: torch.Tensor) -> tuple[torch.Tensor, float]:
     return var, local_level(*var, diffuse=True).log_prob(y).item()
 
 
-def fit_vi(y: torch.Tensor, var: torch.Tensor, steps: int, particles: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+def fit_vi(
+    y: torch.Tensor, var: torch.Tensor, steps: int, particles: int
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """Fit a Gaussian Markov chain q to the local-level posterior on standardized data.
 
     Returns q's mean and standard deviation per year (original units), the final ELBO
@@ -103,7 +105,9 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.plot(years, y[:, 0], "k.", ms=4, label="annual flow (1e8 m$^3$)")
     ax.plot(years, means[:, 0], color="C0", label="Kalman smoother (MLE)")
-    ax.fill_between(years, means[:, 0] - 1.96 * sd, means[:, 0] + 1.96 * sd, color="C0", alpha=0.25, label="smoother 95%")
+    ax.fill_between(
+        years, means[:, 0] - 1.96 * sd, means[:, 0] + 1.96 * sd, color="C0", alpha=0.25, label="smoother 95%"
+    )
     ax.plot(years, vi_mean, "--", color="C3", label="VI posterior mean")
     ax.plot(years, vi_mean - 1.96 * vi_sd, ":", color="C3", label="VI 95%")
     ax.plot(years, vi_mean + 1.96 * vi_sd, ":", color="C3")

@@ -23,7 +23,7 @@ def random_model(D: int, p: int, batch=(), scale: float = 1.0):
 
 def unrolled(F, Q, H, R, m1, P1, T):
     """Means and covariances of the stacked x [T*D] and y [T*p] (single, unbatched model)."""
-    D, p = F.shape[-1], H.shape[-2]
+    D = F.shape[-1]
     powers = [torch.eye(D)]
     for _ in range(T):
         powers.append(F @ powers[-1])

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 from _dense import dense_diffuse_log_prob, dense_log_prob, dense_posterior, random_model, unrolled
-from conftest import Z
 
 from vitorch.models import ssm
+
+from conftest import Z
 
 # Deterministic comparisons: both sides are exact, so the tolerance is float64 rounding
 # through O(T) Cholesky solves of well-conditioned (cond < 1e3) matrices.
@@ -24,7 +25,9 @@ def test_log_prob_matches_dense(D, p, T, parallel):
     F, Q, H, R, m1, P1 = random_model(D, p)
     m = ssm.LinearGaussianSSM(F, Q, H, R, m1, P1)
     _, y = m.sample(T)
-    torch.testing.assert_close(m.log_prob(y, parallel=parallel), dense_log_prob(F, Q, H, R, m1, P1, y), rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(
+        m.log_prob(y, parallel=parallel), dense_log_prob(F, Q, H, R, m1, P1, y), rtol=RTOL, atol=ATOL
+    )
 
 
 @pytest.mark.parametrize("D,p,T", SIZES)
@@ -64,7 +67,9 @@ def test_parallel_filter_equals_sequential_batched(T):
         torch.testing.assert_close(*torch.broadcast_tensors(a, b), rtol=RTOL, atol=ATOL)
     lp = m.log_prob(y)
     assert lp.shape == (4, 3)
-    torch.testing.assert_close(lp[1, 2], dense_log_prob(F[2], Q[2], H[2], R[2], m1[2], P1[2], y[1, 2]), rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(
+        lp[1, 2], dense_log_prob(F[2], Q[2], H[2], R[2], m1[2], P1[2], y[1, 2]), rtol=RTOL, atol=ATOL
+    )
 
 
 def test_batched_smoother_matches_dense_per_series():
@@ -172,7 +177,9 @@ def test_log_prob_gradcheck(parallel):
     a_Q, a_R = torch.linalg.cholesky(Q), torch.linalg.cholesky(R)
 
     def fn(F, a_Q, H, a_R, m1):
-        return ssm.LinearGaussianSSM(F, a_Q @ a_Q.mT, H, a_R @ a_R.mT, m1, P1, validate_args=False).log_prob(y, parallel)
+        return ssm.LinearGaussianSSM(F, a_Q @ a_Q.mT, H, a_R @ a_R.mT, m1, P1, validate_args=False).log_prob(
+            y, parallel
+        )
 
     args = tuple(t.clone().requires_grad_() for t in (F, a_Q, H, a_R, m1))
     assert torch.autograd.gradcheck(fn, args)
@@ -181,15 +188,20 @@ def test_log_prob_gradcheck(parallel):
 def test_long_float32_series_stays_finite():
     torch.set_default_dtype(torch.float32)
     F = torch.tensor([[0.99, 0.1], [0.0, 0.95]])
-    m = ssm.LinearGaussianSSM(F, 0.1 * torch.eye(2), torch.tensor([[1.0, 0.0]]), torch.eye(1), torch.zeros(2), torch.eye(2))
+    m = ssm.LinearGaussianSSM(
+        F, 0.1 * torch.eye(2), torch.tensor([[1.0, 0.0]]), torch.eye(1), torch.zeros(2), torch.eye(2)
+    )
     _, y = m.sample(10_000)
     par = m.log_prob(y, parallel=True)
-    means, covs = m.smooth(y)  # runs the sequential filter as well
-    seq = ssm.kalman_filter(*m._params, m.init_mean, m.init_cov, y.movedim(-2, 0)).log_liks().sum()
+    res = ssm.kalman_filter(*m._params, m.init_mean, m.init_cov, y.movedim(-2, 0))  # one sequential pass
+    seq = res.log_liks().sum()
+    means, covs = ssm.rts_smoother(m.transition_matrix, res)
     assert torch.isfinite(par) and torch.isfinite(seq)
     assert torch.isfinite(means).all() and torch.isfinite(covs).all()
     assert (torch.linalg.eigvalsh(covs) > 0).all()
-    exact = ssm.LinearGaussianSSM(*(t.double() for t in (F, m.transition_cov, m.emission_matrix, m.emission_cov, m.init_mean, m.init_cov))).log_prob(y.double(), parallel=True)
+    exact = ssm.LinearGaussianSSM(
+        *(t.double() for t in (F, m.transition_cov, m.emission_matrix, m.emission_cov, m.init_mean, m.init_cov))
+    ).log_prob(y.double(), parallel=True)
     # float32 accumulates ~T * eps * |log-lik per step| of rounding: 1e4 * 6e-8 * few ~ 1e-3 relative at worst.
     assert abs(par.double() - exact) / abs(exact) < 1e-3 and abs(seq.double() - exact) / abs(exact) < 1e-3
 

@@ -6,12 +6,13 @@ import math
 
 import pytest
 import torch
-from _dense import dense_posterior, random_model
-from conftest import Z
+from _dense import random_model
 from torch.distributions import MultivariateNormal
 
 import vitorch as vt
 from vitorch.models import ssm
+
+from conftest import Z
 
 
 def _dense_law(q: ssm.GaussianMarkovChain) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +85,12 @@ def test_other_q_is_sandwiched_elbo_log_z_cubo(lg_problem):
     post = m.posterior(y)
     # A wider, shifted chain: finite chi^2 (2 Sigma_p^-1 - Sigma_q^-1 is PD) and a visible gap.
     q = ssm.GaussianMarkovChain(
-        post.init_loc + 0.3, 1.3 * post.init_scale_tril, post.trans_matrix, post.trans_offset, 1.3 * post.trans_scale_tril, reverse=True
+        post.init_loc + 0.3,
+        1.3 * post.init_scale_tril,
+        post.trans_matrix,
+        post.trans_offset,
+        1.3 * post.trans_scale_tril,
+        reverse=True,
     )
     log_z = m.log_prob(y)
     a, A = _dense_law(post)
@@ -137,7 +143,9 @@ def test_structured_inference_network_matches_smoother_on_linear_gaussian():
     guide = ssm.StructuredInferenceNetwork(1, 1, rnn_dim=16)
     opt = torch.optim.Adam(guide.parameters(), lr=0.02)
     for _ in range(200):
-        out = vt.loss(lambda x: m.log_joint(x, y), guide(y), 4, objective=vt.objectives.iwae, estimator=vt.estimators.dreg)
+        out = vt.loss(
+            lambda x: m.log_joint(x, y), guide(y), 4, objective=vt.objectives.iwae, estimator=vt.estimators.dreg
+        )
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -167,7 +175,9 @@ def test_state_space_model_reproduces_linear_gaussian_log_joint(lg_problem):
         ssm.GaussianTransition(m.transition_matrix, 0.7),
         ssm.GaussianEmission(m.emission_matrix, 0.4),
     )
-    ref = ssm.LinearGaussianSSM(m.transition_matrix, 0.49 * torch.eye(2), m.emission_matrix, 0.16 * torch.eye(1), torch.zeros(2), torch.eye(2))
+    ref = ssm.LinearGaussianSSM(
+        m.transition_matrix, 0.49 * torch.eye(2), m.emission_matrix, 0.16 * torch.eye(1), torch.zeros(2), torch.eye(2)
+    )
     torch.testing.assert_close(diag.log_joint(x, y), ref.log_joint(x, y), rtol=1e-10, atol=1e-10)
 
 

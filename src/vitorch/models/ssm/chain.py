@@ -111,7 +111,9 @@ class GaussianMarkovChain(Family):
             for name, L in (("init_scale_tril", init_scale_tril), ("trans_scale_tril", trans_scale_tril)):
                 diag = L.diagonal(dim1=-2, dim2=-1)
                 if not bool(((diag > 0) & torch.isfinite(diag)).all() and (L.triu(1) == 0).all()):
-                    raise ValueError(f"GaussianMarkovChain: {name} must be lower triangular with a positive finite diagonal")
+                    raise ValueError(
+                        f"GaussianMarkovChain: {name} must be lower triangular with a positive finite diagonal"
+                    )
         self.init_loc, self.init_scale_tril = init_loc, init_scale_tril
         self.trans_matrix, self.trans_offset, self.trans_scale_tril = trans_matrix, trans_offset, trans_scale_tril
         self.reverse = reverse
@@ -153,10 +155,10 @@ class GaussianMarkovChain(Family):
         dt = self.trans_scale_tril.diagonal(dim1=-2, dim2=-1).log().sum((-1, -2))
         return (d0 + dt).expand(self.batch_shape)
 
-    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+    def rsample(self, sample_shape=()) -> Tensor:
         return self._draw(self._noise(sample_shape))
 
-    def rsample_and_log_prob(self, sample_shape=torch.Size()) -> tuple[Tensor, Tensor]:
+    def rsample_and_log_prob(self, sample_shape=()) -> tuple[Tensor, Tensor]:
         eps = self._noise(sample_shape)
         T, D = self.event_shape
         log_q = -0.5 * eps.pow(2).sum((-1, -2)) - self._half_log_det() - 0.5 * T * D * _LOG_2PI

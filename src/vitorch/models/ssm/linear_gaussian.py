@@ -102,7 +102,9 @@ class LinearGaussianSSM:
         diffuse: bool | Tensor | None = None,
         validate_args: bool = True,
     ):
-        F, Q, H, R, m1 = (torch.as_tensor(t) for t in (transition_matrix, transition_cov, emission_matrix, emission_cov, init_mean))
+        F, Q, H, R, m1 = (
+            torch.as_tensor(t) for t in (transition_matrix, transition_cov, emission_matrix, emission_cov, init_mean)
+        )
         D = F.shape[-1] if F.dim() >= 2 else -1
         p = H.shape[-2] if H.dim() >= 2 else -1
         if init_cov is None:
@@ -133,7 +135,9 @@ class LinearGaussianSSM:
         else:
             mask = torch.as_tensor(diffuse)
             if mask.dtype != torch.bool or mask.shape != (D,):
-                raise ValueError(f"LinearGaussianSSM: diffuse must be True or a boolean mask of shape [{D}]; got {mask}")
+                raise ValueError(
+                    f"LinearGaussianSSM: diffuse must be True or a boolean mask of shape [{D}]; got {mask}"
+                )
             self.diffuse_basis = eye[:, mask] if bool(mask.any()) else None
 
     # ------------------------------------------------------------------ helpers
@@ -161,7 +165,9 @@ class LinearGaussianSSM:
             batch = torch.broadcast_shapes(m1.shape[:-1], y.shape[1:-1])
             cols = self.diffuse_basis.mT.reshape(r, *(1,) * len(batch), -1)
             m1 = torch.cat([m1.expand(1, *batch, self.state_dim), cols.expand(r, *batch, self.state_dim)])
-            y = torch.cat([y.unsqueeze(1).expand(-1, 1, *batch, -1), y.new_zeros(y.shape[0], r, *batch, y.shape[-1])], 1)
+            y = torch.cat(
+                [y.unsqueeze(1).expand(-1, 1, *batch, -1), y.new_zeros(y.shape[0], r, *batch, y.shape[-1])], 1
+            )
         run = parallel_kalman_filter if parallel else kalman_filter
         return run(F, Q, H, R, m1, P1, y), r
 
@@ -174,7 +180,9 @@ class LinearGaussianSSM:
         b = (W.mT @ w0.unsqueeze(-1)).sum(0).squeeze(-1)
         L, info = torch.linalg.cholesky_ex(S)
         if not bool((info == 0).all()):
-            raise ValueError("LinearGaussianSSM: the data do not identify the diffuse initial state (singular Gram matrix)")
+            raise ValueError(
+                "LinearGaussianSSM: the data do not identify the diffuse initial state (singular Gram matrix)"
+            )
         delta = -torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)
         return S, L, delta
 
@@ -201,7 +209,9 @@ class LinearGaussianSSM:
     def filter(self, y: Tensor, parallel: bool = False) -> tuple[Tensor, Tensor]:
         """Filtered means ``[*B, T, D]`` and covariances ``[*B, T, D, D]`` (proper initial state only)."""
         if self.diffuse_basis is not None:
-            raise ValueError("LinearGaussianSSM.filter: filtered laws are improper until the diffuse state is identified")
+            raise ValueError(
+                "LinearGaussianSSM.filter: filtered laws are improper until the diffuse state is identified"
+            )
         res, _ = self._run(self._time_first(y), parallel)
         means, covs = res.filt_means, res.filt_covs
         covs = covs.expand(means.shape[0], *means.shape[1:], self.state_dim)
@@ -258,7 +268,9 @@ class LinearGaussianSSM:
         last_loc, last_tril = res.filt_means[-1], torch.linalg.cholesky(res.filt_covs[-1])
         if T == 1:
             G = c = C = res.filt_means.new_zeros(0)
-            return GaussianMarkovChain(last_loc, last_tril, G.reshape(0, D, D), c.reshape(0, D), C.reshape(0, D, D), reverse=True)
+            return GaussianMarkovChain(
+                last_loc, last_tril, G.reshape(0, D, D), c.reshape(0, D), C.reshape(0, D, D), reverse=True
+            )
         G, c, C = backward_conditionals(self.transition_matrix, res)
         # Generation order runs x_T, x_{T-1}, ..., so the kernels are listed backwards in time.
         G, c, C = G.flip(0).movedim(0, -3), c.flip(0).movedim(0, -2), torch.linalg.cholesky(C).flip(0).movedim(0, -3)
@@ -279,7 +291,9 @@ class LinearGaussianSSM:
         def gauss(resid: Tensor, cov: Tensor) -> Tensor:
             L = torch.linalg.cholesky(cov)
             u = torch.linalg.solve_triangular(L, resid.unsqueeze(-1), upper=False).squeeze(-1)
-            return -0.5 * u.pow(2).sum(-1) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 0.5 * resid.shape[-1] * _LOG_2PI
+            return (
+                -0.5 * u.pow(2).sum(-1) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 0.5 * resid.shape[-1] * _LOG_2PI
+            )
 
         out = gauss(x[..., 0, :] - self.init_mean, self.init_cov)
         if x.shape[-2] > 1:

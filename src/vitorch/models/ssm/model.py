@@ -146,7 +146,9 @@ class StateSpaceModel(nn.Module):
             ValueError: if the time lengths differ or ``y`` is outside the emission's support.
         """
         if x.dim() < 2 or y.dim() < 2 or x.shape[-2] != y.shape[-2]:
-            raise ValueError(f"StateSpaceModel.log_joint: x {tuple(x.shape)} and y {tuple(y.shape)} must share T at dim -2")
+            raise ValueError(
+                f"StateSpaceModel.log_joint: x {tuple(x.shape)} and y {tuple(y.shape)} must share T at dim -2"
+            )
         T = x.shape[-2]
         t = torch.arange(1, T + 1, device=x.device)
         out = self.init().log_prob(x[..., 0, :])

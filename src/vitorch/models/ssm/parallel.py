@@ -74,7 +74,9 @@ def _elements(F, Q, H, R, m1, P1, y):
     return align(A_all, rank, 2), b_all, align(C_all, rank, 2), eta_all, align(J_all, rank, 2)
 
 
-def parallel_kalman_filter(F: Tensor, Q: Tensor, H: Tensor, R: Tensor, m1: Tensor, P1: Tensor, y: Tensor) -> FilterResult:
+def parallel_kalman_filter(
+    F: Tensor, Q: Tensor, H: Tensor, R: Tensor, m1: Tensor, P1: Tensor, y: Tensor
+) -> FilterResult:
     """Kalman filter by associative scan: ``O(log T)`` depth, ``O(T)`` work.
 
     Same arguments and result as :func:`vitorch.models.ssm.kalman.kalman_filter`
@@ -84,7 +86,14 @@ def parallel_kalman_filter(F: Tensor, Q: Tensor, H: Tensor, R: Tensor, m1: Tenso
     if T == 1:
         m_f, P_f, w, hld = update(m1, P1, y[0], H, R)
         r = m_f.dim() + 1
-        return FilterResult(m1.expand_as(m_f)[None], align(P1[None], r + 1, 2), m_f[None], align(P_f[None], r + 1, 2), w[None], align(hld[None], r - 1, 0))
+        return FilterResult(
+            m1.expand_as(m_f)[None],
+            align(P1[None], r + 1, 2),
+            m_f[None],
+            align(P_f[None], r + 1, 2),
+            w[None],
+            align(hld[None], r - 1, 0),
+        )
     _, filt_means, filt_covs, _, _ = associative_scan(_combine, _elements(F, Q, H, R, m1, P1, y))
     # One-step predictions from the filtered laws, every step at once.
     pred_means = torch.cat([m1.expand(1, *filt_means.shape[1:]), _mv(F, filt_means[:-1])])

@@ -79,7 +79,7 @@ class AutoregressiveGaussianPath(Family):
         diag = scale if scale.dim() == eps.dim() else scale.diagonal(dim1=-2, dim2=-1)
         return -0.5 * eps.pow(2).sum(-1) - diag.log().sum(-1) - 0.5 * D * _LOG_2PI
 
-    def rsample_and_log_prob(self, sample_shape=torch.Size()) -> tuple[Tensor, Tensor]:
+    def rsample_and_log_prob(self, sample_shape=()) -> tuple[Tensor, Tensor]:
         sample_shape = torch.Size(sample_shape)
         T, D = self.event_shape
         ctx = self.context.expand(*sample_shape, *self.context.shape)
@@ -97,7 +97,7 @@ class AutoregressiveGaussianPath(Family):
             xs.append(x)
         return torch.stack(xs, -2), log_q
 
-    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+    def rsample(self, sample_shape=()) -> Tensor:
         return self.rsample_and_log_prob(sample_shape)[0]
 
     def log_prob(self, value: Tensor) -> Tensor:

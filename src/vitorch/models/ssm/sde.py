@@ -89,10 +89,14 @@ class EulerMaruyamaSDE(nn.Module):
     ):
         super().__init__()
         if not dt > 0 or num_steps < 1 or not obs_scale > 0:
-            raise ValueError(f"EulerMaruyamaSDE: need dt > 0, num_steps >= 1, obs_scale > 0; got {dt}, {num_steps}, {obs_scale}")
+            raise ValueError(
+                f"EulerMaruyamaSDE: need dt > 0, num_steps >= 1, obs_scale > 0; got {dt}, {num_steps}, {obs_scale}"
+            )
         idx = torch.as_tensor(list(obs_index), dtype=torch.long)
         if idx.numel() == 0 or int(idx.min()) < 1 or int(idx.max()) > num_steps or bool((idx.diff() <= 0).any()):
-            raise ValueError(f"EulerMaruyamaSDE: obs_index must be increasing grid indices in 1..{num_steps}; got {idx.tolist()}")
+            raise ValueError(
+                f"EulerMaruyamaSDE: obs_index must be increasing grid indices in 1..{num_steps}; got {idx.tolist()}"
+            )
         self.drift, self.diffusion, self.transform, self.theta_prior = drift, diffusion, transform, theta_prior
         D = x0.shape[-1]
         self.register_buffer("x0", x0)
@@ -119,7 +123,9 @@ class EulerMaruyamaSDE(nn.Module):
     def log_joint(self, z: Tensor, y: Tensor) -> Tensor:
         """``log p(u, x_{1:K}, y)`` for ``z [*S, P + K D]`` and ``y [J, p]`` -> ``[*S]``."""
         if y.shape[-2] != self.obs_index.numel():
-            raise ValueError(f"EulerMaruyamaSDE.log_joint: y has {y.shape[-2]} rows but there are {self.obs_index.numel()} obs times")
+            raise ValueError(
+                f"EulerMaruyamaSDE.log_joint: y has {y.shape[-2]} rows but there are {self.obs_index.numel()} obs times"
+            )
         u, x = self.split(z)
         theta = self.transform(u).unsqueeze(-2)  # broadcast over steps
         x_prev = torch.cat([self.x0.expand(*x.shape[:-2], 1, self.state_dim), x[..., :-1, :]], -2)
@@ -177,7 +183,9 @@ class BridgeStep(nn.Module):
         times, tau, has_next = context[..., :2], context[..., 2:3], context[..., 3:4]
         y_next, u = context[..., 4 : 4 + p], context[..., 4 + p :]
         gap = y_next - x_prev @ sde.obs_matrix.mT
-        feats = torch.cat([x_prev / self.state_scale, times, has_next, y_next / self.state_scale, gap / self.state_scale, u], -1)
+        feats = torch.cat(
+            [x_prev / self.state_scale, times, has_next, y_next / self.state_scale, gap / self.state_scale, u], -1
+        )
         out = self.net(feats)
         d_drift, raw_diag, off = out[..., :D], out[..., D : 2 * D], out[..., 2 * D :]
         loc, tril = sde.step_law(x_prev, sde.transform(u))
@@ -186,7 +194,9 @@ class BridgeStep(nn.Module):
             bridge = has_next > 0
             safe_tau = torch.where(bridge, tau, torch.ones_like(tau))
             loc = torch.where(bridge, x_prev + gap * (sde.dt / safe_tau), loc)
-            shrink = torch.where(bridge, ((safe_tau - 0.5 * sde.dt) / safe_tau).clamp_min(0).sqrt(), torch.ones_like(tau))
+            shrink = torch.where(
+                bridge, ((safe_tau - 0.5 * sde.dt) / safe_tau).clamp_min(0).sqrt(), torch.ones_like(tau)
+            )
             tril = tril * shrink.unsqueeze(-1)
         S = out.new_zeros(*out.shape[:-1], D, D)
         S[..., self.rows, self.cols] = off
@@ -202,7 +212,9 @@ class SDEJointPosterior(Family):
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(self, theta_q: FullRankNormal, step: BridgeStep, static_context: Tensor, x0: Tensor, frozen: bool = False):
+    def __init__(
+        self, theta_q: FullRankNormal, step: BridgeStep, static_context: Tensor, x0: Tensor, frozen: bool = False
+    ):
         self.theta_q, self.step, self.static_context, self.x0, self.frozen = theta_q, step, static_context, x0, frozen
         K, D = static_context.shape[-2], x0.shape[-1]
         super().__init__(theta_q.batch_shape, torch.Size((theta_q.event_shape[0] + K * D,)), validate_args=False)
@@ -212,16 +224,18 @@ class SDEJointPosterior(Family):
 
     def _path(self, u: Tensor) -> AutoregressiveGaussianPath:
         K = self.static_context.shape[-2]
-        ctx = torch.cat([self.static_context.expand(*u.shape[:-1], -1, -1), u.unsqueeze(-2).expand(*u.shape[:-1], K, -1)], -1)
+        ctx = torch.cat(
+            [self.static_context.expand(*u.shape[:-1], -1, -1), u.unsqueeze(-2).expand(*u.shape[:-1], K, -1)], -1
+        )
         path = AutoregressiveGaussianPath(self.step, ctx, self.x0)
         return path.detach() if self.frozen else path
 
-    def rsample_and_log_prob(self, sample_shape=torch.Size()) -> tuple[Tensor, Tensor]:
+    def rsample_and_log_prob(self, sample_shape=()) -> tuple[Tensor, Tensor]:
         u, log_qu = self.theta_q.rsample_and_log_prob(sample_shape)
         x, log_qx = self._path(u).rsample_and_log_prob()
         return torch.cat([u, x.flatten(-2)], -1), log_qu + log_qx
 
-    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+    def rsample(self, sample_shape=()) -> Tensor:
         return self.rsample_and_log_prob(sample_shape)[0]
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -243,7 +257,14 @@ class SDEPosterior(nn.Module):
     Calling it returns a :class:`SDEJointPosterior`.
     """
 
-    def __init__(self, sde: EulerMaruyamaSDE, y: Tensor, hidden: Sequence[int] = (64, 64), state_scale: float = 1.0, init_theta_scale: float = 0.1):
+    def __init__(
+        self,
+        sde: EulerMaruyamaSDE,
+        y: Tensor,
+        hidden: Sequence[int] = (64, 64),
+        state_scale: float = 1.0,
+        init_theta_scale: float = 0.1,
+    ):
         super().__init__()
         P, K = sde.num_params, sde.num_steps
         self.step = BridgeStep(sde, hidden, state_scale)
