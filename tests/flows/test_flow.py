@@ -214,3 +214,17 @@ def test_shape_algebra(sample_shape, batch_shape, name):
     assert q.log_prob(z).shape == log_q.shape
     # A single z broadcasts against the batch, as torch distributions do.
     assert q.log_prob(z[(0,) * (len(sample_shape) + len(batch_shape))]).shape == tuple(batch_shape)
+
+
+@pytest.mark.parametrize("name", ["planar", "sylvester_householder", "sylvester_orthogonal"])
+def test_stale_newton_hints_cost_time_not_accuracy(name):
+    """After a forward pass the flow keeps starting points for its Newton inverses; evaluating
+    other points of the same shape must give the same log_prob as a flow without them."""
+    stack = [make(name, D) for _ in range(3)]
+    q = Flow(_std_normal(), stack)
+    q.rsample((50,))  # leaves hints for a different set of points
+    assert q._hints
+    z = torch.randn(50, D) * 2
+    fresh = Flow(_std_normal(), stack)
+    torch.testing.assert_close(q.log_prob(z), fresh.log_prob(z), atol=1e-10, rtol=0)
+    torch.testing.assert_close(vt.stopped(q).log_prob(z), fresh.log_prob(z), atol=1e-10, rtol=0)

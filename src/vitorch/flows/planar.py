@@ -9,8 +9,9 @@ Direction: sampling with ``rsample_and_log_prob`` is one cheap pass.  There is n
 closed-form inverse, but ``w^T x`` solves a monotone scalar equation, so the inverse
 costs a few Newton steps per layer (:mod:`._solve`) and its gradient is exact by the
 implicit function theorem.  ``log_prob`` -- and with it sticking-the-landing and
-DReG, which need log q at stopped parameters -- therefore works, at roughly ten
-times the cost of the forward pass.
+DReG, which need log q at stopped parameters -- therefore works.  On the flow's own
+samples :class:`~vitorch.Flow` starts each solve at the forward pass's input, so
+one Newton step suffices and STL costs about twice the forward pass.
 
 References:
     Rezende & Mohamed, Variational Inference with Normalizing Flows (ICML 2015), sec. 4.1, appendix A.1.

@@ -15,7 +15,9 @@ Direction: sampling is one pass of ``O(D M + M^2)``.  The inverse has no closed 
 but ``v = Q^T x`` solves an upper-triangular system of monotone scalar equations,
 one back-substitution of ``M`` Newton solves (:mod:`._solve`) followed by one
 implicit-gradient step with a triangular solve.  So ``log_prob``, sticking-the-landing
-and DReG work, at ``M`` times the sequential cost of sampling.
+and DReG work, with ``M`` sequential scalar solves per layer (each a single Newton
+step on the flow's own samples, which :class:`~vitorch.Flow` solves from the
+forward pass's input).
 
 References:
     van den Berg, Hasenclever, Tomczak & Welling, Sylvester Normalizing Flows for
