@@ -168,6 +168,10 @@ def test_constrained_support_is_validated():
         (lambda: Flow(DiagNormal(torch.zeros(3, D), torch.ones(3, D)), [], torch.randn(5, C)), "broadcast"),
         (lambda: Flow(_std_normal(), [flows.Planar(D, context_features=C)]).sample(), "context"),
         (lambda: Flow(_std_normal(), [flows.Planar(D, context_features=C)], torch.randn(C + 1)).sample(), "context"),
+        (
+            lambda: flows.ConditionalFlow([make("maf_affine", D, C)])(torch.randn(3, C)).log_prob(torch.randn(4, D)),
+            "broadcast",
+        ),
         (lambda: flows.Planar(0), "dim"),
         (lambda: flows.OrthogonalSylvester(2, rank=3), "rank"),
         (lambda: flows.HouseholderSylvester(2, reflections=0), "reflections"),

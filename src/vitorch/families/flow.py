@@ -163,6 +163,13 @@ class Flow(Family):
         """``log q(z)`` through the inverses; raises :class:`~vitorch.flows.NoInverseError` if one is missing."""
         if self._validate_args:
             self._validate_sample(value)
+        try:
+            torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
+        except RuntimeError:
+            raise ValueError(
+                f"Flow.log_prob: value {tuple(value.shape)} does not broadcast with batch shape "
+                f"{tuple(self.batch_shape)} and event shape {tuple(self.event_shape)}"
+            ) from None
         x, log_det = value, 0.0
         for i in reversed(range(len(self.transforms))):
             t = self.transforms[i]
