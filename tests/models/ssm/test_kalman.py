@@ -160,6 +160,16 @@ def test_ffbs_diffuse_matches_smoother():
         _moment_check(draws[:, t], means[t], covs[t])
 
 
+def test_prior_sampler_matches_dense_moments():
+    F, Q, H, R, m1, P1 = random_model(2, 1)
+    m = ssm.LinearGaussianSSM(F, Q, H, R, m1, P1)
+    x, y = m.sample(3, (4000,))
+    mean_x, cov_x, mean_y, cov_y, cov_xy, *_ = unrolled(F, Q, H, R, m1, P1, 3)
+    joint = torch.cat([x.reshape(4000, -1), y.reshape(4000, -1)], -1)
+    cov = torch.cat([torch.cat([cov_x, cov_xy], 1), torch.cat([cov_xy.mT, cov_y], 1)])
+    _moment_check(joint, torch.cat([mean_x, mean_y]), cov)
+
+
 def test_log_joint_matches_dense():
     F, Q, H, R, m1, P1 = random_model(2, 3)
     m = ssm.LinearGaussianSSM(F, Q, H, R, m1, P1)
@@ -223,6 +233,8 @@ def test_bad_input_raises():
         m.log_prob(torch.randn(5, 2))
     with pytest.raises(ValueError, match="finite"):
         m.log_prob(torch.full((5, 1), float("nan")))
+    with pytest.raises(ValueError, match="dtype"):
+        m.log_prob(torch.zeros(5, 1, dtype=torch.float32))
     with pytest.raises(ValueError, match="diffuse"):
         ssm.LinearGaussianSSM(F, Q, H, R, m1, P1, diffuse=True).log_prob(torch.randn(1, 1))  # 1 obs, 2 diffuse states
     with pytest.raises(ValueError, match="diffuse"):

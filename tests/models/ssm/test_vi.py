@@ -62,6 +62,9 @@ def lg_problem():
 def test_exact_posterior_gives_zero_variance_bound_equal_to_log_z(lg_problem, objective, estimator):
     m, y = lg_problem
     q = _attached(m.posterior(y))
+    means, covs = m.smooth(y)
+    torch.testing.assert_close(q.mean, means, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(q.marginal_covariances, covs, rtol=1e-10, atol=1e-10)
     out = vt.loss(lambda x: m.log_joint(x, y), q, num_particles=64, objective=objective, estimator=estimator)
     log_z = m.log_prob(y)
     # Every log-weight is log Z exactly; rounding through O(T) solves on O(1) numbers only.

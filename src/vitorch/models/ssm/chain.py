@@ -181,3 +181,17 @@ class GaussianMarkovChain(Family):
         """``[*b, T, D]`` means (the noise-free recurrence)."""
         x1 = self.init_loc.expand(*self.batch_shape, self.event_shape[1])
         return self._path(x1, self._time_first(self.trans_offset, 1, 0), 0).movedim(0, -2)
+
+    @property
+    def marginal_covariances(self) -> Tensor:
+        """``[*b, T, D, D]`` covariances of each ``x_t`` (``P_t = A_t P_{t-1} A_t^T + L_t L_t^T``; ``O(T)`` steps)."""
+        L0 = self.init_scale_tril.expand(*self.batch_shape, *self.init_scale_tril.shape[-2:])
+        A = self._time_first(self.trans_matrix, 2, 0)
+        L = self._time_first(self.trans_scale_tril, 2, 0)
+        P = L0 @ L0.mT
+        covs = [P]
+        for t in range(A.shape[0]):
+            P = A[t] @ P @ A[t].mT + L[t] @ L[t].mT
+            covs.append(P)
+        covs = torch.stack(covs)
+        return (covs.flip(0) if self.reverse else covs).movedim(0, -3)

@@ -153,6 +153,10 @@ class LinearGaussianSSM:
             raise ValueError("LinearGaussianSSM: y must have at least one time step")
         if not bool(torch.isfinite(y).all()):
             raise ValueError("LinearGaussianSSM: y must be finite; support is the real obs_dim-vectors")
+        if y.dtype != self.transition_matrix.dtype:
+            raise ValueError(
+                f"LinearGaussianSSM: y has dtype {y.dtype} but the parameters {self.transition_matrix.dtype}"
+            )
         return y.movedim(-2, 0)
 
     def _run(self, y: Tensor, parallel: bool) -> tuple[FilterResult, int]:
