@@ -42,6 +42,27 @@ def test_smoother_matches_dense(D, p, T):
     torch.testing.assert_close(covs, d_covs, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("diffuse", [None, True])
+def test_long_series_default_path_matches_dense(diffuse):
+    # T >= 16 takes the associative-scan filter by default in log_prob, smooth and sample_posterior.
+    F, Q, H, R, m1, P1 = random_model(2, 1)
+    _, y = ssm.LinearGaussianSSM(F, Q, H, R, m1, P1).sample(20)
+    m = ssm.LinearGaussianSSM(F, Q, H, R, m1, P1, diffuse=diffuse)
+    if diffuse:
+        expected = dense_diffuse_log_prob(F, Q, H, R, m1, P1, torch.eye(2), y)
+        d_means, d_covs, *_ = dense_posterior(F, Q, H, R, m1, P1 + 1e8 * torch.eye(2), y)
+        tol = 1e-5  # O(1/kappa) bias of the kappa = 1e8 stand-in for the diffuse limit
+    else:
+        expected = dense_log_prob(F, Q, H, R, m1, P1, y)
+        d_means, d_covs, *_ = dense_posterior(F, Q, H, R, m1, P1, y)
+        tol = ATOL
+    torch.testing.assert_close(m.log_prob(y), expected, rtol=RTOL, atol=ATOL)
+    means, covs = m.smooth(y)
+    torch.testing.assert_close(means, d_means, rtol=0, atol=tol)
+    torch.testing.assert_close(covs, d_covs, rtol=0, atol=tol)
+    assert m.sample_posterior(y, (3,)).shape == (3, 20, 2)
+
+
 @pytest.mark.parametrize("parallel", [False, True])
 def test_filter_is_the_smoother_of_the_prefix(parallel):
     # p(x_t | y_{1:t}) is the last marginal of the dense posterior given y_{1:t}.

@@ -176,6 +176,11 @@ class LinearGaussianSSM:
         return run(F, Q, H, R, m1, P1, y), r
 
     @staticmethod
+    def _auto(y: Tensor) -> bool:
+        """Default filter: the associative scan once the sequential loop's per-step overhead dominates."""
+        return y.shape[0] >= 16
+
+    @staticmethod
     def _diffuse_posterior(res: FilterResult) -> tuple[Tensor, Tensor, Tensor]:
         """Gram matrix ``S [*B, r, r]``, its Cholesky factor, and ``delta``'s posterior mean ``[*B, r]``."""
         w0, W = res.whitened[:, 0], res.whitened[:, 1:]  # [T, *B, p], [T, r, *B, p]
@@ -191,17 +196,22 @@ class LinearGaussianSSM:
         return S, L, delta
 
     # ------------------------------------------------------------------ inference
-    def log_prob(self, y: Tensor, parallel: bool = False) -> Tensor:
+    def log_prob(self, y: Tensor, parallel: bool | None = None) -> Tensor:
         """Log marginal likelihood ``log p(y_{1:T})`` by Kalman filtering.
 
         Args:
             y: ``[*B, T, p]`` observations.
-            parallel: use the associative-scan filter (``O(log T)`` depth).
+            parallel: ``True`` for the associative-scan filter (``O(log T)`` depth), ``False``
+                for the sequential one; by default the scan for ``T >= 16``, where the
+                sequential loop's per-step overhead starts to dominate.  Both agree to
+                rounding (tested).  The smoother and sampler use the same default for
+                their forward pass.
 
         Returns:
             ``[*B]`` log-likelihoods (the exact diffuse likelihood for a diffuse state).
         """
-        res, r = self._run(self._time_first(y), parallel)
+        y = self._time_first(y)
+        res, r = self._run(y, self._auto(y) if parallel is None else parallel)
         ll = res.log_liks()
         if r == 0:
             return ll.sum(0)
@@ -210,20 +220,22 @@ class LinearGaussianSSM:
         quad = _mv(S, delta).mul(delta).sum(-1)  # b^T S^{-1} b
         return ll0 + 0.5 * quad - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
-    def filter(self, y: Tensor, parallel: bool = False) -> tuple[Tensor, Tensor]:
+    def filter(self, y: Tensor, parallel: bool | None = None) -> tuple[Tensor, Tensor]:
         """Filtered means ``[*B, T, D]`` and covariances ``[*B, T, D, D]`` (proper initial state only)."""
         if self.diffuse_basis is not None:
             raise ValueError(
                 "LinearGaussianSSM.filter: filtered laws are improper until the diffuse state is identified"
             )
-        res, _ = self._run(self._time_first(y), parallel)
+        y = self._time_first(y)
+        res, _ = self._run(y, self._auto(y) if parallel is None else parallel)
         means, covs = res.filt_means, res.filt_covs
         covs = covs.expand(means.shape[0], *means.shape[1:], self.state_dim)
         return means.movedim(0, -2), covs.movedim(0, -3)
 
     def smooth(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """RTS smoother: posterior means ``[*B, T, D]`` and covariances ``[*B, T, D, D]`` of ``x_t | y_{1:T}``."""
-        res, r = self._run(self._time_first(y), parallel=False)
+        y = self._time_first(y)
+        res, r = self._run(y, self._auto(y))
         means, covs = rts_smoother(self.transition_matrix, res)
         if r:
             _, L, delta = self._diffuse_posterior(res)
@@ -241,7 +253,8 @@ class LinearGaussianSSM:
             ``[*sample_shape, *B, T, D]`` paths.
         """
         sample_shape = torch.Size(sample_shape)
-        res, r = self._run(self._time_first(y), parallel=False)
+        y = self._time_first(y)
+        res, r = self._run(y, self._auto(y))
         if r == 0:
             x = backward_sample(self.transition_matrix, res, sample_shape)
             return x.movedim(len(sample_shape), -2)
@@ -267,7 +280,8 @@ class LinearGaussianSSM:
         """
         if self.diffuse_basis is not None:
             raise ValueError("LinearGaussianSSM.posterior: not available for a diffuse initial state")
-        res, _ = self._run(self._time_first(y), parallel=False)
+        y = self._time_first(y)
+        res, _ = self._run(y, self._auto(y))
         T, D = res.filt_means.shape[0], self.state_dim
         last_loc, last_tril = res.filt_means[-1], torch.linalg.cholesky(res.filt_covs[-1])
         if T == 1:
