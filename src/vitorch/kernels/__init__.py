@@ -1,0 +1,27 @@
+"""Fused kernels for the hot loops of multi-sample variational inference, beside torch references.
+
+Each op lives in ``kernels/<op>/``: ``reference.py`` is readable torch (the
+specification and the CPU path), ``triton.py`` holds the Triton kernels and one
+``torch.autograd.Function`` with a fused backward, imported only when a call is
+dispatched to it.  :mod:`.dispatch` picks the backend per call; see
+``docs/kernels.md``.  Importing this package never imports Triton.
+"""
+
+from __future__ import annotations
+
+from .dispatch import KernelUnavailableError, backend, current_backend, triton_status
+from .gaussian import diag_normal_rsample_and_log_prob
+from .likelihood import bernoulli_log_lik, gaussian_log_lik
+from .logweights import logsumexp, normalized_weights
+
+__all__ = [
+    "KernelUnavailableError",
+    "backend",
+    "current_backend",
+    "triton_status",
+    "diag_normal_rsample_and_log_prob",
+    "bernoulli_log_lik",
+    "gaussian_log_lik",
+    "logsumexp",
+    "normalized_weights",
+]

@@ -1,0 +1,77 @@
+"""Kernel 2a: Bernoulli and Gaussian decoder log-likelihoods reduced over ``D`` without per-element terms."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import dispatch
+from . import reference
+
+__all__ = ["bernoulli_log_lik", "gaussian_log_lik"]
+
+
+def _broadcast(name: str, **tensors: Tensor) -> torch.Size:
+    try:
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors.values()))
+    except RuntimeError:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items())
+        raise ValueError(f"{name}: shapes do not broadcast: {shapes}") from None
+    if len(shape) < 1:
+        raise ValueError(f"{name}: inputs need an event dimension D; got shapes {[tuple(t.shape) for t in tensors.values()]}")
+    return shape
+
+
+def _views(shape: torch.Size, *tensors: Tensor) -> list[Tensor]:
+    """Each tensor expanded to ``shape`` and viewed as ``[K, B, D]`` (stride 0 where broadcast, no copy)."""
+    D = shape[-1]
+    B = shape[-2] if len(shape) > 1 else 1
+    K = shape[:-2].numel()
+    return [t.expand(shape).reshape(K, B, D) for t in tensors]
+
+
+def bernoulli_log_lik(x: Tensor, logits: Tensor, *, backend: str | None = None) -> Tensor:
+    """``sum_d x_d l_d - softplus(l_d)``, broadcasting ``x [*batch, D]`` against ``logits [*sample, *batch, D]``.
+
+    Args:
+        x: data in [0, 1], any shape broadcasting with ``logits``.
+        logits: decoder logits.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`vitorch.kernels.dispatch`).
+
+    Returns:
+        The broadcast shape without its last dimension, e.g. ``[K, B]``.
+
+    Raises:
+        ValueError: if the shapes do not broadcast.
+    """
+    shape = _broadcast("bernoulli_log_lik", x=x, logits=logits)
+    if dispatch.choose("bernoulli_log_lik", x, logits, backend=backend) == "torch":
+        return reference.bernoulli_log_lik(x, logits)
+    from .triton import LogLik
+
+    xv, lv = _views(shape, x, logits)
+    return LogLik.apply(xv, lv, lv, False).reshape(shape[:-1])
+
+
+def gaussian_log_lik(x: Tensor, mean: Tensor, scale: Tensor, *, backend: str | None = None) -> Tensor:
+    """``sum_d log N(x_d | mean_d, scale_d^2)`` with ``x``, ``mean``, ``scale`` broadcast together.
+
+    Args:
+        x: data, e.g. ``[B, D]``.
+        mean: decoder means, e.g. ``[K, B, D]``.
+        scale: positive standard deviations, e.g. ``[K, B, D]``, ``[D]`` or ``[]``.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+
+    Returns:
+        The broadcast shape without its last dimension.
+
+    Raises:
+        ValueError: if the shapes do not broadcast.
+    """
+    shape = _broadcast("gaussian_log_lik", x=x, mean=mean, scale=scale)
+    if dispatch.choose("gaussian_log_lik", x, mean, scale, backend=backend) == "torch":
+        return reference.gaussian_log_lik(x, mean, scale)
+    from .triton import LogLik
+
+    xv, mv, sv = _views(shape, x, mean, scale)
+    return LogLik.apply(xv, mv, sv, True).reshape(shape[:-1])
