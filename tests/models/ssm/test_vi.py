@@ -244,3 +244,22 @@ def test_sde_log_joint_matches_step_by_step_density():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in guide.parameters())
     with pytest.raises(ValueError, match="obs_index"):
         ssm.EulerMaruyamaSDE(drift, diffusion, torch.ones(1), 0.1, 5, [0, 5], 0.3, prior)
+
+
+def test_model_gradient_through_vt_loss_is_the_score_of_log_z(lg_problem):
+    # Fisher's identity: with q the exact posterior at theta_0 (held fixed), the ELBO's gradient with
+    # respect to the model's parameters is E_q[grad log p(x, y)] = grad log p(y) at theta_0.
+    m, y = lg_problem
+    q = m.posterior(y)  # no path to the model's parameters below
+    F = m.transition_matrix.clone().requires_grad_()
+    H = m.emission_matrix.clone().requires_grad_()
+    model = ssm.LinearGaussianSSM(F, m.transition_cov, H, m.emission_cov, m.init_mean, m.init_cov)
+    exact = torch.autograd.grad(model.log_prob(y), (F, H))
+    batches = []
+    for _ in range(40):
+        out = vt.loss(lambda x: model.log_joint(x, y), q, num_particles=100)
+        batches.append(torch.cat([g.flatten() for g in torch.autograd.grad(-out.loss, (F, H))]))
+    grads = torch.stack(batches)
+    target = torch.cat([g.flatten() for g in exact])
+    se = grads.std(0) / math.sqrt(grads.shape[0])
+    assert ((grads.mean(0) - target).abs() <= Z * se).all()
