@@ -131,3 +131,23 @@ def test_estimator_incompatibility_is_reported_at_set_up():
     model = vae.iwae(8, K=4, latent_dim=2, hidden=(4,), estimator=vt.estimators.stl)
     with pytest.raises(ValueError, match="stl is unbiased only for the ELBO"):
         model.check(torch.zeros(3, 8))
+    # An RSVI Dirichlet needs its acceptance correction, which DReG does not carry.
+    model = vae.dirichlet_vae(8, latent_dim=3, hidden=(4,), estimator=vt.estimators.dreg)
+    with pytest.raises(ValueError, match="dreg assumes an exact reparameterization; RSVIDirichlet"):
+        model.check(torch.zeros(3, 8))
+
+
+def test_dirichlet_latents_live_on_the_simplex():
+    model = vae.dirichlet_vae(8, latent_dim=3, hidden=(4,), prior_concentration=0.5)
+    out = model(torch.bernoulli(torch.full((5, 8), 0.5)))
+    assert out.z.shape == (1, 5, 3) and bool((out.z > 0).all())
+    torch.testing.assert_close(out.z.sum(-1), torch.ones(1, 5))
+    z = torch.distributions.Dirichlet(torch.full((3,), 0.7)).sample((4,))
+    expected = torch.distributions.Dirichlet(torch.full((3,), 0.5)).log_prob(z)
+    torch.testing.assert_close(model.log_prior(z), expected)
+    assert model.sample(2).shape == (2, 8)
+
+
+def test_prior_must_be_a_distribution():
+    with pytest.raises(ValueError, match="prior must have log_prob and sample"):
+        vae.vae(8, latent_dim=2, hidden=(4,), prior=object())

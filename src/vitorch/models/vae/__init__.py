@@ -11,9 +11,31 @@ Example:
 from .evaluate import evaluate, iwae_log_likelihood, latent_means
 from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood, Poisson
 from .model import VAE
-from .networks import ConvDecoder, ConvFeatures, GaussianEncoder, IAFEncoder, MLPDecoder, mlp
+from .networks import (
+    ConvDecoder,
+    ConvFeatures,
+    DirichletEncoder,
+    GaussianEncoder,
+    IAFEncoder,
+    MLPDecoder,
+    SymmetricDirichletPrior,
+    mlp,
+)
 from .plots import image_grid, save_image_grid
-from .recipes import RECIPES, beta_vae, ciwae, iaf_vae, info_vae, iwae, iwae_dreg, miwae, piwae, vae, vis
+from .recipes import (
+    RECIPES,
+    beta_vae,
+    ciwae,
+    dirichlet_vae,
+    iaf_vae,
+    info_vae,
+    iwae,
+    iwae_dreg,
+    miwae,
+    piwae,
+    vae,
+    vis,
+)
 
 __all__ = [
     "VAE",
@@ -28,6 +50,8 @@ __all__ = [
     "ConvDecoder",
     "GaussianEncoder",
     "IAFEncoder",
+    "DirichletEncoder",
+    "SymmetricDirichletPrior",
     "evaluate",
     "iwae_log_likelihood",
     "latent_means",
@@ -44,4 +68,5 @@ __all__ = [
     "info_vae",
     "vis",
     "iaf_vae",
+    "dirichlet_vae",
 ]

@@ -40,7 +40,15 @@ from ...families import DiagNormal
 from ...loss import LossOutput, check, loss
 from ...mmd import mmd
 from .likelihoods import Bernoulli, Likelihood
-from .networks import ConvDecoder, ConvFeatures, GaussianEncoder, IAFEncoder, MLPDecoder
+from .networks import (
+    ConvDecoder,
+    ConvFeatures,
+    DirichletEncoder,
+    GaussianEncoder,
+    IAFEncoder,
+    MLPDecoder,
+    SymmetricDirichletPrior,
+)
 
 __all__ = ["VAE"]
 
@@ -62,6 +70,10 @@ class VAE(nn.Module):
         analytic_kl: use the closed-form KL (ELBO, reparam, Gaussian encoder).
         mmd_weight: ``lambda`` of InfoVAE's MMD term (0 disables it).
         mmd_kernel, mmd_scale: the MMD kernel (``"imq"`` or ``"rbf"``) and bandwidth.
+        prior: ``p(z)``; ``None`` is the standard normal (computed inline, the fast
+            path), else anything with ``log_prob(z [*S, D]) -> [*S]`` and
+            ``sample(shape)`` (a torch distribution, or a module such as
+            :class:`~vitorch.models.vae.SymmetricDirichletPrior` whose buffers follow ``.to``).
 
     Shapes: ``x [B, *event]`` -> ``out.loss`` scalar, ``out.bound [B]``,
     ``out.log_w [K, B]``, ``out.z [K, B, D]``.  A ``(x, y)`` batch reads ``x``.
@@ -85,6 +97,7 @@ class VAE(nn.Module):
         mmd_weight: float = 0.0,
         mmd_kernel: str = "imq",
         mmd_scale: float = 1.0,
+        prior=None,
     ):
         super().__init__()
         latent_dim = latent_dim if latent_dim is not None else getattr(encoder, "latent_dim", None)
@@ -104,6 +117,8 @@ class VAE(nn.Module):
             )
         if analytic_kl and estimator is not E.reparam:
             reasons.append(f"analytic_kl needs the reparam estimator (its log q terms cancel); got {estimator!r}")
+        if prior is not None and not (callable(getattr(prior, "log_prob", None)) and hasattr(prior, "sample")):
+            reasons.append(f"prior must have log_prob and sample (a distribution); got {type(prior).__name__}")
         if reasons:
             raise ValueError("invalid VAE set-up:\n  - " + "\n  - ".join(reasons))
         self.encoder = encoder
@@ -118,6 +133,7 @@ class VAE(nn.Module):
         self.mmd_weight = float(mmd_weight)
         self.mmd_kernel = mmd_kernel
         self.mmd_scale = mmd_scale
+        self.custom_prior = prior  # an nn.Module prior registers as a submodule here
 
     # ----------------------------------------------------------------- builders
     @classmethod
@@ -134,19 +150,19 @@ class VAE(nn.Module):
     ) -> VAE:
         """The MLP VAE of Burda et al. (default 784-200-200-50 with tanh units for ``data_dim=784``).
 
-        ``posterior`` is ``"diag"`` (a diagonal Gaussian) or ``"iaf"`` (a Gaussian plus
-        ``num_flows`` IAF steps).  ``options`` go to :class:`VAE`.
+        ``posterior`` is ``"diag"`` (a diagonal Gaussian), ``"iaf"`` (a Gaussian plus
+        ``num_flows`` IAF steps) or ``"dirichlet"`` (an RSVI Dirichlet on the simplex,
+        with a symmetric Dirichlet(1) prior unless ``prior`` is given).  ``options`` go
+        to :class:`VAE`.
         """
         likelihood = likelihood if likelihood is not None else Bernoulli()
         decoder = MLPDecoder(latent_dim, (data_dim,), tuple(reversed(hidden)), likelihood.params_per_entry, activation)
         if posterior == "diag":
             encoder = GaussianEncoder(nn.Identity(), data_dim, latent_dim, hidden, activation)
-        elif posterior == "iaf":
-            trunk = nn.Sequential(*list(_trunk(data_dim, hidden, activation)))
-            encoder = IAFEncoder(trunk, hidden[-1] if hidden else data_dim, latent_dim, num_flows)
         else:
-            raise ValueError(f"posterior must be 'diag' or 'iaf'; got {posterior!r}")
-        return cls(encoder, decoder, likelihood, latent_dim, **options)
+            trunk = nn.Sequential(*list(_trunk(data_dim, hidden, activation)))
+            encoder = _other_encoder(posterior, trunk, hidden[-1] if hidden else data_dim, latent_dim, num_flows)
+        return cls(encoder, decoder, likelihood, latent_dim, **_with_prior(posterior, latent_dim, options))
 
     @classmethod
     def conv(
@@ -171,19 +187,27 @@ class VAE(nn.Module):
         trunk = ConvFeatures(image_shape, features)
         if posterior == "diag":
             encoder = GaussianEncoder(trunk, features, latent_dim)
-        elif posterior == "iaf":
-            encoder = IAFEncoder(trunk, features, latent_dim, num_flows)
         else:
-            raise ValueError(f"posterior must be 'diag' or 'iaf'; got {posterior!r}")
-        return cls(encoder, decoder, likelihood, latent_dim, **options)
+            encoder = _other_encoder(posterior, trunk, features, latent_dim, num_flows)
+        return cls(encoder, decoder, likelihood, latent_dim, **_with_prior(posterior, latent_dim, options))
 
     # ----------------------------------------------------------------- the model
     def log_prior(self, z: Tensor) -> Tensor:
-        """``log N(z; 0, I)``: ``[*S, D] -> [*S]``."""
+        """``log p(z)``: ``[*S, D] -> [*S]`` (inline for the standard normal)."""
+        if self.custom_prior is not None:
+            return self.custom_prior.log_prob(z)
         return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * _LOG_2PI)
 
-    def prior(self, like: Tensor | None = None) -> DiagNormal:
-        """The standard-normal prior as a family (event ``[D]``), on ``like``'s dtype and device."""
+    def sample_prior(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """``z ~ p(z)`` of shape ``[*shape, D]`` on ``like``'s dtype and device."""
+        if self.custom_prior is not None:
+            return self.custom_prior.sample(torch.Size(shape)).to(like)
+        return torch.randn(*shape, self.latent_dim, dtype=like.dtype, device=like.device)
+
+    def prior(self, like: Tensor | None = None):
+        """The prior as a distribution (the standard normal as a :class:`~vitorch.DiagNormal`, event ``[D]``)."""
+        if self.custom_prior is not None:
+            return self.custom_prior
         zeros = torch.zeros(self.latent_dim, dtype=None if like is None else like.dtype)
         if like is not None:
             zeros = zeros.to(like.device)
@@ -223,7 +247,7 @@ class VAE(nn.Module):
         out = loss(self.log_joint(x, q), q, self.num_particles, self.objective, self.estimator)
         if self.mmd_weight:
             z = out.z.reshape(-1, out.z.shape[-1])
-            penalty = mmd(z, torch.randn_like(z), kernel=self.mmd_kernel, scale=self.mmd_scale)
+            penalty = mmd(z, self.sample_prior(z.shape[:1], z), kernel=self.mmd_kernel, scale=self.mmd_scale)
             out = replace(out, loss=out.loss + self.mmd_weight * penalty)
         return out
 
@@ -236,8 +260,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True) -> Tensor:
         """``n`` draws ``z ~ p(z)`` decoded: the likelihood's mean (``mean=True``) or a sample, ``[n, *event]``."""
-        p = next(self.parameters())
-        z = torch.randn(n, self.latent_dim, dtype=p.dtype, device=p.device)
+        z = self.sample_prior((n,), next(self.parameters()))
         params = self.decoder(z)
         return self.likelihood.mean(params) if mean else self.likelihood.sample(params)
 
@@ -246,6 +269,20 @@ class VAE(nn.Module):
         """Decode one draw of ``q(z | x)``: the likelihood's mean ``[B, *event]``."""
         z = self.encoder(x).sample()
         return self.likelihood.mean(self.decoder(z))
+
+
+def _other_encoder(posterior: str, trunk: nn.Module, width: int, latent_dim: int, num_flows: int) -> nn.Module:
+    if posterior == "iaf":
+        return IAFEncoder(trunk, width, latent_dim, num_flows)
+    if posterior == "dirichlet":
+        return DirichletEncoder(trunk, width, latent_dim)
+    raise ValueError(f"posterior must be 'diag', 'iaf' or 'dirichlet'; got {posterior!r}")
+
+
+def _with_prior(posterior: str, latent_dim: int, options: dict) -> dict:
+    if posterior == "dirichlet" and options.get("prior") is None:
+        return {**options, "prior": SymmetricDirichletPrior(latent_dim)}
+    return options
 
 
 def _trunk(data_dim: int, hidden: Sequence[int], activation: type[nn.Module]):

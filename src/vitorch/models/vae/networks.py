@@ -14,6 +14,8 @@ References:
     Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow
     (2016) (the IAF posterior: a Gaussian from the encoder, then IAF steps reading
     the encoder's features as context).
+    Naesseth et al., Reparameterization Gradients through Acceptance-Rejection
+    Sampling Algorithms (2017) (the RSVI Dirichlet posterior).
 """
 
 from __future__ import annotations
@@ -21,13 +23,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+from torch.nn import functional as F
 
 from ...families import DiagNormalHead
 from ...flows import IAF, ConditionalFlow, ElementwiseAffine
 
-__all__ = ["mlp", "MLPDecoder", "ConvFeatures", "ConvDecoder", "GaussianEncoder", "IAFEncoder"]
+__all__ = [
+    "mlp",
+    "MLPDecoder",
+    "ConvFeatures",
+    "ConvDecoder",
+    "GaussianEncoder",
+    "IAFEncoder",
+    "DirichletEncoder",
+    "SymmetricDirichletPrior",
+]
 
 
 def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: type[nn.Module] = nn.Tanh):
@@ -224,3 +237,70 @@ class IAFEncoder(nn.Module):
         q = self.flow(self.features(x))
         q._validate_args = False
         return q
+
+
+class DirichletEncoder(nn.Module):
+    """``x -> Dirichlet`` on the ``D``-simplex: concentrations ``softplus(linear(features)) + min_concentration``.
+
+    Args:
+        features: ``x [B, *event] -> [B, F]``.
+        feature_dim: ``F``.
+        latent_dim: ``D``, the number of simplex components.
+        rsvi: ``True`` draws by RSVI (Marsaglia-Tsang with the acceptance correction,
+            Naesseth et al., 2017; ``reparam`` then adds the correction term);
+            ``False`` uses implicit reparameterization gradients (Figurnov et al., 2018).
+        boost: RSVI shape augmentations ``B`` (they shrink the correction's variance).
+        min_concentration: floor of the concentrations.
+    """
+
+    def __init__(
+        self,
+        features: nn.Module,
+        feature_dim: int,
+        latent_dim: int,
+        rsvi: bool = True,
+        boost: int = 1,
+        min_concentration: float = 1e-2,
+    ):
+        super().__init__()
+        _check_sizes(feature_dim=feature_dim, latent_dim=latent_dim)
+        if latent_dim < 2:
+            raise ValueError(f"a Dirichlet latent needs latent_dim >= 2 components; got {latent_dim}")
+        from ...families.dirichlet import Dirichlet, RSVIDirichlet  # the Gamma machinery loads on use
+
+        self.features = features
+        self.linear = nn.Linear(feature_dim, latent_dim)
+        self.latent_dim = latent_dim
+        self.min_concentration = min_concentration
+        self._family = (
+            (lambda c: RSVIDirichlet(c, boost, validate_args=False))
+            if rsvi
+            else (lambda c: Dirichlet(c, validate_args=False))
+        )
+
+    def forward(self, x: Tensor) -> Distribution:
+        return self._family(F.softplus(self.linear(self.features(x))) + self.min_concentration)
+
+
+class SymmetricDirichletPrior(nn.Module):
+    """``p(z) = Dir(z; alpha 1_D)`` as a module (its concentration is a buffer, so it follows ``.to``).
+
+    Has the two methods a :class:`~vitorch.models.vae.VAE` prior needs: ``log_prob(z [*S, D]) -> [*S]``
+    and ``sample(shape) -> [*shape, D]``.
+    """
+
+    def __init__(self, latent_dim: int, concentration: float = 1.0):
+        super().__init__()
+        _check_sizes(latent_dim=latent_dim)
+        if not 0 < concentration < math.inf:
+            raise ValueError(f"concentration must be positive and finite; got {concentration!r}")
+        self.register_buffer("concentration", torch.full((latent_dim,), float(concentration)))
+
+    def _dist(self) -> Distribution:
+        return torch.distributions.Dirichlet(self.concentration, validate_args=False)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return self._dist().log_prob(z)
+
+    def sample(self, shape=()) -> Tensor:
+        return self._dist().sample(shape)
