@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import vitorch as vt
-from vitorch.families.beta import RSVIBeta
+from vitorch.families.beta import Beta, RSVIBeta
 from vitorch.families.dirichlet import Dirichlet, RSVIDirichlet
 from vitorch.families.gamma import Gamma, RSVIGamma
 
@@ -231,3 +231,43 @@ def test_stl_and_dreg_refuse_a_corrected_family_and_accept_an_uncorrected_one():
         with pytest.raises(ValueError, match="RSVI correction"):
             vt.check(q, 2, obj, est)
         vt.check(RSVIGamma(torch.tensor(2.0), torch.tensor(1.0), correction=False), 2, obj, est)
+
+
+def _every_family():
+    c = torch.tensor([[0.4, 2.0, 7.0], [1.0, 0.2, 3.0]])
+    return {
+        "RSVIGamma": lambda corr: RSVIGamma(c, torch.tensor(1.5), boost=1, correction=corr),
+        "RSVIBeta": lambda corr: RSVIBeta(c, c.flip(-1), correction=corr),
+        "RSVIDirichlet": lambda corr: RSVIDirichlet(c, boost=2, correction=corr),
+        "Gamma": lambda corr: Gamma(c, torch.tensor(1.5)),
+        "Beta": lambda corr: Beta(c, c.flip(-1)),
+        "Dirichlet": lambda corr: Dirichlet(c),
+    }
+
+
+@pytest.mark.parametrize("name", list(_every_family()))
+def test_every_valid_estimator_runs_through_vt_loss(name):
+    # Finite loss and gradients for each (objective, estimator) pair that vt.check accepts.
+    make = _every_family()[name]
+    pairs = [
+        (vt.objectives.elbo, vt.estimators.reparam, True),
+        (vt.objectives.iwae, vt.estimators.reparam, True),
+        (vt.objectives.elbo, vt.estimators.score(), True),
+        (vt.objectives.iwae, vt.estimators.vimco, True),
+        (vt.objectives.elbo, vt.estimators.stl, False),
+        (vt.objectives.iwae, vt.estimators.dreg, False),
+    ]
+    for objective, estimator, corr in pairs:
+        params = {k: v.clone().requires_grad_() for k, v in vars(make(corr)).items() if k.startswith(("conc", "rate"))}
+        q = type(make(corr))(**params, **({"correction": corr} if name.startswith("RSVI") else {}))
+        event_dims = tuple(range(1 + len(q.batch_shape), 1 + len(q.batch_shape) + len(q.event_shape)))
+
+        def log_joint(z, event_dims=event_dims):
+            sq = -(z - 0.5).pow(2)
+            return sq.sum(event_dims) if event_dims else sq  # sum(()) would reduce every dimension
+
+        out = vt.loss(log_joint, q, 4, objective, estimator)
+        out.loss.backward()
+        assert torch.isfinite(out.loss)
+        for k, v in params.items():
+            assert v.grad is not None and bool(torch.isfinite(v.grad).all()), (name, estimator, k)
