@@ -41,18 +41,26 @@ def unrolled(F, Q, H, R, m1, P1, T):
     return mean_x, cov_x, mean_y, cov_y, cov_xy, Phi, Hb
 
 
+def _observed(y, mean_y, cov_y, cov_xy):
+    """Drop the NaN (missing) entries of the stacked y from every y-indexed quantity."""
+    keep = ~torch.isnan(y.reshape(-1))
+    return y.reshape(-1)[keep], mean_y[keep], cov_y[keep][:, keep], cov_xy[:, keep], keep
+
+
 def dense_log_prob(F, Q, H, R, m1, P1, y):
     T = y.shape[-2]
-    _, _, mean_y, cov_y, *_ = unrolled(F, Q, H, R, m1, P1, T)
-    return torch.distributions.MultivariateNormal(mean_y, cov_y).log_prob(y.reshape(-1))
+    _, _, mean_y, cov_y, cov_xy, *_ = unrolled(F, Q, H, R, m1, P1, T)
+    y, mean_y, cov_y, *_ = _observed(y, mean_y, cov_y, cov_xy)
+    return torch.distributions.MultivariateNormal(mean_y, cov_y).log_prob(y)
 
 
 def dense_posterior(F, Q, H, R, m1, P1, y):
-    """Posterior means [T, D] and marginal covariances [T, D, D] of x_t | y_{1:T}."""
+    """Posterior means [T, D] and marginal covariances [T, D, D] of x_t | y_{1:T} (NaN rows missing)."""
     T, D = y.shape[-2], F.shape[-1]
     mean_x, cov_x, mean_y, cov_y, cov_xy, *_ = unrolled(F, Q, H, R, m1, P1, T)
+    y, mean_y, cov_y, cov_xy, _ = _observed(y, mean_y, cov_y, cov_xy)
     gain = torch.linalg.solve(cov_y, cov_xy.mT).mT
-    mean = mean_x + gain @ (y.reshape(-1) - mean_y)
+    mean = mean_x + gain @ (y - mean_y)
     cov = cov_x - gain @ cov_xy.mT
     blocks = torch.stack([cov[t * D : (t + 1) * D, t * D : (t + 1) * D] for t in range(T)])
     return mean.reshape(T, D), blocks, mean, cov
@@ -62,12 +70,13 @@ def dense_diffuse_log_prob(F, Q, H, R, a, P1, basis, y):
     """Exact diffuse log-likelihood: integrate delta (flat, x_1 = a + basis delta + N(0, P1)) out of the
     dense Gaussian, in the Durbin-Koopman normalization lim [log p_kappa + (r/2) log kappa]."""
     T = y.shape[-2]
-    _, _, mean_y, cov_y, _, Phi, Hb = unrolled(F, Q, H, R, a, P1, T)
+    _, _, mean_y, cov_y, cov_xy, Phi, Hb = unrolled(F, Q, H, R, a, P1, T)
+    y, mean_y, cov_y, _, keep = _observed(y, mean_y, cov_y, cov_xy)
     D = F.shape[-1]
-    X = Hb @ Phi[:, :D] @ basis  # d y / d delta
-    resid = y.reshape(-1) - mean_y
+    X = (Hb @ Phi[:, :D] @ basis)[keep]  # d y / d delta
+    resid = y - mean_y
     Ci_X = torch.linalg.solve(cov_y, X)
     S = X.mT @ Ci_X
     b = Ci_X.mT @ resid
-    base = torch.distributions.MultivariateNormal(mean_y, cov_y).log_prob(y.reshape(-1))
+    base = torch.distributions.MultivariateNormal(mean_y, cov_y).log_prob(y)
     return base + 0.5 * b @ torch.linalg.solve(S, b) - 0.5 * torch.logdet(S)

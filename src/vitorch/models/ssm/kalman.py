@@ -29,7 +29,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["FilterResult", "kalman_filter", "rts_smoother", "backward_sample", "symmetrize", "psd_sqrt", "align"]
+__all__ = [
+    "FilterResult",
+    "kalman_filter",
+    "rts_smoother",
+    "backward_sample",
+    "symmetrize",
+    "psd_sqrt",
+    "align",
+    "mask_missing",
+]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -42,8 +51,11 @@ class FilterResult(NamedTuple):
         pred_covs: ``[T, *Bp, D, D]`` predicted covariances.
         filt_means: ``[T, *B, D]`` filtered means ``E[x_t | y_{1:t}]``.
         filt_covs: ``[T, *Bp, D, D]`` filtered covariances.
-        whitened: ``[T, *B, p]`` whitened innovations ``L_t^{-1} (y_t - H m_{t|t-1})``.
-        half_log_det: ``[T, *Bp]`` ``log|L_t|`` with ``S_t = L_t L_t^T``.
+        whitened: ``[T, *B, p]`` whitened innovations ``L_t^{-1} (y_t - H m_{t|t-1})`` (0 where missing).
+        half_log_det: ``[T, *Bp]`` ``log|L_t|`` with ``S_t = L_t L_t^T`` (0 where missing).
+        observed: ``[T, *B]`` boolean mask of observed steps, or ``None`` if all are.
+
+    With missing steps, covariances take the mask's batch shape as well.
     """
 
     pred_means: Tensor
@@ -52,15 +64,25 @@ class FilterResult(NamedTuple):
     filt_covs: Tensor
     whitened: Tensor
     half_log_det: Tensor
+    observed: Tensor | None = None
 
     def log_liks(self) -> Tensor:
-        """``[T, *B]`` one-step predictive log-densities ``log p(y_t | y_{1:t-1})``."""
+        """``[T, *B]`` one-step predictive log-densities ``log p(y_t | y_{1:t-1})`` (0 where missing)."""
         p = self.whitened.shape[-1]
         quad = self.whitened.pow(2).sum(-1)
-        # half_log_det has the parameters' batch [T, *Bp]; align it on the right of the data's [T, *B].
-        hld = self.half_log_det
-        hld = hld.reshape(hld.shape[0], *(1,) * (quad.dim() - hld.dim()), *hld.shape[1:])
-        return -0.5 * quad - hld - 0.5 * p * _LOG_2PI
+        hld = align(self.half_log_det, quad.dim(), 0)  # right-align [T, *Bp] against the data's [T, *B]
+        const = 0.5 * p * _LOG_2PI
+        if self.observed is not None:
+            const = const * self.observed
+        return -0.5 * quad - hld - const
+
+
+def mask_missing(observed: Tensor | None, rank: int, w: Tensor, hld: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+    """Align the mask ``[T, *Bo]`` to ``rank`` dims and zero the innovation terms of missing steps."""
+    if observed is None:
+        return None, w, hld
+    observed = align(observed, rank, 0)
+    return observed, torch.where(observed.unsqueeze(-1), w, 0.0), torch.where(observed, align(hld, rank, 0), 0.0)
 
 
 def align(t: Tensor, rank: int, trailing: int) -> Tensor:
@@ -115,19 +137,25 @@ def update(m: Tensor, P: Tensor, y: Tensor, H: Tensor, R: Tensor) -> tuple[Tenso
     return m_f, P_f, w, L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 
-def kalman_filter(F: Tensor, Q: Tensor, H: Tensor, R: Tensor, m1: Tensor, P1: Tensor, y: Tensor) -> FilterResult:
+def kalman_filter(
+    F: Tensor, Q: Tensor, H: Tensor, R: Tensor, m1: Tensor, P1: Tensor, y: Tensor, observed: Tensor | None = None
+) -> FilterResult:
     """Sequential Kalman filter; ``O(T)`` steps.
 
     Args:
         F: ``[*Bp, D, D]`` transition matrix; Q: ``[*Bp, D, D]`` transition covariance.
         H: ``[*Bp, p, D]`` emission matrix; R: ``[*Bp, p, p]`` emission covariance.
         m1: ``[*B, D]`` mean of ``x_1``; P1: ``[*Bp, D, D]`` covariance of ``x_1``.
-        y: ``[T, *B, p]`` observations, time first.
+        y: ``[T, *B, p]`` observations, time first (finite: put anything where missing).
+        observed: optional ``[T, *Bo]`` boolean mask (``Bo`` broadcasts against ``B``); a
+            missing step skips its measurement update and contributes nothing to the likelihood.
 
     Returns:
         A :class:`FilterResult`.
     """
     eye = torch.eye(F.shape[-1], dtype=F.dtype, device=F.device)
+    if observed is not None:
+        observed = align(observed, y.dim() - 1, 0)
     m, P = m1, P1
     out: list[list[Tensor]] = [[], [], [], [], [], [], []]
     for t in range(y.shape[0]):
@@ -142,6 +170,9 @@ def kalman_filter(F: Tensor, Q: Tensor, H: Tensor, R: Tensor, m1: Tensor, P1: Te
         v = y[t] - _mv(H, m)
         IKH = eye - K @ H
         m_f, P_f = m + _mv(K, v), symmetrize(IKH @ P @ IKH.mT + K @ R @ K.mT)
+        if observed is not None:  # no update where y_t is missing: the prediction stands
+            m_f = torch.where(observed[t].unsqueeze(-1), m_f, m)
+            P_f = torch.where(observed[t].unsqueeze(-1).unsqueeze(-1), P_f, P)
         for lst, val in zip(out, (m, P, m_f, P_f, L, v, info)):
             lst.append(val)
         m, P = m_f, P_f
@@ -152,7 +183,10 @@ def kalman_filter(F: Tensor, Q: Tensor, H: Tensor, R: Tensor, m1: Tensor, P1: Te
     w = torch.linalg.solve_triangular(L, v.unsqueeze(-1), upper=False).squeeze(-1)
     hld = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     rank = pm.dim()  # [T, *B, D]; covariances keep the parameters' batch, right-aligned
-    return FilterResult(pm, align(symmetrize(pc), rank + 1, 2), fm, align(fc, rank + 1, 2), w, align(hld, rank - 1, 0))
+    observed, w, hld = mask_missing(observed, rank - 1, w, hld)
+    return FilterResult(
+        pm, align(symmetrize(pc), rank + 1, 2), fm, align(fc, rank + 1, 2), w, align(hld, rank - 1, 0), observed
+    )
 
 
 def smoother_gains(F: Tensor, filt_covs: Tensor, pred_covs: Tensor) -> Tensor:

@@ -151,8 +151,11 @@ class LinearGaussianSSM:
             raise ValueError(f"LinearGaussianSSM: y must be [*batch, T, {self.obs_dim}]; got shape {tuple(y.shape)}")
         if y.shape[-2] < 1:
             raise ValueError("LinearGaussianSSM: y must have at least one time step")
-        if not bool(torch.isfinite(y).all()):
-            raise ValueError("LinearGaussianSSM: y must be finite; support is the real obs_dim-vectors")
+        nan = torch.isnan(y)
+        if bool(torch.isinf(y).any()) or bool((nan.any(-1) & ~nan.all(-1)).any()):
+            raise ValueError(
+                "LinearGaussianSSM: y must be finite real obs_dim-vectors, or all-NaN rows for missing time steps"
+            )
         if y.dtype != self.transition_matrix.dtype:
             raise ValueError(
                 f"LinearGaussianSSM: y has dtype {y.dtype} but the parameters {self.transition_matrix.dtype}"
@@ -162,6 +165,11 @@ class LinearGaussianSSM:
     def _run(self, y: Tensor, parallel: bool) -> tuple[FilterResult, int]:
         """Filter ``y [T, *B, p]``; with a diffuse state the data column comes first, then ``r`` columns."""
         F, Q, H, R = self._params
+        missing = torch.isnan(y).any(-1)
+        observed = None
+        if bool(missing.any()):
+            observed = ~missing
+            y = torch.where(missing.unsqueeze(-1), 0.0, y)  # finite stand-ins, never read by the filter
         m1, P1 = self.init_mean, self.init_cov
         r = 0
         if self.diffuse_basis is not None:
@@ -173,7 +181,7 @@ class LinearGaussianSSM:
                 [y.unsqueeze(1).expand(-1, 1, *batch, -1), y.new_zeros(y.shape[0], r, *batch, y.shape[-1])], 1
             )
         run = parallel_kalman_filter if parallel else kalman_filter
-        return run(F, Q, H, R, m1, P1, y), r
+        return run(F, Q, H, R, m1, P1, y, observed), r
 
     @staticmethod
     def _auto(y: Tensor) -> bool:
@@ -261,7 +269,7 @@ class LinearGaussianSSM:
         # Draws are affine in (data, initial mean): sample with the data column, then add the
         # smoothed response to a posterior draw of the diffuse coefficients delta.
         S, L, delta = self._diffuse_posterior(res)
-        data = FilterResult(*(t[:, 0] for t in res))
+        data = FilterResult(*(None if t is None else t[:, 0] for t in res))
         x = backward_sample(self.transition_matrix, data, sample_shape)  # [*S, T, *B, D]
         M = rts_smoother(self.transition_matrix, res)[0][:, 1:].movedim(1, -1)  # [T, *B, D, r]
         eps = torch.randn(*sample_shape, *delta.shape, dtype=delta.dtype, device=delta.device)
@@ -302,6 +310,8 @@ class LinearGaussianSSM:
     def log_joint(self, x: Tensor, y: Tensor) -> Tensor:
         """``log p(x_{1:T}, y_{1:T})`` for paths ``x [*S, *B, T, D]`` and data ``y [*B, T, p]`` -> ``[*S, *B]``."""
         self._check_proper("log_joint")
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError("LinearGaussianSSM.log_joint: y must be finite (missing rows: use log_prob/smooth)")
         F, Q, H, R = self._params
         if x.shape[-1] != self.state_dim or x.shape[-2] != y.shape[-2]:
             raise ValueError(f"LinearGaussianSSM.log_joint: x {tuple(x.shape)} does not match y {tuple(y.shape)}")

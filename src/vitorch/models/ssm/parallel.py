@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ._scan import associative_scan
-from .kalman import FilterResult, _mv, align, symmetrize, update
+from .kalman import FilterResult, _mv, align, mask_missing, symmetrize, update
 
 __all__ = ["parallel_kalman_filter"]
 
@@ -40,7 +40,7 @@ def _combine(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> tuple[Te
     return A, b, C, eta, J
 
 
-def _elements(F, Q, H, R, m1, P1, y):
+def _elements(F, Q, H, R, m1, P1, y, observed):
     """The scan's elements, time first: ``A, C, J [T, *Bp, D, D]`` and ``b, eta [T, *B, D]``."""
     T = y.shape[0]
     # k = 1: the prior is known, so the element is the filtered x_1 with no dependence on x_0.
@@ -71,11 +71,24 @@ def _elements(F, Q, H, R, m1, P1, y):
     b_all = torch.cat([b1.expand(1, *vec_shape), b.expand(T - 1, *vec_shape)])
     eta_all = torch.cat([torch.zeros(1, *vec_shape, dtype=b.dtype, device=b.device), eta.expand(T - 1, *vec_shape)])
     rank = b_all.dim() + 1  # matrices keep the parameters' batch, right-aligned against the data's
-    return align(A_all, rank, 2), b_all, align(C_all, rank, 2), eta_all, align(J_all, rank, 2)
+    A_all, C_all, J_all = align(A_all, rank, 2), align(C_all, rank, 2), align(J_all, rank, 2)
+    if observed is not None:
+        # A missing y_k leaves the plain transition: (A, b, C) = (F, 0, Q), or the prior itself at k = 1.
+        o = align(observed, rank - 2, 0)
+        o1, o2 = o.unsqueeze(-1), o.unsqueeze(-1).unsqueeze(-1)
+        first = torch.zeros(T, dtype=torch.bool, device=o.device)
+        first[0] = True
+        first = align(first, rank - 2, 0)
+        A_all = torch.where(o2, A_all, torch.where(first.unsqueeze(-1).unsqueeze(-1), A_all, F))
+        b_all = torch.where(o1, b_all, torch.where(first.unsqueeze(-1), m1, 0.0))
+        C_all = torch.where(o2, C_all, torch.where(first.unsqueeze(-1).unsqueeze(-1), P1, Q))
+        eta_all = torch.where(o1, eta_all, 0.0)
+        J_all = torch.where(o2, J_all, 0.0)
+    return A_all, b_all, C_all, eta_all, J_all
 
 
 def parallel_kalman_filter(
-    F: Tensor, Q: Tensor, H: Tensor, R: Tensor, m1: Tensor, P1: Tensor, y: Tensor
+    F: Tensor, Q: Tensor, H: Tensor, R: Tensor, m1: Tensor, P1: Tensor, y: Tensor, observed: Tensor | None = None
 ) -> FilterResult:
     """Kalman filter by associative scan: ``O(log T)`` depth, ``O(T)`` work.
 
@@ -83,7 +96,7 @@ def parallel_kalman_filter(
     (time first, ``y [T, *B, p]``), up to rounding.
     """
     T = y.shape[0]
-    if T == 1:
+    if T == 1 and observed is None:
         m_f, P_f, w, hld = update(m1, P1, y[0], H, R)
         r = m_f.dim() + 1
         return FilterResult(
@@ -94,7 +107,7 @@ def parallel_kalman_filter(
             w[None],
             align(hld[None], r - 1, 0),
         )
-    _, filt_means, filt_covs, _, _ = associative_scan(_combine, _elements(F, Q, H, R, m1, P1, y))
+    _, filt_means, filt_covs, _, _ = associative_scan(_combine, _elements(F, Q, H, R, m1, P1, y, observed))
     # One-step predictions from the filtered laws, every step at once.
     pred_means = torch.cat([m1.expand(1, *filt_means.shape[1:]), _mv(F, filt_means[:-1])])
     pred_covs = torch.cat([P1.expand(1, *filt_covs.shape[1:]), symmetrize(F @ filt_covs[:-1] @ F.mT + Q)])
@@ -105,4 +118,5 @@ def parallel_kalman_filter(
     v = y - _mv(H, pred_means)
     w = torch.linalg.solve_triangular(L, v.unsqueeze(-1), upper=False).squeeze(-1)
     hld = align(L.diagonal(dim1=-2, dim2=-1).log().sum(-1), w.dim() - 1, 0)
-    return FilterResult(pred_means, pred_covs, filt_means, filt_covs, w, hld)
+    observed, w, hld = mask_missing(observed, w.dim() - 1, w, hld)
+    return FilterResult(pred_means, pred_covs, filt_means, filt_covs, w, hld, observed)
