@@ -72,7 +72,8 @@ class LinearGaussianSSM:
 
     Parameters may carry batch dimensions ``[*b]`` that broadcast against the
     data's; they are used as given (no copies), so gradients flow to them (e.g.
-    maximum-likelihood fitting through :meth:`log_prob`).
+    maximum-likelihood fitting through :meth:`log_prob`).  In ``y``, a row of NaNs
+    marks a missing observation (no measurement update, no likelihood term).
 
     Args:
         transition_matrix: ``[*b, D, D]`` ``F``.
