@@ -6,33 +6,66 @@ Families are torch distributions; objectives are pure functions of log-weights
 scalar surrogate whose value is the bound and whose gradient is the estimator's.
 """
 
-from . import diagnostics, estimators, objectives
+import importlib
+
+from . import diagnostics, estimators, flows, objectives
 from ._version import __version__
 from .families import (
+    Beta,
     DiagNormal,
     DiagNormalHead,
+    Dirichlet,
     Family,
+    Flow,
     FullRankNormal,
     FullRankNormalHead,
+    Gamma,
     LowRankNormal,
     LowRankNormalHead,
+    RSVIBeta,
+    RSVIDirichlet,
+    RSVIGamma,
     stopped,
 )
 from .loss import LossOutput, check, loss
+from .training import History, fit
+
+# The zoos and data sets load on first use: the core never imports them.
+_LAZY = ("models", "data", "kernels")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",
     "diagnostics",
     "estimators",
+    "flows",
+    "models",
+    "data",
+    "kernels",
     "objectives",
     "loss",
     "check",
     "LossOutput",
+    "fit",
+    "History",
     "Family",
     "stopped",
     "DiagNormal",
     "FullRankNormal",
     "LowRankNormal",
+    "Flow",
+    "Gamma",
+    "Beta",
+    "Dirichlet",
+    "RSVIGamma",
+    "RSVIBeta",
+    "RSVIDirichlet",
     "DiagNormalHead",
     "FullRankNormalHead",
     "LowRankNormalHead",

@@ -3,6 +3,10 @@ and log-densities at stopped parameters."""
 
 from . import kl as _kl  # noqa: F401  (registers closed-form KL divergences with torch)
 from .base import Family, stopped
+from .beta import Beta, RSVIBeta
+from .dirichlet import Dirichlet, RSVIDirichlet
+from .flow import Flow
+from .gamma import Gamma, RSVIGamma
 from .gaussian import DiagNormal, FullRankNormal, LowRankNormal
 from .heads import DiagNormalHead, FullRankNormalHead, LowRankNormalHead
 
@@ -12,6 +16,13 @@ __all__ = [
     "DiagNormal",
     "FullRankNormal",
     "LowRankNormal",
+    "Flow",
+    "Gamma",
+    "Beta",
+    "Dirichlet",
+    "RSVIGamma",
+    "RSVIBeta",
+    "RSVIDirichlet",
     "DiagNormalHead",
     "FullRankNormalHead",
     "LowRankNormalHead",
