@@ -3,8 +3,9 @@
 * :class:`Gamma`: implicit reparameterization (Figurnov et al., 2018),
   ``dz/d alpha = -(dF(z; alpha)/d alpha) / q(z; alpha)``, computed by torch's
   ``_standard_gamma_grad`` and, below ``z = 1e-10`` (and for draws that underflow),
-  by its small-``z`` limit in log space (see :func:`implicit_dlogx`).  The draw
-  itself comes from the log-space sampler of :mod:`vitorch.families._rsvi`.
+  by its small-``z`` limit in log space (see :func:`implicit_dlogx`).  Draws come
+  from torch's sampler for concentrations >= 1 and from the log-space sampler of
+  :mod:`vitorch.families._rsvi` below one.
 * :class:`RSVIGamma`: the Marsaglia-Tsang sampler reparameterized through the
   accepted proposal noise, with shape augmentation and the exact correction term
   of Naesseth et al. (2017) supplied to the estimator by
@@ -75,12 +76,29 @@ def implicit_dlogx(alpha: Tensor, log_x: Tensor) -> Tensor:
     return torch.where(small, small_x, large_x)
 
 
+def _draw_log_standard_gamma(alpha: Tensor) -> Tensor:
+    """``log x``, ``x ~ Gamma(alpha, 1)``, without gradient.
+
+    The sampler is picked per element from ``alpha`` alone, so the law is exact:
+    torch's C++ sampler where ``alpha >= 1`` (its draws are far from underflow there),
+    the log-space sampler of :mod:`vitorch.families._rsvi` below one, where ``x``
+    itself may underflow but ``log x`` must not.
+    """
+    large = alpha >= 1
+    if bool(large.all()):
+        return torch.log(torch._standard_gamma(alpha))
+    small_draw = _rsvi.log_standard_gamma(torch.where(large, 0.5, alpha), 0)[0]
+    if not bool(large.any()):
+        return small_draw
+    return torch.where(large, torch.log(torch._standard_gamma(torch.where(large, alpha, 1.0))), small_draw)
+
+
 class _ImplicitLogGamma(Function):
-    """``log x`` with ``x ~ Gamma(alpha, 1)``: log-space draw forward, implicit gradient backward."""
+    """``log x`` with ``x ~ Gamma(alpha, 1)``: exact draw forward, implicit gradient backward."""
 
     @staticmethod
     def forward(ctx, alpha):
-        log_x, _, _ = _rsvi.log_standard_gamma(alpha, 0)
+        log_x = _draw_log_standard_gamma(alpha)
         ctx.save_for_backward(alpha, log_x)
         return log_x
 
