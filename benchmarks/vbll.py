@@ -6,7 +6,8 @@ training-split statistics, an 80/20 split fixed by seed.  Feature network
 batch 32, 1,000 steps, identical initial weights and minibatch order.  Both VBLL
 heads use a dense weight covariance, the same prior variance ``1 / 64`` per weight,
 learned diagonal noise with the same inverse-Wishart regularizer (scale 1e-2,
-1 degree of freedom) and KL weight ``1 / N``.  A plain Gaussian MLP head (mean and
+1 degree of freedom), KL weight ``1 / N`` and the same initial head (``q`` equal to
+the prior with zero mean, noise variance 1).  A plain Gaussian MLP head (mean and
 log-variance outputs, Gaussian NLL) sets the cost floor, and scikit-learn's
 ``BayesianRidge`` on the raw inputs sets the NLL bar.
 
@@ -84,6 +85,13 @@ class PeerModel(nn.Module):
             WIDTH, 1, regularization_weight=1.0 / n, parameterization="dense", prior_scale=PRIOR_VAR * WIDTH,
             wishart_scale=WISHART_SCALE, dof=WISHART_DOF,
         )  # fmt: skip
+        # Start from vitorch's initial head (q = prior with zero mean, noise variance 1)
+        # rather than vbll's random one, so that both runs begin from the same point.
+        with torch.no_grad():
+            self.head.W_mean.zero_()
+            self.head.W_logdiag.fill_(0.5 * math.log(PRIOR_VAR))
+            self.head.W_offdiag.zero_()
+            self.head.noise_logdiag.zero_()
 
     def loss(self, x, y):
         return self.head(self.features(x)).train_loss_fn(y[:, None])
