@@ -12,7 +12,10 @@ from __future__ import annotations
 from .dispatch import KernelUnavailableError, backend, current_backend, triton_status
 from .gaussian import diag_normal_rsample_and_log_prob
 from .likelihood import bernoulli_log_lik, gaussian_log_lik
+from .gamma import log_standard_gamma
 from .logweights import logsumexp, normalized_weights
+from .mmd import mmd
+from .planar import planar_stack
 
 __all__ = [
     "KernelUnavailableError",
@@ -24,4 +27,20 @@ __all__ = [
     "gaussian_log_lik",
     "logsumexp",
     "normalized_weights",
+    "mmd",
+    "log_standard_gamma",
+    "planar_stack",
+    "OPS",
 ]
+
+# Every op: its name -> the subpackage holding reference.py and triton.py (the registry test reads this).
+OPS = {
+    "diag_normal_rsample_and_log_prob": "gaussian",
+    "bernoulli_log_lik": "likelihood",
+    "gaussian_log_lik": "likelihood",
+    "logsumexp": "logweights",
+    "normalized_weights": "logweights",
+    "mmd": "mmd",
+    "log_standard_gamma": "gamma",
+    "planar_stack": "planar",
+}

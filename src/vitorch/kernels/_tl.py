@@ -48,3 +48,10 @@ def uniforms(seed, idx, stream):
 def block(n: int, lo: int = 16, hi: int = 1024) -> int:
     """A power-of-two block size covering ``n``, clipped to ``[lo, hi]``."""
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+
+
+@triton.jit
+def log1p(x):
+    """log(1 + x) to full relative accuracy near 0 (Goldberg's trick: the rounding of 1 + x cancels)."""
+    u = 1.0 + x
+    return tl.where(u == 1.0, x, tl.log(u) * (x / tl.where(u == 1.0, 1.0, u - 1.0)))

@@ -22,14 +22,6 @@ def _broadcast(name: str, **tensors: Tensor) -> torch.Size:
     return shape
 
 
-def _views(shape: torch.Size, *tensors: Tensor) -> list[Tensor]:
-    """Each tensor expanded to ``shape`` and viewed as ``[K, B, D]`` (stride 0 where broadcast, no copy)."""
-    D = shape[-1]
-    B = shape[-2] if len(shape) > 1 else 1
-    K = shape[:-2].numel()
-    return [t.expand(shape).reshape(K, B, D) for t in tensors]
-
-
 def bernoulli_log_lik(x: Tensor, logits: Tensor, *, backend: str | None = None) -> Tensor:
     """``sum_d x_d l_d - softplus(l_d)``, broadcasting ``x [*batch, D]`` against ``logits [*sample, *batch, D]``.
 
@@ -49,8 +41,7 @@ def bernoulli_log_lik(x: Tensor, logits: Tensor, *, backend: str | None = None) 
         return reference.bernoulli_log_lik(x, logits)
     from .triton import LogLik
 
-    xv, lv = _views(shape, x, logits)
-    return LogLik.apply(xv, lv, lv, False).reshape(shape[:-1])
+    return LogLik.apply(x, logits, logits, shape, False)
 
 
 def gaussian_log_lik(x: Tensor, mean: Tensor, scale: Tensor, *, backend: str | None = None) -> Tensor:
@@ -73,5 +64,4 @@ def gaussian_log_lik(x: Tensor, mean: Tensor, scale: Tensor, *, backend: str | N
         return reference.gaussian_log_lik(x, mean, scale)
     from .triton import LogLik
 
-    xv, mv, sv = _views(shape, x, mean, scale)
-    return LogLik.apply(xv, mv, sv, True).reshape(shape[:-1])
+    return LogLik.apply(x, mean, scale, shape, True)

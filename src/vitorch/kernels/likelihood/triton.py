@@ -98,30 +98,50 @@ def _launch(kernel, x: Tensor, p: Tensor, s: Tensor, *extra: Tensor, gauss: bool
     )
 
 
-class LogLik(torch.autograd.Function):
-    """``[K, B]`` log-likelihood of views ``x, p, s [K, B, D]`` (``s`` unused for Bernoulli).
+def _views(shape: torch.Size, *tensors: Tensor) -> list[Tensor]:
+    """Each tensor expanded to ``shape`` and viewed as ``[K, B, D]`` (stride 0 where broadcast, no copy)."""
+    D = shape[-1]
+    B = shape[-2] if len(shape) > 1 else 1
+    K = shape[:-2].numel()
+    return [t.expand(shape).reshape(K, B, D) for t in tensors]
 
-    Gradients come back ``[K, B, D]``; the caller sums them to each input's own shape.
+
+def _reduce(grad: Tensor, shape: torch.Size, like: Tensor) -> Tensor:
+    """A float32 ``[K, B, D]`` gradient summed to ``like``'s own (broadcast) shape, rounded once."""
+    return grad.reshape(shape).sum_to_size(like.shape).to(like.dtype)
+
+
+class LogLik(torch.autograd.Function):
+    """``[*shape[:-1]]`` log-likelihood of ``x``, ``p`` (logits or mean) and ``s`` (scale; ignored for
+    Bernoulli), each broadcasting to ``shape``.
+
+    The backward kernel writes float32 per-element gradients; inputs that were broadcast
+    get them summed to their own shape in float32 and rounded once, so half-precision
+    gradients of a shared scale do not accumulate half-precision rounding.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, p: Tensor, s: Tensor, gauss: bool):
-        K, B, _ = p.shape
+    def forward(ctx, x: Tensor, p: Tensor, s: Tensor, shape: torch.Size, gauss: bool):
+        xv, pv, sv = _views(shape, x, p, s)
+        K, B, _ = pv.shape
         out = torch.empty((K, B), dtype=p.dtype, device=p.device)
-        _launch(_forward, x, p, s, out, gauss=gauss)
+        _launch(_forward, xv, pv, sv, out, gauss=gauss)
         ctx.save_for_backward(x, p, s)
-        ctx.gauss = gauss
-        return out
+        ctx.shape, ctx.gauss = shape, gauss
+        return out.reshape(shape[:-1])
 
     @staticmethod
     def backward(ctx, g: Tensor):
         x, p, s = ctx.saved_tensors
-        gauss = ctx.gauss
-        dp = torch.empty(p.shape, dtype=p.dtype, device=p.device)
-        ds = torch.empty(p.shape, dtype=s.dtype, device=p.device) if gauss else dp
-        _launch(_backward, x, p, s, g.contiguous(), dp, ds, gauss=gauss)
+        shape, gauss = ctx.shape, ctx.gauss
+        xv, pv, sv = _views(shape, x, p, s)
+        dp = torch.empty(pv.shape, dtype=torch.float32, device=p.device)
+        ds = torch.empty_like(dp) if gauss else dp
+        _launch(_backward, xv, pv, sv, g.reshape(pv.shape[:2]).contiguous(), dp, ds, gauss=gauss)
         dx = None
         if ctx.needs_input_grad[0]:
             # Data rarely needs a gradient; when it does, it is -dmean (Gaussian) or g * logits (Bernoulli).
-            dx = -dp if gauss else g[..., None] * p
-        return dx, dp, (ds if gauss else None), None
+            full = -dp if gauss else g.reshape(pv.shape[:2]).float()[..., None] * pv.float()
+            dx = _reduce(full, shape, x)
+        ds_out = _reduce(ds, shape, s) if gauss and ctx.needs_input_grad[2] else None
+        return dx, _reduce(dp, shape, p), ds_out, None, None

@@ -23,8 +23,8 @@ _BN = 64
 @triton.jit
 def _clamped(ptr, k, cols, sk, sn, K, N):
     mask = (k < K)[:, None] & (cols < N)[None, :]
-    x = tl.load(ptr + k.to(tl.int64)[:, None] * sk + cols[None, :] * sn, mask=mask, other=-LOG_WEIGHT_LIMIT)
-    x = x.to(tl.float32)
+    x = tl.load(ptr + k.to(tl.int64)[:, None] * sk + cols[None, :] * sn, mask=mask, other=0.0)
+    x = tl.where(mask, x.to(tl.float32), -LOG_WEIGHT_LIMIT)
     # NaN must survive the clamp (it is a bug to report), hence propagate_nan.
     x = tl.minimum(tl.maximum(x, -LOG_WEIGHT_LIMIT, propagate_nan=tl.PropagateNan.ALL), LOG_WEIGHT_LIMIT,
                    propagate_nan=tl.PropagateNan.ALL)  # fmt: skip
