@@ -138,6 +138,7 @@ class Run:
         epoch_start = self.epoch_start if self.batch > 0 and self.epoch_start is not None else {"rng": {}, "gens": []}
         rngs = ddp.gather_objects(capture_rng(), self.topo)
         datas = ddp.gather_objects(epoch_start, self.topo)
+        self.saved_step = self.step  # on every rank: the final-checkpoint decision must agree
         if not self.topo.is_main:
             return
         payload = {
@@ -159,7 +160,6 @@ class Run:
             "best_model": self.best_state or {},
         }
         save_checkpoint(payload, opt.checkpoint_dir, self.step, keep=opt.keep_checkpoints)
-        self.saved_step = self.step
         if opt.log_dir is not None:
             self.history.write(opt.log_dir)
 
