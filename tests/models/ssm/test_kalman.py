@@ -87,6 +87,8 @@ def test_parallel_filter_equals_sequential_batched(T):
     for a, b in zip(seq[:6], par[:6]):
         torch.testing.assert_close(*torch.broadcast_tensors(a, b), rtol=RTOL, atol=ATOL)
     assert seq.observed is None and par.observed is None
+    for a, b in zip(ssm.rts_smoother(F, seq), ssm.parallel_rts_smoother(F, par)):
+        torch.testing.assert_close(*torch.broadcast_tensors(a, b), rtol=RTOL, atol=ATOL)
     lp = m.log_prob(y)
     assert lp.shape == (4, 3)
     torch.testing.assert_close(
@@ -277,6 +279,8 @@ def test_long_float32_series_stays_finite():
     res = ssm.kalman_filter(*m._params, m.init_mean, m.init_cov, y.movedim(-2, 0))  # one sequential pass
     seq = res.log_liks().sum()
     means, covs = ssm.rts_smoother(m.transition_matrix, res)
+    p_means, p_covs = m.smooth(y)  # the parallel filter and smoother
+    assert torch.isfinite(p_means).all() and (torch.linalg.eigvalsh(p_covs) > 0).all()
     assert torch.isfinite(par) and torch.isfinite(seq)
     assert torch.isfinite(means).all() and torch.isfinite(covs).all()
     assert (torch.linalg.eigvalsh(covs) > 0).all()

@@ -19,7 +19,7 @@ from .guides import DMMCombiner, MarkovGaussianGuide, StructuredInferenceNetwork
 from .kalman import FilterResult, kalman_filter, rts_smoother
 from .linear_gaussian import LinearGaussianSSM
 from .model import BernoulliEmission, GaussianEmission, GaussianTransition, PoissonEmission, StateSpaceModel
-from .parallel import parallel_kalman_filter
+from .parallel import parallel_kalman_filter, parallel_rts_smoother
 from .path import AutoregressiveGaussianPath
 from .sde import BridgeStep, EulerMaruyamaSDE, SDEJointPosterior, SDEPosterior
 
@@ -43,5 +43,6 @@ __all__ = [
     "affine_recurrence",
     "kalman_filter",
     "parallel_kalman_filter",
+    "parallel_rts_smoother",
     "rts_smoother",
 ]

@@ -42,7 +42,7 @@ from .kalman import (
     rts_smoother,
     symmetrize,
 )
-from .parallel import parallel_kalman_filter
+from .parallel import parallel_kalman_filter, parallel_rts_smoother
 
 __all__ = ["LinearGaussianSSM"]
 
@@ -244,8 +244,9 @@ class LinearGaussianSSM:
     def smooth(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """RTS smoother: posterior means ``[*B, T, D]`` and covariances ``[*B, T, D, D]`` of ``x_t | y_{1:T}``."""
         y = self._time_first(y)
-        res, r = self._run(y, self._auto(y))
-        means, covs = rts_smoother(self.transition_matrix, res)
+        parallel = self._auto(y)
+        res, r = self._run(y, parallel)
+        means, covs = (parallel_rts_smoother if parallel else rts_smoother)(self.transition_matrix, res)
         if r:
             _, L, delta = self._diffuse_posterior(res)
             M = means[:, 1:].movedim(1, -1)  # [T, *B, D, r]: smoothed response to each diffuse direction
@@ -272,7 +273,8 @@ class LinearGaussianSSM:
         S, L, delta = self._diffuse_posterior(res)
         data = FilterResult(*(None if t is None else t[:, 0] for t in res))
         x = backward_sample(self.transition_matrix, data, sample_shape)  # [*S, T, *B, D]
-        M = rts_smoother(self.transition_matrix, res)[0][:, 1:].movedim(1, -1)  # [T, *B, D, r]
+        smoother = parallel_rts_smoother if self._auto(y) else rts_smoother
+        M = smoother(self.transition_matrix, res)[0][:, 1:].movedim(1, -1)  # [T, *B, D, r]
         eps = torch.randn(*sample_shape, *delta.shape, dtype=delta.dtype, device=delta.device)
         d = delta + torch.linalg.solve_triangular(L.mT, eps.unsqueeze(-1), upper=True).squeeze(-1)  # ~ N(delta, S^{-1})
         x = x + _mv(M, d.unsqueeze(len(sample_shape)))
