@@ -15,7 +15,7 @@ the Triton interpreter (``TRITON_INTERPRET=1``, read when a call is dispatched,
 never at import) and only when forced, since interpreting is far slower than torch.
 
 Nothing here imports Triton at import time; :func:`triton_status` tries once, on
-first use.
+the first call that could use it (CUDA inputs, or a forced kernel).
 """
 
 from __future__ import annotations
@@ -139,13 +139,13 @@ def choose(
         ValueError: on an unknown backend name.
     """
     name = _check_name(backend)
-    if name == "torch":
+    # auto: the kernel only for CUDA tensors (the interpreter is a testing tool, never chosen by
+    # itself), and Triton is not even imported for a call that cannot use it.
+    if name == "torch" or (name == "auto" and not all(t.device.type == "cuda" for t in tensors)):
         return "torch"
     reasons = _obstacles(tensors, dtypes, limits)
     if name == "triton":
         if reasons:
             raise KernelUnavailableError(f"{op}: the triton backend was forced but cannot run: " + "; ".join(reasons))
         return "triton"
-    # auto: the kernel only for CUDA tensors; the interpreter is a testing tool, never chosen by itself.
-    on_cuda = all(t.device.type == "cuda" for t in tensors)
-    return "triton" if on_cuda and not reasons else "torch"
+    return "torch" if reasons else "triton"

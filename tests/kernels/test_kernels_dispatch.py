@@ -1,0 +1,79 @@
+"""The kernel dispatcher: backend choice, overrides, clear errors, and no Triton at import (CPU, default suite)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vitorch import kernels as vk
+from vitorch.kernels import dispatch
+
+
+def test_import_vitorch_never_imports_triton():
+    code = "import sys, vitorch, vitorch.kernels; vitorch.kernels.logsumexp(__import__('torch').zeros(3, 2)); "
+    code += "print('triton' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_auto_sends_cpu_tensors_to_the_reference(monkeypatch):
+    # Even under the interpreter, "auto" never interprets: that is a testing tool.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(4, 3, dtype=torch.float32)
+    assert dispatch.choose("op", x) == "torch"
+    assert dispatch.choose("op", x, backend="torch") == "torch"
+
+
+def test_forcing_triton_where_it_cannot_run_lists_every_reason(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(vk.KernelUnavailableError) as err:
+        dispatch.choose("my_op", x, backend="triton", limits=["D = 9999 exceeds 128"])
+    msg = str(err.value)
+    assert "my_op" in msg and "TRITON_INTERPRET=1" in msg and "float64" in msg and "D = 9999" in msg
+    # Through a public op as well.
+    with pytest.raises(vk.KernelUnavailableError, match="logsumexp"):
+        vk.logsumexp(x, backend="triton")
+
+
+def test_missing_triton_falls_back_or_raises_with_the_reason(monkeypatch):
+    monkeypatch.setattr(dispatch, "_triton", (False, "triton is not importable (ModuleNotFoundError: no triton)"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(5, 2, dtype=torch.float32)
+    assert dispatch.choose("op", x) == "torch"
+    with pytest.raises(vk.KernelUnavailableError, match="ModuleNotFoundError"):
+        dispatch.choose("op", x, backend="triton")
+
+
+def test_context_manager_nests_restores_and_yields_to_the_argument(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = torch.randn(3, 2, dtype=torch.float32)
+    assert vk.current_backend() == "auto"
+    with vk.backend("triton"):
+        assert vk.current_backend() == "triton"
+        with pytest.raises(vk.KernelUnavailableError):
+            dispatch.choose("op", x)
+        assert dispatch.choose("op", x, backend="torch") == "torch"  # the argument wins
+        with vk.backend("torch"):
+            assert dispatch.choose("op", x) == "torch"
+        assert vk.current_backend() == "triton"
+    assert vk.current_backend() == "auto"
+
+
+def test_unknown_backend_is_a_value_error():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with vk.backend("cuda"):
+            pass
+    with pytest.raises(ValueError, match="'numba'"):
+        vk.logsumexp(torch.zeros(2, 2), backend="numba")
+
+
+def test_op_dtype_lists_differ():
+    """Gamma accepts float64 (it computes in float64); the others take float32 and half precision."""
+    from vitorch.kernels import gamma
+
+    assert torch.float64 in gamma._DTYPES and torch.float16 not in gamma._DTYPES
+    assert torch.float64 not in dispatch.KERNEL_DTYPES and torch.float16 in dispatch.KERNEL_DTYPES
