@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Run the test suite on a fresh machine: creates .venv, installs torch (CPU), vitorch[dev,gpu], runs pytest.
+# Run the test suite on a fresh machine: creates .venv, installs torch (CPU), vitorch[dev,gpu,examples], runs pytest.
 # Step 1: the default suite (pytest -n 2; long checks are marked slow and excluded).
 # Step 2: Triton kernel parity tests on the CPU under the Triton interpreter.
-# Extra arguments go to step 1's pytest (e.g. scripts/test.sh -m slow).
-source "$(dirname "$0")/_env.sh" dev,gpu
+# Step 3: every example script with --quick (smoke runs: finishes, writes figures, prints JSON).
+# Extra arguments replace the steps with one pytest run (e.g. scripts/test.sh -m slow).
+source "$(dirname "$0")/_env.sh" dev,gpu,examples
 export OMP_NUM_THREADS=1
-python -m pytest -n 2 -q "$@"
-if [ "$#" -eq 0 ]; then
-    # exit code 5 means "no tests collected" (no kernels yet), which is not a failure
-    TRITON_INTERPRET=1 python -m pytest -n 2 -q -m triton tests || [ "$?" -eq 5 ]
+if [ "$#" -gt 0 ]; then
+    exec python -m pytest -n 2 -q "$@"
 fi
+python -m pytest -n 2 -q
+# exit code 5 means "no tests collected", which is not a failure
+TRITON_INTERPRET=1 python -m pytest -n 2 -q -m triton tests || [ "$?" -eq 5 ]
+python -m pytest -n 2 -q -m examples tests/test_examples.py

@@ -1,0 +1,42 @@
+"""Smoke runs of every example: ``--quick`` finishes, writes its figures, ends with a JSON line.
+
+Marked ``examples`` (excluded from the default run; ``scripts/test.sh`` runs them as a
+separate step) so that no example breaks silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+
+@pytest.mark.examples
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
+def test_example_quick_run(script, tmp_path):
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    metrics = json.loads(lines[-1])
+    assert isinstance(metrics, dict) and metrics
+    figures = list(tmp_path.rglob("*.png"))
+    assert figures, f"{script.name} wrote no PNG under --out"
+
+
+def test_every_example_is_smoke_tested():
+    assert EXAMPLES and all(p.suffix == ".py" for p in EXAMPLES)
