@@ -118,10 +118,13 @@ def test_correction_term_matters_at_boost_zero_and_small_concentration():
     # At alpha = 1 with B = 0 the reparameterization part alone is biased for E[log z]
     # (Naesseth et al., 2017, Fig. 1): its mean is detectably (> Z standard errors) off the
     # analytic gradient, while the full RSVI gradient is not, and the correction's own
-    # mean is detectably nonzero.
+    # mean is detectably nonzero.  Power: the bias is 0.266 with per-draw sds 1.80 (pathwise)
+    # and 5.38 (correction), measured on 4e5 draws; at n = 60,000 the expected z-scores are
+    # 36 and 12, so missing either by falling under Z = 5.2 has probability below 1e-11.
+    n = 60000
     params = {"concentration": torch.tensor([1.0]), "rate": torch.tensor([1.0])}
     make = lambda **p: RSVIGamma(**p, boost=0)  # noqa: E731
-    leaves = {k: v.expand(N, 1).clone().requires_grad_() for k, v in params.items()}
+    leaves = {k: v.expand(n, 1).clone().requires_grad_() for k, v in params.items()}
     z, _, log_corr = make(**leaves).rsample_with_correction()
     a = leaves["concentration"]
     pathwise = torch.autograd.grad(torch.log(z).sum(), a, retain_graph=True)[0]
@@ -129,7 +132,7 @@ def test_correction_term_matters_at_boost_zero_and_small_concentration():
     target = torch.polygamma(1, torch.tensor(1.0))
 
     def z_score(g, t):
-        return ((g.mean() - t) / (g.std() / math.sqrt(N))).abs().item()
+        return ((g.mean() - t) / (g.std() / math.sqrt(n))).abs().item()
 
     assert z_score(pathwise, target) > Z
     assert z_score(correction, 0.0) > Z
