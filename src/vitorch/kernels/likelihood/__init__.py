@@ -44,13 +44,13 @@ def bernoulli_log_lik(x: Tensor, logits: Tensor, *, backend: str | None = None) 
     return LogLik.apply(x, logits, logits, shape, False)
 
 
-def gaussian_log_lik(x: Tensor, mean: Tensor, scale: Tensor, *, backend: str | None = None) -> Tensor:
+def gaussian_log_lik(x: Tensor, mean: Tensor, scale: Tensor | float, *, backend: str | None = None) -> Tensor:
     """``sum_d log N(x_d | mean_d, scale_d^2)`` with ``x``, ``mean``, ``scale`` broadcast together.
 
     Args:
         x: data, e.g. ``[B, D]``.
         mean: decoder means, e.g. ``[K, B, D]``.
-        scale: positive standard deviations, e.g. ``[K, B, D]``, ``[D]`` or ``[]``.
+        scale: positive standard deviations, e.g. ``[K, B, D]``, ``[D]``, ``[]`` or a float.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
 
     Returns:
@@ -59,6 +59,8 @@ def gaussian_log_lik(x: Tensor, mean: Tensor, scale: Tensor, *, backend: str | N
     Raises:
         ValueError: if the shapes do not broadcast.
     """
+    if not isinstance(scale, Tensor):
+        scale = torch.as_tensor(scale, dtype=mean.dtype, device=mean.device)
     shape = _broadcast("gaussian_log_lik", x=x, mean=mean, scale=scale)
     if dispatch.choose("gaussian_log_lik", x, mean, scale, backend=backend) == "torch":
         return reference.gaussian_log_lik(x, mean, scale)
