@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.distributions import constraints
+from torch.distributions import constraints, register_kl
 
 from . import _rsvi
 from .base import Family, broadcast_params
 from .constraints import positive_finite
+from .dirichlet import dirichlet_kl
 from .gamma import as_param, implicit_log_standard_gamma
 
 __all__ = ["Beta", "RSVIBeta"]
@@ -166,3 +167,13 @@ class RSVIBeta(_BetaBase):
     def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
         z, log_q, _ = self.rsample_with_correction(sample_shape)
         return z, log_q
+
+
+def _kl_beta(q, p) -> Tensor:
+    """``KL(Beta(a1, b1) || Beta(a2, b2))``: the two-component Dirichlet formula."""
+    both = lambda d: torch.stack([d.concentration1, d.concentration0], -1)  # noqa: E731
+    return dirichlet_kl(both(q), both(p))
+
+
+for _q, _p in ((_BetaBase, _BetaBase), (_BetaBase, torch.distributions.Beta), (torch.distributions.Beta, _BetaBase)):
+    register_kl(_q, _p)(_kl_beta)

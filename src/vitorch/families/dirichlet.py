@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.distributions import constraints
+from torch.distributions import constraints, register_kl
 
 from . import _rsvi
 from .base import Family
 from .constraints import positive_finite_vector
 from .gamma import as_param, clamp_tiny, implicit_log_standard_gamma
 
-__all__ = ["Dirichlet", "RSVIDirichlet", "dirichlet_log_prob"]
+__all__ = ["Dirichlet", "RSVIDirichlet", "dirichlet_log_prob", "dirichlet_kl"]
 
 
 def dirichlet_log_prob(concentration: Tensor, value: Tensor) -> Tensor:
@@ -162,3 +162,23 @@ class RSVIDirichlet(_DirichletBase):
     def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
         z, log_q, _ = self.rsample_with_correction(sample_shape)
         return z, log_q
+
+
+def dirichlet_kl(a: Tensor, b: Tensor) -> Tensor:
+    """``KL(Dir(a) || Dir(b))`` reducing the last dimension:
+    ``lgamma(a0) - sum lgamma(a) - lgamma(b0) + sum lgamma(b) + sum (a - b)(digamma(a) - digamma(a0))``."""
+    a0, b0 = a.sum(-1), b.sum(-1)
+    log_ratio = torch.lgamma(a0) - torch.lgamma(a).sum(-1) - torch.lgamma(b0) + torch.lgamma(b).sum(-1)
+    return log_ratio + ((a - b) * (torch.digamma(a) - torch.digamma(a0).unsqueeze(-1))).sum(-1)
+
+
+def _kl_dirichlet(q, p) -> Tensor:
+    return dirichlet_kl(q.concentration, p.concentration)
+
+
+for _q, _p in (
+    (_DirichletBase, _DirichletBase),
+    (_DirichletBase, torch.distributions.Dirichlet),
+    (torch.distributions.Dirichlet, _DirichletBase),
+):
+    register_kl(_q, _p)(_kl_dirichlet)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
-from torch.distributions import constraints
+from torch.distributions import constraints, register_kl
 
 from . import _rsvi
 from .base import Family, broadcast_params
@@ -265,3 +265,25 @@ class RSVIGamma(_GammaBase):
     def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
         z, log_q, _ = self.rsample_with_correction(sample_shape)
         return z, log_q
+
+
+def _kl_gamma(q, p) -> Tensor:
+    """``KL(Gamma(a1, b1) || Gamma(a2, b2)) = (a1 - a2) digamma(a1) - lgamma(a1) + lgamma(a2)
+    + a2 (log b1 - log b2) + a1 (b2 - b1) / b1``, ``[*batch]``."""
+    a1, b1, a2, b2 = q.concentration, q.rate, p.concentration, p.rate
+    return (
+        (a1 - a2) * torch.digamma(a1)
+        - torch.lgamma(a1)
+        + torch.lgamma(a2)
+        + a2 * (torch.log(b1) - torch.log(b2))
+        + a1 * (b2 - b1) / b1
+    )
+
+
+# Closed-form KL for every pair with a vitorch Gamma on at least one side (torch's Gamma on the other).
+for _q, _p in (
+    (_GammaBase, _GammaBase),
+    (_GammaBase, torch.distributions.Gamma),
+    (torch.distributions.Gamma, _GammaBase),
+):
+    register_kl(_q, _p)(_kl_gamma)
