@@ -69,3 +69,22 @@ def test_skip_gives_up_after_too_many_in_a_row():
     with pytest.raises(NonFiniteError, match="4 consecutive non-finite steps"):
         fit(model, regression_data(40), steps=20, batch_size=4, on_nonfinite="skip", max_consecutive_skips=3,
             progress=False)  # fmt: skip
+
+
+class Huge(torch.nn.Module):
+    """float32 gradients of 1e20 per entry: finite, but their squared norm overflows."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(4, dtype=torch.float32))
+
+    def forward(self, x):
+        return 1e20 * self.w.sum() + 0 * x.sum()
+
+
+def test_finite_gradients_whose_norm_overflows_are_not_an_error():
+    model = Huge()
+    hist = fit(model, torch.zeros(4, 1), steps=2, batch_size=4, optimizer=lambda ps: torch.optim.SGD(ps, lr=1e-20),
+               progress=False)  # fmt: skip
+    assert hist.skipped == 0 and [r["skipped"] for r in hist.steps] == [0, 0]
+    assert torch.allclose(model.w.detach(), torch.full((4,), -2.0))  # two SGD steps of lr * 1e20

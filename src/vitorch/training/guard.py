@@ -2,9 +2,10 @@
 
 A NaN or infinite loss or gradient never reaches the optimizer: the step either
 stops the run with :class:`NonFiniteError` naming the step and the parameters whose
-gradients are not finite, or is skipped and counted.  The cheap path is one
-max-norm over all gradients (finite exactly when every entry is); the per-parameter
-search runs only after a failure.
+gradients are not finite, or is skipped and counted.  The cheap path is one fused
+2-norm over all gradients (non-finite whenever an entry is; a max-norm would be exact
+but costs ~15x more on CPU); the per-parameter search runs only after an alarm, and a
+finite gradient whose squared norm merely overflowed passes it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from torch.nn.utils import get_total_norm
 
 from .distributed import Topology, all_reduce
 
-__all__ = ["NonFiniteError", "nonfinite_flags", "describe_nonfinite", "split_output", "evaluate"]
+__all__ = [
+    "NonFiniteError",
+    "nonfinite_flags",
+    "nonfinite_parameters",
+    "describe_nonfinite",
+    "split_output",
+    "evaluate",
+]
 
 
 class NonFiniteError(FloatingPointError):
@@ -41,14 +49,14 @@ def split_output(out) -> tuple[Tensor, Tensor | None]:
 
 
 def nonfinite_flags(loss: Tensor, params: list[Tensor]) -> Tensor:
-    """``[2]`` float64: (loss not finite, some gradient entry not finite), no host sync."""
+    """``[3]`` float64: (loss not finite, gradient norm not finite, gradient 2-norm), no host sync."""
     grads = [p.grad for p in params if p.grad is not None]
-    gmax = get_total_norm(grads, norm_type=math.inf) if grads else torch.zeros((), device=loss.device)
-    return torch.stack([~torch.isfinite(loss.detach()), ~torch.isfinite(gmax)]).to(torch.float64)
+    norm = get_total_norm(grads, norm_type=2.0) if grads else torch.zeros((), device=loss.device)
+    return torch.stack([~torch.isfinite(loss.detach()), ~torch.isfinite(norm), norm.to(loss.device)]).to(torch.float64)
 
 
-def describe_nonfinite(model: nn.Module, loss: float, step: int, epoch: int, batch: int) -> str:
-    """The error text: where it happened, the loss, and every parameter with a bad gradient."""
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """``"name (n NaN and m inf of k entries)"`` for every parameter with a non-finite gradient."""
     bad = []
     for name, p in model.named_parameters():
         if p.grad is None:
@@ -57,6 +65,11 @@ def describe_nonfinite(model: nn.Module, loss: float, step: int, epoch: int, bat
         n_nan, n_inf = int(torch.isnan(g).sum()), int(torch.isinf(g).sum())
         if n_nan or n_inf:
             bad.append(f"{name} ({n_nan} NaN and {n_inf} inf of {g.numel()} entries)")
+    return bad
+
+
+def describe_nonfinite(bad: list[str], loss: float, step: int, epoch: int, batch: int) -> str:
+    """The error text: where it happened, the loss, and every parameter with a bad gradient."""
     where = f"step {step} (epoch {epoch}, batch {batch})"
     if not math.isfinite(loss):
         head = f"non-finite loss {loss} at {where}"

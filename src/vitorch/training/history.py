@@ -24,7 +24,7 @@ class History:
         steps: one dict per optimizer step (attempted update): ``step`` (1-based),
             ``epoch`` (0-based), ``loss``, ``bound`` (mean over the batch, when the model
             returns a :class:`vitorch.LossOutput`), ``lr`` (first parameter group),
-            ``grad_norm`` (when clipping by norm), ``skipped`` (1 if a non-finite step
+            ``grad_norm`` (2-norm of all gradients before clipping), ``skipped`` (1 if a non-finite step
             was skipped) and ``time`` (seconds since the run started; not reproducible).
         evals: one dict per evaluation: ``step``, ``epoch`` and the evaluation metrics.
         best_step: step of the best monitored evaluation, or ``None``.

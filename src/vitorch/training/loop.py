@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import epoch_sampler, loader_generators, make_eval_loader, make_loader, to_device
-from .guard import NonFiniteError, describe_nonfinite, evaluate, nonfinite_flags, split_output
+from .guard import NonFiniteError, describe_nonfinite, evaluate, nonfinite_flags, nonfinite_parameters, split_output
 from .history import History
 from .options import FitOptions
 from .rng import capture_rng, generator_states, restore_generators, restore_rng
@@ -243,16 +243,20 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         loss, bound = split_output(self.forward(to_device(batch, self.device)))
         loss.backward()
-        flags = ddp.all_reduce(nonfinite_flags(loss, self.params), topo, op="max")
-        bound_mean = bound.detach().mean().to(torch.float64) if bound is not None else flags.new_tensor(float("nan"))
-        stats = torch.cat([torch.stack([loss.detach().to(torch.float64), bound_mean]), flags])
-        loss_v, bound_v, loss_bad, grad_bad = stats.tolist()  # the step's only host sync
+        check = nonfinite_flags(loss, self.params)
+        flags = ddp.all_reduce(check[:2].clone(), topo, op="max")  # every rank must take the same branch
+        bound_mean = bound.detach().mean().to(torch.float64) if bound is not None else check.new_tensor(float("nan"))
+        stats = torch.cat([torch.stack([loss.detach().to(torch.float64), bound_mean]), flags, check[2:]])
+        loss_v, bound_v, loss_bad, grad_bad, grad_norm = stats.tolist()  # the step's only host sync
         record = {"step": self.step, "epoch": self.epoch, "loss": loss_v}
         if bound is not None:
             record["bound"] = bound_v
         record["lr"] = float(self.optimizer.param_groups[0]["lr"])
-        if loss_bad or grad_bad:
-            message = describe_nonfinite(self.model, loss_v, self.step, self.epoch, self.batch)
+        record["grad_norm"] = grad_norm
+        # An alarm with no bad entry is a squared norm that overflowed on finite gradients.
+        bad_params = nonfinite_parameters(self.model) if grad_bad else []
+        if loss_bad or bad_params:
+            message = describe_nonfinite(bad_params, loss_v, self.step, self.epoch, self.batch)
             if opt.on_nonfinite == "raise":
                 raise NonFiniteError(message)
             self.optimizer.zero_grad(set_to_none=True)
@@ -268,8 +272,10 @@ class Run:
             self.consecutive_skips = 0
             if opt.clip_grad_value is not None:
                 nn.utils.clip_grad_value_(self.params, opt.clip_grad_value)
-            if opt.clip_grad_norm is not None:
-                record["grad_norm"] = float(nn.utils.clip_grad_norm_(self.params, opt.clip_grad_norm))
+            if opt.clip_grad_norm is not None and opt.clip_grad_value is not None:
+                nn.utils.clip_grad_norm_(self.params, opt.clip_grad_norm)  # the norm changed: recompute
+            elif opt.clip_grad_norm is not None:  # reuse the norm the guard computed
+                nn.utils.clip_grads_with_norm_(self.params, opt.clip_grad_norm, check[2].to(self.params[0].dtype))
             self.optimizer.step()
             if self.scheduler is not None and opt.scheduler_interval == "step" and not self._plateau():
                 self.scheduler.step()
