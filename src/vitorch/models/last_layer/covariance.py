@@ -213,21 +213,30 @@ class LowRank(WeightPosterior):
 
 
 class _Cholesky(WeightPosterior):
-    """Shared storage of a lower-triangular factor: strict lower part plus log-diagonal."""
+    """A lower-triangular factor stored in one ``[O, D, D]`` parameter ``raw``.
+
+    The strict lower triangle of ``raw`` is the factor's; its diagonal holds the log of
+    the factor's diagonal (kept positive by ``exp``).  One tensor instead of two halves
+    the optimizer's per-parameter work for the factor.
+    """
 
     def __init__(self, out_features: int, in_features: int, init_log_diag: float, init_mean_scale: float):
         super().__init__(out_features, in_features, 1.0, init_mean_scale)
-        self.log_diag = nn.Parameter(torch.full((out_features, in_features), init_log_diag))
-        self.off_diag = nn.Parameter(torch.zeros(out_features, in_features, in_features))
+        self.raw = nn.Parameter(torch.diag_embed(torch.full((out_features, in_features), init_log_diag)))
+
+    @property
+    def log_diag(self) -> Tensor:
+        """``[O, D]`` log-diagonal of the factor: a view of ``raw`` (in-place edits write through)."""
+        return self.raw.diagonal(dim1=-2, dim2=-1)
 
     def tril(self) -> Tensor:
         """The lower-triangular factor with positive diagonal, ``[O, D, D]``."""
-        return self.off_diag.tril(-1) + torch.diag_embed(self.log_diag.exp())
+        return self.raw.tril(-1) + torch.diag_embed(self.log_diag.exp())
 
     def _set_tril(self, tril: Tensor) -> None:
         with torch.no_grad():
+            self.raw.copy_(tril.tril(-1))
             self.log_diag.copy_(tril.diagonal(dim1=-2, dim2=-1).log())
-            self.off_diag.copy_(tril.tril(-1))
 
 
 class Dense(_Cholesky):

@@ -158,7 +158,7 @@ class VBLLRegression(nn.Module):
             )
             w = self.weights
             return dense_regression_loss(
-                phi, y, w.mean, w.log_diag, w.off_diag, self.log_noise_variance, self.prior_scale**2, num_data, a, psi
+                phi, y, w.mean, w.raw, self.log_noise_variance, self.prior_scale**2, num_data, a, psi
             )
         expected, kl = self._data_terms(phi, y)
         return -(expected.mean() + (self.noise_log_prior() - kl) / num_data)
