@@ -87,4 +87,4 @@ def test_finite_gradients_whose_norm_overflows_are_not_an_error():
     hist = fit(model, torch.zeros(4, 1), steps=2, batch_size=4, optimizer=lambda ps: torch.optim.SGD(ps, lr=1e-20),
                progress=False)  # fmt: skip
     assert hist.skipped == 0 and [r["skipped"] for r in hist.steps] == [0, 0]
-    assert torch.allclose(model.w.detach(), torch.full((4,), -2.0))  # two SGD steps of lr * 1e20
+    assert torch.allclose(model.w.detach(), torch.full((4,), -2.0, dtype=torch.float32))  # two steps of lr * 1e20
