@@ -31,7 +31,9 @@ def _slice(elems: Elems, s: slice) -> Elems:
 def _interleave(even: Elems, odd: Elems, n: int) -> Elems:
     out = []
     for a, b in zip(even, odd):
-        full = a.new_empty((n,) + tuple(torch.broadcast_shapes(a.shape[1:], b.shape[1:])))
+        # torch.broadcast_shapes is pure Python and shows up in profiles; shapes usually agree.
+        shape = a.shape[1:] if a.shape[1:] == b.shape[1:] else torch.broadcast_tensors(a[:1], b[:1])[0].shape[1:]
+        full = a.new_empty((n, *shape))
         full[0::2] = a
         full[1::2] = b
         out.append(full)

@@ -95,7 +95,25 @@ def symmetrize(m: Tensor) -> Tensor:
 
 
 def _mv(m: Tensor, v: Tensor) -> Tensor:
-    return (m @ v.unsqueeze(-1)).squeeze(-1)
+    """``m [..., D, E] @ v [..., E]`` with broadcasting batch dims.
+
+    Matrices here usually carry only the parameters' batch while vectors carry the
+    data's, and ``matmul`` would expand the matrices into one tiny GEMM per series;
+    for ``E <= 4`` a sum of ``E`` broadcast column products is about twice as fast.
+    """
+    E = m.shape[-1]
+    if E <= 4:
+        out = m[..., 0] * v[..., 0:1]
+        for j in range(1, E):
+            out = out + m[..., j] * v[..., j : j + 1]
+        return out
+    return torch.einsum("...ij,...j->...i", m, v)
+
+
+def _whiten(L: Tensor, v: Tensor) -> Tensor:
+    """``L^{-1} v`` for lower-triangular ``L [..., p, p]`` of the parameters' batch and ``v [..., p]``."""
+    eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
+    return _mv(torch.linalg.solve_triangular(L, eye, upper=False), v)
 
 
 def psd_sqrt(cov: Tensor) -> Tensor:
@@ -133,8 +151,7 @@ def update(m: Tensor, P: Tensor, y: Tensor, H: Tensor, R: Tensor) -> tuple[Tenso
     eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
     IKH = eye - K @ H
     P_f = symmetrize(IKH @ P @ IKH.mT + K @ R @ K.mT)
-    w = torch.linalg.solve_triangular(L, v.unsqueeze(-1), upper=False).squeeze(-1)
-    return m_f, P_f, w, L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return m_f, P_f, _whiten(L, v), L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 
 def kalman_filter(
@@ -180,7 +197,7 @@ def kalman_filter(
     if not bool((info == 0).all()):
         raise ValueError("Kalman filter: an innovation covariance H P H^T + R is not positive definite")
     L = align(L, v.dim() + 1, 2)
-    w = torch.linalg.solve_triangular(L, v.unsqueeze(-1), upper=False).squeeze(-1)
+    w = _whiten(L, v)
     hld = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     rank = pm.dim()  # [T, *B, D]; covariances keep the parameters' batch, right-aligned
     observed, w, hld = mask_missing(observed, rank - 1, w, hld)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ._scan import associative_scan
-from .kalman import FilterResult, _mv, align, backward_conditionals, mask_missing, symmetrize, update
+from .kalman import FilterResult, _mv, _whiten, align, backward_conditionals, mask_missing, symmetrize, update
 
 __all__ = ["parallel_kalman_filter", "parallel_rts_smoother"]
 
@@ -116,7 +116,7 @@ def parallel_kalman_filter(
     if not bool((info == 0).all()):
         raise ValueError("parallel Kalman filter: an innovation covariance is not positive definite")
     v = y - _mv(H, pred_means)
-    w = torch.linalg.solve_triangular(L, v.unsqueeze(-1), upper=False).squeeze(-1)
+    w = _whiten(L, v)
     hld = align(L.diagonal(dim1=-2, dim2=-1).log().sum(-1), w.dim() - 1, 0)
     observed, w, hld = mask_missing(observed, w.dim() - 1, w, hld)
     return FilterResult(pred_means, pred_covs, filt_means, filt_covs, w, hld, observed)
