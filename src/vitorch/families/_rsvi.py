@@ -64,6 +64,15 @@ def effective_boost(alpha: Tensor, boost: int) -> Tensor:
     return torch.where(alpha < 1, float(max(boost, 1)), float(boost)).to(alpha.dtype)
 
 
+def _accepts(e: Tensor, u: Tensor, d: Tensor, c: Tensor) -> Tensor:
+    """The Marsaglia-Tsang test ``log u < e^2/2 + d - d v + d log v`` (and ``v > 0``)."""
+    one_plus = 1.0 + c * e
+    ok = one_plus > 0
+    log_v = 3.0 * torch.log(torch.where(ok, one_plus, 1.0))
+    # exp(log v) - 1 - log v >= 0; expm1 keeps the test accurate when v is near one (large a).
+    return ok & (torch.log(u) < 0.5 * e * e - d * (torch.expm1(log_v) - log_v))
+
+
 def marsaglia_tsang_eps(a: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Accepted Marsaglia-Tsang noise for shapes ``a >= 1`` (no gradient).
 
@@ -82,19 +91,16 @@ def marsaglia_tsang_eps(a: Tensor, generator: torch.Generator | None = None) -> 
     flat = a.reshape(-1)
     d = flat - 1.0 / 3.0
     c = torch.rsqrt(9.0 * d)
-    eps = torch.empty_like(flat)
-    proposals = torch.zeros(flat.shape, dtype=torch.int64, device=flat.device)
-    pending = torch.arange(flat.numel(), device=flat.device)
+    # The first round covers every element without gathers; later rounds only the rejected few.
+    eps = torch.randn(flat.shape, dtype=flat.dtype, device=flat.device, generator=generator)
+    u = torch.rand(flat.shape, dtype=flat.dtype, device=flat.device, generator=generator)
+    pending = torch.nonzero(~_accepts(eps, u, d, c)).squeeze(-1)
+    proposals = torch.ones(flat.shape, dtype=torch.int64, device=flat.device)
     while pending.numel() > 0:
         n = pending.numel()
         e = torch.randn(n, dtype=flat.dtype, device=flat.device, generator=generator)
         u = torch.rand(n, dtype=flat.dtype, device=flat.device, generator=generator)
-        dp, cp = d[pending], c[pending]
-        one_plus = 1.0 + cp * e
-        ok = one_plus > 0
-        log_v = 3.0 * torch.log(torch.where(ok, one_plus, 1.0))
-        # exp(log v) - 1 - log v >= 0; expm1 keeps the test accurate when v is near one (large a).
-        accept = ok & (torch.log(u) < 0.5 * e * e - dp * (torch.expm1(log_v) - log_v))
+        accept = _accepts(e, u, d[pending], c[pending])
         proposals[pending] += 1
         eps[pending[accept]] = e[accept]
         pending = pending[~accept]
