@@ -256,3 +256,10 @@ class _VectorLoss(torch.nn.Module):
 
     def forward(self, x):
         return x @ self.w
+
+
+def test_distributed_true_without_torchrun_says_how_to_launch(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match="torchrun --nproc_per_node"):
+        fit(Regression(), regression_data(8), steps=1, distributed=True, progress=False)
