@@ -275,7 +275,7 @@ def log_likelihood(args, x, test, d):
             step()
         results[name] = time.perf_counter() - t0
     # Score the hand-written networks with the same evaluator: wrap them as a VAE.
-    hand = vae.VAE(vae.GaussianEncoder(nn.Identity(), d, LATENT), net.dec, latent_dim=LATENT)
+    hand = vae.VAE(vae.GaussianEncoder(None, d, LATENT), net.dec, latent_dim=LATENT)
     hand.encoder.head.net = net.enc
     xt = test[: args.ll_images]
     ll = {

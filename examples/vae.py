@@ -64,21 +64,19 @@ def load_data(name: str, quick: bool, dtype=torch.float32):
 
 def build(args, data_dim: int, side: int) -> zoo.VAE:
     """The model the command line asks for: a named recipe, or objective x estimator x K."""
-    shape = dict(image_shape=(1, side, side)) if args.arch == "conv" else dict(hidden=tuple(args.hidden))
-    common = dict(latent_dim=args.latent, **shape)
     if args.recipe:
-        return zoo.RECIPES[args.recipe](data_dim, **common)
-    return (
-        zoo.VAE.mlp(data_dim, posterior=args.posterior, **common, **_options(args))
-        if args.arch == "mlp"
-        else (zoo.VAE.conv((1, side, side), latent_dim=args.latent, posterior=args.posterior, **_options(args)))
+        shape = dict(image_shape=(1, side, side)) if args.arch == "conv" else dict(hidden=tuple(args.hidden))
+        return zoo.RECIPES[args.recipe](data_dim, latent_dim=args.latent, **shape)
+    options = dict(
+        objective=OBJECTIVES[args.objective](args),
+        estimator=ESTIMATORS[args.estimator](),
+        num_particles=args.K,
+        latent_dim=args.latent,
+        posterior=args.posterior,
     )
-
-
-def _options(args) -> dict:
-    return dict(
-        objective=OBJECTIVES[args.objective](args), estimator=ESTIMATORS[args.estimator](), num_particles=args.K
-    )
+    if args.arch == "conv":
+        return zoo.VAE.conv((1, side, side), **options)
+    return zoo.VAE.mlp(data_dim, hidden=tuple(args.hidden), **options)
 
 
 def save_figures(model, history, test, side, out: pathlib.Path) -> None:
@@ -118,7 +116,7 @@ def main(argv=None) -> dict:
     p.add_argument("--beta", type=float, default=0.5, help="ciwae's beta")
     p.add_argument("--alpha", type=float, default=0.5, help="renyi's alpha")
     p.add_argument("--arch", choices=["mlp", "conv"], default="mlp")
-    p.add_argument("--posterior", choices=["diag", "iaf"], default="diag")
+    p.add_argument("--posterior", choices=["diag", "iaf", "dirichlet"], default="diag")
     p.add_argument("--hidden", type=int, nargs="+", default=[200, 200])
     p.add_argument("--latent", type=int, default=50)
     p.add_argument("--epochs", type=int, default=10)

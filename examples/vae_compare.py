@@ -98,7 +98,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ll-particles", type=int, default=5000)
     p.add_argument("--test-images", type=int, default=1000)
-    p.add_argument("--only", nargs="+", default=None, help="recipes to run (names as in vae.RECIPES)")
+    p.add_argument("--only", nargs="+", default=None, choices=sorted(zoo.RECIPES), help="recipes to run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core box)")
     p.add_argument("--quick", action="store_true", help="digits, 150 steps, K=10 rows, K=100 test")
@@ -132,13 +132,16 @@ def main(argv=None) -> list[dict]:
         torch.manual_seed(args.seed + 1)
         metrics = zoo.evaluate(model, test, num_particles=args.ll_particles)
         rows.append(dict(name=name, recipe=recipe, train_seconds=seconds, **metrics))
+        # Rewritten after every model, so a long run that is cut short keeps its finished rows.
+        table_path.parent.mkdir(parents=True, exist_ok=True)
+        table_path.write_text(table(rows, args))
         print(
             f"{name:32s} LL {metrics['log_likelihood']:9.2f}  ELBO {metrics['elbo']:9.2f}  "
             f"KL {metrics['kl']:7.2f}  AU {metrics['active_units']:3d}  ({seconds:.0f} s)",
             flush=True,
         )
-    table_path.parent.mkdir(parents=True, exist_ok=True)
-    table_path.write_text(table(rows, args))
+    if not rows:
+        p.error(f"--only {args.only} selects none of the compared recipes")
     figure(rows, out / "comparison.png")
     print(f"table: {table_path}; figure: {out / 'comparison.png'}")
     print(json.dumps({r["name"]: round(r["log_likelihood"], 3) for r in rows}))

@@ -158,7 +158,7 @@ class VAE(nn.Module):
         likelihood = likelihood if likelihood is not None else Bernoulli()
         decoder = MLPDecoder(latent_dim, (data_dim,), tuple(reversed(hidden)), likelihood.params_per_entry, activation)
         if posterior == "diag":
-            encoder = GaussianEncoder(nn.Identity(), data_dim, latent_dim, hidden, activation)
+            encoder = GaussianEncoder(None, data_dim, latent_dim, hidden, activation)
         else:
             trunk = nn.Sequential(*list(_trunk(data_dim, hidden, activation)))
             encoder = _other_encoder(posterior, trunk, hidden[-1] if hidden else data_dim, latent_dim, num_flows)

@@ -175,9 +175,9 @@ class GaussianEncoder(nn.Module):
     """``x -> DiagNormal``: a feature network followed by :class:`~vitorch.DiagNormalHead`.
 
     Args:
-        features: ``x [B, *event] -> [B, F]`` (``nn.Identity()`` with ``feature_dim``
-            the data size gives the plain MLP encoder, the head's ``hidden`` layers
-            doing the work).
+        features: ``x [B, *event] -> [B, F]``, or ``None`` to feed ``x [B, F]`` to the
+            head directly (the plain MLP encoder, the head's ``hidden`` layers doing
+            the work).
         feature_dim: ``F``.
         latent_dim: ``D``.
         hidden: hidden widths inside the head.
@@ -186,7 +186,7 @@ class GaussianEncoder(nn.Module):
 
     def __init__(
         self,
-        features: nn.Module,
+        features: nn.Module | None,
         feature_dim: int,
         latent_dim: int,
         hidden: Sequence[int] = (),
@@ -199,7 +199,8 @@ class GaussianEncoder(nn.Module):
         self.latent_dim = latent_dim
 
     def forward(self, x: Tensor):
-        return self.head(self.features(x))
+        # No identity module in the hot path: one Python call fewer per step.
+        return self.head(x if self.features is None else self.features(x))
 
 
 class IAFEncoder(nn.Module):
