@@ -148,3 +148,15 @@ def test_boost_is_raised_to_one_below_concentration_one():
     _, _, proposals = _rsvi.log_standard_gamma(torch.full((N,), 0.5), 0)
     r = _rsvi.acceptance_rate(torch.tensor(1.5))
     assert abs(proposals.double().mean() - 1 / r) <= Z * torch.sqrt((1 - r) / r**2 / N)
+
+
+@pytest.mark.parametrize("cls", [RSVIGamma, Gamma])
+@pytest.mark.parametrize("bad", [float("nan"), -1.0])
+def test_unchecked_bad_concentration_gives_nan_instead_of_hanging(bad, cls):
+    # With validate_args=False nothing rejects the parameter, and a rejection sampler that
+    # never accepts would loop forever; the draw is NaN instead, next to good draws.
+    q = cls(torch.tensor([bad, 2.0]), torch.tensor(1.0), validate_args=False)
+    z = q.rsample((5,))
+    assert bool(torch.isnan(z[:, 0]).all()) and bool(torch.isfinite(z[:, 1]).all())
+    if cls is RSVIGamma:  # an infinite shape too (torch's own sampler returns inf there)
+        assert bool(torch.isnan(cls(torch.tensor(float("inf")), 1.0, validate_args=False).rsample()))

@@ -85,7 +85,9 @@ def marsaglia_tsang_eps(a: Tensor, generator: torch.Generator | None = None) -> 
 
     Returns:
         ``eps [*shape]``, accepted noise, and ``proposals [*shape]`` (int64), how many
-        proposals each element used (for acceptance-rate diagnostics).
+        proposals each element used (for acceptance-rate diagnostics).  Elements whose
+        shape is NaN, infinite or below 1/3 (only reachable without parameter
+        validation) get ``eps = NaN`` after one proposal rather than looping forever.
     """
     a = a.detach()
     flat = a.reshape(-1)
@@ -94,7 +96,11 @@ def marsaglia_tsang_eps(a: Tensor, generator: torch.Generator | None = None) -> 
     # The first round covers every element without gathers; later rounds only the rejected few.
     eps = torch.randn(flat.shape, dtype=flat.dtype, device=flat.device, generator=generator)
     u = torch.rand(flat.shape, dtype=flat.dtype, device=flat.device, generator=generator)
-    pending = torch.nonzero(~_accepts(eps, u, d, c)).squeeze(-1)
+    # Unchecked bad shapes (validate_args=False with a NaN or non-positive concentration) would
+    # never be accepted: they get NaN noise at once, so the error shows instead of a hang.
+    bad = ~(torch.isfinite(d) & (d > 0))
+    eps = torch.where(bad, torch.nan, eps)
+    pending = torch.nonzero(~(_accepts(eps, u, d, c) | bad)).squeeze(-1)
     proposals = torch.ones(flat.shape, dtype=torch.int64, device=flat.device)
     while pending.numel() > 0:
         n = pending.numel()
