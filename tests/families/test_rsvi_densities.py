@@ -268,3 +268,26 @@ def test_closed_form_kl_matches_torch_and_monte_carlo(make_q, make_p, torch_cls)
     diff = qm.log_prob(z) - pm.log_prob(z)
     se = diff.std(0) / n**0.5
     assert bool(((diff.mean(0) - expected[mid]).abs() <= Z * se).all())
+
+
+def test_gradcheck_densities_entropies_kl_and_acceptance_density():
+    # TESTING.md family 4: float64 finite differences of every differentiable formula.
+    from torch.autograd import gradcheck
+
+    from vitorch.families import _rsvi
+
+    a = (torch.rand(3) * 3 + 0.2).requires_grad_()
+    b = (torch.rand(3) * 3 + 0.2).requires_grad_()
+    x = (torch.rand(3) * 0.8 + 0.1).requires_grad_()
+    simplex = torch.distributions.Dirichlet(torch.ones(3)).sample((2,)).requires_grad_()
+    for cls in (Gamma, RSVIGamma, Beta, RSVIBeta):
+        assert gradcheck(lambda a, b, x, cls=cls: cls(a, b, validate_args=False).log_prob(x), (a, b, x))
+        assert gradcheck(lambda a, b, cls=cls: cls(a, b).entropy(), (a, b))
+        assert gradcheck(lambda a, b, cls=cls: torch.distributions.kl_divergence(cls(a, b), cls(b, a)), (a, b))
+    for cls in (Dirichlet, RSVIDirichlet):
+        assert gradcheck(lambda c, z, cls=cls: cls(c, validate_args=False).log_prob(z), (a, simplex))
+        assert gradcheck(lambda c, cls=cls: cls(c).entropy(), (a,))
+        assert gradcheck(lambda c, d, cls=cls: torch.distributions.kl_divergence(cls(c), cls(d)), (a, b))
+    eps = torch.randn(3) * 0.5
+    assert gradcheck(lambda s: _rsvi.log_accept_density(eps, s), (a + 1.0,))
+    assert gradcheck(lambda s: _rsvi.log_h(eps, s), (a + 1.0,))
