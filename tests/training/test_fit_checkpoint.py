@@ -80,14 +80,18 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     assert resumed.evals == full.evals and resumed.best_step == full.best_step
 
 
-def test_resume_after_a_step_limit_with_a_user_loader_and_random_transforms(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_after_a_step_limit_with_a_user_loader_and_random_transforms(tmp_path, workers):
     # A DataLoader the user built: shuffled by its own generator, rows perturbed with
-    # torch's global generator (like dynamic binarization), two workers of state to replay.
-    def run(steps, resume=None, seed_loader=True):
+    # torch's generator (like dynamic binarization): the main process's global one, or
+    # with workers each worker's, seeded from a base seed drawn when the epoch starts.
+    def run(steps, resume=None):
         torch.manual_seed(77)
         model = TinyVAE()
-        g = torch.Generator().manual_seed(5) if seed_loader else None
-        loader = torch.utils.data.DataLoader(NoisyRows(gaussian_data(30)), batch_size=8, shuffle=True, generator=g)
+        g = torch.Generator().manual_seed(5)
+        loader = torch.utils.data.DataLoader(
+            NoisyRows(gaussian_data(30)), batch_size=8, shuffle=True, generator=g, num_workers=workers
+        )
         fit(model, loader, steps=steps, lr=0.05, checkpoint_dir=tmp_path / "c", resume=resume, progress=False)
         return state(model)
 
