@@ -9,7 +9,9 @@ from torch.distributions import MultivariateNormal
 from vitorch.models.last_layer import (
     BayesianLinearRegression,
     Dense,
+    DensePrecision,
     Diagonal,
+    LowRank,
     VBLLClassification,
     VBLLGenerativeClassification,
     metrics,
@@ -161,3 +163,40 @@ def test_bad_labels(cls):
         head.elbo(phi, y[:3])
     with pytest.raises(ValueError, match="num_data"):
         head.loss(phi, y, num_data=0)
+
+
+@pytest.mark.parametrize("cov", [Dense, Diagonal, LowRank.with_rank(2), DensePrecision])
+def test_joint_distribution_is_the_block_diagonal_of_the_rows(cov):
+    head = VBLLClassification(D, C, noise_variance=0.0, learn_noise=False, covariance=cov)
+    _perturb(head, 0.3)
+    joint = head.weights.joint_distribution()
+    torch.testing.assert_close(joint.mean, head.weights.mean.flatten())
+    torch.testing.assert_close(joint.covariance_matrix, torch.block_diag(*head.weights.covariance().unbind(0)))
+
+
+@pytest.mark.parametrize("cov", [Dense, Diagonal])
+def test_monte_carlo_bound_through_vt_loss_sits_above_the_jensen_bound(cov):
+    phi, y = _data()
+    head = VBLLClassification(D, C, noise_variance=0.0, learn_noise=False, covariance=cov)
+    _perturb(head, 0.4)
+    K = 4000
+    out = head.mc_loss(phi, y, N, num_particles=K)
+    log_w = out.log_w
+    # log w = log p(y | W) + log p(W) - log q(W): its mean is E_q log p(y | W) - KL
+    w = out.z.detach().view(K, C, D)
+    log_lik = torch.einsum("kcd,nd->knc", w, phi).log_softmax(-1).gather(-1, y.expand(K, N)[..., None]).sum((-2, -1))
+    kl = head.kl().detach()
+    se = (log_w - log_lik).std() / K**0.5
+    assert abs(float(log_w.mean() - (log_lik.mean() - kl))) < Z * float(se)
+    # Jensen's bound is below the sampled ELBO, with power to see the gap
+    se_w = log_w.std() / K**0.5
+    gap = float(log_w.mean() - head.elbo(phi, y).detach())
+    assert gap > Z * float(se_w)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in head.weights.parameters())
+
+
+def test_monte_carlo_bound_needs_the_noise_free_head():
+    phi, y = _data()
+    with pytest.raises(ValueError, match="noise-free"):
+        VBLLClassification(D, C).mc_loss(phi, y, N)

@@ -25,6 +25,10 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
+from ... import estimators as _estimators
+from ... import objectives as _objectives
+from ...loss import LossOutput
+from ...loss import loss as _vt_loss
 from . import _checks
 from .covariance import Dense, WeightPosterior
 from .output import LastLayerOutput
@@ -144,6 +148,46 @@ class VBLLClassification(nn.Module):
         """Predictive ``Categorical`` and the OOD score ``1 - max_k p(k | phi)``."""
         probs = self.predictive_probs(phi)
         return LastLayerOutput(Categorical(probs=probs), ood_score=1 - probs.max(-1).values)
+
+    def mc_loss(
+        self,
+        phi: Tensor,
+        y: Tensor,
+        num_data: int,
+        num_particles: int = 1,
+        objective: _objectives.Objective = _objectives.elbo,
+        estimator: _estimators.Estimator = _estimators.reparam,
+    ) -> LossOutput:
+        """The sampled bound on ``log p(y | Phi)`` through :func:`vitorch.loss`, without Jensen's step.
+
+        Particles are whole weight matrices drawn from ``q(vec W)``
+        (:meth:`~vitorch.models.last_layer.covariance.WeightPosterior.joint_distribution`),
+        since the softmax couples the classes; the log-joint is ``(N/B) sum_batch
+        log softmax(W phi_n)_{y_n} + log p(W)``.  Only for the noise-free head
+        (``noise_variance=0``): logit noise would be a latent variable per datum.
+
+        Returns:
+            :class:`vitorch.LossOutput` whose ``loss`` is on the scale of :meth:`loss`
+            (the bound divided by N) and whose scalar ``bound`` estimates the
+            full-data bound.
+        """
+        phi, y = self._check(phi, y)
+        _checks.num_data(type(self).__name__, num_data, phi.shape[0])
+        if self.learn_noise or bool((self.noise_variance > 0).any()):
+            raise ValueError(
+                f"{type(self).__name__}.mc_loss needs the noise-free head (noise_variance=0, learn_noise=False)"
+            )
+        scale = num_data / phi.shape[0]
+        c, d = self.num_classes, self.in_features
+        prior = torch.distributions.Normal(0.0, self.prior_scale)
+
+        def log_joint(w: Tensor) -> Tensor:
+            logits = torch.einsum("kcd,nd->knc", w.view(-1, c, d), phi)  # [K, B, C]
+            log_lik = logits.log_softmax(-1).gather(-1, y.expand(len(w), -1).unsqueeze(-1)).sum((-2, -1))
+            return scale * log_lik + prior.log_prob(w).sum(-1)
+
+        out = _vt_loss(log_joint, self.weights.joint_distribution(), num_particles, objective, estimator)
+        return LossOutput(loss=out.loss / num_data, bound=out.bound, log_w=out.log_w, z=out.z)
 
     def fit(self, phi: Tensor, y: Tensor, steps: int = 100) -> VBLLClassification:
         """Post hoc fit on frozen features: L-BFGS on ``-(ELBO + log p(sigma))``; returns ``self``."""

@@ -87,6 +87,15 @@ class WeightPosterior(nn.Module):
         """``q(W)`` as a vitorch family with batch shape ``[O]`` and event shape ``[D]``."""
         raise NotImplementedError
 
+    def joint_distribution(self):
+        """``q(vec W)`` as one vitorch family with event shape ``[O * D]`` (rows concatenated).
+
+        For objectives whose likelihood couples the rows (a softmax over classes), where
+        the rows cannot be the batch of the bound.  The covariance is block diagonal.
+        """
+        q = self.distribution()
+        return FullRankNormal(self.mean.flatten(), torch.block_diag(*q.scale_tril.unbind(0)))
+
     def set_posterior(self, mean: Tensor, precision: Tensor) -> None:
         """Move to the member closest in ``KL(q || p)`` to ``p = N(mean [O, D], precision^{-1} [O, D, D])``."""
         raise NotImplementedError
@@ -145,6 +154,9 @@ class Diagonal(WeightPosterior):
     def distribution(self) -> DiagNormal:
         return DiagNormal(self.mean, self.variance().sqrt())
 
+    def joint_distribution(self) -> DiagNormal:
+        return DiagNormal(self.mean.flatten(), self.variance().sqrt().flatten())
+
     def set_posterior(self, mean: Tensor, precision: Tensor) -> None:
         # argmin_q KL(q || N(m, P^{-1})) over diagonal q: mean m, variances 1 / diag(P).
         self._set_mean(mean)
@@ -200,6 +212,11 @@ class LowRank(WeightPosterior):
 
     def distribution(self) -> LowRankNormal:
         return LowRankNormal(self.mean, self.factor, self.log_diag.exp())
+
+    def joint_distribution(self) -> LowRankNormal:
+        return LowRankNormal(
+            self.mean.flatten(), torch.block_diag(*self.factor.unbind(0)), self.log_diag.exp().flatten()
+        )
 
     def set_posterior(self, mean: Tensor, precision: Tensor) -> None:
         # No closed form for the low-rank KL optimum; start next to the mean-field optimum,
