@@ -10,9 +10,9 @@ dispatched to it.  :mod:`.dispatch` picks the backend per call; see
 from __future__ import annotations
 
 from .dispatch import KernelUnavailableError, backend, current_backend, triton_status
+from .gamma import log_standard_gamma
 from .gaussian import diag_normal_rsample_and_log_prob
 from .likelihood import bernoulli_log_lik, gaussian_log_lik
-from .gamma import log_standard_gamma
 from .logweights import logsumexp, normalized_weights
 from .mmd import mmd
 from .planar import planar_stack

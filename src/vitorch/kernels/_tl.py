@@ -12,8 +12,9 @@ import triton
 import triton.language as tl
 from triton.language.random import philox, uint_to_uniform_float
 
-LOG_2PI = 1.8378770664093453
-LOG_WEIGHT_LIMIT = 1e30  # vitorch._logspace.LOG_WEIGHT_LIMIT
+# Globals read inside @triton.jit functions must be constexpr (the compiler refuses plain globals).
+LOG_2PI = tl.constexpr(1.8378770664093453)
+LOG_WEIGHT_LIMIT = tl.constexpr(1e30)  # vitorch._logspace.LOG_WEIGHT_LIMIT
 
 
 @triton.jit

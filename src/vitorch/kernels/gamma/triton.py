@@ -26,8 +26,9 @@ _BLOCK = 256
 
 
 @triton.jit
-def _shape(alpha, B: tl.constexpr):
-    nb = tl.where(alpha < 1.0, tl.maximum(B, 1), B).to(tl.float64)
+def _shape(alpha, B: tl.constexpr, NU: tl.constexpr):
+    # NU = max(B, 1): shapes below one always take at least one augmentation.
+    nb = tl.where(alpha < 1.0, NU, B).to(tl.float64)
     a = alpha + nb
     d = a - 1.0 / 3.0
     c = 1.0 / tl.sqrt(9.0 * d)
@@ -46,11 +47,11 @@ def _forward(alpha_ptr, logx_ptr, eps_ptr, prop_ptr, seed, N, B: tl.constexpr, N
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = idx < N
     alpha = tl.load(alpha_ptr + idx, mask=ok, other=1.0).to(tl.float64)
-    nb, d, c = _shape(alpha, B)
+    nb, d, c = _shape(alpha, B, NU)
     eps = tl.zeros([BLOCK], tl.float64)
     props = tl.zeros([BLOCK], tl.int32)
     pending = ok
-    r = 0
+    r = tl.full([], 0, tl.int32)  # a tensor from the start: the compiler wants loop-carried types fixed
     while tl.max(pending.to(tl.int32), 0) > 0:
         u0, u1, u2, _ = uniforms(seed, idx, r)
         e, _ = pair_uniform_to_normal(u0, u1)
@@ -80,7 +81,7 @@ def _backward(alpha_ptr, eps_ptr, g_ptr, da_ptr, seed, N, B: tl.constexpr, NU: t
     alpha = tl.load(alpha_ptr + idx, mask=ok, other=1.0).to(tl.float64)
     eps = tl.load(eps_ptr + idx, mask=ok, other=0.0).to(tl.float64)
     g = tl.load(g_ptr + idx, mask=ok, other=0.0).to(tl.float64)
-    nb, d, c = _shape(alpha, B)
+    nb, d, c = _shape(alpha, B, NU)
     dlog = 1.0 / d - 1.5 * c * eps / (d * (1.0 + c * eps))
     for i in tl.static_range(NU):
         t = alpha + i

@@ -57,7 +57,8 @@ def _backward(
     dloc = tl.zeros([BLOCK], tl.float32)
     dscale = tl.zeros([BLOCK], tl.float32)
     for k in range(K):
-        idx = k * n.to(tl.int64) + j
+        # tl.cast, not .to: a size of 1 arrives as a specialized constant, not a tensor.
+        idx = tl.cast(k, tl.int64) * tl.cast(n, tl.int64) + j
         eps = tl.randn(seed, idx)
         if HAS_GZ:
             gz = tl.load(gz_ptr + idx, mask=ok, other=0.0).to(tl.float32)

@@ -18,7 +18,9 @@ def _broadcast(name: str, **tensors: Tensor) -> torch.Size:
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items())
         raise ValueError(f"{name}: shapes do not broadcast: {shapes}") from None
     if len(shape) < 1:
-        raise ValueError(f"{name}: inputs need an event dimension D; got shapes {[tuple(t.shape) for t in tensors.values()]}")
+        raise ValueError(
+            f"{name}: inputs need an event dimension D; got shapes {[tuple(t.shape) for t in tensors.values()]}"
+        )
     return shape
 
 
