@@ -119,7 +119,7 @@ def main() -> None:
     setup(args)
     if args.quick:
         lengths, repeats = (100, 200), args.repeats or 1
-        cases = [(16, 200, 2, 1)]
+        cases = [(16, 200, 2, 1), (64, 1_000, 2, 1)]
     else:
         lengths, repeats = (100, 1_000, 10_000), args.repeats or 5
         cases = [(64, 1_000, 2, 1), (16, 10_000, 4, 2), (256, 100, 8, 3)]
