@@ -122,7 +122,7 @@ def grow(module: flows.ConditionalFlow, length: int) -> flows.ConditionalFlow:
 
 def spline_flow(layers: int = 6) -> flows.ConditionalFlow:
     stack = [flows.ElementwiseAffine(2)]
-    stack += [flows.SplineCoupling(2, hidden=(32, 32), swap=bool(i % 2), bins=8, bound=6.0) for i in range(layers)]
+    stack += [flows.SplineCoupling(2, hidden=(64, 64), swap=bool(i % 2), bins=8, bound=6.0) for i in range(layers)]
     return flows.ConditionalFlow(stack)
 
 
@@ -207,10 +207,10 @@ def main():
     # float64: near-singular planar layers make float32 log-determinants (and with them
     # the importance weights) inaccurate; on CPU the small ops here cost the same.
     torch.set_default_dtype(torch.float64)
-    steps = args.steps or (100 if args.quick else 1200)
+    steps = args.steps or (60 if args.quick else 1200)
     particles = 64 if args.quick else 128
     restarts = 1 if args.quick else 3
-    n_eval = 4000 if args.quick else 40_000
+    n_eval = 2000 if args.quick else 40_000
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import NAMES, make
+from flow_cases import NAMES, make
 from torch.distributions import Independent, MultivariateNormal, Normal, TransformedDistribution
 from torch.distributions.transforms import SigmoidTransform, SoftplusTransform
 

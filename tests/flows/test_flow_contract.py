@@ -14,7 +14,7 @@ import io
 
 import pytest
 import torch
-from cases import CONDITIONAL, NAMES, WITH_PARAMS, make
+from flow_cases import CONDITIONAL, NAMES, WITH_PARAMS, make
 from torch.func import functional_call
 
 from vitorch.families.flow import Flow
