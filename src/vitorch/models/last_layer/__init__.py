@@ -4,6 +4,7 @@
   type-II tuning of the prior and noise scales;
 * :class:`VBLLRegression` — deterministic VBLL regression objective, any of the
   weight-posterior parameterizations in :mod:`.covariance`, fixed or learned noise;
+* :class:`VBLLDenseNoiseRegression` — the same with a dense noise covariance across outputs;
 * :class:`VBLLStudentTRegression` — normal-gamma noise precision, Student-t predictive;
 * :class:`VBLLHeteroscedasticRegression` — a second Bayesian layer for the log-variance;
 * :class:`VBLLClassification` — discriminative classification with the Jensen bound;
@@ -19,6 +20,7 @@ from . import metrics
 from .blr import BayesianLinearRegression
 from .classification import VBLLClassification
 from .covariance import Dense, DensePrecision, Diagonal, LowRank, WeightPosterior
+from .dense_noise import VBLLDenseNoiseRegression
 from .generative import VBLLGenerativeClassification
 from .heteroscedastic import VBLLHeteroscedasticRegression
 from .output import LastLayerOutput
@@ -28,6 +30,7 @@ from .student_t import VBLLStudentTRegression
 __all__ = [
     "BayesianLinearRegression",
     "VBLLRegression",
+    "VBLLDenseNoiseRegression",
     "VBLLStudentTRegression",
     "VBLLHeteroscedasticRegression",
     "VBLLClassification",

@@ -103,6 +103,10 @@ class VBLLRegression(nn.Module):
         """``[O]`` diagonal of ``Sigma``."""
         return self.log_noise_variance.exp()
 
+    def _noise_parameter(self) -> Tensor:
+        """The tensor that stores the noise (its changes measure the fit's convergence)."""
+        return self.log_noise_variance
+
     def _check(self, phi: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         owner = type(self).__name__
         _checks.features(owner, phi, self.in_features)
@@ -225,9 +229,9 @@ class VBLLRegression(nn.Module):
             self._closed_form_step(phi, y)
             if not self.learn_noise:
                 break
-            old = self.log_noise_variance.detach().clone()
+            old = self._noise_parameter().detach().clone()
             self._noise_step(phi, y)
-            if bool(((self.log_noise_variance - old).abs() < tol).all()):
+            if bool(((self._noise_parameter() - old).abs() < tol).all()):
                 break
         if not isinstance(self.weights, (Dense, DensePrecision, Diagonal)):
             self._refine(phi, y, refine_steps)
