@@ -37,7 +37,9 @@ def test_every_op_has_a_reference_a_triton_module_and_a_parity_test():
         if not callable(getattr(vk, op, None)):
             missing.append(f"{op}: not exported by vitorch.kernels")
         reference = importlib.import_module(f"vitorch.kernels.{package}.reference")
-        if not any(callable(v) and getattr(v, "__module__", "") == reference.__name__ for v in vars(reference).values()):
+        if not any(
+            callable(v) and getattr(v, "__module__", "") == reference.__name__ for v in vars(reference).values()
+        ):
             missing.append(f"{op}: {package}/reference.py defines no function")
         if not (SRC / package / "triton.py").exists():
             missing.append(f"{op}: {package}/triton.py is missing")
