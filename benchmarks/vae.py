@@ -154,7 +154,12 @@ def pyro_step(pyro, d: int, batches: Batches, K: int):
 
     elbo = Trace_ELBO() if K == 1 else RenyiELBO(alpha=0.0, num_particles=K, vectorize_particles=True)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": LR}), loss=elbo)
-    return (lambda: svi.step(batches())), ("Trace_ELBO" if K == 1 else f"RenyiELBO(alpha=0, K={K})")
+
+    def step():
+        return svi.step(batches())
+
+    step.net = net  # the trained networks, for the log-likelihood comparison
+    return step, ("Trace_ELBO" if K == 1 else f"RenyiELBO(alpha=0, K={K})")
 
 
 def pythae_step(d: int, batches: Batches, K: int):
@@ -263,34 +268,39 @@ def compiled(args, x, d):
         report("vae", f"torch.compile {case}", t["compiled"] / inner, "torch-eager", t["torch"] / inner)
 
 
+def _as_vae(net: HandVAE, d: int) -> vae.VAE:
+    """Hand-written (or Pyro-trained) networks wrapped as a VAE, so one evaluator scores every contestant."""
+    wrapped = vae.VAE(vae.GaussianEncoder(None, d, LATENT), net.dec, latent_dim=LATENT)
+    wrapped.encoder.head.net = net.enc
+    return wrapped
+
+
 def log_likelihood(args, x, test, d):
-    """IWAE test log-likelihood after the same training steps (same batches) for vitorch and torch."""
+    """IWAE test log-likelihood after the same training steps (same batches) for vitorch, torch and Pyro."""
     torch.manual_seed(1)
     model = vae.VAE.mlp(d, LATENT, HIDDEN)
+    contestants = {"vitorch": (vitorch_step(model, Batches(x)), model)}
     net = HandVAE(d)
-    results = {}
-    for name, step in (("vitorch", vitorch_step(model, Batches(x))), ("torch", torch_step(net, Batches(x), 1, ""))):
+    contestants["torch"] = (torch_step(net, Batches(x), 1, ""), _as_vae(net, d))
+    pyro, pyro_skip = try_import("pyro")
+    if pyro is not None:
+        step, _ = pyro_step(pyro, d, Batches(x), 1)
+        contestants["pyro"] = (step, _as_vae(step.net, d))
+    seconds, ll = {}, {}
+    xt = test[: args.ll_images]
+    for name, (step, scored) in contestants.items():
         t0 = time.perf_counter()
         for _ in range(args.ll_steps):
             step()
-        results[name] = time.perf_counter() - t0
-    # Score the hand-written networks with the same evaluator: wrap them as a VAE.
-    hand = vae.VAE(vae.GaussianEncoder(None, d, LATENT), net.dec, latent_dim=LATENT)
-    hand.encoder.head.net = net.enc
-    xt = test[: args.ll_images]
-    ll = {
-        k: float(vae.iwae_log_likelihood(m, xt, num_particles=args.ll_particles).mean())
-        for k, m in (("vitorch", model), ("torch", hand))
-    }
-    report(
-        "vae",
-        f"test LL after {args.ll_steps} steps (K={args.ll_particles}, {len(xt)} images)",
-        results["vitorch"],
-        "torch",
-        results["torch"],
-        vitorch_ll=ll["vitorch"],
-        peer_ll=ll["torch"],
-    )
+        seconds[name] = time.perf_counter() - t0
+        torch.manual_seed(2)
+        ll[name] = float(vae.iwae_log_likelihood(scored, xt, num_particles=args.ll_particles).mean())
+    case = f"test LL after {args.ll_steps} steps, K=1 training (IWAE-{args.ll_particles}, {len(xt)} images)"
+    for peer in ("torch", "pyro"):
+        if peer in ll:
+            report("vae", case, seconds["vitorch"], peer, seconds[peer], vitorch_ll=ll["vitorch"], peer_ll=ll[peer])
+        else:
+            report("vae", case, seconds["vitorch"], peer, None, skipped=pyro_skip)
 
 
 def main():

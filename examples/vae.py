@@ -47,7 +47,7 @@ ESTIMATORS = {
 }
 
 
-def load_data(name: str, quick: bool, dtype=torch.float32):
+def load_data(name: str, quick: bool, dtype: torch.dtype | None = None):
     """``(train ImageData with dynamic binarization, test tensor binarized at 0.5, image side)``."""
     if name == "fashion-mnist":
         train = fashion_mnist("train", binarize="dynamic", dtype=dtype)

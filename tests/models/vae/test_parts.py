@@ -98,6 +98,8 @@ def test_unflattened_images():
             ["analytic_kl needs the reparam estimator", "objectives.elbo"],
         ),
         (dict(kl_weight=-1.0), ["kl_weight \\(beta\\) must be finite"]),
+        (dict(num_particles=0), ["num_particles \\(K\\) must be an integer >= 1"]),
+        (dict(objective=vt.objectives.miwae(3), num_particles=4), ["M=3 does not divide K=4"]),
         (dict(mmd_weight=float("inf"), mmd_kernel="gauss"), ["mmd_weight must be", "mmd_kernel must be"]),
     ],
 )

@@ -108,6 +108,10 @@ class VAE(nn.Module):
             reasons.append(f"kl_weight (beta) must be finite and >= 0; got {kl_weight!r}")
         if not 0.0 <= mmd_weight < math.inf:
             reasons.append(f"mmd_weight must be finite and >= 0; got {mmd_weight!r}")
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+            reasons.append(f"num_particles (K) must be an integer >= 1; got {num_particles!r}")
+        elif isinstance(objective, O.Objective):
+            reasons += objective.reasons(num_particles)  # e.g. MIWAE's M must divide K
         if mmd_kernel not in ("imq", "rbf"):
             reasons.append(f"mmd_kernel must be 'imq' or 'rbf'; got {mmd_kernel!r}")
         if (kl_weight != 1.0 or analytic_kl) and objective is not O.elbo:
