@@ -112,7 +112,7 @@ def reliability_diagram(probs: Tensor, labels: Tensor, path, num_bins: int = 15,
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title((title + "\n" if title else "") + f"ECE = {ece:.4f}")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
