@@ -70,6 +70,8 @@ def read_idx(path: str | os.PathLike, expected_shape: tuple[int | None, ...] | N
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     raw = _read_bytes(path)
+    if len(raw) > _MAX_BYTES:
+        raise ValueError(f"{path}: larger than {_MAX_BYTES} bytes; not an image data set this reader expects")
     if len(raw) < 4:
         raise ValueError(f"{path}: not an IDX file: {len(raw)} bytes, shorter than the 4-byte magic number")
     zero, code, ndim = struct.unpack(">HBB", raw[:4])
