@@ -237,6 +237,25 @@ def test_parity_log_standard_gamma(device, boost, n):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_log_standard_gamma_kernel_bad_shapes_give_nan_not_a_hang(device):
+    require_device(device)
+    alpha = torch.tensor([0.5, 0.0, -1.0, math.nan, 3.0], dtype=torch.float64, device=device)
+    log_x, _, _ = vk.log_standard_gamma(alpha, 0, backend="triton")
+    assert torch.isfinite(log_x[[0, 4]]).all() and torch.isnan(log_x[1:4]).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_log_weights_propagate(device):
+    """NaN is a bug to report: the clamp lets it through, in its column only, as the reference does."""
+    require_device(device)
+    lw = torch.randn(5, 3, device=device, dtype=torch.float32)
+    lw[2, 1] = math.nan
+    lse = vk.logsumexp(lw, backend="triton").cpu()
+    assert torch.isnan(lse[1]) and torch.isfinite(lse[[0, 2]]).all()
+    assert torch.isnan(vk.logsumexp(lw, backend="torch")[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_log_standard_gamma_kernel_draws_are_gamma(device):
     """DKWM on the kernel's draws at a small and a large shape, and accepted noise inside the support."""
     require_device(device)

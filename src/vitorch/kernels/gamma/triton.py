@@ -22,6 +22,9 @@ from triton.language.random import pair_uniform_to_normal
 from .._tl import uniforms
 
 _AUG_STREAM = 2**30
+# Each round accepts with probability >= 0.95 (a >= 1), so a lane still pending after 64 rounds
+# has probability < 1e-83; the cap only turns a bad shape into NaN instead of a hung kernel.
+MAX_ROUNDS = tl.constexpr(64)
 _BLOCK = 256
 
 
@@ -50,9 +53,11 @@ def _forward(alpha_ptr, logx_ptr, eps_ptr, prop_ptr, seed, N, B: tl.constexpr, N
     nb, d, c = _shape(alpha, B, NU)
     eps = tl.zeros([BLOCK], tl.float64)
     props = tl.zeros([BLOCK], tl.int32)
-    pending = ok
+    # A shape that is not positive (or NaN) never accepts: leave it out and return NaN, never loop forever.
+    valid = alpha > 0
+    pending = ok & valid
     r = tl.full([], 0, tl.int32)  # a tensor from the start: the compiler wants loop-carried types fixed
-    while tl.max(pending.to(tl.int32), 0) > 0:
+    while (tl.max(pending.to(tl.int32), 0) > 0) & (r < MAX_ROUNDS):
         u0, u1, u2, _ = uniforms(seed, idx, r)
         e, _ = pair_uniform_to_normal(u0, u1)
         e = e.to(tl.float64)
@@ -68,6 +73,7 @@ def _forward(alpha_ptr, logx_ptr, eps_ptr, prop_ptr, seed, N, B: tl.constexpr, N
     log_x = tl.log(d) + 3.0 * tl.log(1.0 + c * eps)
     for i in tl.static_range(NU):
         log_x += tl.where(i < nb, _log_u(seed, idx, i, AUG) / (alpha + i), 0.0)
+    log_x = tl.where(valid & ~pending, log_x, float("nan"))
     tl.store(logx_ptr + idx, log_x.to(logx_ptr.dtype.element_ty), mask=ok)
     tl.store(eps_ptr + idx, eps.to(eps_ptr.dtype.element_ty), mask=ok)
     tl.store(prop_ptr + idx, props, mask=ok)
