@@ -70,6 +70,17 @@ def test_tune_reaches_a_stationary_point_of_the_evidence():
         assert blr._evidence(phi, y.unsqueeze(-1), log_s + ds, log_v + dv) < ev
 
 
+def test_fitted_model_round_trips_through_state_dict():
+    phi, y = _data(outputs=2)
+    blr = BayesianLinearRegression(D, prior_scale=0.7, noise_variance=0.3).fit(phi, y)
+    clone = BayesianLinearRegression(D)
+    clone.load_state_dict(blr.state_dict())
+    x = torch.randn(5, D)
+    assert torch.equal(clone(x).predictive.mean, blr(x).predictive.mean)
+    assert torch.equal(clone(x).predictive.variance, blr(x).predictive.variance)
+    assert torch.equal(clone.log_evidence(phi, y), blr.log_evidence(phi, y))
+
+
 @pytest.mark.parametrize(
     "make, match",
     [

@@ -59,9 +59,10 @@ class BayesianLinearRegression(nn.Module):
         v = _checks.positive_float("BayesianLinearRegression", "noise_variance", noise_variance)
         self.register_buffer("log_prior_scale", torch.tensor(math.log(s)))
         self.register_buffer("log_noise_variance", torch.tensor(math.log(v)))
-        self.posterior_mean: Tensor | None = None  # [D, O] after fit
-        self.posterior_precision_tril: Tensor | None = None  # [D, D] after fit
-        self._scalar_targets = True
+        # Empty until fit; buffers, so that a fitted model round-trips through state_dict.
+        self.register_buffer("posterior_mean", torch.zeros(0))  # [D, O] after fit
+        self.register_buffer("posterior_precision_tril", torch.zeros(0))  # [D, D] after fit
+        self.register_buffer("scalar_targets", torch.tensor(True))  # y was [N], not [N, O]
 
     @property
     def prior_scale(self) -> Tensor:
@@ -91,7 +92,7 @@ class BayesianLinearRegression(nn.Module):
         phi, y, scalar = self._prepare(phi, y)
         mean, tril, _ = self._solve(phi, y, self.log_prior_scale.to(phi), self.log_noise_variance.to(phi))
         self.posterior_mean, self.posterior_precision_tril = mean, tril
-        self._scalar_targets = scalar
+        self.scalar_targets = torch.tensor(scalar)
         return self
 
     def _evidence(self, phi: Tensor, y: Tensor, log_s: Tensor, log_v: Tensor) -> Tensor:
@@ -107,13 +108,21 @@ class BayesianLinearRegression(nn.Module):
         phi, y, _ = self._prepare(phi, y)
         return self._evidence(phi, y, self.log_prior_scale.to(phi), self.log_noise_variance.to(phi))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The posterior buffers are empty before fit; take the saved shapes.
+        for name in ("posterior_mean", "posterior_precision_tril"):
+            saved = state_dict.get(prefix + name)
+            if isinstance(saved, Tensor):
+                setattr(self, name, torch.empty_like(saved))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def posterior_covariance(self) -> Tensor:
         """``P^{-1}``, ``[D, D]`` (shared by the outputs)."""
         self._require_fit()
         return torch.cholesky_inverse(self.posterior_precision_tril)
 
     def _require_fit(self) -> None:
-        if self.posterior_mean is None:
+        if self.posterior_mean.numel() == 0:
             raise ValueError("BayesianLinearRegression: call fit(phi, y) before asking for the posterior")
 
     def predictive(self, phi: Tensor) -> Distribution:
@@ -127,7 +136,7 @@ class BayesianLinearRegression(nn.Module):
         mean = phi @ self.posterior_mean  # [N, O]
         u = torch.linalg.solve_triangular(self.posterior_precision_tril, phi.mT, upper=False)
         var = u.pow(2).sum(0).unsqueeze(-1) + self.noise_variance.to(phi)  # [N, 1]
-        if self._scalar_targets:
+        if bool(self.scalar_targets):
             return Normal(mean.squeeze(-1), var.squeeze(-1).sqrt())
         return Independent(Normal(mean, var.sqrt().expand_as(mean)), 1)
 
