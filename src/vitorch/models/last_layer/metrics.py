@@ -52,9 +52,10 @@ def calibration_bins(probs: Tensor, labels: Tensor, num_bins: int = 15) -> tuple
     conf = conf.to(torch.float64)
     # bin b holds confidences in (b/B, (b+1)/B]; confidence 1 falls in the last bin
     idx = (conf * num_bins).ceil().long().clamp(1, num_bins) - 1
-    count = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, idx, torch.ones_like(conf))
-    conf_sum = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, idx, conf)
-    acc_sum = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, idx, correct)
+    zeros = conf.new_zeros(num_bins)
+    count = zeros.index_add(0, idx, torch.ones_like(conf))
+    conf_sum = zeros.index_add(0, idx, conf)
+    acc_sum = zeros.index_add(0, idx, correct)
     return conf_sum / count, acc_sum / count, count
 
 
@@ -78,11 +79,11 @@ def auroc(score_in: Tensor, score_out: Tensor) -> float:
     scores = torch.cat([score_in, score_out]).detach().to(torch.float64)
     order = scores.argsort()
     ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64, device=scores.device)
     # average the ranks of tied scores
     uniq, inverse = torch.unique(scores, return_inverse=True)
-    rank_sum = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, ranks)
-    rank_cnt = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(ranks))
+    rank_sum = ranks.new_zeros(len(uniq)).index_add(0, inverse, ranks)
+    rank_cnt = ranks.new_zeros(len(uniq)).index_add(0, inverse, torch.ones_like(ranks))
     ranks = (rank_sum / rank_cnt)[inverse]
     n_in, n_out = len(score_in), len(score_out)
     u = ranks[n_in:].sum() - n_out * (n_out + 1) / 2
@@ -99,7 +100,7 @@ def reliability_diagram(probs: Tensor, labels: Tensor, path, num_bins: int = 15,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    conf, acc, count = calibration_bins(probs, labels, num_bins)
+    conf, acc, count = (t.cpu() for t in calibration_bins(probs, labels, num_bins))
     ece = expected_calibration_error(probs, labels, num_bins)
     edges = torch.linspace(0, 1, num_bins + 1)
     centers = 0.5 * (edges[1:] + edges[:-1])
