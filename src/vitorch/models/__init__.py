@@ -18,6 +18,9 @@ _EXPORTS = {
     "VBLLRegression": "last_layer",
     "VBLLClassification": "last_layer",
     "VBLLGenerativeClassification": "last_layer",
+    "VBLLDenseNoiseRegression": "last_layer",
+    "VBLLStudentTRegression": "last_layer",
+    "VBLLHeteroscedasticRegression": "last_layer",
 }
 
 
