@@ -77,3 +77,13 @@ def test_op_dtype_lists_differ():
 
     assert torch.float64 in gamma._DTYPES and torch.float16 not in gamma._DTYPES
     assert torch.float64 not in dispatch.KERNEL_DTYPES and torch.float16 in dispatch.KERNEL_DTYPES
+
+
+def test_empty_inputs_never_launch(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(vk.KernelUnavailableError, match="empty"):
+        dispatch.choose("op", torch.zeros(0, 3, dtype=torch.float32), backend="triton")
+    with pytest.raises(vk.KernelUnavailableError, match="K = 0"):
+        vk.diag_normal_rsample_and_log_prob(torch.zeros(2, 3), torch.ones(2, 3), (0,), backend="triton")
+    z, log_q = vk.diag_normal_rsample_and_log_prob(torch.zeros(2, 3), torch.ones(2, 3), (0,))
+    assert z.shape == (0, 2, 3) and log_q.shape == (0, 2)

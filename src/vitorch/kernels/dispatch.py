@@ -100,6 +100,8 @@ def _interpreting() -> bool:
 def _obstacles(tensors: Sequence[Tensor], dtypes: Sequence[torch.dtype], limits: Sequence[str]) -> list[str]:
     """Every reason the Triton kernel cannot run on ``tensors``."""
     reasons = list(limits)
+    if any(t.numel() == 0 for t in tensors):
+        reasons.append("an input is empty (nothing to launch)")
     ok, why = triton_status()
     if not ok:
         reasons.append(why)

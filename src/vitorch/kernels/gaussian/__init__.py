@@ -51,7 +51,8 @@ def diag_normal_rsample_and_log_prob(
             f"{_NAME}: loc and scale must share a shape [*batch, D]; got {tuple(loc.shape)} and {tuple(scale.shape)}"
         )
     sample_shape = torch.Size(sample_shape)
-    if dispatch.choose(_NAME, loc, scale, backend=backend) == "torch":
+    limits = ["the sample shape is empty (K = 0)"] if sample_shape.numel() == 0 else []
+    if dispatch.choose(_NAME, loc, scale, backend=backend, limits=limits) == "torch":
         return reference.rsample_and_log_prob(loc, scale, sample_shape, stop_log_q)
     from . import triton as impl
 
