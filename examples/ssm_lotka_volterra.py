@@ -64,6 +64,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="shorter series and fewer steps")
     p.add_argument("--out", default=os.path.join("outputs", "ssm_lotka_volterra"))
+    p.add_argument("--estimator", choices=("reparam", "stl"), default="reparam", help="ELBO gradient estimator")
+    p.add_argument("--particles", type=int, default=4, help="K, particles per step")
+    p.add_argument("--steps", type=int, default=None, help="Adam steps (default 150 quick, 800 full)")
     args = p.parse_args()
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
@@ -82,11 +85,12 @@ def main() -> None:
     guide = ssm.SDEPosterior(sde, y, hidden=(48, 48), state_scale=100.0)
     theta_params = [guide.theta_loc, guide.theta_off, guide.theta_diag]
     opt = torch.optim.Adam([{"params": theta_params, "lr": 0.03}, {"params": guide.step.parameters(), "lr": 3e-3}])
-    steps = 150 if args.quick else 800
+    steps = args.steps or (150 if args.quick else 800)
+    estimator = getattr(vt.estimators, args.estimator)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     history = []
     for _ in range(steps):
-        out = vt.loss(lambda z: sde.log_joint(z, y), guide(), num_particles=4)
+        out = vt.loss(lambda z: sde.log_joint(z, y), guide(), num_particles=args.particles, estimator=estimator)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -128,6 +132,8 @@ def main() -> None:
     inside = ((x_true >= lo) & (x_true <= hi)).double().mean().item()
     metrics = {
         "steps": steps,
+        "estimator": args.estimator,
+        "particles": args.particles,
         "num_grid_steps": K,
         "elbo_last50": elbo,
         "theta_median": q50.tolist(),
