@@ -33,6 +33,7 @@ from _harness import interleaved_medians, parser, report, setup
 
 BENCH = "kernels"
 DEVICE = "cuda"
+DEVICE_NAME = ""  # named on every result line, so a results file says which GPU it came from
 
 
 def _copy_gbps(repeats: int) -> float:
@@ -56,8 +57,9 @@ def _cases(batch: int) -> list[tuple[str, callable, dict, int]]:
     zf, b = torch.randn(K * batch, D, **f32), torch.randn(L, **f32)
     n = 4  # bytes per float32
     return [
-        ("diag_normal_rsample_and_log_prob", lambda loc, scale, backend: vk.diag_normal_rsample_and_log_prob(
-            loc, scale, (K,), backend=backend), {"loc": loc, "scale": scale}, n * (2 * batch * D + K * batch * (D + 1))),
+        ("diag_normal_rsample_and_log_prob",
+         lambda loc, scale, backend: vk.diag_normal_rsample_and_log_prob(loc, scale, (K,), backend=backend),
+         {"loc": loc, "scale": scale}, n * (2 * batch * D + K * batch * (D + 1))),
         ("bernoulli_log_lik", lambda x, logits, backend: vk.bernoulli_log_lik(x, logits, backend=backend),
          {"x": x, "logits": logits}, n * (batch * P + K * batch * P + K * batch)),
         ("gaussian_log_lik", lambda x, mean, backend: vk.gaussian_log_lik(x, mean, 0.5, backend=backend),
@@ -103,10 +105,10 @@ def _bench_case(name, op, inputs, nbytes, label, repeats, copy_gbps):
         t = interleaved_medians(fns, repeats)
         case = f"{name} {mode} {label}"
         gbps = nbytes * (1 if mode == "fwd" else 2) / t["triton"] / 1e9  # backward reads about as much again
-        extra = {"GBps": gbps, "copy_GBps": copy_gbps, "fraction_of_copy": gbps / copy_gbps}
+        extra = {"GBps": gbps, "copy_GBps": copy_gbps, "fraction_of_copy": gbps / copy_gbps, "device": DEVICE_NAME}
         report(BENCH, case, t["triton"], "torch eager", t["eager"], **extra)
         if compiled is not None:
-            report(BENCH, case, t["triton"], "torch.compile", t["compile"])
+            report(BENCH, case, t["triton"], "torch.compile", t["compile"], device=DEVICE_NAME)
         else:
             report(BENCH, case, t["triton"], "torch.compile", None, skipped=compile_err)
 
@@ -147,9 +149,14 @@ def _end_to_end(batch: int, repeats: int) -> None:
         report(BENCH, f"vae iwae K=50 B={batch} steps/s", None, "torch.compile", None, skipped=str(err)[:200])
     t = interleaved_medians(fns, repeats)
     case = f"vae iwae K=50 B={batch} step"
-    report(BENCH, case, t["on"], "torch eager", t["off"], steps_per_s=1 / t["on"], peer_steps_per_s=1 / t["off"])
+    report(
+        BENCH, case, t["on"], "torch eager", t["off"],
+        steps_per_s=1 / t["on"], peer_steps_per_s=1 / t["off"], device=DEVICE_NAME,
+    )  # fmt: skip
     if "compile" in t:
-        report(BENCH, case, t["on"], "torch.compile", t["compile"], peer_steps_per_s=1 / t["compile"])
+        report(
+            BENCH, case, t["on"], "torch.compile", t["compile"], peer_steps_per_s=1 / t["compile"], device=DEVICE_NAME
+        )
 
 
 def main() -> None:
@@ -178,7 +185,8 @@ def main() -> None:
         return
     torch.backends.cuda.matmul.allow_tf32 = False  # the kernels compute in IEEE float32; so do their peers
     copy_gbps = _copy_gbps(repeats)
-    print(f"# device: {torch.cuda.get_device_name() if DEVICE == 'cuda' else 'cpu (interpreter smoke run)'}", flush=True)
+    global DEVICE_NAME
+    DEVICE_NAME = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (interpreter smoke run)"
     for batch in batches:
         for name, op, inputs, nbytes in _cases(batch):
             _bench_case(name, op, inputs, nbytes, f"K=50 B={batch}", repeats, copy_gbps)
