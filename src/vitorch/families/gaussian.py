@@ -110,6 +110,12 @@ class DiagNormal(Family):
         return self.loc + self.scale * eps
 
     def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
+        if self.loc.is_cuda:
+            # On a GPU the fused kernel reads loc and scale once and never stores the
+            # noise (vitorch.kernels; it falls back to the same torch code without Triton).
+            from ..kernels import diag_normal_rsample_and_log_prob
+
+            return diag_normal_rsample_and_log_prob(self.loc, self.scale, sample_shape)
         eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
         z = self.loc + self.scale * eps
         d = self.loc.shape[-1]
