@@ -309,6 +309,9 @@ def main():
     p.add_argument("--ll-steps", type=int, default=None, help="training steps before the log-likelihood")
     p.add_argument("--ll-particles", type=int, default=None)
     p.add_argument("--ll-images", type=int, default=None)
+    p.add_argument(
+        "--parts", nargs="+", choices=["speed", "compile", "ll"], default=["speed", "compile", "ll"], help="what to run"
+    )
     args = p.parse_args()
     setup(args)
     args.repeats = args.repeats or (2 if args.quick else 15)
@@ -319,9 +322,12 @@ def main():
     name, x, test = load(args.quick)
     d = x.shape[1]
     print(f"# data: {name}, {x.shape[0]} training images of {d} pixels", flush=True)
-    speed(args, x, d)
-    compiled(args, x, d)
-    log_likelihood(args, x, test, d)
+    if "speed" in args.parts:
+        speed(args, x, d)
+    if "compile" in args.parts:
+        compiled(args, x, d)
+    if "ll" in args.parts:
+        log_likelihood(args, x, test, d)
 
 
 if __name__ == "__main__":
