@@ -12,4 +12,4 @@ fi
 python -m pytest -n 2 -q
 # exit code 5 means "no tests collected", which is not a failure
 TRITON_INTERPRET=1 python -m pytest -n 2 -q -m triton tests || [ "$?" -eq 5 ]
-python -m pytest -n 2 -q -m examples tests/test_examples.py
+python -m pytest -n 2 -q -m examples tests/test_example_scripts.py
