@@ -11,7 +11,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 
 import vitorch as vt
 from vitorch.models import vae
-from vitorch.models.vae.evaluate import _stream
+from vitorch.models.vae.evaluation import _stream
 
 from conftest import Z
 

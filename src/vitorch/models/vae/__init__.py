@@ -8,7 +8,7 @@ Example:
     >>> metrics = vae.evaluate(model, x_test, num_particles=5000)
 """
 
-from .evaluate import evaluate, iwae_log_likelihood, latent_means
+from .evaluation import evaluate, iwae_log_likelihood, latent_means
 from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood, Poisson
 from .model import VAE
 from .networks import (
