@@ -10,10 +10,11 @@ sequence of minibatches for every contestant; medians of interleaved calls give
 Cases: VAE (ELBO, K=1), IWAE K=5 and K=50, IWAE-DReG K=50.  Peers: ``torch`` (the
 same model by hand), ``pyro`` (``Trace_ELBO`` at K=1, ``RenyiELBO(alpha=0,
 vectorize_particles=True)`` for IWAE), ``pythae`` (its ``VAE`` / ``IWAE`` models with
-the same networks), and ``torch.compile`` of the vitorch model against eager
-hand-written torch.  Then the IWAE test log-likelihood after the same number of
-steps for vitorch and hand-written torch (``--ll-steps``, ``--ll-particles``,
-``--ll-images``; the issue's reference: 2 epochs, K=5000, 1,000 test images).
+the same networks), whole loops (``vt.fit`` against pythae's ``BaseTrainer``, one epoch
+each), and ``torch.compile`` of the vitorch model against eager hand-written torch.
+Then the IWAE test log-likelihood after the same number of steps for vitorch,
+hand-written torch and Pyro (``--ll-steps``, ``--ll-particles``, ``--ll-images``; the
+issue's reference: 2 epochs, K=5000, 1,000 test images).
 
     python benchmarks/vae.py [--quick] [--threads 2]
 """
@@ -162,7 +163,8 @@ def pyro_step(pyro, d: int, batches: Batches, K: int):
     return step, ("Trace_ELBO" if K == 1 else f"RenyiELBO(alpha=0, K={K})")
 
 
-def pythae_step(d: int, batches: Batches, K: int):
+def pythae_model(d: int, K: int):
+    """pythae's ``VAE`` (K = 1) or ``IWAE`` with the same networks as the others."""
     from pythae.models import IWAE, VAE, IWAEConfig, VAEConfig
     from pythae.models.base.base_utils import ModelOutput
     from pythae.models.nn import BaseDecoder, BaseEncoder
@@ -189,6 +191,12 @@ def pythae_step(d: int, batches: Batches, K: int):
     else:
         config = IWAEConfig(input_dim=(d,), latent_dim=LATENT, reconstruction_loss="bce", number_samples=K)
         model = IWAE(config, Encoder(), Decoder())
+    return model, ("VAE" if K == 1 else f"IWAE(K={K})")
+
+
+def pythae_step(d: int, batches: Batches, K: int):
+    """A training step on pythae's model, without its trainer (the model's own cost)."""
+    model, name = pythae_model(d, K)
     opt = torch.optim.Adam(model.parameters(), LR)
 
     def step():
@@ -197,7 +205,49 @@ def pythae_step(d: int, batches: Batches, K: int):
         model({"data": x}).loss.backward()
         opt.step()
 
-    return step, ("VAE" if K == 1 else f"IWAE(K={K})")
+    return step, name
+
+
+def pythae_trainer_epoch(d: int, x: torch.Tensor, K: int, tmp: str):
+    """One epoch of pythae's ``BaseTrainer`` over ``x`` (its data set, loader and per-step bookkeeping)."""
+    from pythae.data.datasets import BaseDataset
+    from pythae.trainers import BaseTrainer, BaseTrainerConfig
+
+    model, name = pythae_model(d, K)
+    config = BaseTrainerConfig(
+        output_dir=tmp, per_device_train_batch_size=BATCH, learning_rate=LR, num_epochs=1, no_cuda=True
+    )
+    trainer = BaseTrainer(model, BaseDataset(x, torch.zeros(x.shape[0])), training_config=config)
+    trainer.prepare_training()  # optimizer, output folder and callbacks (its progress bar), as train() does
+    return (lambda: trainer.train_step(0)), f"BaseTrainer({name})"
+
+
+def fit_epoch(d: int, x: torch.Tensor, K: int):
+    """The same epoch through ``vitorch.training.fit`` (shuffled DataLoader, history, finite checks, and a
+    progress bar as pythae's trainer shows one)."""
+    from vitorch.training import fit
+
+    objective = vt.objectives.elbo if K == 1 else vt.objectives.iwae
+    model = vae.VAE.mlp(x.shape[1], LATENT, HIDDEN, objective=objective, num_particles=K)
+    steps = x.shape[0] // BATCH
+    return lambda: fit(model, x, steps=steps, batch_size=BATCH, lr=LR, progress=True)
+
+
+def loops(args, x, d):
+    """Whole training loops: ``vt.fit`` against pythae's trainer, one epoch of the same images each."""
+    import tempfile
+
+    pythae, skip = try_import("pythae.trainers")
+    n = args.inner * BATCH
+    for case, K, _, _ in CASES[:2]:
+        label = f"{case}, training loop (one epoch of {n} images)"
+        if pythae is None:
+            report("vae", label, None, "pythae", None, skipped=skip)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            peer, impl = pythae_trainer_epoch(d, x[:n], K, tmp)
+            t = interleaved_medians({"fit": fit_epoch(d, x[:n], K), "pythae": peer}, args.repeats, warmup=1)
+        report("vae", label, t["fit"] / args.inner, "pythae", t["pythae"] / args.inner, peer_impl=impl)
 
 
 def repeat(step, n):
@@ -310,7 +360,11 @@ def main():
     p.add_argument("--ll-particles", type=int, default=None)
     p.add_argument("--ll-images", type=int, default=None)
     p.add_argument(
-        "--parts", nargs="+", choices=["speed", "compile", "ll"], default=["speed", "compile", "ll"], help="what to run"
+        "--parts",
+        nargs="+",
+        choices=["speed", "loops", "compile", "ll"],
+        default=["speed", "loops", "compile", "ll"],
+        help="what to run",
     )
     args = p.parse_args()
     setup(args)
@@ -324,6 +378,8 @@ def main():
     print(f"# data: {name}, {x.shape[0]} training images of {d} pixels", flush=True)
     if "speed" in args.parts:
         speed(args, x, d)
+    if "loops" in args.parts:
+        loops(args, x, d)
     if "compile" in args.parts:
         compiled(args, x, d)
     if "ll" in args.parts:
