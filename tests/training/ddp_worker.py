@@ -6,6 +6,7 @@ compares into ``out/rank<r>.pt``.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 from pathlib import Path
 
@@ -37,6 +38,10 @@ def fit_options(out: Path, **extra) -> dict:
 
 def worker(rank: int, world: int, port: int, out: str) -> None:
     out = Path(out)
+    # A stuck collective dumps every thread's stack to out/stuck<rank>.txt and exits,
+    # which the parent reports as a failed worker instead of waiting forever.
+    trace = (out / f"stuck{rank}.txt").open("w")
+    faulthandler.dump_traceback_later(120, exit=True, file=trace)
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -73,15 +78,18 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         fit(model, data, resume=out / "ck2", **options)
         result["resumed"] = [p.detach().clone() for p in model.parameters()]
 
-        # 4. a sampling model returning vt.LossOutput: DDP keeps the ranks' parameters equal,
-        # while each rank draws its own particles.
+        # 4. a sampling model returning vt.LossOutput, fed by a user's shuffled DataLoader
+        # (fit rebuilds it around a DistributedSampler): DDP keeps the ranks' parameters
+        # equal, while each rank draws its own particles.
         torch.manual_seed(5)  # the same seed on both ranks on purpose
         model = TinyVAE()
-        hist = fit(model, gaussian_data(16), steps=3, batch_size=4, progress=False)
+        loader = torch.utils.data.DataLoader(gaussian_data(16), batch_size=4, shuffle=True)
+        hist = fit(model, loader, epochs=2, progress=False)
         result["vae"] = [p.detach().clone() for p in model.parameters()]
         result["vae_loss"] = [r["loss"] for r in hist.steps]
         torch.save(result, out / f"rank{rank}.pt")
     finally:
+        faulthandler.cancel_dump_traceback_later()
         dist.destroy_process_group()
 
 
