@@ -28,7 +28,7 @@ def init_model(cls=Regression, seed: int = 0):
     return cls()
 
 
-def fit_options(out: Path, **extra) -> dict:
+def fit_options(**extra) -> tuple:
     x, y = regression_data(N, seed=1)
     options = dict(steps=6, batch_size=PER_RANK, seed=7, lr=0.05, eval_data=regression_data(6, seed=2),
                    eval_every=2, progress=False)  # fmt: skip
@@ -57,7 +57,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
 
         # 2. fit on two processes (fit finds the process group and wraps in DDP itself).
         model = init_model()
-        data, options = fit_options(out, checkpoint_dir=out / "ck", checkpoint_every=3, log_dir=out / "log")
+        data, options = fit_options(checkpoint_dir=out / "ck", checkpoint_every=3, log_dir=out / "log")
         hist = fit(model, data, **options)
         result["fit"] = [p.detach().clone() for p in model.parameters()]
         result["evals"] = hist.evals
@@ -68,7 +68,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
                 raise Stop
 
         model = init_model()
-        data, options = fit_options(out, checkpoint_dir=out / "ck2", checkpoint_every=3)
+        data, options = fit_options(checkpoint_dir=out / "ck2", checkpoint_every=3)
         try:
             fit(model, data, callbacks=[interrupt], **options)
         except Stop:

@@ -55,7 +55,7 @@ TOL = dict(rtol=1e-10, atol=1e-12)
 
 def test_averaged_gradient_equals_the_union_batch_gradient(two_ranks):
     _, ranks = two_ranks
-    (x, y), _ = fit_options(None)
+    (x, y), _ = fit_options()
     model = init_model()
     model((x, y)).backward()  # one process, all 16 rows: the mean over the union
     for rank in ranks:
@@ -65,7 +65,7 @@ def test_averaged_gradient_equals_the_union_batch_gradient(two_ranks):
 
 def test_two_process_fit_equals_one_process_fit_on_the_union(two_ranks):
     out, ranks = two_ranks
-    data, options = fit_options(out)
+    data, options = fit_options()
     model = init_model()
     # One process with twice the per-rank batch sees, at every step, exactly the union of
     # the two ranks' batches: DistributedSampler splits the same seeded permutation.

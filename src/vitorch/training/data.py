@@ -109,7 +109,7 @@ def _distributed_copy(loader: DataLoader, *, seed: int, rank: int, world: int) -
     # Batches come either from (sampler, batch_size) or from a BatchSampler passed as the sampler.
     inner = loader.sampler.sampler if isinstance(loader.sampler, BatchSampler) else loader.sampler
     batch_sampler = loader.sampler if isinstance(loader.sampler, BatchSampler) else loader.batch_sampler
-    if not isinstance(inner, (RandomSampler, SequentialSampler)) or type(batch_sampler) not in (BatchSampler,):
+    if not isinstance(inner, (RandomSampler, SequentialSampler)) or type(batch_sampler) is not BatchSampler:
         raise ValueError(
             "data: under DDP fit rebuilds the DataLoader around a DistributedSampler, which needs a plain "
             f"sequential or shuffled loader; this one uses {type(inner).__name__} / {type(batch_sampler).__name__}. "
