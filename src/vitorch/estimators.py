@@ -157,7 +157,8 @@ class _Pathwise(Estimator):
                 c_model = objective.model.sign * objective.model.grad_coefficients(log_w)
                 ratio = _ratio(self.guide_coefficients(objective, log_w), c_model)
             surrogate = _weighted_sum(c_model, log_w)
-            z_path.register_hook(lambda g: g * _per_particle(ratio, g))
+            if z_path.requires_grad:  # not under torch.no_grad()
+                z_path.register_hook(lambda g: g * _per_particle(ratio, g))
             if not self.stop_q and log_q.requires_grad:
                 log_q.register_hook(lambda g: g * ratio)
         if corrected:

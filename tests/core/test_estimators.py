@@ -374,3 +374,14 @@ def test_learned_baseline_network_trains_toward_the_signal():
         err = (base.predict(x, out.bound) - out.bound).pow(2).mean().item()
         first = first if first is not None else err
     assert err < 0.2 * first
+
+
+@pytest.mark.parametrize("objective", [O.iwae, O.piwae(2), O.vis()], ids=str)
+@pytest.mark.parametrize("estimator", [E.reparam, E.dreg, E.score()], ids=str)
+def test_bounds_evaluate_under_no_grad(objective, estimator):
+    if objective.name == "vis" and estimator is E.dreg:
+        pytest.skip("refused pair")
+    x, m, log_s, theta = _manual_setup()
+    with torch.no_grad():
+        out = vt.loss(lg.log_joint(x, theta), vt.DiagNormal(m, log_s.exp()), 4, objective, estimator)
+    assert torch.isfinite(out.bound).all() and not out.loss.requires_grad
