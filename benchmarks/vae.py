@@ -373,6 +373,8 @@ def main():
     args.ll_steps = args.ll_steps or (10 if args.quick else 938)  # 2 epochs of 60,000 at batch 128
     args.ll_particles = args.ll_particles or (20 if args.quick else 5000)
     args.ll_images = args.ll_images or (50 if args.quick else 1000)
+    # torch's first optimizer imports torch._dynamo (seconds); pay it before any timing.
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)], LR)
     name, x, test = load(args.quick)
     d = x.shape[1]
     print(f"# data: {name}, {x.shape[0]} training images of {d} pixels", flush=True)
