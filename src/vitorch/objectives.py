@@ -20,7 +20,7 @@ gradient of one bound and the guide's the gradient of another.
 All bounds satisfy, on the same particles, ``elbo <= iwae`` and they are equal
 at ``K = 1``; ``miwae(M)`` runs from ``iwae`` (M = 1) to ``elbo`` (M = K).
 
-Log-weights are clamped to ``[-1e30, 1e30]`` inside every bound: a particle of zero
+Infinite log-weights are replaced by ``-+1e30`` inside every bound: a particle of zero
 weight (``log w = -inf``) contributes nothing and receives a zero gradient, and a
 datum whose particles all have zero weight gets the finite bound ``-1e30`` rather
 than ``-inf`` (and a zero gradient), so it cannot turn a batch loss into inf or NaN.
@@ -104,7 +104,7 @@ class Objective:
     def learning_signal(self, log_w: Tensor, baseline: Tensor | float = 0.0) -> Tensor:
         """``[K, *batch]`` ascent signal ``L_k`` whose product with the score of particle k's
         density gives the score part of ``grad E[O]``: ``sign * (O - b)`` for a bound that
-        couples its particles.  A datum whose bound sits at the clamp's floor (every
+        couples its particles.  A datum whose bound sits at the floor -1e30 (every
         weight zero) gets a zero signal."""
         value = self(log_w).unsqueeze(0).expand_as(log_w)
         return self.sign * torch.where(ls.finite_bound(value), value - baseline, 0.0)
