@@ -121,7 +121,7 @@ def torch_step(net: HandVAE, batches: Batches, K: int, kind: str):
 
 def vitorch_step(model: vae.VAE, batches: Batches, forward=None):
     opt = torch.optim.Adam(model.parameters(), LR)
-    forward = forward or model
+    forward = model if forward is None else forward
 
     def step():
         x = batches()
