@@ -64,7 +64,9 @@ class ParamNet(nn.Module):
     Calling it with ``context`` returns ``[*batch, P]`` (or ``[P]`` when unconditional).
     """
 
-    def __init__(self, num_params: int, context_features: int = 0, hidden: Sequence[int] = (64,), init_std=0.1):
+    def __init__(
+        self, num_params: int, context_features: int = 0, hidden: Sequence[int] = (64,), init_std: float = 0.1
+    ):
         super().__init__()
         self.num_params = num_params
         self.context_features = check_features("context_features", context_features, 0)

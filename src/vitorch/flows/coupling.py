@@ -100,11 +100,24 @@ class AffineCoupling(Coupling):
     """RealNVP affine coupling: :class:`Coupling` with an :class:`AffineMap`.
 
     Args:
-        dim, hidden, context_features, mask, swap: as :class:`Coupling`.
+        dim: event size ``D >= 2``.
+        hidden: hidden widths of the conditioner network.
+        context_features: ``C`` for amortized flows (0: unconditional).
+        mask: boolean ``[D]``, true for the dimensions that pass through unchanged
+            and condition the others (default: the first ``D // 2``).
+        swap: negate the mask (alternate this between stacked layers).
         bound: largest absolute log-scale per layer.
     """
 
-    def __init__(self, dim, hidden=(64, 64), context_features=0, mask=None, swap=False, bound: float = 3.0):
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] = (64, 64),
+        context_features: int = 0,
+        mask: Sequence[bool] | Tensor | None = None,
+        swap: bool = False,
+        bound: float = 3.0,
+    ):
         super().__init__(dim, AffineMap(bound), hidden, context_features, mask, swap)
 
 
@@ -112,9 +125,24 @@ class SplineCoupling(Coupling):
     """Coupling neural spline flow: :class:`Coupling` with an :class:`RQSpline`.
 
     Args:
-        dim, hidden, context_features, mask, swap: as :class:`Coupling`.
-        bins, bound: the spline's ``K`` and ``B``.
+        dim: event size ``D >= 2``.
+        hidden: hidden widths of the conditioner network.
+        context_features: ``C`` for amortized flows (0: unconditional).
+        mask: boolean ``[D]``, true for the dimensions that pass through unchanged
+            and condition the others (default: the first ``D // 2``).
+        swap: negate the mask (alternate this between stacked layers).
+        bins: the spline's ``K``, its number of bins.
+        bound: the spline's ``B``, half-width of its interval (identity outside).
     """
 
-    def __init__(self, dim, hidden=(64, 64), context_features=0, mask=None, swap=False, bins=8, bound=5.0):
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] = (64, 64),
+        context_features: int = 0,
+        mask: Sequence[bool] | Tensor | None = None,
+        swap: bool = False,
+        bins: int = 8,
+        bound: float = 5.0,
+    ):
         super().__init__(dim, RQSpline(bins, bound), hidden, context_features, mask, swap)

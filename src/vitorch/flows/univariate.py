@@ -83,8 +83,9 @@ class RQSpline(UnivariateMap):
     Args:
         bins: ``K``; the map takes ``3K - 1`` parameters per dimension.
         bound: ``B``, half-width of the spline's interval.
-        min_width, min_height, min_derivative: floors that keep bins and slopes
-            away from zero.
+        min_width: smallest bin width, as a fraction of ``2B`` (need ``min_width * K < 1``).
+        min_height: smallest bin height, as a fraction of ``2B`` (need ``min_height * K < 1``).
+        min_derivative: smallest interior knot derivative (in ``(0, 1)``).
     """
 
     def __init__(

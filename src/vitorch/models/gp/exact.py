@@ -45,7 +45,7 @@ class ExactGP(nn.Module):
         >>> mean, var = gp_model.predict(X, y, X_new)   # [N*], [N*]
     """
 
-    def __init__(self, kernel: Kernel, noise=1.0, mean: nn.Module | None = None, jitter: float = 0.0):
+    def __init__(self, kernel: Kernel, noise: float | Tensor = 1.0, mean: nn.Module | None = None, jitter: float = 0.0):
         super().__init__()
         self.kernel = kernel
         self.likelihood = GaussianLikelihood(noise)

@@ -89,7 +89,7 @@ class Stationary(Kernel):
         variance: signal variance ``s^2``.
     """
 
-    def __init__(self, lengthscale=1.0, variance=1.0):
+    def __init__(self, lengthscale: float | Tensor = 1.0, variance: float | Tensor = 1.0):
         super().__init__()
         name = type(self).__name__
         self._lengthscale = PositiveParam(lengthscale, "lengthscale", name)
@@ -179,7 +179,7 @@ class RationalQuadratic(Stationary):
         alpha: positive shape; ``alpha -> inf`` recovers the RBF.
     """
 
-    def __init__(self, lengthscale=1.0, variance=1.0, alpha=1.0):
+    def __init__(self, lengthscale: float | Tensor = 1.0, variance: float | Tensor = 1.0, alpha: float | Tensor = 1.0):
         super().__init__(lengthscale, variance)
         self._alpha = PositiveParam(alpha, "alpha", "RationalQuadratic")
 
@@ -203,7 +203,7 @@ class Periodic(Stationary):
     Costs ``O(N1 N2 D)`` memory for the pairwise differences.
     """
 
-    def __init__(self, lengthscale=1.0, variance=1.0, period=1.0):
+    def __init__(self, lengthscale: float | Tensor = 1.0, variance: float | Tensor = 1.0, period: float | Tensor = 1.0):
         super().__init__(lengthscale, variance)
         self._period = PositiveParam(period, "period", "Periodic")
 
@@ -226,7 +226,7 @@ class Linear(Kernel):
         variance: scalar, or ``[D]`` for one weight variance per input dimension.
     """
 
-    def __init__(self, variance=1.0):
+    def __init__(self, variance: float | Tensor = 1.0):
         super().__init__()
         self._variance = PositiveParam(variance, "variance", "Linear")
 

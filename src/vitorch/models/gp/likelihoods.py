@@ -72,7 +72,7 @@ class GaussianLikelihood(Likelihood):
         noise: noise *variance* ``sigma^2`` (positive, learnable).
     """
 
-    def __init__(self, noise=1.0, integrator: GaussHermite | MonteCarlo | None = None):
+    def __init__(self, noise: float | Tensor = 1.0, integrator: GaussHermite | MonteCarlo | None = None):
         super().__init__(integrator)
         self._noise = PositiveParam(noise, "noise", "GaussianLikelihood")
 
@@ -164,7 +164,9 @@ class StudentT(Likelihood):
         scale: noise scale (positive, learnable).
     """
 
-    def __init__(self, df=4.0, scale=1.0, integrator: GaussHermite | MonteCarlo | None = None):
+    def __init__(
+        self, df: float | Tensor = 4.0, scale: float | Tensor = 1.0, integrator: GaussHermite | MonteCarlo | None = None
+    ):
         super().__init__(integrator)
         self._df = PositiveParam(df, "df", "StudentT", learn=False)
         self._scale = PositiveParam(scale, "scale", "StudentT")

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...estimators import Estimator
 from ...families import DiagNormal, stopped
 from ...loss import loss as vt_loss
 from ...objectives import elbo
@@ -99,7 +100,7 @@ class MonteCarlo:
         ValueError: if ``num_samples < 1``.
     """
 
-    def __init__(self, num_samples: int = 64, estimator=None):
+    def __init__(self, num_samples: int = 64, estimator: Estimator | None = None):
         if int(num_samples) < 1:
             raise ValueError(f"MonteCarlo: num_samples must be >= 1; got {num_samples}")
         self.num_samples = int(num_samples)

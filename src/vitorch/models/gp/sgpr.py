@@ -63,7 +63,7 @@ class SGPR(nn.Module):
         self,
         kernel: Kernel,
         inducing: Tensor,
-        noise=1.0,
+        noise: float | Tensor = 1.0,
         mean: nn.Module | None = None,
         jitter: float | None = None,
         learn_inducing: bool = True,
