@@ -14,6 +14,7 @@ _SUBPACKAGES = ("gp", "ssm", "vae", "last_layer")
 
 # name -> subpackage that defines it (re-exported lazily)
 _EXPORTS = {
+    "VAE": "vae",
     "BayesianLinearRegression": "last_layer",
     "VBLLRegression": "last_layer",
     "VBLLClassification": "last_layer",
