@@ -45,7 +45,10 @@ def fashion_mnist(
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
         root: directory with the (gzipped) IDX files; default the Debian package's
             :data:`FASHION_MNIST_DIR`.
-        binarize, threshold, flatten, dtype: see :class:`~vitorch.data.ImageData`.
+        binarize: ``None``, ``"dynamic"`` or ``"fixed"`` (see :class:`~vitorch.data.ImageData`).
+        threshold: the cut for ``"fixed"`` binarization.
+        flatten: return each image as a vector (for MLPs).
+        dtype: floating dtype of the images (default: torch's default).
 
     Raises:
         FileNotFoundError: telling how to install the data when a file is missing.
@@ -84,7 +87,10 @@ def digits(
 
     Args:
         split: ``"train"``, ``"test"`` or ``"all"``.
-        binarize, threshold, flatten, dtype: see :class:`~vitorch.data.ImageData`.
+        binarize: ``None``, ``"dynamic"`` or ``"fixed"`` (see :class:`~vitorch.data.ImageData`).
+        threshold: the cut for ``"fixed"`` binarization.
+        flatten: return each image as a vector (for MLPs).
+        dtype: floating dtype of the images (default: torch's default).
         test_fraction: share of the images held out, in ``(0, 1)``.
     """
     if split not in ("train", "test", "all"):

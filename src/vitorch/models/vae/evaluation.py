@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ...diagnostics import active_units, collapse_diagnostics
@@ -70,7 +70,7 @@ def _stream(model, x: Tensor, num_particles: int, batch_size: int, chunk_size: i
 
 
 def iwae_log_likelihood(
-    model,
+    model: nn.Module,
     x: Tensor,
     num_particles: int = 5000,
     batch_size: int = 100,
@@ -111,7 +111,7 @@ def latent_means(model, x: Tensor, batch_size: int = 256, num_draws: int = 64) -
 
 @torch.no_grad()
 def evaluate(
-    model,
+    model: nn.Module,
     x: Tensor,
     num_particles: int = 5000,
     batch_size: int = 100,

@@ -32,7 +32,7 @@ from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import kl_divergence
+from torch.distributions import Distribution, kl_divergence
 
 from ... import estimators as E
 from ... import objectives as O
@@ -69,7 +69,8 @@ class VAE(nn.Module):
         kl_weight: ``beta`` of the β-VAE (ELBO only).
         analytic_kl: use the closed-form KL (ELBO, reparam, Gaussian encoder).
         mmd_weight: ``lambda`` of InfoVAE's MMD term (0 disables it).
-        mmd_kernel, mmd_scale: the MMD kernel (``"imq"`` or ``"rbf"``) and bandwidth.
+        mmd_kernel: the MMD kernel, ``"imq"`` or ``"rbf"``.
+        mmd_scale: the MMD kernel's bandwidth.
         prior: ``p(z)``; ``None`` is the standard normal (computed inline, the fast
             path), else anything with ``log_prob(z [*S, D]) -> [*S]`` and
             ``sample(shape)`` (a torch distribution, or a module such as
@@ -97,7 +98,7 @@ class VAE(nn.Module):
         mmd_weight: float = 0.0,
         mmd_kernel: str = "imq",
         mmd_scale: float = 1.0,
-        prior=None,
+        prior: nn.Module | Distribution | None = None,
     ):
         super().__init__()
         latent_dim = latent_dim if latent_dim is not None else getattr(encoder, "latent_dim", None)
