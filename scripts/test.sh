@@ -3,8 +3,9 @@
 # Step 1: the default suite (pytest -n 2; long checks are marked slow and excluded).
 # Step 2: Triton kernel parity tests on the CPU under the Triton interpreter.
 # Step 3: every example script with --quick (smoke runs: finishes, writes figures, prints JSON).
+# Step 4: the documentation site builds in strict mode (no warnings).
 # Extra arguments replace the steps with one pytest run (e.g. scripts/test.sh -m slow).
-source "$(dirname "$0")/_env.sh" dev,gpu,examples
+source "$(dirname "$0")/_env.sh" dev,gpu,examples,docs
 export OMP_NUM_THREADS=1
 if [ "$#" -gt 0 ]; then
     exec python -m pytest -n 2 -q "$@"
@@ -13,3 +14,4 @@ python -m pytest -n 2 -q
 # exit code 5 means "no tests collected", which is not a failure
 TRITON_INTERPRET=1 python -m pytest -n 2 -q -m triton tests || [ "$?" -eq 5 ]
 python -m pytest -n 2 -q -m examples tests/test_example_scripts.py
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet -d "${TMPDIR:-/tmp}/vitorch-site"
