@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from tiny import NoisyRows, Regression, TinyVAE, gaussian_data, regression_data
+from fit_models import NoisyRows, Regression, TinyVAE, gaussian_data, regression_data
 
 from vitorch.training import fit, load_checkpoint
 from vitorch.training.rng import capture_rng, restore_rng

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import TinyVAE, gaussian_data
+from fit_models import TinyVAE, gaussian_data
 
 from vitorch.training import fit
 

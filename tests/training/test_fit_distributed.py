@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from ddp_worker import PER_RANK, N, fit_options, init_model, worker
+from fit_ddp_worker import PER_RANK, N, fit_options, init_model, worker
 
 from vitorch.training import fit
 
@@ -31,7 +31,7 @@ def two_ranks(tmp_path_factory):
     # machine) and vitorch once, so both ranks start at once instead of importing twice.
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     if method == "forkserver":
-        mp.get_context("forkserver").set_forkserver_preload(["torch._dynamo", "vitorch.training", "ddp_worker"])
+        mp.get_context("forkserver").set_forkserver_preload(["torch._dynamo", "vitorch.training", "fit_ddp_worker"])
     context = mp.start_processes(worker, args=(2, free_port(), str(out)), nprocs=2, join=False, start_method=method)
     deadline = time.monotonic() + 300  # a stuck collective fails the test instead of stalling CI
     try:

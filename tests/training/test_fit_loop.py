@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from tiny import NoisyRows, Regression, TinyVAE, gaussian_data, regression_data
+from fit_models import NoisyRows, Regression, TinyVAE, gaussian_data, regression_data
 
 import vitorch as vt
 from vitorch.training import History, fit

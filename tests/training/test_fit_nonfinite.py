@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from tiny import regression_data
+from fit_models import regression_data
 
 from vitorch.training import NonFiniteError, fit
 

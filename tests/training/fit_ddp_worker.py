@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tiny import Regression, TinyVAE, gaussian_data, regression_data
+from fit_models import Regression, TinyVAE, gaussian_data, regression_data
 
 from vitorch.training import fit
 
@@ -88,12 +88,18 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         result["vae"] = [p.detach().clone() for p in model.parameters()]
         result["vae_loss"] = [r["loss"] for r in hist.steps]
         torch.save(result, out / f"rank{rank}.pt")
+        dist.barrier()  # both ranks done with every collective before the group goes away
     finally:
-        faulthandler.cancel_dump_traceback_later()
         dist.destroy_process_group()
+        faulthandler.cancel_dump_traceback_later()
+    # Leave without the interpreter's teardown: about one run in ten the child then hung
+    # after its results were written (in multiprocessing's exit handling, with gloo's
+    # threads still around); everything this worker owes the parent is on disk.
+    trace.close()
+    os._exit(0)
 
 
-if __name__ == "__main__":  # torchrun --nproc_per_node=2 tests/training/ddp_worker.py OUT
+if __name__ == "__main__":  # torchrun --nproc_per_node=2 tests/training/fit_ddp_worker.py OUT
     import sys
 
     worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["MASTER_PORT"]), sys.argv[1])
