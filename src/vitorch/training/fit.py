@@ -74,35 +74,44 @@ def fit(
         optimizer: an optimizer over the model's parameters, or a factory
             ``params -> Optimizer``; default ``Adam(lr=lr)``.
         lr: learning rate of the default optimizer.
-        scheduler: an LR scheduler or a factory ``optimizer -> scheduler``; stepped
-            every step (``scheduler_interval="step"``) or epoch (``"epoch"``);
+        scheduler: an LR scheduler or a factory ``optimizer -> scheduler``;
             ``ReduceLROnPlateau`` is stepped with the monitored metric after each evaluation.
-        epochs, steps: stop after this many epochs and/or optimizer steps (at least one).
-            A skipped non-finite step counts as a step.
-        batch_size, shuffle, drop_last, num_workers: how fit batches a Dataset or
-            tensors (ignored for a DataLoader).  ``batch_size`` is per process under DDP.
+        scheduler_interval: step the scheduler every ``"step"`` or every ``"epoch"``.
+        epochs: stop after this many epochs (give ``epochs``, ``steps`` or both).
+        steps: stop after this many optimizer steps; a skipped non-finite step counts.
+        batch_size: batch size for a Dataset or tensors, per process under DDP
+            (a DataLoader keeps its own).
+        shuffle: reshuffle a Dataset or tensors every epoch.
+        drop_last: drop the last incomplete batch of a Dataset or tensors.
+        num_workers: loader worker processes for a Dataset or tensors.
         seed: data-order seed (epoch e is shuffled with ``seed + e``, as
             ``DistributedSampler`` does); default drawn from torch's global generator.
         eval_data: held-out data (same kinds as ``data``), evaluated in eval mode
-            without gradients every ``eval_every`` steps (default: once per epoch).
+            without gradients.
+        eval_every: evaluate every this many steps; default once per epoch.
         eval_fn: ``(model, loader) -> {name: float}``; default: the mean held-out
             ``bound`` per datum (``loss`` for models returning a scalar).
         eval_batch_size: default ``batch_size``.
-        patience: stop after this many evaluations without improvement of ``monitor``
-            (default ``"bound"``, else ``"loss"``) by more than ``min_delta``; ``mode``
-            is ``"max"`` or ``"min"`` (default: ``"min"`` for names containing "loss").
+        patience: stop after this many evaluations without improvement of ``monitor``.
+        monitor: the metric early stopping and ``restore_best`` watch; default
+            ``"bound"``, else ``"loss"``, else a custom ``eval_fn``'s only metric.
+        mode: ``"max"`` or ``"min"``; default ``"min"`` for names containing "loss".
+        min_delta: the smallest change that counts as an improvement.
         restore_best: end with the weights of the best evaluation.
-        clip_grad_norm, clip_grad_value: gradient clipping before each step
-            (the pre-clipping norm is logged as ``grad_norm``).
+        clip_grad_norm: clip the gradients' total 2-norm to this before each step (the
+            pre-clipping norm is logged as ``grad_norm`` every step).
+        clip_grad_value: clip every gradient entry to ``[-v, v]`` before each step.
         on_nonfinite: ``"raise"`` stops with :class:`NonFiniteError` naming the step
             and every parameter with a NaN/inf gradient; ``"skip"`` drops the step
-            (no optimizer or scheduler step), counts it, and raises after more than
-            ``max_consecutive_skips`` in a row.
-        checkpoint_dir, checkpoint_every, keep_checkpoints: write ``step-N.pt`` every
-            ``checkpoint_every`` steps and at the end, keeping the newest
-            ``keep_checkpoints`` (default all).  A checkpoint holds the model,
+            (no optimizer or scheduler step) and counts it.
+        max_consecutive_skips: with ``"skip"``, raise after more than this many
+            non-finite steps in a row.
+        checkpoint_dir: where ``step-N.pt`` files go, one at the end of the run and
+            one every ``checkpoint_every`` steps.  A checkpoint holds the model,
             optimizer, scheduler, the RNG states of torch/CUDA/numpy/Python on every
             rank, the data order, the counters, the early-stopping state and the history.
+        checkpoint_every: write a checkpoint every this many steps.
+        keep_checkpoints: keep only the newest this many checkpoints (default all).
         resume: a checkpoint file or directory (its newest).  The same call with
             ``resume`` continues exactly where the checkpoint left off; on CPU the
             parameters equal those of an uninterrupted run bit for bit.

@@ -38,7 +38,10 @@ class StepContext:
         epoch: current epoch (0-based).
         record: this step's history record (``loss``, ``bound``, ``lr``...).
         eval: the metrics if an evaluation ran at this step, else ``None``.
-        model, optimizer, history: the live objects.
+        model: the model being trained (not the DDP or compiled wrapper).
+        optimizer: the live optimizer.
+        history: the live :class:`History`.
+        stop: set to ``True`` to end the run after this step.
     """
 
     step: int
