@@ -263,3 +263,10 @@ def test_distributed_true_without_torchrun_says_how_to_launch(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ValueError, match="torchrun --nproc_per_node"):
         fit(Regression(), regression_data(8), steps=1, distributed=True, progress=False)
+
+
+def test_dreg_model_trains_and_evaluates_without_gradients():
+    # DReG reshapes gradients with hooks; the held-out evaluation runs under no_grad.
+    model = TinyVAE(estimator=vt.estimators.dreg)
+    hist = fit(model, gaussian_data(16), steps=2, batch_size=8, eval_data=gaussian_data(8, seed=3), progress=False)
+    assert [e["step"] for e in hist.evals] == [2] and all(torch.isfinite(p).all() for p in model.parameters())
