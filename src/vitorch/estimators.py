@@ -58,6 +58,15 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den != 0, num / torch.where(den != 0, den, 1.0), 0.0)
 
 
+def _rsample_and_log_prob(q: Distribution, sample_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """A family's fused draw, or ``rsample`` then ``log_prob`` for a plain torch distribution."""
+    fused = getattr(q, "rsample_and_log_prob", None)
+    if fused is not None:
+        return fused(sample_shape)
+    z = q.rsample(sample_shape)
+    return z, q.log_prob(z)
+
+
 def _stopped_log_prob(q: Distribution, z: Tensor) -> Tensor:
     """log q(z) at stopped parameters; ``z`` came from q itself, so its support check is skipped."""
     sq = stopped(q)
@@ -134,7 +143,7 @@ class _Pathwise(Estimator):
         elif self.stop_q:
             z = q.rsample((K,))
         else:
-            z, log_q = q.rsample_and_log_prob((K,))
+            z, log_q = _rsample_and_log_prob(q, (K,))
         if not self._reweights(objective):
             # Model and guide share one set of weights: plain autograd through the bound.
             log_p = log_joint(z)
