@@ -30,13 +30,14 @@ from ... import objectives as _objectives
 from ...loss import LossOutput
 from ...loss import loss as _vt_loss
 from . import _checks
+from ._bound import DeterministicBound
 from .covariance import Dense, WeightPosterior
 from .output import LastLayerOutput
 
 __all__ = ["VBLLClassification"]
 
 
-class VBLLClassification(nn.Module):
+class VBLLClassification(DeterministicBound, nn.Module):
     """Discriminative classification head with a Gaussian weight posterior.
 
     Args:
@@ -128,14 +129,8 @@ class VBLLClassification(nn.Module):
         a = 0.5 * (self.wishart_dof + self.num_classes + 1)
         return -(a * self.log_noise_variance + 0.5 * self.wishart_scale / self.noise_variance).sum()
 
-    def elbo(self, phi: Tensor, y: Tensor) -> Tensor:
-        """``sum_n bound_n - KL``, a lower bound on ``log p(y | Phi, sigma)`` (scalar)."""
-        return self.bound(phi, y).sum() - self.kl()
-
-    def loss(self, phi: Tensor, y: Tensor, num_data: int) -> Tensor:
-        """Scaled minibatch loss ``-(mean_batch bound + (log p(sigma) - KL) / N)``."""
-        _checks.num_data(type(self).__name__, num_data, phi.shape[0] if isinstance(phi, Tensor) else 0)
-        return -(self.bound(phi, y).mean() + (self.noise_log_prior() - self.kl()) / num_data)
+    def _per_datum(self, phi: Tensor, y: Tensor) -> Tensor:
+        return self.bound(phi, y)
 
     def predictive_probs(self, phi: Tensor, num_samples: int | None = None) -> Tensor:
         """``E_q softmax(z)`` by ``num_samples`` logit draws, ``[N, C]``."""

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, MultivariateNormal
 
 from . import _checks
+from ._bound import DeterministicBound
 from .covariance import Diagonal, WeightPosterior
 from .output import LastLayerOutput
 
@@ -41,7 +42,7 @@ __all__ = ["VBLLGenerativeClassification"]
 _LOG_2PI = math.log(2 * math.pi)
 
 
-class VBLLGenerativeClassification(nn.Module):
+class VBLLGenerativeClassification(DeterministicBound, nn.Module):
     """Generative classification head with Gaussian class means and diagonal feature noise.
 
     Args:
@@ -137,14 +138,8 @@ class VBLLGenerativeClassification(nn.Module):
         a = 0.5 * (self.wishart_dof + self.in_features + 1)
         return -(a * self.log_noise_variance + 0.5 * self.wishart_scale / self.noise_variance).sum()
 
-    def elbo(self, phi: Tensor, y: Tensor) -> Tensor:
-        """``sum_n bound_n - KL(q(mu) || p(mu))`` (scalar)."""
-        return self.bound(phi, y).sum() - self.kl()
-
-    def loss(self, phi: Tensor, y: Tensor, num_data: int) -> Tensor:
-        """Scaled minibatch loss ``-(mean_batch bound + (log p(Sigma) - KL) / N)``."""
-        _checks.num_data(type(self).__name__, num_data, phi.shape[0] if isinstance(phi, Tensor) else 0)
-        return -(self.bound(phi, y).mean() + (self.noise_log_prior() - self.kl()) / num_data)
+    def _per_datum(self, phi: Tensor, y: Tensor) -> Tensor:
+        return self.bound(phi, y)
 
     def forward(self, phi: Tensor) -> LastLayerOutput:
         """Predictive ``Categorical`` and the OOD score ``-log p(phi)`` (negative feature log-density)."""

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
 from . import _checks
+from ._bound import DeterministicBound
 from .covariance import Dense, Diagonal, WeightPosterior
 from .output import LastLayerOutput
 
@@ -41,7 +42,7 @@ __all__ = ["VBLLHeteroscedasticRegression"]
 _LOG_2PI = math.log(2 * math.pi)
 
 
-class VBLLHeteroscedasticRegression(nn.Module):
+class VBLLHeteroscedasticRegression(DeterministicBound, nn.Module):
     """Regression head whose noise variance is itself a Bayesian linear function of the features.
 
     Args:
@@ -109,14 +110,8 @@ class VBLLHeteroscedasticRegression(nn.Module):
         kl_w = self.weights.kl_to_isotropic(self.prior_scale**2).sum()
         return kl_w + self.noise_weights.kl_to_isotropic(self.noise_prior_scale**2).sum()
 
-    def elbo(self, phi: Tensor, y: Tensor) -> Tensor:
-        """The deterministic ELBO summed over the data (scalar)."""
-        return self.expected_log_likelihood(phi, y).sum() - self.kl()
-
-    def loss(self, phi: Tensor, y: Tensor, num_data: int) -> Tensor:
-        """Scaled minibatch loss ``-(mean_batch E log p - KL / N)``."""
-        _checks.num_data(type(self).__name__, num_data, phi.shape[0] if isinstance(phi, Tensor) else 0)
-        return -(self.expected_log_likelihood(phi, y).mean() - self.kl() / num_data)
+    def _per_datum(self, phi: Tensor, y: Tensor) -> Tensor:
+        return self.expected_log_likelihood(phi, y)
 
     def predictive(self, phi: Tensor) -> Distribution:
         """Gauss-Hermite mixture over the log-variance; ``[N]`` batch, event ``[O]`` when ``O > 1``."""

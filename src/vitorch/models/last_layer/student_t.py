@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Gamma, Independent, StudentT, kl_divergence
 
 from . import _checks
+from ._bound import DeterministicBound
 from .covariance import Dense, WeightPosterior
 from .output import LastLayerOutput
 
@@ -37,7 +38,7 @@ __all__ = ["VBLLStudentTRegression"]
 _LOG_2PI = math.log(2 * math.pi)
 
 
-class VBLLStudentTRegression(nn.Module):
+class VBLLStudentTRegression(DeterministicBound, nn.Module):
     """Regression head with a normal-gamma posterior over weights and noise precision.
 
     Args:
@@ -101,14 +102,8 @@ class VBLLStudentTRegression(nn.Module):
         kl_w = 0.5 * ((w.trace() + e_tau * w.mean.pow(2).sum(-1)) / v - d + d * math.log(v) - w.log_det())
         return (kl_w + kl_divergence(self.precision_posterior(), self._prior())).sum()
 
-    def elbo(self, phi: Tensor, y: Tensor) -> Tensor:
-        """The deterministic ELBO summed over the data (scalar)."""
-        return self.expected_log_likelihood(phi, y).sum() - self.kl()
-
-    def loss(self, phi: Tensor, y: Tensor, num_data: int) -> Tensor:
-        """Scaled minibatch loss ``-(mean_batch E log p - KL / N)``."""
-        _checks.num_data(type(self).__name__, num_data, phi.shape[0] if isinstance(phi, Tensor) else 0)
-        return -(self.expected_log_likelihood(phi, y).mean() - self.kl() / num_data)
+    def _per_datum(self, phi: Tensor, y: Tensor) -> Tensor:
+        return self.expected_log_likelihood(phi, y)
 
     def predictive(self, phi: Tensor) -> Distribution:
         """``StudentT(2a, m^T phi, sqrt((b/a)(1 + phi^T S phi)))``; batch ``[N]``, event ``[O]`` when ``O > 1``."""
