@@ -61,6 +61,12 @@ class Family(Distribution):
     ``detach``.  Every sample-shaped result has the sample dimensions first:
     ``z`` is ``[*sample_shape, *batch_shape, *event_shape]`` and its log-density
     ``[*sample_shape, *batch_shape]``.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (ICLR 2014).
+        Rezende, Mohamed & Wierstra, *Stochastic Backpropagation and Approximate Inference in Deep
+        Generative Models* (ICML 2014).
+        Roeder, Wu & Duvenaud, *Sticking the Landing* (NeurIPS 2017): the stopped log-density.
     """
 
     def _init_checked(
@@ -114,6 +120,11 @@ def stopped(q: Distribution) -> Distribution:
 
     Raises:
         ValueError: if ``q`` cannot be rebuilt with detached parameters.
+
+    References:
+        Roeder, Wu & Duvenaud, *Sticking the Landing: Simple, Lower-Variance Gradient Estimators for
+        Variational Inference* (NeurIPS 2017).
+        Tucker, Lawson, Gu & Maddison, *Doubly Reparameterized Gradient Estimators* (ICLR 2019).
     """
     if isinstance(q, Family):
         return q.detach()

@@ -61,6 +61,11 @@ class DiagNormal(Family):
     Example:
         >>> q = DiagNormal(torch.zeros(3), torch.ones(3))
         >>> z, log_q = q.rsample_and_log_prob((5,))   # [5, 3], [5]
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (ICLR 2014).
+        Rezende, Mohamed & Wierstra, *Stochastic Backpropagation and Approximate Inference in Deep
+        Generative Models* (ICML 2014).
     """
 
     arg_constraints = {"loc": finite_real_vector, "scale": positive_finite_vector}
@@ -145,6 +150,12 @@ class FullRankNormal(Family):
 
     ``log_prob`` costs one triangular solve, ``O(D^2)`` per sample;
     ``rsample_and_log_prob`` costs one triangular product.
+
+    References:
+        Titsias & Lázaro-Gredilla, *Doubly Stochastic Variational Bayes for non-Conjugate Inference*
+        (ICML 2014): the Cholesky-factor reparameterization ``z = loc + L eps``.
+        Kucukelbir, Tran, Ranganath, Gelman & Blei, *Automatic Differentiation Variational Inference*
+        (JMLR 2017): the full-rank Gaussian family.
     """
 
     arg_constraints = {"loc": finite_real_vector, "scale_tril": lower_cholesky_finite}
@@ -243,6 +254,12 @@ class LowRankNormal(Family):
     The Woodbury Mahalanobis term is a difference of two quadratic forms, so it
     loses about ``log10(max(W W^T) / min(cov_diag))`` digits; when that ratio nears
     ``1 / eps`` of the dtype, use :class:`FullRankNormal`.
+
+    References:
+        Rezende, Mohamed & Wierstra, *Stochastic Backpropagation and Approximate Inference in Deep
+        Generative Models* (ICML 2014): diagonal-plus-low-rank Gaussian posteriors.
+        Ong, Nott & Smith, *Gaussian Variational Approximation with a Factor Covariance Structure*
+        (J. Comput. Graph. Stat. 2018).
     """
 
     arg_constraints = {

@@ -59,7 +59,11 @@ class _Head(nn.Module):
 
 
 class DiagNormalHead(_Head):
-    """``context [*B, in_features] -> DiagNormal`` with batch ``[*B]`` and event ``[event_size]``."""
+    """``context [*B, in_features] -> DiagNormal`` with batch ``[*B]`` and event ``[event_size]``.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (ICLR 2014): amortized Gaussian encoders.
+    """
 
     def __init__(
         self,
@@ -78,7 +82,11 @@ class DiagNormalHead(_Head):
 
 
 class FullRankNormalHead(_Head):
-    """``context [*B, in_features] -> FullRankNormal``: a softplus diagonal and a free strict lower triangle."""
+    """``context [*B, in_features] -> FullRankNormal``: a softplus diagonal and a free strict lower triangle.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (ICLR 2014): amortized Gaussian encoders.
+    """
 
     def __init__(
         self,
@@ -106,7 +114,11 @@ class FullRankNormalHead(_Head):
 
 
 class LowRankNormalHead(_Head):
-    """``context [*B, in_features] -> LowRankNormal`` with a ``[D, rank]`` factor."""
+    """``context [*B, in_features] -> LowRankNormal`` with a ``[D, rank]`` factor.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (ICLR 2014): amortized Gaussian encoders.
+    """
 
     def __init__(
         self,
