@@ -71,6 +71,20 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_json(path: pathlib.Path, rows: list[dict], args) -> None:
+    """The finished rows with the settings that produced them (what the docs' table is built from)."""
+    keys = ("data", "steps", "batch_size", "lr", "hidden", "latent", "big_k", "ll_particles", "test_images", "seed")
+    keys += ("threads",)
+    payload = {
+        "command": "python examples/vae_compare.py " + " ".join(args.argv),
+        "settings": {k: getattr(args, k) for k in keys},
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+
+
 def figure(rows: list[dict], path: pathlib.Path) -> None:
     """One row per model: the ELBO and the IWAE log-likelihood as two points joined by the gap."""
     from matplotlib.figure import Figure
@@ -107,6 +121,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--quick", action="store_true", help="digits, 150 steps, K=10 rows, K=100 test")
     p.add_argument("--out", default="outputs/vae_compare")
     p.add_argument("--table", default=None, help="markdown file (default docs/vae_comparison.md)")
+    p.add_argument("--json", default=None, help="also write the rows and the settings to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
@@ -138,6 +153,8 @@ def main(argv=None) -> list[dict]:
         # Rewritten after every model, so a long run that is cut short keeps its finished rows.
         table_path.parent.mkdir(parents=True, exist_ok=True)
         table_path.write_text(table(rows, args))
+        if args.json:
+            write_json(pathlib.Path(args.json), rows, args)
         print(
             f"{name:32s} LL {metrics['log_likelihood']:9.2f}  ELBO {metrics['elbo']:9.2f}  "
             f"KL {metrics['kl']:7.2f}  AU {metrics['active_units']:3d}  ({seconds:.0f} s)",
