@@ -43,6 +43,12 @@ class ExactGP(nn.Module):
         >>> gp_model = ExactGP(RBF(lengthscale=0.5), noise=0.1)
         >>> gp_model.log_marginal_likelihood(X, y)     # scalar
         >>> mean, var = gp_model.predict(X, y, X_new)   # [N*], [N*]
+
+    Shapes: inputs ``X [N, D]``, targets ``y [N]``, test inputs ``X_new [N*, D]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006),
+        Algorithm 2.1 (Cholesky-based predictive and log marginal likelihood).
     """
 
     def __init__(self, kernel: Kernel, noise: float | Tensor = 1.0, mean: nn.Module | None = None, jitter: float = 0.0):

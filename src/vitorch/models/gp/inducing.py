@@ -39,6 +39,11 @@ def kmeans(x: Tensor, m: int, iters: int = 25, generator: torch.Generator | None
         m: number of centroids (``1 <= m <= N``).
         iters: Lloyd iterations after the k-means++ start (stops early at a fixed point).
         generator: random source for the k-means++ draws.
+
+    References:
+        Lloyd, *Least Squares Quantization in PCM* (IEEE Trans. Inf. Theory, 1982).
+        Arthur & Vassilvitskii, *k-means++: The Advantages of Careful Seeding* (SODA 2007).
+        Hensman, Fusi & Lawrence, *Gaussian Processes for Big Data* (UAI 2013): k-means inducing inputs.
     """
     _check_m("kmeans", x, m)
     x = x.detach()
@@ -80,6 +85,11 @@ def greedy_variance(
 
     Returns:
         ``Z [M', D]`` with ``M' <= m`` (and ``indices [M']`` if asked).
+
+    References:
+        Burt, Rasmussen & van der Wilk, *Rates of Convergence for Sparse Variational Gaussian Process
+        Regression* (ICML 2019) and *Convergence of Sparse Variational Inference in Gaussian Processes
+        Regression* (JMLR 2020): greedy conditional-variance selection.
     """
     _check_m("greedy_variance", x, m)
     n = x.shape[0]

@@ -54,7 +54,13 @@ def _check_inputs(owner: str, x1: Tensor, x2: Tensor | None) -> None:
 
 
 class Kernel(nn.Module):
-    """Base class: subclasses implement :meth:`forward` and :meth:`diag`."""
+    """Base class: subclasses implement :meth:`forward` and :meth:`diag`.
+
+    Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006), chapter 4.
+    """
 
     def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract
         """Covariance matrix ``[N1, N2]`` between ``x1 [N1, D]`` and ``x2 [N2, D]`` (``x1`` if None)."""
@@ -87,6 +93,12 @@ class Stationary(Kernel):
     Args:
         lengthscale: scalar, or ``[D]`` for one lengthscale per input dimension (ARD).
         variance: signal variance ``s^2``.
+
+    Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006),
+        section 4.2 (ARD, section 5.1).
     """
 
     def __init__(self, lengthscale: float | Tensor = 1.0, variance: float | Tensor = 1.0):
@@ -139,6 +151,11 @@ class RBF(Stationary):
     """Squared-exponential kernel ``s^2 exp(-r^2 / 2)``; see :class:`Stationary` for the arguments.
 
     Evaluated by a fused kernel with a hand-written backward (:mod:`~vitorch.models.gp._rbf`).
+
+    Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006), eq. 4.9.
     """
 
     def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
@@ -147,14 +164,26 @@ class RBF(Stationary):
 
 
 class Matern12(Stationary):
-    """Matérn-1/2 (exponential) kernel ``s^2 exp(-r)``."""
+    """Matérn-1/2 (exponential) kernel ``s^2 exp(-r)``.
+
+    Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006), section 4.2.1.
+    """
 
     def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
         return self.variance * torch.exp(-self.scaled_dist(x1, x2))
 
 
 class Matern32(Stationary):
-    """Matérn-3/2 kernel ``s^2 (1 + √3 r) exp(-√3 r)``."""
+    """Matérn-3/2 kernel ``s^2 (1 + √3 r) exp(-√3 r)``.
+
+    Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006), section 4.2.1.
+    """
 
     def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
         r = math.sqrt(3.0) * self.scaled_dist(x1, x2)
@@ -162,7 +191,13 @@ class Matern32(Stationary):
 
 
 class Matern52(Stationary):
-    """Matérn-5/2 kernel ``s^2 (1 + √5 r + 5 r^2 / 3) exp(-√5 r)``."""
+    """Matérn-5/2 kernel ``s^2 (1 + √5 r + 5 r^2 / 3) exp(-√5 r)``.
+
+    Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006), section 4.2.1.
+    """
 
     def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
         d2 = self.scaled_sqdist(x1, x2)
@@ -177,6 +212,11 @@ class RationalQuadratic(Stationary):
         lengthscale: scalar or ``[D]`` (ARD).
         variance: signal variance.
         alpha: positive shape; ``alpha -> inf`` recovers the RBF.
+
+    Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006), section 4.2.1.
     """
 
     def __init__(self, lengthscale: float | Tensor = 1.0, variance: float | Tensor = 1.0, alpha: float | Tensor = 1.0):
@@ -224,6 +264,12 @@ class Linear(Kernel):
 
     Args:
         variance: scalar, or ``[D]`` for one weight variance per input dimension.
+
+    Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006),
+        section 4.2.2 (dot-product covariance).
     """
 
     def __init__(self, variance: float | Tensor = 1.0):
@@ -244,7 +290,15 @@ class Linear(Kernel):
 
 
 class Sum(Kernel):
-    """``k1 + k2``."""
+    """``k1 + k2``.
+
+    Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006), section 4.2.4.
+        Duvenaud, Lloyd, Grosse, Tenenbaum & Ghahramani, *Structure Discovery in Nonparametric
+        Regression through Compositional Kernel Search* (ICML 2013).
+    """
 
     def __init__(self, k1: Kernel, k2: Kernel):
         super().__init__()
@@ -258,7 +312,15 @@ class Sum(Kernel):
 
 
 class Product(Kernel):
-    """``k1 * k2`` (elementwise), e.g. a locally periodic kernel ``Periodic * RBF``."""
+    """``k1 * k2`` (elementwise), e.g. a locally periodic kernel ``Periodic * RBF``.
+
+    Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006), section 4.2.4.
+        Duvenaud, Lloyd, Grosse, Tenenbaum & Ghahramani, *Structure Discovery in Nonparametric
+        Regression through Compositional Kernel Search* (ICML 2013).
+    """
 
     def __init__(self, k1: Kernel, k2: Kernel):
         super().__init__()
@@ -272,7 +334,13 @@ class Product(Kernel):
 
 
 class Scale(Kernel):
-    """``c * k`` with a learnable positive scale ``c`` (``variance``)."""
+    """``c * k`` with a learnable positive scale ``c`` (``variance``).
+
+    Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006), section 4.2.4.
+    """
 
     def __init__(self, kernel: Kernel, variance=1.0):
         super().__init__()

@@ -37,6 +37,13 @@ class Likelihood(nn.Module):
 
     Args:
         integrator: :class:`GaussHermite` (default, 20 nodes) or :class:`MonteCarlo`.
+
+    Shapes: ``y``, ``mean`` and ``var`` of the latent ``f ~ N(mean, var)`` are ``[N]``;
+    ``log_prob(f, y)`` broadcasts leading quadrature or sample dimensions of ``f``.
+
+    References:
+        Hensman, Matthews & Ghahramani, *Scalable Variational Gaussian Process Classification* (AISTATS 2015):
+        the expected log-likelihood by one-dimensional quadrature.
     """
 
     def __init__(self, integrator: GaussHermite | MonteCarlo | None = None):
@@ -70,6 +77,12 @@ class GaussianLikelihood(Likelihood):
 
     Args:
         noise: noise *variance* ``sigma^2`` (positive, learnable).
+
+    Shapes: ``y``, ``mean`` and ``var`` of the latent ``f ~ N(mean, var)`` are ``[N]``;
+    ``log_prob(f, y)`` broadcasts leading quadrature or sample dimensions of ``f``.
+
+    References:
+        Hensman, Fusi & Lawrence, *Gaussian Processes for Big Data* (UAI 2013): the closed-form expectation.
     """
 
     def __init__(self, noise: float | Tensor = 1.0, integrator: GaussHermite | MonteCarlo | None = None):
@@ -115,7 +128,14 @@ class _Bernoulli(Likelihood):
 
 
 class BernoulliLogit(_Bernoulli):
-    """``p(y = 1 | f) = sigmoid(f)``; expectations by the integrator (Gauss–Hermite by default)."""
+    """``p(y = 1 | f) = sigmoid(f)``; expectations by the integrator (Gauss–Hermite by default).
+
+    Shapes: ``y``, ``mean`` and ``var`` of the latent ``f ~ N(mean, var)`` are ``[N]``;
+    ``log_prob(f, y)`` broadcasts leading quadrature or sample dimensions of ``f``.
+
+    References:
+        Hensman, Matthews & Ghahramani, *Scalable Variational Gaussian Process Classification* (AISTATS 2015).
+    """
 
     def log_prob(self, f: Tensor, y: Tensor) -> Tensor:
         # log sigmoid((2y - 1) f), stable for large |f|
@@ -123,7 +143,16 @@ class BernoulliLogit(_Bernoulli):
 
 
 class BernoulliProbit(_Bernoulli):
-    """``p(y = 1 | f) = Phi(f)``; the predictive ``Phi(m / sqrt(1 + v))`` is exact."""
+    """``p(y = 1 | f) = Phi(f)``; the predictive ``Phi(m / sqrt(1 + v))`` is exact.
+
+    Shapes: ``y``, ``mean`` and ``var`` of the latent ``f ~ N(mean, var)`` are ``[N]``;
+    ``log_prob(f, y)`` broadcasts leading quadrature or sample dimensions of ``f``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006),
+        section 3.9 (the exact probit predictive).
+        Hensman, Matthews & Ghahramani, *Scalable Variational Gaussian Process Classification* (AISTATS 2015).
+    """
 
     def log_prob(self, f: Tensor, y: Tensor) -> Tensor:
         return torch.special.log_ndtr((2 * y - 1) * f)
@@ -136,6 +165,13 @@ class Poisson(Likelihood):
     """``y ~ Poisson(exp(f))`` for counts; the expected log-likelihood is closed form.
 
     ``E log p = y m - exp(m + v / 2) - log y!``.
+
+    Shapes: ``y``, ``mean`` and ``var`` of the latent ``f ~ N(mean, var)`` are ``[N]``;
+    ``log_prob(f, y)`` broadcasts leading quadrature or sample dimensions of ``f``.
+
+    References:
+        Hensman, Matthews & Ghahramani, *Scalable Variational Gaussian Process Classification* (AISTATS 2015);
+        the log-normal moment ``E exp(f) = exp(m + v / 2)`` makes the expectation exact.
     """
 
     def check_y(self, y: Tensor) -> None:
@@ -162,6 +198,13 @@ class StudentT(Likelihood):
     Args:
         df: degrees of freedom (positive; fixed).
         scale: noise scale (positive, learnable).
+
+    Shapes: ``y``, ``mean`` and ``var`` of the latent ``f ~ N(mean, var)`` are ``[N]``;
+    ``log_prob(f, y)`` broadcasts leading quadrature or sample dimensions of ``f``.
+
+    References:
+        Jylänki, Vanhatalo & Vehtari, *Robust Gaussian Process Regression with a Student-t Likelihood*
+        (JMLR 2011).
     """
 
     def __init__(

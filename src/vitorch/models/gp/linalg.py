@@ -22,11 +22,22 @@ __all__ = ["NotPositiveDefiniteError", "JitterWarning", "jittered_cholesky", "ch
 
 
 class NotPositiveDefiniteError(ValueError):
-    """A kernel matrix stayed non-positive-definite after every jitter retry."""
+    """A kernel matrix stayed non-positive-definite after every jitter retry.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006),
+        section A.4 (Cholesky with added jitter).
+        Higham, *Accuracy and Stability of Numerical Algorithms* (SIAM, 2nd ed. 2002), chapter 10.
+    """
 
 
 class JitterWarning(RuntimeWarning):
-    """A Cholesky factorization needed more jitter than requested."""
+    """A Cholesky factorization needed more jitter than requested.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006),
+        section A.4 (Cholesky with added jitter).
+    """
 
 
 # First escalated jitter, relative to the mean diagonal: a few hundred ulps of the
@@ -79,6 +90,11 @@ def jittered_cholesky(a: Tensor, name: str = "K", jitter: float = 0.0, max_tries
         ValueError: if ``a`` contains NaN or infinity.
         NotPositiveDefiniteError: if no jitter up to the last retry makes ``a``
             factorizable; the message gives the smallest eigenvalue.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006),
+        section A.4 (Cholesky with added jitter).
+        Higham, *Accuracy and Stability of Numerical Algorithms* (SIAM, 2nd ed. 2002), chapter 10.
     """
     check_finite(name, a)
     scale = a.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True).unsqueeze(-1).detach().abs().clamp_min(1e-30)

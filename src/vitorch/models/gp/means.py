@@ -9,7 +9,13 @@ __all__ = ["ZeroMean", "ConstantMean"]
 
 
 class ZeroMean(nn.Module):
-    """``m(x) = 0``."""
+    """``m(x) = 0``.
+
+    Shapes: ``m(x [N, D]) -> [N]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006), section 2.7.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         return x.new_zeros(x.shape[0])
@@ -23,6 +29,11 @@ class ConstantMean(nn.Module):
 
     Raises:
         ValueError: if ``constant`` is NaN or infinite.
+
+    Shapes: ``m(x [N, D]) -> [N]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006), section 2.7.
     """
 
     def __init__(self, constant: float = 0.0):

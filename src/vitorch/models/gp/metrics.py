@@ -15,14 +15,24 @@ __all__ = ["rmse", "nlpd", "gaussian_nlpd"]
 
 
 def rmse(y: Tensor, mean: Tensor) -> Tensor:
-    """``sqrt(mean((y - mean)^2))``, a scalar; ``y`` and ``mean`` are ``[N]``."""
+    """``sqrt(mean((y - mean)^2))``, a scalar; ``y`` and ``mean`` are ``[N]``.
+
+    References:
+        Quiñonero-Candela, Rasmussen, Sinz, Bousquet & Schölkopf, *Evaluating Predictive Uncertainty
+        Challenge* (MLCW 2005, LNCS 3944, 2006).
+    """
     if y.shape != mean.shape:
         raise ValueError(f"rmse: shapes differ: y {tuple(y.shape)} and mean {tuple(mean.shape)}")
     return (y - mean).pow(2).mean().sqrt()
 
 
 def nlpd(log_predictive: Tensor) -> Tensor:
-    """Negative mean of per-point log predictive densities ``[N]``, a scalar."""
+    """Negative mean of per-point log predictive densities ``[N]``, a scalar.
+
+    References:
+        Quiñonero-Candela, Rasmussen, Sinz, Bousquet & Schölkopf, *Evaluating Predictive Uncertainty
+        Challenge* (MLCW 2005, LNCS 3944, 2006).
+    """
     return -log_predictive.mean()
 
 
@@ -31,6 +41,10 @@ def gaussian_nlpd(y: Tensor, mean: Tensor, var: Tensor) -> Tensor:
 
     Raises:
         ValueError: if any predictive variance is not positive.
+
+    References:
+        Quiñonero-Candela, Rasmussen, Sinz, Bousquet & Schölkopf, *Evaluating Predictive Uncertainty
+        Challenge* (MLCW 2005, LNCS 3944, 2006).
     """
     if not bool((var > 0).all()):
         raise ValueError("gaussian_nlpd: predictive variance var must be positive")

@@ -48,6 +48,13 @@ class GaussHermite:
 
     Raises:
         ValueError: if ``num_points < 1``.
+
+    Shapes: ``expect(g, mean [N], var [N]) -> [N]`` computes ``E_{N(f; mean, var)} g(f)``; ``g`` sees
+    ``f [num_points, N]``.
+
+    References:
+        Abramowitz & Stegun, *Handbook of Mathematical Functions* (1964), 25.4.46.
+        Hensman, Matthews & Ghahramani, *Scalable Variational Gaussian Process Classification* (AISTATS 2015).
     """
 
     def __init__(self, num_points: int = 20):
@@ -98,6 +105,12 @@ class MonteCarlo:
 
     Raises:
         ValueError: if ``num_samples < 1``.
+
+    Shapes: ``expect(g, mean [N], var [N]) -> [N]``; ``g`` sees ``f [num_samples, N]``.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (ICLR 2014): reparameterized draws.
+        Hensman, Matthews & Ghahramani, *Scalable Variational Gaussian Process Classification* (AISTATS 2015).
     """
 
     def __init__(self, num_samples: int = 64, estimator: Estimator | None = None):

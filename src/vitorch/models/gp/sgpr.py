@@ -57,6 +57,12 @@ class SGPR(nn.Module):
         jitter: base jitter on ``K_mm`` relative to its mean diagonal
             (default :func:`~vitorch.models.gp.linalg.default_jitter`: 0 in float64).
         learn_inducing: make ``Z`` a trainable parameter.
+
+    Shapes: ``elbo(X [N, D], y [N])`` is a scalar; ``predict(X, y, X_new [N*, D])`` gives mean and
+    variance ``[N*]``.
+
+    References:
+        Titsias, *Variational Learning of Inducing Variables in Sparse Gaussian Processes* (AISTATS 2009).
     """
 
     def __init__(

@@ -65,6 +65,13 @@ class SVGP(nn.Module):
         >>> model = SVGP(RBF(), Z, GaussianLikelihood(0.1), num_data=N)
         >>> loss = -model.elbo(X_b, y_b) / N       # per-datum negative ELBO
         >>> mean, var = model.predict(X_test)      # latent f, each [N*]
+
+    Shapes: ``elbo(X_b [B, D], y_b [B])`` is a scalar (the minibatch estimate of the full-data bound);
+    ``predict(X [N*, D])`` gives mean and variance ``[N*]``; ``q`` is over ``u [M]``.
+
+    References:
+        Hensman, Fusi & Lawrence, *Gaussian Processes for Big Data* (UAI 2013).
+        Hensman, Matthews & Ghahramani, *Scalable Variational Gaussian Process Classification* (AISTATS 2015).
     """
 
     def __init__(
