@@ -44,6 +44,11 @@ def affine_recurrence(x1: Tensor, A: Tensor, u: Tensor) -> Tensor:
 
     Returns:
         ``[T, *B, D]`` states, time first.
+
+    References:
+        Blelloch, *Prefix Sums and Their Applications* (CMU-CS-90-190, 1990).
+        Särkkä & García-Fernández, *Temporal Parallelization of Bayesian Smoothers*
+        (IEEE Trans. Autom. Control, 2021).
     """
     if A.shape[0] == 0:
         return x1.unsqueeze(0)
@@ -69,6 +74,12 @@ class GaussianMarkovChain(Family):
         trans_scale_tril: ``[*b, T-1, D, D]`` Cholesky factors ``L_t`` (positive diagonals).
         reverse: generate ``x_T`` first and run backwards in time (the FFBS form).
         validate_args: check the Cholesky factors.
+
+    References:
+        Archer, Park, Buesing, Cunningham & Paninski, *Black Box Variational Inference for State
+        Space Models* (arXiv:1511.07367, 2015): Gaussian Markov posteriors over paths.
+        Särkkä & García-Fernández, *Temporal Parallelization of Bayesian Smoothers*
+        (IEEE Trans. Autom. Control, 2021).
     """
 
     arg_constraints = {}

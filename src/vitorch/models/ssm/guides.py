@@ -39,6 +39,10 @@ class MarkovGaussianGuide(nn.Module):
         min_scale: floor on the Cholesky diagonals (keeps ``log q`` finite).
 
     Calling the module returns a :class:`GaussianMarkovChain` with event ``[T, D]``.
+
+    References:
+        Archer, Park, Buesing, Cunningham & Paninski, *Black Box Variational Inference for State
+        Space Models* (arXiv:1511.07367, 2015): Gaussian Markov posteriors over paths.
     """
 
     def __init__(self, num_steps: int, state_dim: int, init_scale: float = 1.0, min_scale: float = 1e-5):
@@ -73,6 +77,10 @@ class DMMCombiner(nn.Module):
     """Krishnan et al.'s combiner: ``h = (tanh(W x_{t-1} + b) + h_rnn_t) / 2``, then a Gaussian head.
 
     ``(x_prev [..., D], h_rnn [..., H]) -> (loc [..., D], scale [..., D])``.
+
+    References:
+        Krishnan, Shalit & Sontag, *Structured Inference Networks for Nonlinear State Space Models*
+        (AAAI 2017).
     """
 
     def __init__(self, state_dim: int, rnn_dim: int, min_scale: float = 1e-4):
@@ -102,6 +110,10 @@ class StructuredInferenceNetwork(nn.Module):
         >>> guide = StructuredInferenceNetwork(obs_dim=1, state_dim=2)
         >>> out = vt.loss(lambda x: model.log_joint(x, y), guide(y), num_particles=8,
         ...               objective=vt.objectives.iwae, estimator=vt.estimators.dreg)
+
+    References:
+        Krishnan, Shalit & Sontag, *Structured Inference Networks for Nonlinear State Space Models*
+        (AAAI 2017).
     """
 
     def __init__(self, obs_dim: int, state_dim: int, rnn_dim: int = 32, embed: nn.Module | None = None):

@@ -56,6 +56,11 @@ class FilterResult(NamedTuple):
         observed: ``[T, *B]`` boolean mask of observed steps, or ``None`` if all are.
 
     With missing steps, covariances take the mask's batch shape as well.
+
+    References:
+        Kalman, *A New Approach to Linear Filtering and Prediction Problems* (J. Basic Eng., 1960).
+        Särkkä, *Bayesian Filtering and Smoothing* (Cambridge University Press, 2013), chapter 4.
+        Durbin & Koopman, *Time Series Analysis by State Space Methods* (2nd ed., OUP 2012): missing steps.
     """
 
     pred_means: Tensor
@@ -169,6 +174,11 @@ def kalman_filter(
 
     Returns:
         A :class:`FilterResult`.
+
+    References:
+        Kalman, *A New Approach to Linear Filtering and Prediction Problems* (J. Basic Eng., 1960).
+        Särkkä, *Bayesian Filtering and Smoothing* (Cambridge University Press, 2013), chapter 4.
+        Durbin & Koopman, *Time Series Analysis by State Space Methods* (2nd ed., OUP 2012): missing steps.
     """
     eye = torch.eye(F.shape[-1], dtype=F.dtype, device=F.device)
     if observed is not None:
@@ -228,6 +238,11 @@ def rts_smoother(F: Tensor, res: FilterResult) -> tuple[Tensor, Tensor]:
 
     Returns:
         Smoothed means ``[T, *B, D]`` and covariances ``[T, *Bp, D, D]``.
+
+    References:
+        Rauch, Tung & Striebel, *Maximum Likelihood Estimates of Linear Dynamic Systems*
+        (AIAA J., 1965).
+        Särkkä, *Bayesian Filtering and Smoothing* (Cambridge University Press, 2013), chapter 8.
     """
     T = res.filt_means.shape[0]
     if T == 1:

@@ -90,6 +90,17 @@ class LinearGaussianSSM:
         >>> m = LinearGaussianSSM(F, Q, H, R, m1, P1)
         >>> m.log_prob(y)              # y [*B, T, p] -> [*B]
         >>> means, covs = m.smooth(y)  # [*B, T, D], [*B, T, D, D]
+
+    References:
+        Kalman, *A New Approach to Linear Filtering and Prediction Problems* (J. Basic Eng., 1960).
+        Rauch, Tung & Striebel, *Maximum Likelihood Estimates of Linear Dynamic Systems*
+        (AIAA J., 1965).
+        Durbin & Koopman, *Time Series Analysis by State Space Methods* (2nd ed., OUP 2012): diffuse
+        initial states and missing observations.
+        Carter & Kohn, *On Gibbs Sampling for State Space Models* (Biometrika, 1994); Frühwirth-Schnatter,
+        *Data Augmentation and Dynamic Linear Models* (J. Time Ser. Anal., 1994): FFBS.
+        Särkkä & García-Fernández, *Temporal Parallelization of Bayesian Smoothers*
+        (IEEE Trans. Autom. Control, 2021).
     """
 
     def __init__(

@@ -68,6 +68,11 @@ class GaussianTransition(_ScaleMixin):
         mean: ``x_prev [..., D] -> [..., D]``, or a matrix ``F`` for ``F x_prev``.
         scale: ``[D]`` or scalar standard deviation(s).
         learn_scale: make ``log(scale)`` a learnable parameter.
+
+    References:
+        Durbin & Koopman, *Time Series Analysis by State Space Methods* (2nd ed., OUP 2012).
+        Krishnan, Shalit & Sontag, *Structured Inference Networks for Nonlinear State Space Models*
+        (AAAI 2017).
     """
 
     def __init__(self, mean: Callable[[Tensor], Tensor] | Tensor, scale: float | Tensor, learn_scale: bool = False):
@@ -82,7 +87,13 @@ class GaussianTransition(_ScaleMixin):
 
 
 class GaussianEmission(_ScaleMixin):
-    """``y_t ~ N(g(x_t), diag(scale^2))``; ``g`` a function, module or ``[p, D]`` matrix."""
+    """``y_t ~ N(g(x_t), diag(scale^2))``; ``g`` a function, module or ``[p, D]`` matrix.
+
+    References:
+        Durbin & Koopman, *Time Series Analysis by State Space Methods* (2nd ed., OUP 2012).
+        Krishnan, Shalit & Sontag, *Structured Inference Networks for Nonlinear State Space Models*
+        (AAAI 2017).
+    """
 
     def __init__(self, mean: Callable[[Tensor], Tensor] | Tensor, scale: float | Tensor, learn_scale: bool = False):
         super().__init__()
@@ -96,7 +107,15 @@ class GaussianEmission(_ScaleMixin):
 
 
 class PoissonEmission(nn.Module):
-    """Counts ``y_t ~ Poisson(exp(g(x_t)))`` independently per coordinate; ``g`` gives log-rates."""
+    """Counts ``y_t ~ Poisson(exp(g(x_t)))`` independently per coordinate; ``g`` gives log-rates.
+
+    Shapes: ``x [..., T, D] -> Distribution`` with batch ``[..., T]`` and event ``[p]``.
+
+    References:
+        Durbin & Koopman, *Time Series Analysis by State Space Methods* (2nd ed., OUP 2012).
+        Krishnan, Shalit & Sontag, *Structured Inference Networks for Nonlinear State Space Models*
+        (AAAI 2017).
+    """
 
     def __init__(self, log_rate: Callable[[Tensor], Tensor] | Tensor):
         super().__init__()
@@ -109,7 +128,15 @@ class PoissonEmission(nn.Module):
 
 
 class BernoulliEmission(nn.Module):
-    """Binary ``y_t ~ Bernoulli(sigmoid(g(x_t)))`` independently per coordinate; ``g`` gives logits."""
+    """Binary ``y_t ~ Bernoulli(sigmoid(g(x_t)))`` independently per coordinate; ``g`` gives logits.
+
+    Shapes: ``x [..., T, D] -> Distribution`` with batch ``[..., T]`` and event ``[p]``.
+
+    References:
+        Durbin & Koopman, *Time Series Analysis by State Space Methods* (2nd ed., OUP 2012).
+        Krishnan, Shalit & Sontag, *Structured Inference Networks for Nonlinear State Space Models*
+        (AAAI 2017).
+    """
 
     def __init__(self, logits: Callable[[Tensor], Tensor] | Tensor):
         super().__init__()
@@ -133,6 +160,11 @@ class StateSpaceModel(nn.Module):
         ...                         GaussianTransition(torch.eye(1) * 0.9, 0.3),
         ...                         PoissonEmission(torch.eye(1)))
         >>> log_joint = lambda x: model.log_joint(x, y)     # x [K, *B, T, D] -> [K, *B]
+
+    References:
+        Durbin & Koopman, *Time Series Analysis by State Space Methods* (2nd ed., OUP 2012).
+        Krishnan, Shalit & Sontag, *Structured Inference Networks for Nonlinear State Space Models*
+        (AAAI 2017).
     """
 
     def __init__(self, init: Callable[[], Distribution], transition: Callable, emission: Callable):

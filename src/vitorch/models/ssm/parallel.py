@@ -94,6 +94,10 @@ def parallel_kalman_filter(
 
     Same arguments and result as :func:`vitorch.models.ssm.kalman.kalman_filter`
     (time first, ``y [T, *B, p]``), up to rounding.
+
+    References:
+        Särkkä & García-Fernández, *Temporal Parallelization of Bayesian Smoothers*
+        (IEEE Trans. Autom. Control, 2021).
     """
     T = y.shape[0]
     if T == 1 and observed is None:

@@ -46,6 +46,12 @@ class AutoregressiveGaussianPath(Family):
         context: ``[*b, T, C]`` per-step context; its leading dims are the batch shape.
         x0: ``[D]`` (or broadcastable) state that precedes ``x_1``.
         frozen: evaluate ``step`` with detached parameters (set by :meth:`detach`).
+
+    References:
+        Krishnan, Shalit & Sontag, *Structured Inference Networks for Nonlinear State Space Models*
+        (AAAI 2017).
+        Ryder, Golightly, McGough & Prangle, *Black-Box Variational Inference for Stochastic
+        Differential Equations* (ICML 2018).
     """
 
     arg_constraints = {}

@@ -72,6 +72,12 @@ class EulerMaruyamaSDE(nn.Module):
         theta_prior: distribution over ``u`` (event ``[P]``).
         transform: ``u -> theta`` (default ``exp``: positive rates).
         obs_matrix: ``[p, D]`` ``H`` (default identity).
+
+    References:
+        Kloeden & Platen, *Numerical Solution of Stochastic Differential Equations* (Springer, 1992):
+        the Euler–Maruyama scheme.
+        Ryder, Golightly, McGough & Prangle, *Black-Box Variational Inference for Stochastic
+        Differential Equations* (ICML 2018).
     """
 
     def __init__(
@@ -156,6 +162,10 @@ class BridgeStep(nn.Module):
     ``context = [t / t_end, tau / tau_max, tau, has_next, y_next, u]`` with ``tau`` the time left
     to the next observation; the network also sees ``x_prev`` and the gap ``y_next - H x_prev``,
     both divided by ``state_scale``.
+
+    References:
+        Ryder, Golightly, McGough & Prangle, *Black-Box Variational Inference for Stochastic
+        Differential Equations* (ICML 2018).
     """
 
     def __init__(self, sde: EulerMaruyamaSDE, hidden: Sequence[int] = (64, 64), state_scale: float | Tensor = 1.0):
@@ -206,7 +216,15 @@ class BridgeStep(nn.Module):
 
 
 class SDEJointPosterior(Family):
-    """``q(u) q(x_{1:K} | u, y)`` as one family over ``z = [u, vec(x)]``, event ``[P + K D]``."""
+    """``q(u) q(x_{1:K} | u, y)`` as one family over ``z = [u, vec(x)]``, event ``[P + K D]``.
+
+    Shapes: ``z [*sample, *batch, P + K * D]`` (batch that of ``q(u)``) and ``log_prob(z) [*sample, *batch]``;
+    the first ``P`` entries of ``z`` are the unconstrained parameters ``u``, the rest ``x [K, D]`` flattened.
+
+    References:
+        Ryder, Golightly, McGough & Prangle, *Black-Box Variational Inference for Stochastic
+        Differential Equations* (ICML 2018).
+    """
 
     arg_constraints = {}
     support = constraints.real_vector
@@ -255,6 +273,10 @@ class SDEPosterior(nn.Module):
         init_theta_scale: starting standard deviation of ``q(u)``.
 
     Calling it returns a :class:`SDEJointPosterior`.
+
+    References:
+        Ryder, Golightly, McGough & Prangle, *Black-Box Variational Inference for Stochastic
+        Differential Equations* (ICML 2018).
     """
 
     def __init__(
