@@ -220,6 +220,11 @@ def psis_khat(log_w: Tensor) -> Tensor:
 
     Read it with the thresholds :data:`KHAT_GOOD` (0.5) and :data:`KHAT_OK` (0.7);
     see :func:`psis`.
+
+    References:
+        Vehtari, Simpson, Gelman, Yao & Gabry, *Pareto Smoothed Importance Sampling* (arXiv:1507.02646,
+        2015; JMLR 2024).
+        Yao, Vehtari, Simpson & Gelman, *Yes, but Did It Work?: Evaluating Variational Inference* (ICML 2018).
     """
     return psis(log_w)[1]
 
@@ -233,6 +238,10 @@ class GradientSNR:
         mean: per parameter, the mean gradient, shaped like the parameter.
         variance: per parameter, the unbiased variance of the gradient (divisor ``num_draws - 1``).
         num_draws: how many gradients were drawn.
+
+    References:
+        Rainforth, Kosiorek, Le, Maddison, Igl, Wood & Teh, *Tighter Variational Bounds are Not
+        Necessarily Better* (ICML 2018).
     """
 
     names: tuple[str, ...]
@@ -410,6 +419,9 @@ class ActiveUnits:
         active: ``[D]`` bool, ``activity > threshold``.
         activity: ``[D]`` ``Cov_x(E_q[z_u | x])``, the variance of each encoder mean over the data.
         threshold: the activity a unit must exceed.
+
+    References:
+        Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (ICLR 2016), section 5.2.
     """
 
     count: int
@@ -464,6 +476,11 @@ class CollapseDiagnostics:
         kl: ``[D]`` the data average of :func:`kl_per_dim` against the prior, or ``None``
             when the encoder returns means only.
         num_inputs: how many inputs were encoded.
+
+    References:
+        Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (ICLR 2016): active units.
+        Bowman, Vilnis, Vinyals, Dai, Jozefowicz & Bengio, *Generating Sentences from a Continuous Space*
+        (CoNLL 2016): posterior collapse and the per-dimension KL.
     """
 
     units: ActiveUnits

@@ -58,6 +58,13 @@ def mmd(z_q: Tensor, z_p: Tensor, kernel: str = "rbf", scale: float | Sequence[f
     Raises:
         ValueError: on fewer than two samples, mismatched event sizes, an unknown
             kernel or a non-positive scale.
+
+    References:
+        Gretton, Borgwardt, Rasch, Schölkopf & Smola, *A Kernel Two-Sample Test* (JMLR 2012), eq. 3:
+        the unbiased estimate.
+        Zhao, Song & Ermon, *InfoVAE: Balancing Learning and Inference in Variational Autoencoders*
+        (AAAI 2019).
+        Tolstikhin, Bousquet, Gelly & Schölkopf, *Wasserstein Auto-Encoders* (ICLR 2018): the IMQ kernel.
     """
     if kernel not in ("rbf", "imq"):
         raise ValueError(f"mmd: kernel must be 'rbf' or 'imq'; got {kernel!r}")

@@ -65,6 +65,12 @@ def read_idx(path: str | os.PathLike, expected_shape: tuple[int | None, ...] | N
         ValueError: naming the file, if the magic number, type byte, dimensions or
             length are not what the header (or ``expected_shape``) says.
         FileNotFoundError: if the file does not exist.
+
+    References:
+        LeCun, Cortes & Burges, *The MNIST Database of Handwritten Digits* (1998), the IDX file format:
+        http://yann.lecun.com/exdb/mnist/ (section "FILE FORMATS FOR THE MNIST DATABASE").
+        Xiao, Rasul & Vollgraf, *Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning
+        Algorithms* (arXiv:1708.07747, 2017): the same format.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -102,7 +108,16 @@ def read_idx(path: str | os.PathLike, expected_shape: tuple[int | None, ...] | N
 
 
 def write_idx(path: str | os.PathLike, values: Tensor | np.ndarray) -> None:
-    """Write ``values`` as an IDX file (gzipped if ``path`` ends in ``.gz``); the inverse of :func:`read_idx`."""
+    """Write ``values`` as an IDX file (gzipped if ``path`` ends in ``.gz``); the inverse of :func:`read_idx`.
+
+    Shapes: any ``values [d_1, ..., d_n]`` (``n <= 255``) is stored with its sizes in the header.
+
+    References:
+        LeCun, Cortes & Burges, *The MNIST Database of Handwritten Digits* (1998), the IDX file format:
+        http://yann.lecun.com/exdb/mnist/ (section "FILE FORMATS FOR THE MNIST DATABASE").
+        Xiao, Rasul & Vollgraf, *Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning
+        Algorithms* (arXiv:1708.07747, 2017): the same format.
+    """
     path = os.fspath(path)
     arr = np.asarray(values)
     code = _CODES.get(arr.dtype.newbyteorder("="))

@@ -37,6 +37,11 @@ class ImageData(Dataset):
 
     Indexing returns the image only; the labels are :attr:`labels`.  ``__getitems__``
     lets a ``DataLoader`` fetch (and binarize) a whole batch in one call.
+
+    References:
+        Salakhutdinov & Murray, *On the Quantitative Analysis of Deep Belief Networks* (ICML 2008):
+        stochastically binarized MNIST.
+        Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (ICLR 2016): dynamic binarization.
     """
 
     def __init__(

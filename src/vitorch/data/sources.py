@@ -92,6 +92,13 @@ def digits(
         flatten: return each image as a vector (for MLPs).
         dtype: floating dtype of the images (default: torch's default).
         test_fraction: share of the images held out, in ``(0, 1)``.
+
+    Shapes: images ``[N, 64]`` (the default, ``flatten=True``) or ``[N, 8, 8]``; labels ``[N]``.
+
+    References:
+        Alpaydin & Kaynak, *Optical Recognition of Handwritten Digits* (UCI Machine Learning Repository,
+        1998).
+        Pedregosa et al., *Scikit-learn: Machine Learning in Python* (JMLR 2011): ``load_digits``.
     """
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all'; got {split!r}")

@@ -49,7 +49,12 @@ _triton: tuple[bool, str | None] | None = None
 
 
 class KernelUnavailableError(RuntimeError):
-    """The Triton backend was forced for a call it cannot run."""
+    """The Triton backend was forced for a call it cannot run.
+
+    References:
+        Tillet, Kung & Cox, *Triton: An Intermediate Language and Compiler for Tiled Neural Network
+        Computations* (MAPL 2019).
+    """
 
 
 def _check_name(name: str | None) -> str:
@@ -66,6 +71,11 @@ def backend(name: str) -> Iterator[None]:
 
     A ``backend=`` argument given to a call still takes precedence.  The setting is
     a context variable, so threads and asyncio tasks do not see each other's.
+
+    References:
+        Tillet, Kung & Cox, *Triton: An Intermediate Language and Compiler for Tiled Neural Network
+        Computations* (MAPL 2019).
+        Selivanov, *PEP 567 - Context Variables* (2017): per-thread and per-task settings.
     """
     token = _current.set(_check_name(name))
     try:
@@ -75,12 +85,21 @@ def backend(name: str) -> Iterator[None]:
 
 
 def current_backend() -> str:
-    """The backend set by the innermost :func:`backend` block (``"auto"`` outside any)."""
+    """The backend set by the innermost :func:`backend` block (``"auto"`` outside any).
+
+    References:
+        Selivanov, *PEP 567 - Context Variables* (2017).
+    """
     return _current.get()
 
 
 def triton_status() -> tuple[bool, str | None]:
-    """``(True, None)`` if Triton imports, else ``(False, reason)``; tried once, then cached."""
+    """``(True, None)`` if Triton imports, else ``(False, reason)``; tried once, then cached.
+
+    References:
+        Tillet, Kung & Cox, *Triton: An Intermediate Language and Compiler for Tiled Neural Network
+        Computations* (MAPL 2019).
+    """
     global _triton
     if _triton is None:
         try:

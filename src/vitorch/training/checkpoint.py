@@ -120,6 +120,11 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
         ValueError: if the file is truncated or not a checkpoint, holds objects
             ``weights_only`` refuses, misses entries, fails its digest (tampered), or
             belongs to a model with other parameters (the differences are listed).
+
+    References:
+        PyTorch documentation, ``torch.load(weights_only=True)``:
+        https://pytorch.org/docs/stable/generated/torch.load.html.
+        Paszke et al., *PyTorch: An Imperative Style, High-Performance Deep Learning Library* (NeurIPS 2019).
     """
     path = find_checkpoint(path)
     try:

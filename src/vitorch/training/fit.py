@@ -139,6 +139,13 @@ def fit(
         >>> history = vt.fit(vae, x_train, epochs=10, batch_size=128, eval_data=x_test,
         ...                  patience=5, checkpoint_dir="ckpt", checkpoint_every=500)
         >>> history = vt.fit(vae, x_train, epochs=20, resume="ckpt")  # continues bit for bit
+
+    References:
+        Kingma & Ba, *Adam: A Method for Stochastic Optimization* (ICLR 2015): the default optimizer.
+        Li et al., *PyTorch Distributed: Experiences on Accelerating Data Parallel Training* (VLDB 2020): DDP.
+        Ansel et al., *PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode Transformation and
+        Graph Compilation* (ASPLOS 2024): ``torch.compile``.
+        Prechelt, *Early Stopping - But When?* (Neural Networks: Tricks of the Trade, 1998).
     """
     options = {k: v for k, v in locals().items() if k not in ("model", "data")}
     return Run(model, data, FitOptions(**options)).train()

@@ -30,7 +30,11 @@ __all__ = [
 
 
 class NonFiniteError(FloatingPointError):
-    """A loss or gradient was NaN or infinite during :func:`~vitorch.training.fit`."""
+    """A loss or gradient was NaN or infinite during :func:`~vitorch.training.fit`.
+
+    References:
+        Micikevicius et al., *Mixed Precision Training* (ICLR 2018): skipping steps with non-finite gradients.
+    """
 
 
 def split_output(out) -> tuple[Tensor, Tensor | None]:

@@ -32,6 +32,9 @@ class History:
         stop_reason: why the run ended: ``"epochs"``, ``"steps"``, ``"early_stopping"``
             or ``"callback"``.
         skipped: total number of skipped non-finite steps.
+
+    References:
+        Prechelt, *Early Stopping - But When?* (Neural Networks: Tricks of the Trade, 1998).
     """
 
     steps: list[dict] = field(default_factory=list)

@@ -42,6 +42,9 @@ class StepContext:
         optimizer: the live optimizer.
         history: the live :class:`History`.
         stop: set to ``True`` to end the run after this step.
+
+    References:
+        Prechelt, *Early Stopping - But When?* (Neural Networks: Tricks of the Trade, 1998).
     """
 
     step: int

@@ -37,6 +37,11 @@ def bernoulli_log_lik(x: Tensor, logits: Tensor, *, backend: str | None = None) 
 
     Raises:
         ValueError: if the shapes do not broadcast.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (ICLR 2014), appendix C.1: Bernoulli decoders.
+        Tillet, Kung & Cox, *Triton: An Intermediate Language and Compiler for Tiled Neural Network
+        Computations* (MAPL 2019).
     """
     shape = _broadcast("bernoulli_log_lik", x=x, logits=logits)
     if dispatch.choose("bernoulli_log_lik", x, logits, backend=backend) == "torch":
@@ -60,6 +65,11 @@ def gaussian_log_lik(x: Tensor, mean: Tensor, scale: Tensor | float, *, backend:
 
     Raises:
         ValueError: if the shapes do not broadcast.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (ICLR 2014), appendix C.2: Gaussian decoders.
+        Tillet, Kung & Cox, *Triton: An Intermediate Language and Compiler for Tiled Neural Network
+        Computations* (MAPL 2019).
     """
     if not isinstance(scale, Tensor):
         scale = torch.as_tensor(scale, dtype=mean.dtype, device=mean.device)

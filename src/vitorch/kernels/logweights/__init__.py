@@ -28,6 +28,11 @@ def logsumexp(log_w: Tensor, *, backend: str | None = None) -> Tensor:
 
     Raises:
         ValueError: if ``log_w`` has no particle dimension.
+
+    References:
+        Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (ICLR 2016).
+        Blanchard, Higham & Higham, *Accurately Computing the Log-Sum-Exp and Softmax Functions*
+        (IMA J. Numer. Anal., 2021).
     """
     _check("logsumexp", log_w)
     if dispatch.choose("logsumexp", log_w, backend=backend) == "torch":
@@ -51,6 +56,13 @@ def normalized_weights(log_w: Tensor, *, backend: str | None = None) -> tuple[Te
 
     Raises:
         ValueError: if ``log_w`` has no particle dimension.
+
+    References:
+        Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (ICLR 2016).
+        Blanchard, Higham & Higham, *Accurately Computing the Log-Sum-Exp and Softmax Functions*
+        (IMA J. Numer. Anal., 2021).
+        Tucker, Lawson, Gu & Maddison, *Doubly Reparameterized Gradient Estimators* (ICLR 2019): the
+        squared weights of DReG.
     """
     _check("normalized_weights", log_w)
     if dispatch.choose("normalized_weights", log_w, backend=backend) == "torch":
