@@ -210,4 +210,9 @@ def test_bad_data():
     bad = y.clone()
     bad[2] = float("inf")
     with pytest.raises(ValueError, match="y must be finite"):
-        head.loss(phi, bad, num_data=N)
+        head.elbo(phi, bad)
+    with pytest.raises(ValueError, match="phi must be finite"):
+        head.predictive(phi.masked_fill(phi > 1, float("nan")))
+    # the training step's loss reads no values (no per-step reduction and read back):
+    # a non-finite target shows as a non-finite loss, which vt.fit stops on
+    assert not torch.isfinite(head.loss(phi, bad, num_data=N))

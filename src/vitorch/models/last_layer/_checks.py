@@ -31,21 +31,30 @@ def all_finite(t: Tensor) -> bool:
     return bool(torch.isfinite(t).all())  # the sum may have overflowed; decide entry by entry
 
 
-def features(owner: str, phi: Tensor, in_features: int) -> Tensor:
-    """Check ``phi [N, in_features]``: a finite floating-point matrix."""
+def features(owner: str, phi: Tensor, in_features: int, values: bool = True) -> Tensor:
+    """Check ``phi [N, in_features]``: a floating-point matrix, finite unless ``values=False``.
+
+    ``values=False`` keeps only the checks that read no tensor data (type, shape,
+    dtype): a training step's loss uses it, since a finiteness test costs a reduction
+    and a read back per step; a NaN feature there gives a NaN loss instead, which
+    :func:`vitorch.fit` reports with its step.
+    """
     if not isinstance(phi, Tensor):
         raise ValueError(f"{owner}: phi must be a tensor of shape [N, {in_features}]; got {type(phi).__name__}")
     if phi.dim() != 2 or phi.shape[-1] != in_features:
         raise ValueError(f"{owner}: phi must have shape [N, {in_features}]; got {tuple(phi.shape)}")
     if not phi.is_floating_point():
         raise ValueError(f"{owner}: phi must be floating point; got {phi.dtype}")
-    if not all_finite(phi):
+    if values and not all_finite(phi):
         raise ValueError(f"{owner}: phi must be finite; found NaN or infinite features")
     return phi
 
 
-def targets(owner: str, y: Tensor, n: int, out_features: int) -> Tensor:
-    """Check real targets and return them as ``[N, O]``; ``[N]`` is accepted when ``O = 1``."""
+def targets(owner: str, y: Tensor, n: int, out_features: int, values: bool = True) -> Tensor:
+    """Check real targets and return them as ``[N, O]``; ``[N]`` is accepted when ``O = 1``.
+
+    ``values=False`` skips the finiteness test, as in :func:`features`.
+    """
     if not isinstance(y, Tensor):
         raise ValueError(f"{owner}: y must be a tensor; got {type(y).__name__}")
     if y.dim() == 1 and out_features == 1:
@@ -53,7 +62,7 @@ def targets(owner: str, y: Tensor, n: int, out_features: int) -> Tensor:
     if y.shape != (n, out_features):
         expected = f"[{n}]" + (f" or [{n}, 1]" if out_features == 1 else f" / [{n}, {out_features}]")
         raise ValueError(f"{owner}: y must have shape {expected} to match phi; got {tuple(y.shape)}")
-    if not all_finite(y):
+    if values and not all_finite(y):
         raise ValueError(f"{owner}: y must be finite; found NaN or infinite targets")
     return y
 

@@ -24,6 +24,7 @@ both, forward and backward, on random inputs.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -46,59 +47,77 @@ def reference_loss(phi, y, mean, raw, log_v, prior_var, num_data, iw_a, iw_psi) 
     return -(expected.mean() + (log_prior - kl) / num_data)
 
 
+@functools.lru_cache(maxsize=64)
+def _constants(b, o, d, num_data, prior_var, iw_a, iw_psi, dtype, device) -> tuple[Tensor, ...]:
+    """The loss's fixed numbers as tensors, made once per configuration.
+
+    A Python number in a tensor expression is wrapped and cast on every call (two more
+    operations in float32), so each number the loss adds or subtracts is a cached tensor:
+    ``coef [5]`` weighs ``[sum log v, ||L||^2 + ||M||^2, sum log diag L, 1, sum_i pi_i c_i]``,
+    ``one`` is the stacked unit, ``psi_half = psi / (2N)``, ``g_log_v = 1/2 + a/N`` (the
+    noise gradient's constant) and ``inv_n = 1 / N`` (the log-determinant's gradient).
+    """
+    const = 0.5 * o * _LOG_2PI + 0.5 * o * d * (math.log(prior_var) - 1) / num_data
+    values = [0.5 + iw_a / num_data, 0.5 / (prior_var * num_data), -1.0 / num_data, const, 1.0]
+    coef = torch.tensor(values, dtype=dtype, device=device)
+    scalars = [1.0, 0.5 * iw_psi / num_data, 0.5 + iw_a / num_data, 1.0 / num_data]
+    return (coef, *torch.tensor(scalars, dtype=dtype, device=device).unbind())
+
+
 class _DenseRegressionLoss(torch.autograd.Function):
-    # Written for few tensor operations: on CPU a small head is bound by per-op overhead,
-    # and every Python scalar in an expression costs one more operation.
+    # Written for few tensor operations: on CPU a small head is bound by per-op overhead
+    # (a few microseconds each), and every Python number in an expression costs more.
     @staticmethod
     def forward(ctx, phi, y, mean, raw, log_v, prior_var, num_data, iw_a, iw_psi):
         b, o = y.shape
         d = phi.shape[-1]
-        log_diag = raw.diagonal(dim1=-2, dim2=-1)
-        tril = raw.tril(-1)
-        tril.diagonal(dim1=-2, dim2=-1).copy_(log_diag.exp())  # [O, D, D], a fresh tensor
+        coef, one, psi_half, g_log_v_const, inv_n = _constants(
+            b, o, d, num_data, prior_var, iw_a, iw_psi, phi.dtype, phi.device
+        )
+        tril = raw.tril(-1)  # [O, D, D], a fresh tensor whose diagonal is overwritten with exp(l)
+        torch.exp(raw.diagonal(dim1=-2, dim2=-1), out=tril.diagonal(dim1=-2, dim2=-1))
         prec = log_v.neg().exp_()  # [O]
         resid = torch.addmm(y, phi, mean.mT, alpha=-1)  # [B, O]
         proj = phi @ tril[0] if o == 1 else torch.matmul(phi, tril)  # [B, D] or [O, B, D]
         sq_sum = (resid * resid).sum(0) + (proj * proj).sum((-2, -1))  # [O]
-        # every term the loss sums, each with its coefficient, in one dot product
-        terms = torch.stack(
-            [sq_sum @ prec, log_v.sum(), (tril * tril).sum() + (mean * mean).sum(), log_diag.sum(), prec.sum()]
-        )
-        coef = terms.new_tensor(
-            [0.5 / b, 0.5 + iw_a / num_data, 0.5 / (prior_var * num_data), -1.0 / num_data, 0.5 * iw_psi / num_data]
-        )
-        const = 0.5 * o * _LOG_2PI + 0.5 * o * d * (math.log(prior_var) - 1) / num_data
-        ctx.save_for_backward(phi, mean, raw, tril, prec, resid, proj, sq_sum)
-        ctx.consts = (b, o, prior_var, num_data, iw_a, iw_psi)
-        return (terms @ coef).add_(const)
+        # per output: c_i = (sum_n r^2 + Q) / (2B) + psi / (2N), the coefficient of pi_i in
+        # the loss and, times -pi_i, the data part of d loss / d log v_i
+        scaled = torch.add(psi_half, sq_sum, alpha=0.5 / b)
+        sq_norm = (tril * tril).sum() + (mean * mean).sum()
+        terms = torch.stack([log_v.sum(), sq_norm, raw.diagonal(dim1=-2, dim2=-1).sum(), one, torch.dot(scaled, prec)])
+        ctx.save_for_backward(phi, mean, tril, prec, resid, proj, scaled)
+        ctx.consts = (b, o, prior_var, num_data, g_log_v_const, inv_n)
+        return torch.dot(terms, coef)
 
     @staticmethod
     def backward(ctx, grad):
-        phi, mean, raw, tril, prec, resid, proj, sq_sum = ctx.saved_tensors
-        log_diag = raw.diagonal(dim1=-2, dim2=-1)
-        b, o, prior_var, num_data, iw_a, iw_psi = ctx.consts
+        # Gradients for a unit upstream gradient, scaled by ``grad`` in one operation at the end.
+        phi, mean, tril, prec, resid, proj, scaled = ctx.saved_tensors
+        b, o, prior_var, num_data, g_log_v_const, inv_n = ctx.consts
         shrink = 1.0 / (prior_var * num_data)
         weighted = resid * prec  # R = r * pi, [B, O]
-        g_mean = torch.addmm(mean, weighted.mT, phi, beta=shrink, alpha=-1.0 / b).mul_(grad)
+        g_mean = torch.addmm(mean, weighted.mT, phi, beta=shrink, alpha=-1.0 / b)
         if o == 1:
-            g_tril = torch.addmm(tril[0], phi.mT, proj * (prec / b), beta=shrink).unsqueeze(0)
+            proj_prec = proj * prec  # pi P, [B, D]
+            g_raw = torch.addmm(tril[0], phi.mT, proj_prec, beta=shrink, alpha=1.0 / b).unsqueeze(0)
         else:
-            g_tril = (phi.mT @ proj).mul_((prec / b)[:, None, None]).add_(tril, alpha=shrink)
-        g_tril.mul_(grad)
-        g_raw = g_tril.tril(-1)
-        g_raw.diagonal(dim1=-2, dim2=-1).copy_(
-            (g_tril.diagonal(dim1=-2, dim2=-1) * log_diag.exp()).sub_(grad / num_data)
-        )
-        g_log_v = (prec * (sq_sum * (-0.5 / b) - 0.5 * iw_psi / num_data)).add_(0.5 + iw_a / num_data).mul_(grad)
+            proj_prec = proj * prec[:, None, None]  # pi_i P_i, [O, B, D]
+            g_raw = (phi.mT @ proj_prec).mul_(1.0 / b).add_(tril, alpha=shrink)
+        # d/dF = tril(d/dL, -1) + diag(diag(d/dL) exp(l) - 1/N): L's diagonal is exp(l)
+        g_raw.tril_()
+        g_raw.diagonal(dim1=-2, dim2=-1).mul_(tril.diagonal(dim1=-2, dim2=-1)).sub_(inv_n)
+        g_log_v = torch.addcmul(g_log_v_const, prec, scaled, value=-1)
+        grads = [g_mean, g_raw, g_log_v]
         g_phi = g_y = None
         if ctx.needs_input_grad[0]:
-            if o == 1:
-                back = proj @ tril[0].mT * prec  # pi P L^T
-            else:
-                back = (torch.matmul(proj, tril.mT) * prec[:, None, None]).sum(0)  # sum_i pi_i P_i L_i^T
-            g_phi = back.sub_(weighted @ mean).mul_(grad / b)
+            # -(1/B) (R M - sum_i pi_i P_i L_i^T)
+            back = torch.mm(proj_prec, tril[0].mT) if o == 1 else torch.matmul(proj_prec, tril.mT).sum(0)
+            g_phi = torch.addmm(back, weighted, mean, beta=1.0 / b, alpha=-1.0 / b)
+            grads.append(g_phi)
         if ctx.needs_input_grad[1]:
-            g_y = weighted * (grad / b)
+            g_y = torch.mul(weighted, 1.0 / b)
+            grads.append(g_y)
+        torch._foreach_mul_(grads, grad)
         return g_phi, g_y, g_mean, g_raw, g_log_v, None, None, None, None
 
 

@@ -107,12 +107,13 @@ class VBLLRegression(nn.Module):
         """The tensor that stores the noise (its changes measure the fit's convergence)."""
         return self.log_noise_variance
 
-    def _check(self, phi: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def _check(self, phi: Tensor, y: Tensor | None = None, values: bool = True) -> tuple[Tensor, Tensor | None]:
         owner = type(self).__name__
-        _checks.features(owner, phi, self.in_features)
+        _checks.features(owner, phi, self.in_features, values)
         if y is None:
             return phi, None
-        return phi, _checks.targets(owner, y, phi.shape[0], self.out_features).to(phi.dtype)
+        y = _checks.targets(owner, y, phi.shape[0], self.out_features, values)
+        return phi, y if y.dtype == phi.dtype else y.to(phi.dtype)
 
     def _data_terms(self, phi: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Per-datum expected log-likelihood ``E_q log N(y_n | W phi_n, Sigma)`` ``[N]``, and ``KL(q || p)``."""
@@ -147,12 +148,20 @@ class VBLLRegression(nn.Module):
     def loss(self, phi: Tensor, y: Tensor, num_data: int) -> Tensor:
         """Scaled minibatch loss ``-(1/B) sum_batch E log p - (log p(Sigma) - KL) / N`` (a scalar).
 
+        This is the training step's hot path: it checks types and shapes but reads no
+        values (a NaN or infinite input gives a non-finite loss, which
+        :func:`vitorch.fit` stops on, naming the step); :meth:`elbo`, :meth:`fit` and
+        :meth:`predictive` reject non-finite inputs with a ``ValueError``.
+
         Args:
             phi: ``[B, D]`` minibatch features.
             y: ``[B, O]`` (or ``[B]``) minibatch targets.
             num_data: N, the size of the training set, which weighs the KL.
+
+        Returns:
+            The scalar loss, ``-(ELBO + log p(Sigma)) / N`` in expectation over minibatches.
         """
-        phi, y = self._check(phi, y)
+        phi, y = self._check(phi, y, values=False)
         _checks.num_data(type(self).__name__, num_data, phi.shape[0])
         if isinstance(self.weights, Dense):
             # The default posterior has a fused loss with hand-derived gradients (one
