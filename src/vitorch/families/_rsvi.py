@@ -23,7 +23,7 @@ For ``a < 1`` at least one boost is needed (Marsaglia-Tsang needs ``a >= 1``), s
 ``u^{1/a}`` underflows for most draws, but its logarithm is an ordinary number.
 
 References:
-    Marsaglia & Tsang, A Simple Method for Generating Gamma Variables (2000).
+    Marsaglia & Tsang, A Simple Method for Generating Gamma Variables (ACM Trans. Math. Softw., 2000).
     Naesseth, Ruiz, Linderman & Blei, Reparameterization Gradients through
     Acceptance-Rejection Sampling Algorithms (AISTATS 2017).
 """

@@ -25,7 +25,7 @@ References:
     Figurnov, Mohamed & Mnih, Implicit Reparameterization Gradients (NeurIPS 2018).
     Naesseth, Ruiz, Linderman & Blei, Reparameterization Gradients through
     Acceptance-Rejection Sampling Algorithms (AISTATS 2017).
-    Marsaglia & Tsang, A Simple Method for Generating Gamma Variables (2000).
+    Marsaglia & Tsang, A Simple Method for Generating Gamma Variables (ACM Trans. Math. Softw., 2000).
 """
 
 from __future__ import annotations

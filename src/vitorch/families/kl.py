@@ -12,6 +12,11 @@ where ``A_q A_q^T = Sigma_q`` is any square root of q's covariance (``diag(scale
 ``scale_tril`` or ``[W, diag(sqrt d)]``), so the low-rank q needs no Cholesky.
 When p is diagonal the trace reduces to ``sum(var_q / var_p)``: ``O(D)`` for a
 diagonal q and no solve at all.
+
+References:
+    Kullback & Leibler, On Information and Sufficiency (Ann. Math. Stat., 1951).
+    Rasmussen & Williams, Gaussian Processes for Machine Learning (MIT Press, 2006), appendix A.5:
+    the KL divergence between two Gaussians.
 """
 
 from __future__ import annotations
