@@ -50,6 +50,11 @@ class BayesianLinearRegression(nn.Module):
         >>> blr.fit(phi, y)                 # phi [N, 3], y [N]
         >>> blr.log_evidence(phi, y)        # scalar
         >>> blr(phi_test).predictive        # Normal, batch [N_test]
+
+    References:
+        Bishop, *Pattern Recognition and Machine Learning* (2006), Sec. 3.3 (posterior and
+        predictive) and 3.5 (evidence, and the fixed-point tuning of ``s`` and ``sigma^2``);
+        MacKay, *Bayesian Interpolation* (Neural Computation, 1992).
     """
 
     def __init__(self, in_features: int, prior_scale: float = 1.0, noise_variance: float = 1.0):

@@ -56,6 +56,13 @@ class VBLLClassification(DeterministicBound, nn.Module):
         >>> head = VBLLClassification(64, 10)
         >>> loss = head.loss(phi, labels, num_data=len(train_set))
         >>> out = head(phi); out.predictive.probs, out.ood_score
+
+    Shapes: ``phi [N, D]``, labels ``[N]``; ``predictive`` is a ``Categorical`` with
+    batch ``[N]``; ``ood_score [N]``.
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
+        discriminative classification and its Jensen bound on the softmax likelihood.
     """
 
     def __init__(

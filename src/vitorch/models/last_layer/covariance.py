@@ -49,6 +49,13 @@ class WeightPosterior(nn.Module):
         in_features: D, the feature dimension.
         init_variance: initial variance of every weight (the diagonal of ``S_i``).
         init_mean_scale: standard deviation of the random initial mean.
+
+    Shapes: ``mean [O, D]``; ``quad(phi [N, D]) -> [N, O]``; ``trace()``, ``log_det()``
+    ``-> [O]``; ``covariance() -> [O, D, D]``.
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
+        the row-independent Gaussian weight posteriors of the last layer.
     """
 
     is_diagonal = False
@@ -125,7 +132,14 @@ def _eye_like(x: Tensor, d: int) -> Tensor:
 
 
 class Diagonal(WeightPosterior):
-    """Mean-field rows, ``S_i = diag(exp(log_var_i))``."""
+    """Mean-field rows, ``S_i = diag(exp(log_var_i))``.
+
+    Parameters: ``mean [O, D]`` and ``log_var [O, D]``.  Args as :class:`WeightPosterior`.
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
+        the row-independent Gaussian weight posteriors of the last layer.
+    """
 
     is_diagonal = True
 
@@ -170,6 +184,12 @@ class LowRank(WeightPosterior):
     Args:
         rank: R, the number of columns of ``U``.  Use ``functools.partial(LowRank,
             rank=R)`` (or :meth:`with_rank`) as the heads' ``covariance`` factory.
+
+    Parameters: ``mean [O, D]``, ``factor [O, D, R]`` and ``log_diag [O, D]``.
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
+        the row-independent Gaussian weight posteriors of the last layer.
     """
 
     def __init__(
@@ -257,7 +277,16 @@ class _Cholesky(WeightPosterior):
 
 
 class Dense(_Cholesky):
-    """Dense rows through a Cholesky factor of the covariance, ``S_i = L_i L_i^T``."""
+    """Dense rows through a Cholesky factor of the covariance, ``S_i = L_i L_i^T``.
+
+    Parameters: ``mean [O, D]`` and ``raw [O, D, D]`` (strict lower triangle of ``L``,
+    log of its diagonal).  ``log |S_i| = 2 sum_j log L_jj`` and ``tr S_i = ||L_i||_F^2``
+    need no factorization.  Args as :class:`WeightPosterior`.
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
+        the row-independent Gaussian weight posteriors of the last layer.
+    """
 
     def __init__(self, out_features: int, in_features: int, init_variance: float = 1.0, init_mean_scale: float = 0.0):
         if not (math.isfinite(init_variance) and init_variance > 0):
@@ -296,6 +325,12 @@ class DensePrecision(_Cholesky):
 
     Closed-form (batch or recursive) Bayesian updates act on the precision, so this
     form is exact and cheap to set from them; ``quad`` costs a triangular solve.
+    Parameters: ``mean [O, D]`` and ``raw [O, D, D]`` (as :class:`Dense`, for the
+    precision's factor).  Args as :class:`WeightPosterior`.
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
+        the row-independent Gaussian weight posteriors of the last layer.
     """
 
     def __init__(self, out_features: int, in_features: int, init_variance: float = 1.0, init_mean_scale: float = 0.0):

@@ -42,6 +42,13 @@ class VBLLDenseNoiseRegression(VBLLRegression):
     Takes the arguments of :class:`VBLLRegression`; ``noise_variance`` sets the initial
     (or fixed) ``Sigma = noise_variance * I``.  The noise Cholesky factor is stored in
     one ``[O, O]`` tensor ``noise_raw``: strict lower triangle, log-diagonal.
+
+    Shapes: ``phi [N, D]``, ``y [N, O]``; the predictive is a ``MultivariateNormal`` with
+    batch ``[N]`` and event ``[O]`` (a ``Normal`` with batch ``[N]`` when ``O = 1``).
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
+        regression with a full noise covariance and its Wishart regularizer.
     """
 
     def __init__(self, *args, **kwargs):

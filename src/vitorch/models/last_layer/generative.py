@@ -55,6 +55,13 @@ class VBLLGenerativeClassification(DeterministicBound, nn.Module):
             any :class:`WeightPosterior` works).
         wishart_scale: ``psi``.
         wishart_dof: ``nu``.
+
+    Shapes: ``phi [N, D]``, labels ``[N]``; class means ``[C, D]``; ``predictive`` is a
+    ``Categorical`` with batch ``[N]``; ``ood_score [N]`` (the feature density).
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
+        generative classification.
     """
 
     def __init__(

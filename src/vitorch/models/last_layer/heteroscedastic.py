@@ -54,6 +54,14 @@ class VBLLHeteroscedasticRegression(DeterministicBound, nn.Module):
         covariance: posterior factory for the mean weights (``Dense`` by default).
         noise_covariance: posterior factory for the log-variance weights (``Diagonal``).
         num_quadrature: Gauss-Hermite nodes of the predictive mixture.
+
+    Shapes: ``phi [N, D]``, ``y [N, O]`` (``[N]`` when ``O = 1``); mean and log-variance
+    weights ``[O, D]`` each.
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024) for the
+        deterministic objective; Lázaro-Gredilla & Titsias, *Variational Heteroscedastic
+        Gaussian Process Regression* (ICML 2011) for ``E_q exp(-l) = exp(-mu + t/2)``.
     """
 
     def __init__(

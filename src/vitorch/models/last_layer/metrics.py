@@ -19,12 +19,32 @@ __all__ = ["nll", "rmse", "accuracy", "calibration_bins", "expected_calibration_
 
 
 def nll(predictive: Distribution, y: Tensor) -> float:
-    """Mean negative log predictive density ``-mean_n log p(y_n)``."""
+    """Mean negative log predictive density ``-mean_n log p(y_n)``, a Python float.
+
+    Args:
+        predictive: a torch distribution with batch shape ``[N]`` (event ``[O]`` for
+            several outputs), such as ``head(phi).predictive``.
+        y: ``[N]`` (or ``[N, O]``) observed targets.
+
+    References:
+        Gneiting & Raftery, *Strictly Proper Scoring Rules, Prediction, and
+        Estimation* (JASA, 2007): the logarithmic score.
+    """
     return float(-predictive.log_prob(y).detach().mean())
 
 
 def rmse(predictive: Distribution, y: Tensor) -> float:
-    """Root mean squared error of the predictive mean."""
+    """Root mean squared error of the predictive mean, a Python float.
+
+    Args:
+        predictive: a torch distribution with batch shape ``[N]`` (event ``[O]``).
+        y: ``[N]`` (or ``[N, O]``) observed targets.
+
+    References:
+        Hernández-Lobato & Adams, *Probabilistic Backpropagation for Scalable Learning
+        of Bayesian Neural Networks* (ICML 2015): RMSE and test log-likelihood as the
+        regression benchmark's two scores.
+    """
     return float((predictive.mean.detach() - y).pow(2).mean().sqrt())
 
 
@@ -34,7 +54,16 @@ def _check_probs(probs: Tensor, labels: Tensor) -> None:
 
 
 def accuracy(probs: Tensor, labels: Tensor) -> float:
-    """Fraction of ``argmax_k probs[n, k] == labels[n]``; ``probs [N, C]``, ``labels [N]``."""
+    """Fraction of ``argmax_k probs[n, k] == labels[n]``, a Python float.
+
+    Args:
+        probs: ``[N, C]`` predictive class probabilities.
+        labels: ``[N]`` integer labels.
+
+    References:
+        Guo, Pleiss, Sun & Weinberger, *On Calibration of Modern Neural Networks*
+        (ICML 2017), Sec. 2: accuracy of the top-class prediction.
+    """
     _check_probs(probs, labels)
     return float((probs.argmax(-1) == labels).to(torch.float64).mean())
 
@@ -43,6 +72,15 @@ def calibration_bins(probs: Tensor, labels: Tensor, num_bins: int = 15) -> tuple
     """Equal-width confidence bins: ``(mean confidence, accuracy, count)``, each ``[num_bins]``.
 
     Empty bins have confidence and accuracy NaN and count 0.
+
+    Args:
+        probs: ``[N, C]`` predictive class probabilities.
+        labels: ``[N]`` integer labels.
+        num_bins: number of equal-width bins on ``[0, 1]``.
+
+    References:
+        Guo, Pleiss, Sun & Weinberger, *On Calibration of Modern Neural Networks*
+        (ICML 2017), Sec. 2 (the binning behind ECE and reliability diagrams).
     """
     _check_probs(probs, labels)
     if num_bins < 1:
@@ -60,7 +98,18 @@ def calibration_bins(probs: Tensor, labels: Tensor, num_bins: int = 15) -> tuple
 
 
 def expected_calibration_error(probs: Tensor, labels: Tensor, num_bins: int = 15) -> float:
-    """``ECE = sum_b (n_b / N) |acc_b - conf_b|`` over equal-width confidence bins (Guo et al., 2017)."""
+    """``ECE = sum_b (n_b / N) |acc_b - conf_b|`` over equal-width confidence bins, a Python float.
+
+    Args:
+        probs: ``[N, C]`` predictive class probabilities.
+        labels: ``[N]`` integer labels.
+        num_bins: number of equal-width bins on ``[0, 1]``.
+
+    References:
+        Naeini, Cooper & Hauskrecht, *Obtaining Well Calibrated Probabilities Using
+        Bayesian Binning* (AAAI 2015); Guo, Pleiss, Sun & Weinberger, *On Calibration
+        of Modern Neural Networks* (ICML 2017), Eq. 3.
+    """
     conf, acc, count = calibration_bins(probs, labels, num_bins)
     used = count > 0
     return float(((count[used] / count.sum()) * (acc[used] - conf[used]).abs()).sum())
@@ -71,6 +120,18 @@ def auroc(score_in: Tensor, score_out: Tensor) -> float:
 
     Computed as the Mann-Whitney statistic ``P(s_out > s_in) + 1/2 P(s_out = s_in)``,
     with average ranks for ties.  Larger scores mean "more out of distribution".
+
+    Args:
+        score_in: ``[N_in]`` scores of in-distribution inputs.
+        score_out: ``[N_out]`` scores of out-of-distribution inputs.
+
+    Returns:
+        The AUROC in ``[0, 1]``, a Python float.
+
+    References:
+        Hanley & McNeil, *The Meaning and Use of the Area under a Receiver Operating
+        Characteristic (ROC) Curve* (Radiology, 1982); Hendrycks & Gimpel, *A Baseline
+        for Detecting Misclassified and Out-of-Distribution Examples* (ICLR 2017).
     """
     if score_in.dim() != 1 or score_out.dim() != 1 or not len(score_in) or not len(score_out):
         raise ValueError(
@@ -94,6 +155,18 @@ def reliability_diagram(probs: Tensor, labels: Tensor, path, num_bins: int = 15,
     """Save a reliability diagram (accuracy against confidence per bin) as a PNG; returns the ECE.
 
     Needs matplotlib (imported here, with the Agg backend, so the library itself does not).
+
+    Args:
+        probs: ``[N, C]`` predictive class probabilities.
+        labels: ``[N]`` integer labels.
+        path: where the PNG is written.
+        num_bins: number of equal-width confidence bins.
+        title: optional first line of the plot's title.
+
+    References:
+        DeGroot & Fienberg, *The Comparison and Evaluation of Forecasters* (1983);
+        Guo, Pleiss, Sun & Weinberger, *On Calibration of Modern Neural Networks*
+        (ICML 2017), Fig. 1.
     """
     import matplotlib
 

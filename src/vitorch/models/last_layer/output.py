@@ -19,6 +19,10 @@ class LastLayerOutput:
             distribution with batch shape ``[N]`` (event ``[O]`` for several outputs).
         ood_score: ``[N]`` out-of-distribution score, larger meaning less like the
             training data (``None`` where a head defines none).
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
+        the closed-form predictives and out-of-distribution scores.
     """
 
     predictive: Distribution

@@ -63,6 +63,10 @@ class VBLLRegression(nn.Module):
         >>> head = VBLLRegression(64, prior_scale=1.0, noise_variance=0.5, learn_noise=False)
         >>> loss = head.loss(phi, y, num_data=len(train_set))   # minibatch training
         >>> head(phi).predictive                                 # Normal, batch [N]
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
+        the deterministic regression ELBO and the Wishart noise prior.
     """
 
     def __init__(

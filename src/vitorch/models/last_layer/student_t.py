@@ -48,6 +48,14 @@ class VBLLStudentTRegression(DeterministicBound, nn.Module):
         prior_concentration: ``a_0`` of the Gamma prior on the precision.
         prior_rate: ``b_0`` of that prior (prior mean precision ``a_0 / b_0``).
         covariance: weight-posterior factory (``Dense`` by default).
+
+    Shapes: ``phi [N, D]``, ``y [N, O]`` (``[N]`` when ``O = 1``); the predictive is a
+    ``StudentT`` with batch ``[N]`` (event ``[O]`` through ``Independent`` for ``O > 1``).
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
+        the Student-t variant; Bishop, *Pattern Recognition and Machine Learning* (2006),
+        Sec. 2.3.6-2.3.7 (the normal-gamma prior and Student-t predictive).
     """
 
     def __init__(
