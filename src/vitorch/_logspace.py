@@ -10,7 +10,9 @@ gets the finite bound ``-1e30`` instead of ``-inf`` (so one impossible datum can
 make a batch loss infinite), and the replacement's backward (``grad * isfinite(x)``)
 gives such particles a zero gradient.  NaN is kept: it propagates, as a bug should.
 The replacement is one elementwise op with a two-op backward, which matters for a
-bound evaluated every step.
+bound evaluated every step: on the CPU in eager mode the reductions first try the
+plain formula and keep it when its result is finite, which proves that no infinite
+log-weight reached it (see :func:`_plain_is_safe`); only then is the replacement paid.
 Half-precision inputs are reduced in float32, whose exponent range weights need.
 """
 
@@ -32,6 +34,41 @@ def clamp(x: Tensor) -> Tensor:
     return x.nan_to_num(nan=math.nan, posinf=LOG_WEIGHT_LIMIT, neginf=-LOG_WEIGHT_LIMIT)
 
 
+def _fast_path(x: Tensor) -> bool:
+    """Whether to try the unguarded formula first: eager CPU code in full precision.
+
+    Checking the result costs a host synchronization, free on the CPU but a stall on
+    an accelerator, and a data-dependent branch that a compiled graph would break
+    on; there the guard's elementwise op is fused or cheap, so it is always applied.
+    """
+    return x.device.type == "cpu" and x.dtype not in _LOW_PRECISION and not torch.compiler.is_compiling()
+
+
+def _plain_is_safe(out: Tensor) -> bool:
+    """Whether an unguarded reduction's result equals the guarded one, gradient included.
+
+    A finite mean has only finite inputs.  A finite ``logsumexp`` slice has no
+    ``+inf`` input and at least one finite one, so its ``-inf`` inputs got weight
+    ``exp(-inf) = 0`` forward and backward, exactly what the replacement gives.
+    NaN fails the test and takes the guarded path, which keeps it.  One sum and one
+    read suffice: a sum of finite numbers is finite unless it overflows, and then
+    the guarded path is merely taken in vain.
+    """
+    return math.isfinite((out if out.dim() == 0 else out.sum()).item())
+
+
+def finite_mean(x: Tensor) -> Tensor:
+    """Mean of ``x`` with its non-finite entries counted as zero, value and gradient.
+
+    The carrier of a surrogate's gradient: a datum whose bound is ``-inf`` keeps its
+    honest value elsewhere but must not turn the carrier into ``inf - inf = NaN``."""
+    if _fast_path(x):
+        out = x.mean()
+        if _plain_is_safe(out):
+            return out
+    return torch.where(torch.isfinite(x.detach()), x, 0.0).mean()
+
+
 def finite_bound(v: Tensor) -> Tensor:
     """Where a bound value is an honest number, not the clamp's floor/ceiling (nor NaN)."""
     return v.abs() < 0.1 * LOG_WEIGHT_LIMIT
@@ -39,6 +76,10 @@ def finite_bound(v: Tensor) -> Tensor:
 
 def logsumexp(x: Tensor, dim: int = 0) -> Tensor:
     """``log sum exp(x)`` along ``dim`` on clamped inputs: finite values, no NaN gradients."""
+    if _fast_path(x):
+        out = torch.logsumexp(x, dim)
+        if _plain_is_safe(out):
+            return out
     out = torch.logsumexp(clamp(x), dim)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
@@ -50,6 +91,10 @@ def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
 
 def mean(x: Tensor, dim: int = 0) -> Tensor:
     """Mean of clamped log-weights (the ELBO's reduction)."""
+    if _fast_path(x):
+        out = x.mean(dim)
+        if _plain_is_safe(out):
+            return out
     out = clamp(x).mean(dim)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
@@ -58,6 +103,11 @@ def softmax(x: Tensor, dim: int = 0) -> Tensor:
     """Normalized weights ``exp(x) / sum exp(x)`` of clamped inputs, without gradient;
     exactly the gradient of :func:`logsumexp`."""
     with torch.no_grad():
+        if _fast_path(x):
+            # Finite weights mean no +inf and no all -inf slice; -inf entries got exactly 0.
+            w = torch.softmax(x, dim)
+            if _plain_is_safe(w):
+                return w
         # Replaced (infinite) entries have zero gradient in the bound, so zero weight here too.
         w = torch.softmax(clamp(x), dim).masked_fill_(~in_range(x), 0.0)
         return w.to(x.dtype)

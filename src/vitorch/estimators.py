@@ -74,6 +74,16 @@ def _stopped_log_prob(q: Distribution, z: Tensor) -> Tensor:
     return sq.log_prob(z)
 
 
+def _bound(objective: Objective, log_w: Tensor) -> Tensor:
+    """``objective(log_w)``, skipping the guard against infinite log-weights where that
+    is provably the same: eager CPU code whose unguarded bound came out finite."""
+    if ls._fast_path(log_w):
+        bound = objective.unguarded(log_w)
+        if bound is not None and ls._plain_is_safe(bound):
+            return bound
+    return objective(log_w)
+
+
 def _weighted_sum(coef: Tensor, x: Tensor) -> Tensor:
     """``sum_k coef_k x_k`` over the finite ``x_k`` only: a particle of zero weight
     (``x_k = -inf``) contributes neither a value nor a gradient."""
@@ -151,9 +161,9 @@ class _Pathwise(Estimator):
             if self.stop_q:
                 log_q = _stopped_log_prob(q, z)
             log_w = log_p - log_q
-            bound = objective(log_w)
+            bound = _bound(objective, log_w)
             surrogate = bound if objective.sign > 0 else -bound
-            bound = None if corrected else bound.detach()
+            bound = None if corrected else bound  # LossOutput detaches it on access
         else:
             bound = None
             z_path = z.view_as(z)
@@ -175,7 +185,7 @@ class _Pathwise(Estimator):
             with torch.no_grad():
                 signal = objective.guide.learning_signal(log_w.detach())
             surrogate = surrogate + _weighted_sum(signal, log_corr)
-        return surrogate, log_w.detach(), z, bound
+        return surrogate, log_w, z, bound
 
 
 class _Reparam(_Pathwise):

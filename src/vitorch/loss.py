@@ -9,19 +9,18 @@ No backward is called here; the caller owns the optimization step.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from . import _logspace as ls
 from .estimators import Estimator, reparam
 from .objectives import Objective, elbo
 
 __all__ = ["loss", "check", "LossOutput"]
 
 
-@dataclass
 class LossOutput:
     """What :func:`loss` returns.
 
@@ -34,12 +33,26 @@ class LossOutput:
         log_w: ``[K, *batch]`` detached log-weights (for diagnostics such as ESS).
         z: ``[K, *batch, *event]`` the particles, still attached to the guide where the
             estimator is pathwise (InfoVAE's MMD term uses them).
+
+    ``bound`` and ``log_w`` are detached when read, not when built: a training step
+    that never reads them pays nothing for them.
     """
 
-    loss: Tensor
-    bound: Tensor
-    log_w: Tensor
-    z: Tensor
+    __slots__ = ("loss", "_bound", "_log_w", "z")
+
+    def __init__(self, loss: Tensor, bound: Tensor, log_w: Tensor, z: Tensor):
+        self.loss, self._bound, self._log_w, self.z = loss, bound, log_w, z
+
+    @property
+    def bound(self) -> Tensor:
+        return self._bound.detach()
+
+    @property
+    def log_w(self) -> Tensor:
+        return self._log_w.detach()
+
+    def __repr__(self) -> str:
+        return f"LossOutput(loss={self.loss!r}, bound={self.bound!r}, log_w={self.log_w!r}, z={self.z!r})"
 
 
 def _factory_hint(x) -> str:
@@ -117,6 +130,6 @@ def loss(
         bound = objective(log_w)
     # A datum whose bound is -inf keeps its honest value but must not turn the
     # zero-valued gradient carrier below into inf - inf = NaN.
-    ascent = torch.where(torch.isfinite(surrogate.detach()), surrogate, 0.0).mean()
+    ascent = ls.finite_mean(surrogate)
     value = -objective.sign * bound.mean()
     return LossOutput(loss=value.detach() - (ascent - ascent.detach()), bound=bound, log_w=log_w, z=z)

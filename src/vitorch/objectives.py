@@ -93,6 +93,15 @@ class Objective:
         """Why this objective cannot run with ``num_particles``; empty if it can."""
         return []
 
+    def unguarded(self, log_w: Tensor) -> Tensor | None:
+        """The bound without the replacement of infinite log-weights, or ``None``.
+
+        Where it is defined, a *finite* result equals ``self(log_w)`` in value and
+        gradient, so a caller that checks finiteness anyway (:func:`vitorch.loss`
+        checks its scalar loss) may skip the guard's cost.
+        """
+        return None
+
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
         """``dO / d log_w`` as a detached ``[K, *batch]`` tensor."""
         return _grad_of(self, log_w)
@@ -140,6 +149,10 @@ class _ELBO(Objective):
     def __call__(self, log_w: Tensor) -> Tensor:
         return ls.mean(log_w, 0)
 
+    def unguarded(self, log_w: Tensor) -> Tensor:
+        # A finite mean has only finite terms, where the guard is the identity.
+        return log_w.mean(0)
+
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
         return ls.in_range(log_w).to(log_w.dtype) / log_w.shape[0]
 
@@ -162,6 +175,11 @@ class _IWAE(Objective):
 
     def __call__(self, log_w: Tensor) -> Tensor:
         return ls.logmeanexp(log_w, 0)
+
+    def unguarded(self, log_w: Tensor) -> Tensor:
+        # A finite log-sum-exp has no +inf term and a finite one beside every -inf
+        # term, which then weighs exp(-inf) = 0 forward and backward, as guarded.
+        return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
 
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
         return ls.softmax(log_w.detach(), 0)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import vitorch as vt
+from vitorch import _logspace as ls
 
 from conftest import Z
 from core import lingauss as lg
@@ -122,6 +123,32 @@ def test_log_sum_exp_safety(objective):
     one = torch.randn(1, 3).requires_grad_(True)
     if not objective.reasons(1):
         torch.testing.assert_close(objective(one), one[0])  # K = 1: every bound is log w
+
+
+@pytest.mark.parametrize("objective", ALL, ids=str)
+@pytest.mark.parametrize("case", ["finite", "some-zero-weights", "dead-datum", "nan"])
+def test_unguarded_fast_path_equals_the_guard(objective, case, monkeypatch):
+    # On the CPU the reductions try the plain formula first and keep it when its result
+    # is finite; values and gradients must be exactly those of the guarded formula.
+    lw = torch.randn(6, 4)
+    if case != "finite":
+        lw[:2, 1] = -torch.inf  # a datum with some zero-weight particles
+    if case == "dead-datum":
+        lw[:, 3] = -torch.inf
+    if case == "nan":
+        lw[0, 2] = torch.nan
+
+    def value_and_grad():
+        x = lw.clone().requires_grad_(True)
+        val = objective(x)
+        (g,) = torch.autograd.grad(ls.finite_mean(val), x, allow_unused=True)
+        return val, g, ls.softmax(lw)
+
+    fast = value_and_grad()
+    monkeypatch.setattr(ls, "_fast_path", lambda x: False)
+    guarded = value_and_grad()
+    for a, b in zip(fast, guarded):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("objective", [O.elbo, O.iwae, O.miwae(2), O.cubo(2)], ids=str)
