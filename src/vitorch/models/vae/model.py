@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -253,7 +252,7 @@ class VAE(nn.Module):
         if self.mmd_weight:
             z = out.z.reshape(-1, out.z.shape[-1])
             penalty = mmd(z, self.sample_prior(z.shape[:1], z), kernel=self.mmd_kernel, scale=self.mmd_scale)
-            out = replace(out, loss=out.loss + self.mmd_weight * penalty)
+            out.loss = out.loss + self.mmd_weight * penalty
         return out
 
     def check(self, x: Tensor) -> None:
