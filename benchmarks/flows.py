@@ -26,7 +26,7 @@ from vitorch import flows
 
 from _harness import interleaved_medians, median_time, parser, report, setup, try_import
 
-TRANSFORMS, HIDDEN, BINS, BOUND = 3, (64, 64), 8, 5.0
+TRANSFORMS, HIDDEN, BINS, BOUND, ACT = 3, (64, 64), 8, 5.0, torch.nn.ELU
 
 
 def vitorch_flow(kind: str, dim: int) -> flows.ConditionalFlow:
@@ -34,13 +34,17 @@ def vitorch_flow(kind: str, dim: int) -> flows.ConditionalFlow:
         return flows.AffineMap() if kind == "maf" else flows.RQSpline(BINS, BOUND)
 
     orders = [list(range(dim)) if i % 2 == 0 else list(range(dim))[::-1] for i in range(TRANSFORMS)]
-    return flows.ConditionalFlow([flows.MAF(dim, transformer(), HIDDEN, order=o) for o in orders])
+    return flows.ConditionalFlow([flows.MAF(dim, transformer(), HIDDEN, order=o, activation=ACT) for o in orders])
 
 
 def zuko_flow(zuko, kind: str, dim: int):
     if kind == "maf":
-        return zuko.flows.MAF(dim, transforms=TRANSFORMS, hidden_features=HIDDEN)
-    return zuko.flows.NSF(dim, transforms=TRANSFORMS, bins=BINS, hidden_features=HIDDEN)
+        return zuko.flows.MAF(dim, transforms=TRANSFORMS, hidden_features=HIDDEN, activation=ACT)
+    return zuko.flows.NSF(dim, transforms=TRANSFORMS, bins=BINS, hidden_features=HIDDEN, activation=ACT)
+
+
+def num_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def calls(make_dist, x: torch.Tensor, sample_batch: int) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from flow_cases import make
@@ -191,15 +193,25 @@ def test_bad_input_is_a_value_error(build, match):
 
 
 def test_spline_passes_through_its_knots_with_their_slopes():
-    spline = flows.RQSpline(bins=5, bound=2.0)
-    params = torch.randn(1, spline.num_params)
-    xs, ys, d = spline._spline(params, torch.Size([1]))
-    knots = xs[0, 1:-1]
-    y, log_dy = spline(knots.unsqueeze(-1), params.expand(len(knots), -1).unsqueeze(-2))
-    torch.testing.assert_close(y.squeeze(-1), ys[0, 1:-1], atol=1e-12, rtol=0)
-    torch.testing.assert_close(log_dy.squeeze(-1).exp(), d[0, 1:-1], atol=1e-12, rtol=0)
-    outside = torch.tensor([[-3.0], [2.5]])
-    y_out, log_dy_out = spline(outside, params.unsqueeze(-2))
+    """Knots and slopes computed here from the documented parameterization (softmax bin sizes
+    above a floor, softplus interior derivatives), not from the spline's own helpers."""
+    k, bound, floor = 5, 2.0, 1e-3
+    spline = flows.RQSpline(bins=k, bound=bound)
+    params = torch.randn(spline.num_params)
+
+    def knots(raw):
+        sizes = 2 * bound * (floor + (1 - floor * k) * torch.softmax(raw, -1))
+        return -bound + torch.cumsum(sizes, -1)[:-1]  # the K - 1 interior knots
+
+    xs, ys = knots(params[:k]), knots(params[k : 2 * k])
+    d = floor + torch.nn.functional.softplus(params[2 * k :] + math.log(math.expm1(1 - floor)))
+    y, log_dy = spline(xs.unsqueeze(-1), params.expand(k - 1, 1, -1))
+    torch.testing.assert_close(y.squeeze(-1), ys, atol=1e-12, rtol=0)
+    torch.testing.assert_close(log_dy.squeeze(-1).exp(), d, atol=1e-12, rtol=0)
+    x_back, _ = spline.inverse(ys.unsqueeze(-1), params.expand(k - 1, 1, -1))
+    torch.testing.assert_close(x_back.squeeze(-1), xs, atol=1e-12, rtol=0)
+    outside = torch.tensor([[-3.0], [2.5], [bound]])
+    y_out, log_dy_out = spline(outside, params.expand(1, 1, -1))
     assert torch.equal(y_out, outside) and torch.equal(log_dy_out, torch.zeros_like(outside))
 
 

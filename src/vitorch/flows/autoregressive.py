@@ -13,6 +13,9 @@ transform   sampling (``rsample_and_      ``log_prob(z)`` (and so STL / DReG, wh
 ``MAF``     ``D`` sequential passes        one pass (reads ``z``)
 ==========  =============================  ========================================
 
+Both apply the map's forward direction in their one-pass direction and its inverse,
+one dimension at a time, in the sequential one.
+
 For variational inference with the reparameterization gradient, IAF is the natural
 choice; with STL or DReG every step also pays IAF's ``D``-pass inverse, so MAF's
 single-pass ``log_prob`` may be cheaper overall for small ``D``.  With an
@@ -27,9 +30,9 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .base import Transform
 from .made import MADE
@@ -48,40 +51,42 @@ class _MaskedAutoregressive(Transform):
         hidden: Sequence[int] = (64, 64),
         context_features: int = 0,
         order: Sequence[int] | None = None,
+        activation: Callable[[], nn.Module] = nn.ELU,
     ):
         super().__init__(dim)
         self.transformer = AffineMap() if transformer is None else transformer
         if not isinstance(self.transformer, UnivariateMap):
             raise ValueError(f"transformer must be a UnivariateMap (AffineMap(), RQSpline()); got {transformer!r}")
-        self.made = MADE(dim, self.transformer.num_params, hidden, context_features, order)
+        self.made = MADE(
+            dim,
+            self.transformer.num_params,
+            hidden,
+            context_features,
+            order,
+            activation,
+            param_major=not self.transformer.reduces_params,
+        )
 
-    def _one_pass(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        y, ladj = self.transformer(x, self.made(x, context))
-        return y, ladj.sum(-1)
-
-    def _one_pass_inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        x, ladj = self.transformer.inverse(y, self.made(y, context))
-        return x, ladj.sum(-1)
-
-    def _sequential(self, v: Tensor, context: Tensor | None, step) -> tuple[Tensor, Tensor]:
-        # Pass k fixes the k-th dimension in the autoregressive order; after D passes
-        # every dimension (and the graph from v to the result) is exact.
-        out = v
-        for _ in range(self.dim):
-            out, ladj = step(v, self.made(out, context))
+    def _one_pass(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        # The map's forward direction: IAF's sampling, MAF's density evaluation.
+        out, ladj = self.transformer(v, self.made(v, context))
         return out, ladj.sum(-1)
+
+    def _sequential(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        # The map's inverse, one dimension at a time: IAF's log_prob, MAF's sampling.
+        return self.made.autoregress(v, context, self.transformer.inverse)
 
     def call_and_ladj(self, x, context=None):
         self._check_input(x)
         if self.reads_output:
-            return self._sequential(x, context, self.transformer)
+            return self._sequential(x, context)
         return self._one_pass(x, context)
 
     def inverse_and_ladj(self, y, context=None):
         self._check_input(y, "y")
         if self.reads_output:
-            return self._one_pass_inverse(y, context)
-        return self._sequential(y, context, self.transformer.inverse)
+            return self._one_pass(y, context)
+        return self._sequential(y, context)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, transformer={self.transformer!r}"
@@ -91,24 +96,47 @@ class IAF(_MaskedAutoregressive):
     """Inverse autoregressive flow: ``y_i = f(x_i; MADE(x_{<i}, context))``.
 
     Sampling (and ``rsample_and_log_prob``) is one MADE pass; the inverse, needed
-    by ``log_prob`` and thus by STL and DReG, takes ``D`` sequential passes.
+    by ``log_prob`` and thus by STL and DReG, takes ``D`` sequential steps
+    (:meth:`MADE.autoregress`).  Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``,
+    context ``[*batch, C]``.
 
     Args:
         dim: event size ``D``.
-        transformer: the univariate map (default :class:`AffineMap`; use
+        transformer: the univariate map ``f`` (default :class:`AffineMap`; use
             :class:`RQSpline` for a spline IAF).
         hidden: MADE hidden widths.
         context_features: ``C`` for amortized flows (0: unconditional).
         order: autoregressive order, a permutation of ``range(D)`` (default identity).
+        activation: constructor of MADE's hidden activation (default ``nn.ELU``).
+
+    References:
+        Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling, Improved Variational
+        Inference with Inverse Autoregressive Flow (NeurIPS 2016).
     """
 
 
 class MAF(_MaskedAutoregressive):
-    """Masked autoregressive flow: ``y_i = f(x_i; MADE(y_{<i}, context))``.
+    """Masked autoregressive flow: ``x_i = f(y_i; MADE(y_{<i}, context))``.
 
-    ``log_prob`` (the inverse) is one MADE pass; sampling takes ``D`` sequential
-    passes.  With ``transformer=RQSpline()`` this is the autoregressive neural
-    spline flow (NSF).  Arguments as :class:`IAF`.
+    The univariate map ``f`` runs in the density direction, as in Papamakarios et
+    al. (and zuko, nflows): ``log_prob`` is one MADE pass and ``f`` (for a spline,
+    its cheap rational evaluation); sampling solves ``y_i = f^{-1}(x_i; ...)`` in
+    ``D`` sequential steps (:meth:`MADE.autoregress`).  With
+    ``transformer=RQSpline()`` this is the autoregressive neural spline flow (NSF).
+    Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``, context ``[*batch, C]``.
+
+    Args:
+        dim: event size ``D``.
+        transformer: the univariate map ``f`` (default :class:`AffineMap`).
+        hidden: MADE hidden widths.
+        context_features: ``C`` for amortized flows (0: unconditional).
+        order: autoregressive order, a permutation of ``range(D)`` (default identity).
+        activation: constructor of MADE's hidden activation (default ``nn.ELU``).
+
+    References:
+        Papamakarios, Pavlakou & Murray, Masked Autoregressive Flow for Density
+        Estimation (NeurIPS 2017).
+        Durkan, Bekasov, Murray & Papamakarios, Neural Spline Flows (NeurIPS 2019).
     """
 
     reads_output = True

@@ -3,17 +3,24 @@ the inputs that precede ``i`` in a chosen order (Germain et al., 2015).
 
 It is the conditioner of :class:`~vitorch.flows.MAF` and :class:`~vitorch.flows.IAF`:
 one network pass yields every dimension's parameters, and the masks make the
-Jacobian of the flow triangular (in the chosen order).  A context is concatenated to
-the inputs with degree 0, so every unit may read it.
+Jacobian of the flow triangular (in the chosen order).  A context is an extra input
+of degree 0, so every unit may read it.
+
+The autoregressive direction (solving ``out_i = g(v_i; MADE(out_<i))`` for ``out``) is
+:meth:`MADE.autoregress`: ``D`` sequential steps, each of which computes only what
+the step needs -- the first layer is updated by one rank-1 term per solved
+dimension instead of being recomputed, and only the current dimension's output
+rows and univariate map are evaluated.
 
 References:
     Germain, Gregor, Murray & Larochelle, MADE: Masked Autoencoder for Distribution
     Estimation (ICML 2015).
+    Papamakarios, Pavlakou & Murray, Masked Autoregressive Flow for Density Estimation (NeurIPS 2017).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,18 +32,31 @@ __all__ = ["MADE", "MaskedLinear"]
 
 
 class MaskedLinear(nn.Linear):
-    """``nn.Linear`` whose weight is multiplied by a fixed 0/1 mask ``[out, in]``."""
+    """``nn.Linear`` whose weight ``[out, in]`` is multiplied by a fixed 0/1 mask of that shape.
+
+    Calling it maps ``x [*shape, in]`` to ``[*shape, out]``.
+
+    Args:
+        mask: ``[out, in]``, nonzero where an input may reach an output.
+
+    References:
+        Germain, Gregor, Murray & Larochelle, MADE (ICML 2015), eq. 10.
+    """
 
     def __init__(self, mask: Tensor):
         super().__init__(mask.shape[1], mask.shape[0])
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
+    def masked_weight(self) -> Tensor:
+        """The effective weight ``weight * mask``, ``[out, in]``."""
+        return self.weight * self.mask
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
+        return F.linear(x, self.masked_weight(), self.bias)
 
 
 class MADE(nn.Module):
-    """Autoregressive conditioner ``x [*shape, D] (+ context) -> params [*shape, D, P]``.
+    """Autoregressive conditioner ``x [*shape, D] (+ context [*batch, C]) -> params [*shape, D, P]``.
 
     Args:
         dim: ``D``.
@@ -46,6 +66,16 @@ class MADE(nn.Module):
         context_features: ``C`` extra inputs every unit may read.
         order: a permutation of ``range(D)``: the autoregressive order
             (``order[0]`` is the first dimension, depending on nothing but the context).
+        activation: constructor of the hidden activation module (default ``nn.ELU``,
+            smooth, so a flow's Jacobian is continuous).
+        param_major: lay the output units out as ``[P, D]`` instead of ``[D, P]``.  The
+            returned ``[*shape, D, P]`` tensor is then a transposed view whose slices
+            ``params[..., p]`` are contiguous, which elementwise maps (affine) read
+            faster; maps that reduce over ``P`` (splines) prefer ``False``.
+
+    References:
+        Germain, Gregor, Murray & Larochelle, MADE: Masked Autoencoder for Distribution
+        Estimation (ICML 2015).
     """
 
     def __init__(
@@ -55,14 +85,19 @@ class MADE(nn.Module):
         hidden: Sequence[int] = (64, 64),
         context_features: int = 0,
         order: Sequence[int] | None = None,
+        activation: Callable[[], nn.Module] = nn.ELU,
+        param_major: bool = False,
     ):
         super().__init__()
         self.dim = check_features("dim", dim)
         self.num_params = check_features("num_params", num_params)
         self.context_features = check_features("context_features", context_features, 0)
+        self.param_major = bool(param_major)
         order = list(range(dim)) if order is None else [int(i) for i in order]
         if sorted(order) != list(range(dim)):
             raise ValueError(f"MADE: order must be a permutation of range({dim}); got {order}")
+        if not hidden:
+            raise ValueError("MADE: hidden must name at least one hidden width")
         self.register_buffer("order", torch.tensor(order), persistent=False)
         rank = torch.empty(dim, dtype=torch.long)
         rank[torch.tensor(order)] = torch.arange(1, dim + 1)
@@ -72,20 +107,81 @@ class MADE(nn.Module):
         prev = in_deg
         for h in hidden:
             deg = torch.arange(check_features("hidden width", h)) % max(dim - 1, 1) + 1
-            layers += [MaskedLinear(deg[:, None] >= prev[None, :]), nn.ELU()]
+            layers += [MaskedLinear(deg[:, None] >= prev[None, :]), activation()]
             prev = deg
-        out_deg = rank.repeat_interleave(num_params)
+        out_deg = rank.repeat(num_params) if self.param_major else rank.repeat_interleave(num_params)
         layers.append(MaskedLinear(out_deg[:, None] > prev[None, :]))
         self.net = nn.Sequential(*layers)
 
+    def _check_context(self, context: Tensor | None) -> None:
+        if context is None:
+            raise ValueError(f"MADE is conditional (context_features={self.context_features}); pass context")
+        if context.shape[-1] != self.context_features:
+            raise ValueError(
+                f"context must end in context_features={self.context_features}; got shape {tuple(context.shape)}"
+            )
+
+    def _unflatten(self, out: Tensor) -> Tensor:
+        if self.param_major:
+            return out.unflatten(-1, (self.num_params, self.dim)).transpose(-1, -2)
+        return out.unflatten(-1, (self.dim, self.num_params))
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``x [*shape, D]`` (and ``context [*batch, C]``) -> ``params [*shape', D, P]``, ``shape'`` broadcast."""
         if self.context_features:
-            if context is None:
-                raise ValueError(f"MADE is conditional (context_features={self.context_features}); pass context")
-            if context.shape[-1] != self.context_features:
-                raise ValueError(
-                    f"context must end in context_features={self.context_features}; got shape {tuple(context.shape)}"
-                )
+            self._check_context(context)
             shape = torch.broadcast_shapes(context.shape[:-1], x.shape[:-1])
             x = torch.cat([context.expand(*shape, -1), x.expand(*shape, -1)], -1)
-        return self.net(x).unflatten(-1, (self.dim, self.num_params))
+        return self._unflatten(self.net(x))
+
+    def autoregress(
+        self, v: Tensor, context: Tensor | None, step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+    ) -> tuple[Tensor, Tensor]:
+        """Solve ``out_i = step(v_i, params_i(out_<i))`` dimension by dimension, in ``order``.
+
+        This is the sequential direction of MAF (sampling) and IAF (``log_prob``):
+        ``D`` steps, each exact given the earlier ones, so the result carries the
+        exact graph.  Per step it costs one rank-1 update of the first layer, the
+        deeper hidden layers, and ``P`` output units; the full network pass it
+        replaces costs ``D P`` output units and the whole first layer.
+
+        Args:
+            v: ``[*shape, D]``, the inputs of the univariate maps.
+            context: ``[*batch, C]`` or ``None``.
+            step: ``(v_i [*shape, 1], params [*shape, 1, P]) -> (out_i, ladj_i)``, both
+                ``[*shape, 1]``: the univariate map in the solved direction.
+
+        Returns:
+            ``out [*shape', D]`` and the summed ``ladj [*shape']`` (``shape'`` is
+            ``shape`` broadcast with the context's batch shape).
+        """
+        lins = list(self.net)[0::2]
+        acts = list(self.net)[1::2]
+        first, deeper, last = lins[0], lins[1:-1], lins[-1]
+        c = self.context_features
+        w_first = first.masked_weight()
+        shape = v.shape[:-1]
+        if c:
+            self._check_context(context)
+            shape = torch.broadcast_shapes(context.shape[:-1], shape)
+            pre = F.linear(context, w_first[:, :c], first.bias)  # [*batch, H]: the context's fixed share
+        else:
+            pre = first.bias  # [H]; broadcast until the first solved dimension is added
+        w_in = w_first[:, c:]  # [H, D]
+        hidden = [(lin.masked_weight(), lin.bias) for lin in deeper]
+        w_out, b_out = last.masked_weight(), last.bias
+        d, p = self.dim, self.num_params
+        outs: list[Tensor | None] = [None] * d
+        ladj = v.new_zeros(())
+        for r, i in enumerate(self.order.tolist()):
+            h = acts[0](pre)
+            for (w, b), act in zip(hidden, acts[1:]):
+                h = act(F.linear(h, w, b))
+            rows = slice(i, None, d) if self.param_major else slice(i * p, (i + 1) * p)
+            params = F.linear(h, w_out[rows], b_out[rows]).unsqueeze(-2)  # [*, 1, P]
+            out_i, ladj_i = step(v[..., i : i + 1], params)
+            outs[i] = out_i.expand(*shape, 1)
+            ladj = ladj + ladj_i.squeeze(-1)
+            if r + 1 < d:
+                pre = torch.addcmul(pre, outs[i], w_in[:, i])  # add dimension i's share of layer 1
+        return torch.cat(outs, -1), ladj.expand(shape)

@@ -26,16 +26,33 @@ __all__ = ["UnivariateMap", "AffineMap", "RQSpline"]
 
 
 class UnivariateMap:
-    """Interface: ``num_params`` and the elementwise forward/inverse with log-derivatives."""
+    """Interface of a monotone elementwise map ``y = f(x; params)`` with its log-derivative.
+
+    Shapes: ``x, y [*shape, D]``, ``params [*shape', D, P]`` broadcasting against
+    ``[*shape, D]``; both directions return the elementwise ``log|dy/dx|`` (or
+    ``log|dx/dy|``) ``[*shape, D]``, which a flow sums over ``D``.
+
+    Attributes:
+        num_params: ``P``, the parameters per dimension.
+        reduces_params: ``True`` if the map reduces over ``P`` (a softmax over bins),
+            so a conditioner should lay its outputs out dimension-major (``[D, P]``);
+            ``False`` if it reads each parameter as an elementwise operand, which is
+            faster from a parameter-major (``[P, D]``) layout.
+
+    References:
+        Papamakarios et al., Normalizing Flows for Probabilistic Modeling and
+        Inference (JMLR 2021), sec. 3.1 (transformers and conditioners).
+    """
 
     num_params: int
+    reduces_params = False
 
     def __call__(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """``x [*shape, D]``, ``params [*shape', D, P]`` -> ``(y, log|dy/dx|)``, both ``[*shape, D]``."""
         raise NotImplementedError
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        """``(x, log|dx/dy|)`` for the same parameters."""
+        """``(x, log|dx/dy|)`` for the same parameters, both ``[*shape, D]``."""
         raise NotImplementedError
 
 
@@ -44,9 +61,14 @@ class AffineMap(UnivariateMap):
 
     The soft clamp keeps one layer's scale within ``[e^-bound, e^bound]``, which
     prevents the overflow that an unbounded ``exp`` causes early in training.
+    ``params [*, D, 2]`` holds ``(shift, raw)``; ``x, y [*, D]``.
 
     Args:
         bound: largest absolute log-scale of one layer.
+
+    References:
+        Dinh, Sohl-Dickstein & Bengio, Density estimation using Real NVP (ICLR 2017).
+        Papamakarios, Pavlakou & Murray, Masked Autoregressive Flow (NeurIPS 2017), eq. 3.
     """
 
     num_params = 2
@@ -61,12 +83,12 @@ class AffineMap(UnivariateMap):
 
     def __call__(self, x, params):
         shift, log_scale = self._split(params)
-        y = shift + torch.exp(log_scale) * x
+        y = torch.addcmul(shift, torch.exp(log_scale), x)
         return y, log_scale.expand_as(y)
 
     def inverse(self, y, params):
         shift, log_scale = self._split(params)
-        x = (y - shift) * torch.exp(-log_scale)
+        x = (y - shift) / torch.exp(log_scale)
         return x, (-log_scale).expand_as(x)
 
     def __repr__(self) -> str:
@@ -76,9 +98,15 @@ class AffineMap(UnivariateMap):
 class RQSpline(UnivariateMap):
     """Monotone rational-quadratic spline on ``[-bound, bound]``, identity outside.
 
-    ``K`` bin widths and heights come from softmaxes, the ``K - 1`` interior knot
-    derivatives from a softplus (raw value 0 gives derivative 1); the boundary
-    derivatives are 1 so the spline joins the identity tails smoothly.
+    ``K`` bin widths and heights come from softmaxes (above a floor), the ``K - 1``
+    interior knot derivatives from a softplus (raw value 0 gives derivative 1); the
+    boundary derivatives are 1 so the spline joins the identity tails smoothly.
+    ``params [*, D, 3K - 1]`` holds ``K`` width logits, ``K`` height logits and
+    ``K - 1`` derivative parameters per dimension; ``x, y [*, D]``.
+
+    Only the bin holding each point is evaluated: the knot derivatives (a softplus)
+    are computed for its two knots alone, and the widths and heights share one
+    normalization and one cumulative sum.
 
     Args:
         bins: ``K``; the map takes ``3K - 1`` parameters per dimension.
@@ -86,7 +114,12 @@ class RQSpline(UnivariateMap):
         min_width: smallest bin width, as a fraction of ``2B`` (need ``min_width * K < 1``).
         min_height: smallest bin height, as a fraction of ``2B`` (need ``min_height * K < 1``).
         min_derivative: smallest interior knot derivative (in ``(0, 1)``).
+
+    References:
+        Durkan, Bekasov, Murray & Papamakarios, Neural Spline Flows (NeurIPS 2019), eqs. 4-8.
     """
+
+    reduces_params = True
 
     def __init__(
         self,
@@ -110,71 +143,81 @@ class RQSpline(UnivariateMap):
         self.num_params = 3 * bins - 1
         # softplus(raw + offset) + min_derivative == 1 at raw == 0.
         self._offset = math.log(math.expm1(1 - min_derivative))
+        # Bin sizes are floor + scale * softmax, widths in row 0 and heights in row 1.
+        two_b = 2 * self.bound
+        self._floor = ((two_b * min_width,), (two_b * min_height,))
+        self._scale = ((two_b * (1 - min_width * bins),), (two_b * (1 - min_height * bins),))
 
-    def _knots(self, raw: Tensor, floor: float) -> Tensor:
-        frac = floor + (1 - floor * self.bins) * torch.softmax(raw, dim=-1)
-        knots = F.pad(torch.cumsum(frac, dim=-1), (1, 0))
-        knots = self.bound * (2 * knots - 1)
-        # Pin the ends exactly, so rounding in the cumulative sum cannot open a gap.
-        ends = torch.full_like(knots[..., :1], self.bound)
-        return torch.cat([-ends, knots[..., 1:-1], ends], -1)
-
-    def _spline(self, params: Tensor, shape: torch.Size):
+    def _tables(self, params: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor, Tensor]:
+        """Bin sizes ``[*, D, 2, K]`` (widths, heights), their cumulative sums (right knots
+        plus ``B``) and the raw interior derivatives ``[*, D, K - 1]``, expanded to ``shape``."""
         k = self.bins
-        params = params.expand(*torch.broadcast_shapes(params.shape[:-1], shape), params.shape[-1])
-        xs = self._knots(params[..., :k], self.min_width)
-        ys = self._knots(params[..., k : 2 * k], self.min_height)
-        d = self.min_derivative + F.softplus(params[..., 2 * k :] + self._offset)
-        d = F.pad(d, (1, 1), value=1.0)
-        return xs, ys, d
+        raw = params[..., : 2 * k].unflatten(-1, (2, k))
+        # The softmax written out: torch's kernel is slow along a last dimension this
+        # short, and the normalizer folds into the floor-and-scale step.  The max is a
+        # constant shift (softmax ignores it), so it needs no gradient.
+        e = (raw - raw.detach().amax(-1, keepdim=True)).exp_()
+        floor, scale = e.new_tensor(self._floor), e.new_tensor(self._scale)
+        sizes = torch.addcmul(floor, e, scale / e.sum(-1, keepdim=True))
+        cums = sizes.cumsum(-1)
+        batch = torch.broadcast_shapes(params.shape[:-1], shape)
+        expand = (*batch, 2, k)
+        return sizes.expand(expand), cums.expand(expand), params[..., 2 * k :].expand(*batch, k - 1)
+
+    def _locate(self, v: Tensor, params: Tensor, row: int):
+        """For ``v [*, D]`` on the ``row`` axis (0: x, 1: y): the clamped ``v + B``, whether
+        ``v`` is inside, and its bin's width, height, left knots ``(x0, y0) + B`` and knot
+        derivatives ``d0, d1``, each ``[*, D]``."""
+        k, bound = self.bins, self.bound
+        sizes, cums, raw_d = self._tables(params, v.shape)
+        inside = v.abs() < bound
+        vb = v.clamp(-bound, bound) + bound
+        idx = (vb.unsqueeze(-1) >= cums[..., row, : k - 1]).sum(-1)  # [*, D]: the bin holding v
+        at = idx[..., None, None].expand(*idx.shape, 2, 1)
+        size, right = sizes.gather(-1, at), cums.gather(-1, at)
+        w, h = size[..., 0, 0], size[..., 1, 0]
+        x0, y0 = right[..., 0, 0] - w, right[..., 1, 0] - h
+        if k == 1:
+            d0 = d1 = torch.ones_like(w)
+        else:
+            knots = (idx.unsqueeze(-1) + idx.new_tensor([-1, 0])).clamp_(0, k - 2)  # derivatives at knots k, k+1
+            d = F.softplus(raw_d.gather(-1, knots) + self._offset).add_(self.min_derivative)
+            d0 = torch.where(idx == 0, 1.0, d[..., 0])
+            d1 = torch.where(idx == k - 1, 1.0, d[..., 1])
+        return vb, inside, w, h, x0, y0, d0, d1
 
     @staticmethod
-    def _bin(knots: Tensor, v: Tensor) -> Tensor:
-        # Index of the bin holding v: the number of interior knots at or below it.
-        return (v.unsqueeze(-1) >= knots[..., 1:-1]).sum(-1, keepdim=True)
-
-    @staticmethod
-    def _gather(idx: Tensor, *tables: Tensor) -> list[Tensor]:
-        out = []
-        for t in tables:
-            lo = t.gather(-1, idx).squeeze(-1)
-            hi = t.gather(-1, idx + 1).squeeze(-1)
-            out += [lo, hi]
-        return out
+    def _log_slope(s: Tensor, xi: Tensor, om: Tensor, d0: Tensor, d1: Tensor, denom: Tensor) -> Tensor:
+        # log dy/dx = log(s^2 (d1 xi^2 + 2 s xi (1 - xi) + d0 (1 - xi)^2) / denom^2)  (Durkan et al., eq. 5)
+        slope_num = torch.addcmul(torch.addcmul(d1 * xi * xi, s, xi * om, value=2), d0, om * om)
+        return torch.add(slope_num.log(), (s / denom).log(), alpha=2)
 
     def __call__(self, x, params):
-        xs, ys, d = self._spline(params, x.shape)
-        inside = (x > -self.bound) & (x < self.bound)
-        xc = torch.where(inside, x, 0.0)
-        x0, x1, y0, y1, d0, d1 = self._gather(self._bin(xs, xc), xs, ys, d)
-        w, h = x1 - x0, y1 - y0
+        xb, inside, w, h, x0, y0, d0, d1 = self._locate(x, params, 0)
         s = h / w
-        xi = (xc - x0) / w
-        t = xi * (1 - xi)
-        denom = s + (d0 + d1 - 2 * s) * t
-        y = y0 + h * (s * xi * xi + d0 * t) / denom
-        dydx = s * s * (d1 * xi * xi + 2 * s * t + d0 * (1 - xi) ** 2) / denom**2
-        return torch.where(inside, y, x), torch.where(inside, torch.log(dydx), 0.0)
+        xi = (xb - x0) / w
+        om = 1 - xi
+        denom = torch.addcmul(s, torch.add(d0 + d1, s, alpha=-2), xi * om)
+        sxi = s * xi
+        y = torch.addcdiv(y0 - self.bound, h * xi * torch.addcmul(sxi, d0, om), denom)
+        ladj = self._log_slope(s, xi, om, d0, d1, denom)
+        return torch.where(inside, y, x), torch.where(inside, ladj, 0.0)
 
     def inverse(self, y, params):
-        xs, ys, d = self._spline(params, y.shape)
-        inside = (y > -self.bound) & (y < self.bound)
-        yc = torch.where(inside, y, 0.0)
-        x0, x1, y0, y1, d0, d1 = self._gather(self._bin(ys, yc), xs, ys, d)
-        w, h = x1 - x0, y1 - y0
+        yb, inside, w, h, x0, y0, d0, d1 = self._locate(y, params, 1)
         s = h / w
-        dy = yc - y0
-        curv = d0 + d1 - 2 * s
+        dy = yb - y0
+        curv = torch.add(d0 + d1, s, alpha=-2)
         # xi solves a xi^2 + b xi + c = 0 (Durkan et al., eqs. 6-8); the root below avoids cancellation.
-        a = h * (s - d0) + dy * curv
-        b = h * d0 - dy * curv
+        a = torch.addcmul(h * (s - d0), dy, curv)
+        b = torch.addcmul(h * d0, dy, curv, value=-1)
         c = -s * dy
         xi = (2 * c) / (-b - torch.sqrt((b * b - 4 * a * c).clamp_min(0)))
-        x = x0 + xi * w
-        t = xi * (1 - xi)
-        denom = s + curv * t
-        dydx = s * s * (d1 * xi * xi + 2 * s * t + d0 * (1 - xi) ** 2) / denom**2
-        return torch.where(inside, x, y), torch.where(inside, -torch.log(dydx), 0.0)
+        om = 1 - xi
+        x = torch.addcmul(x0 - self.bound, xi, w)
+        denom = torch.addcmul(s, curv, xi * om)
+        ladj = self._log_slope(s, xi, om, d0, d1, denom)
+        return torch.where(inside, x, y), torch.where(inside, -ladj, 0.0)
 
     def __repr__(self) -> str:
         return f"RQSpline(bins={self.bins}, bound={self.bound})"
