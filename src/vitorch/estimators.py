@@ -75,11 +75,12 @@ def _stopped_log_prob(q: Distribution, z: Tensor) -> Tensor:
 
 
 def _bound(objective: Objective, log_w: Tensor) -> Tensor:
-    """``objective(log_w)``, skipping the guard against infinite log-weights where that
-    is provably the same: eager CPU code whose unguarded bound came out finite."""
+    """``objective(log_w)``, or on eager CPU code its unguarded form (see
+    :meth:`Objective.unguarded`), which :func:`vitorch.loss` re-guards if the loss
+    comes out non-finite: one read of a scalar instead of the guard's ops."""
     if ls._fast_path(log_w):
         bound = objective.unguarded(log_w)
-        if bound is not None and ls._plain_is_safe(bound):
+        if bound is not None:
             return bound
     return objective(log_w)
 
@@ -108,7 +109,9 @@ class Estimator:
     """Base class: ``surrogate(...) -> (ascent surrogate [*batch], log_w [K, *batch], z, bound)``.
 
     ``bound`` is the objective's value ``[*batch]`` when the surrogate's value is exactly
-    ``sign * bound`` (plain autograd through the bound), else ``None``.
+    ``sign * bound`` (plain autograd through the bound), else ``None``.  In that case
+    ``log_w`` keeps its graph and ``bound`` may be the objective's unguarded form, which
+    :func:`vitorch.loss` replaces by ``objective(log_w)`` should the loss be non-finite.
     """
 
     name = "estimator"

@@ -8,6 +8,7 @@ No backward is called here; the caller owns the optimization step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -125,7 +126,14 @@ def loss(
     surrogate, log_w, z, bound = estimator.surrogate(log_joint, q, num_particles, objective, context)
     if bound is not None:
         # The surrogate is the signed bound itself: autograd through it is the estimator.
-        return LossOutput(loss=-surrogate.mean(), bound=bound, log_w=log_w, z=z)
+        value = -surrogate.mean()
+        if ls._fast_path(value) and not math.isfinite(value.item()):
+            # On eager CPU code the estimator may have skipped the guard against
+            # infinite log-weights, and one was there: rebuild the bound guarded, on
+            # the same particles (a no-op change if it was guarded already).
+            bound = objective(log_w)
+            value = -objective.sign * bound.mean()
+        return LossOutput(loss=value, bound=bound, log_w=log_w, z=z)
     with torch.no_grad():
         bound = objective(log_w)
     # A datum whose bound is -inf keeps its honest value but must not turn the
