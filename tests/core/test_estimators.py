@@ -410,3 +410,32 @@ def test_plain_torch_distributions_work_as_guides(which, estimator):
             torch.testing.assert_close(g, w)
     else:
         assert torch.isfinite(out.loss) and all(torch.isfinite(g).all() for g in got)
+
+
+@pytest.mark.parametrize("dead_datum", [False, True])
+@pytest.mark.parametrize("objective", [O.elbo, O.iwae], ids=str)
+def test_loss_skips_the_guard_only_where_it_changes_nothing(objective, dead_datum, monkeypatch):
+    # On eager CPU code vt.loss uses the unguarded bound and re-guards only if the loss is
+    # non-finite; loss, bound and gradients must equal those of the always-guarded path.
+    from vitorch import _logspace as ls
+
+    K, B = 5, 3
+    m = torch.zeros(B, D, requires_grad=True)
+    zero_weight = torch.zeros(K, B, dtype=torch.bool)
+    zero_weight[1, 0] = True  # one particle of datum 0 outside the support
+    if dead_datum:
+        zero_weight[:, 2] = True
+
+    def log_joint(z):
+        return torch.where(zero_weight, -torch.inf, lg.log_joint(torch.zeros(B, D), torch.zeros(D))(z))
+
+    def run():
+        torch.manual_seed(3)
+        out = vt.loss(log_joint, vt.DiagNormal(m, torch.ones(B, D)), K, objective, E.reparam)
+        (g,) = torch.autograd.grad(out.loss, m)
+        return out.loss, out.bound, g
+
+    fast = run()
+    monkeypatch.setattr(ls, "_fast_path", lambda x: False)
+    for a, b in zip(fast, run()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
