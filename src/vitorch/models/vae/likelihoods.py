@@ -29,7 +29,14 @@ def _sum_event(t: Tensor, event_dims: int) -> Tensor:
 
 
 class Likelihood(nn.Module):
-    """Base class: ``log_prob(params, x) -> [K, B]``, ``mean(params)`` and ``sample(params)``."""
+    """Base class: ``log_prob(params, x) -> [K, B]``, ``mean(params)`` and ``sample(params)``.
+
+    Decoder outputs ``params`` are ``[K, B, *event(, P)]`` (``P =`` :attr:`params_per_entry`,
+    dropped when it is 1) for data ``x [B, *event]``.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (2014), appendix C.
+    """
 
     params_per_entry = 1
 
@@ -47,7 +54,15 @@ class Likelihood(nn.Module):
 
 
 class Bernoulli(Likelihood):
-    """Binary data, decoder outputs are logits: ``log p = x l - softplus(l)``."""
+    """Binary data, decoder outputs are logits: ``log p = x l - softplus(l)``.
+
+    Shapes: logits ``[K, B, *event]`` and ``x [B, *event]`` (entries 0 or 1) give
+    ``log_prob`` of shape ``[K, B]``; ``mean`` and ``sample`` keep the logits' shape.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (2014), appendix C.1
+        (the Bernoulli MLP decoder).
+    """
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         # One fused kernel (and its fused backward) for x*l - softplus(l).
@@ -72,6 +87,13 @@ class Gaussian(Likelihood):
         event_shape: the data's event shape, for ``learned="shared"``.
         min_scale: floor added to a learned ``softplus`` scale, which keeps the
             likelihood bounded on data with constant entries.
+
+    Shapes: ``params [K, B, *event]`` (``[K, B, *event, 2]`` with ``learned="decoder"``)
+    and ``x [B, *event]`` give ``log_prob`` of shape ``[K, B]``.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (2014), appendix C.2
+        (the Gaussian MLP decoder).
     """
 
     def __init__(
@@ -127,6 +149,15 @@ class Categorical(Likelihood):
     """Discrete data with ``C`` levels per entry (e.g. quantized pixels); ``C`` logits per entry.
 
     ``x`` holds level indices ``0 .. C-1`` (any dtype; they are rounded to integers).
+    Shapes: logits ``[K, B, *event, C]`` and ``x [B, *event]`` give ``log_prob`` ``[K, B]``;
+    ``mean`` and ``sample`` return ``[K, B, *event]``.
+
+    Args:
+        num_classes: ``C``, the number of levels (``>= 2``).
+
+    References:
+        van den Oord, Kalchbrenner & Kavukcuoglu, *Pixel Recurrent Neural Networks*
+        (2016) (pixels as 256-way categorical variables).
     """
 
     def __init__(self, num_classes: int):
@@ -150,7 +181,16 @@ class Categorical(Likelihood):
 
 
 class Poisson(Likelihood):
-    """Count data; decoder outputs ``log rate``: ``log p = x log r - r - log x!``."""
+    """Count data; decoder outputs ``log rate``: ``log p = x log r - r - log x!``.
+
+    Shapes: log-rates ``[K, B, *event]`` and counts ``x [B, *event]`` give ``log_prob``
+    of shape ``[K, B]``; ``mean`` and ``sample`` keep the log-rates' shape.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (2014) (any decoder
+        likelihood with a tractable density); Gopalan, Hofman & Blei, *Scalable
+        Recommendation with Hierarchical Poisson Factorization* (2015) (Poisson counts).
+    """
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         lp = x * params - params.exp() - torch.lgamma(x + 1.0)

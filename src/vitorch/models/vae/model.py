@@ -81,6 +81,11 @@ class VAE(nn.Module):
     Raises:
         ValueError: at construction, listing every reason the options cannot work
             together (a β or analytic KL with a multi-sample bound, for instance).
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (2014); Burda, Grosse &
+        Salakhutdinov, *Importance Weighted Autoencoders* (2016); Higgins et al.,
+        *beta-VAE* (2017); Zhao, Song & Ermon, *InfoVAE* (2019).
     """
 
     def __init__(

@@ -44,7 +44,21 @@ __all__ = [
 
 
 def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: type[nn.Module] = nn.Tanh):
-    """``Linear -> act -> ... -> Linear``; the plain multilayer perceptron of the VAE papers."""
+    """``Linear -> act -> ... -> Linear``; the plain multilayer perceptron of the VAE papers.
+
+    Args:
+        in_features: input width.
+        hidden: hidden widths, in order.
+        out_features: output width.
+        activation: hidden activation class (tanh, as in the papers).
+
+    Returns:
+        An ``nn.Sequential`` mapping ``[..., in_features]`` to ``[..., out_features]``.
+
+    References:
+        Kingma & Welling (2014), appendix C; Burda, Grosse & Salakhutdinov (2016),
+        section 5 (the 784-200-200-50 architecture with tanh units).
+    """
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
@@ -69,6 +83,9 @@ class MLPDecoder(nn.Module):
         hidden: hidden widths.
         params_per_entry: ``P`` outputs per data entry (the likelihood's).
         activation: hidden activation class.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (2014), appendix C.
     """
 
     def __init__(
@@ -95,6 +112,16 @@ class ConvFeatures(nn.Module):
     """``x [B, C, H, W]`` (or flattened ``[B, C*H*W]``) ``-> [B, features]``: two stride-2 convolutions.
 
     ``H`` and ``W`` must be multiples of 4 (28x28 Fashion-MNIST, 8x8 digits).
+
+    Args:
+        image_shape: ``(C, H, W)``.
+        features: output width ``F``.
+        channels: the two convolutions' channel counts.
+
+    References:
+        Radford, Metz & Chintala, *Unsupervised Representation Learning with Deep
+        Convolutional Generative Adversarial Networks* (2016) (stride-2 convolutions
+        in place of pooling).
     """
 
     def __init__(self, image_shape: Sequence[int], features: int = 256, channels: Sequence[int] = (32, 64)):
@@ -127,6 +154,11 @@ class ConvDecoder(nn.Module):
         event_shape: the data's event shape (default ``image_shape``; ``(C*H*W,)``
             for flattened data).
         channels: the two hidden channel counts.
+
+    References:
+        Radford, Metz & Chintala, *Unsupervised Representation Learning with Deep
+        Convolutional Generative Adversarial Networks* (2016) (stride-2 transposed
+        convolutions).
     """
 
     def __init__(
@@ -182,6 +214,12 @@ class GaussianEncoder(nn.Module):
         latent_dim: ``D``.
         hidden: hidden widths inside the head.
         activation: the head's hidden activation.
+
+    Shapes: ``x [B, *event] -> DiagNormal`` with batch ``[B]`` and event ``[D]``.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (2014) (the amortized
+        diagonal-Gaussian encoder).
     """
 
     def __init__(
@@ -211,6 +249,19 @@ class IAFEncoder(nn.Module):
     reads the same features as context and alternates the autoregressive order.
     Sampling is one pass per step; ``log_prob`` (needed by STL and DReG) costs
     ``D`` passes per IAF step, so pair this encoder with ``reparam``.
+
+    Args:
+        features: ``x [B, *event] -> [B, F]``.
+        feature_dim: ``F``.
+        latent_dim: ``D``.
+        num_flows: IAF steps after the Gaussian.
+        flow_hidden: hidden widths of each IAF step's autoregressive network.
+
+    Shapes: ``x [B, *event] -> Flow`` with batch ``[B]`` and event ``[D]``.
+
+    References:
+        Kingma et al., *Improved Variational Inference with Inverse Autoregressive
+        Flow* (2016).
     """
 
     def __init__(
@@ -252,6 +303,13 @@ class DirichletEncoder(nn.Module):
             ``False`` uses implicit reparameterization gradients (Figurnov et al., 2018).
         boost: RSVI shape augmentations ``B`` (they shrink the correction's variance).
         min_concentration: floor of the concentrations.
+
+    Shapes: ``x [B, *event] -> Dirichlet`` with batch ``[B]`` and event ``[D]``.
+
+    References:
+        Naesseth et al., *Reparameterization Gradients through Acceptance-Rejection
+        Sampling Algorithms* (2017); Figurnov, Mohamed & Mnih, *Implicit
+        Reparameterization Gradients* (2018).
     """
 
     def __init__(
@@ -288,6 +346,14 @@ class SymmetricDirichletPrior(nn.Module):
 
     Has the two methods a :class:`~vitorch.models.vae.VAE` prior needs: ``log_prob(z [*S, D]) -> [*S]``
     and ``sample(shape) -> [*shape, D]``.
+
+    Args:
+        latent_dim: ``D``, the number of simplex components.
+        concentration: ``alpha > 0`` (1 is uniform on the simplex).
+
+    References:
+        Naesseth et al., *Reparameterization Gradients through Acceptance-Rejection
+        Sampling Algorithms* (2017) (Dirichlet latents with a Dirichlet prior).
     """
 
     def __init__(self, latent_dim: int, concentration: float = 1.0):

@@ -15,8 +15,21 @@ __all__ = ["image_grid", "save_image_grid"]
 def image_grid(images: Tensor, image_shape: Sequence[int], nrow: int | None = None, pad: int = 1) -> Tensor:
     """Tile ``images [N, *]`` (each reshaped to ``(H, W)`` or ``(1, H, W)``) into one ``[rows*(H+pad), nrow*(W+pad)]``.
 
+    Args:
+        images: ``[N, *]`` values in ``[0, 1]`` (clamped), ``H * W`` per image.
+        image_shape: ``(H, W)`` or ``(1, H, W)``.
+        nrow: images per row (default about ``sqrt(N)``).
+        pad: white pixels between images.
+
+    Returns:
+        The grid, a ``[rows * (H + pad) + pad, nrow * (W + pad) + pad]`` float tensor.
+
     Raises:
         ValueError: if an image does not hold ``H * W`` values.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (2014), figure 5 (samples
+        shown as a grid of decoded images).
     """
     shape = tuple(image_shape)
     h, w = shape[-2:]
@@ -34,7 +47,21 @@ def image_grid(images: Tensor, image_shape: Sequence[int], nrow: int | None = No
 
 
 def save_image_grid(path: str, images: Tensor, image_shape: Sequence[int], nrow: int | None = None, title=None):
-    """Write :func:`image_grid` as a grey-scale PNG at ``path`` (directories are created)."""
+    """Write :func:`image_grid` as a grey-scale PNG at ``path`` (directories are created).
+
+    Args:
+        path: the PNG file.
+        images: ``[N, *]`` values in ``[0, 1]``, ``H * W`` per image.
+        image_shape: ``(H, W)`` or ``(1, H, W)``.
+        nrow: images per row.
+        title: an optional title above the grid.
+
+    Returns:
+        ``path``.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (2014), figure 5.
+    """
     # A bare Figure renders with Agg and leaves pyplot's global backend alone.
     from matplotlib.figure import Figure
 

@@ -42,42 +42,101 @@ def _build(data_dim: int, image_shape: Sequence[int] | None, **kw) -> VAE:
 
 
 def vae(data_dim, image_shape=None, **kw) -> VAE:
-    """VAE: the single-sample ELBO with the reparameterization gradient."""
+    """VAE: the single-sample ELBO with the reparameterization gradient.
+
+    Shapes: the model maps ``x [B, data_dim]`` (or ``[B, C, H, W]``) to ``out.loss`` (scalar),
+    ``out.bound [B]`` and ``out.log_w [K, B]``.
+
+    References:
+        Kingma & Welling, *Auto-Encoding Variational Bayes* (2014).
+    """
     return _build(data_dim, image_shape, **kw)
 
 
 def beta_vae(data_dim, beta=4.0, image_shape=None, **kw) -> VAE:
-    """β-VAE: ``E log p(x|z) - beta KL(q || p)`` with the closed-form Gaussian KL."""
+    """β-VAE: ``E log p(x|z) - beta KL(q || p)`` with the closed-form Gaussian KL.
+
+    Shapes: the model maps ``x [B, data_dim]`` (or ``[B, C, H, W]``) to ``out.loss`` (scalar),
+    ``out.bound [B]`` and ``out.log_w [K, B]``.
+
+    References:
+        Higgins et al., *beta-VAE: Learning Basic Visual Concepts with a Constrained
+        Variational Framework* (ICLR 2017).
+    """
     return _build(data_dim, image_shape, kl_weight=beta, analytic_kl=True, **kw)
 
 
 def iwae(data_dim, K=5, image_shape=None, **kw) -> VAE:
-    """IWAE: the ``K``-particle importance-weighted bound."""
+    """IWAE: the ``K``-particle importance-weighted bound.
+
+    Shapes: the model maps ``x [B, data_dim]`` (or ``[B, C, H, W]``) to ``out.loss`` (scalar),
+    ``out.bound [B]`` and ``out.log_w [K, B]``.
+
+    References:
+        Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (2016).
+    """
     return _build(data_dim, image_shape, objective=O.iwae, num_particles=K, **kw)
 
 
 def miwae(data_dim, M=8, K=8, image_shape=None, **kw) -> VAE:
-    """MIWAE(M, K): the mean of ``M`` IWAE_K bounds over ``M * K`` particles."""
+    """MIWAE(M, K): the mean of ``M`` IWAE_K bounds over ``M * K`` particles.
+
+    Shapes: the model maps ``x [B, data_dim]`` (or ``[B, C, H, W]``) to ``out.loss`` (scalar),
+    ``out.bound [B]`` and ``out.log_w [K, B]``.
+
+    References:
+        Rainforth et al., *Tighter Variational Bounds are Not Necessarily Better* (2018).
+    """
     return _build(data_dim, image_shape, objective=O.miwae(M), num_particles=M * K, **kw)
 
 
 def piwae(data_dim, M=8, K=8, image_shape=None, **kw) -> VAE:
-    """PIWAE(M, K): the decoder ascends IWAE_{MK}, the encoder MIWAE(M, K), on the same draws."""
+    """PIWAE(M, K): the decoder ascends IWAE_{MK}, the encoder MIWAE(M, K), on the same draws.
+
+    Shapes: the model maps ``x [B, data_dim]`` (or ``[B, C, H, W]``) to ``out.loss`` (scalar),
+    ``out.bound [B]`` and ``out.log_w [K, B]``.
+
+    References:
+        Rainforth et al., *Tighter Variational Bounds are Not Necessarily Better* (2018).
+    """
     return _build(data_dim, image_shape, objective=O.piwae(M), num_particles=M * K, **kw)
 
 
 def ciwae(data_dim, beta=0.5, K=64, image_shape=None, **kw) -> VAE:
-    """CIWAE(beta): ``beta ELBO + (1 - beta) IWAE_K`` on the same ``K`` particles."""
+    """CIWAE(beta): ``beta ELBO + (1 - beta) IWAE_K`` on the same ``K`` particles.
+
+    Shapes: the model maps ``x [B, data_dim]`` (or ``[B, C, H, W]``) to ``out.loss`` (scalar),
+    ``out.bound [B]`` and ``out.log_w [K, B]``.
+
+    References:
+        Rainforth et al., *Tighter Variational Bounds are Not Necessarily Better* (2018).
+    """
     return _build(data_dim, image_shape, objective=O.ciwae(beta), num_particles=K, **kw)
 
 
 def iwae_dreg(data_dim, K=5, image_shape=None, **kw) -> VAE:
-    """IWAE with doubly reparameterized encoder gradients."""
+    """IWAE with doubly reparameterized encoder gradients.
+
+    Shapes: the model maps ``x [B, data_dim]`` (or ``[B, C, H, W]``) to ``out.loss`` (scalar),
+    ``out.bound [B]`` and ``out.log_w [K, B]``.
+
+    References:
+        Tucker, Lawson, Gu & Maddison, *Doubly Reparameterized Gradient Estimators for
+        Monte Carlo Objectives* (2019).
+    """
     return _build(data_dim, image_shape, objective=O.iwae, estimator=E.dreg, num_particles=K, **kw)
 
 
 def info_vae(data_dim, alpha=0.0, lam=1000.0, image_shape=None, **kw) -> VAE:
-    """InfoVAE: ``E log p(x|z) - (1 - alpha) KL - (alpha + lam - 1) MMD(q(z), p(z))`` (Zhao et al.'s α, λ)."""
+    """InfoVAE: ``E log p(x|z) - (1 - alpha) KL - (alpha + lam - 1) MMD(q(z), p(z))`` (Zhao et al.'s α, λ).
+
+    Shapes: the model maps ``x [B, data_dim]`` (or ``[B, C, H, W]``) to ``out.loss`` (scalar),
+    ``out.bound [B]`` and ``out.log_w [K, B]``.
+
+    References:
+        Zhao, Song & Ermon, *InfoVAE: Balancing Learning and Inference in Variational
+        Autoencoders* (AAAI 2019).
+    """
     return _build(data_dim, image_shape, kl_weight=1.0 - alpha, mmd_weight=alpha + lam - 1.0, **kw)
 
 
@@ -87,18 +146,39 @@ def vis(data_dim, K=5, image_shape=None, estimator=None, **kw) -> VAE:
     The encoder takes the paper's self-normalized score-function gradient (``score()``)
     by default: with ``reparam`` the forward-χ² gradient through ``z`` rewards ever wider
     encoders on binarized digits, and the KL grows to hundreds of nats in 150 steps.
+
+    Shapes: the model maps ``x [B, data_dim]`` (or ``[B, C, H, W]``) to ``out.loss`` (scalar),
+    ``out.bound [B]`` and ``out.log_w [K, B]``.
+
+    References:
+        Li et al., *Forward χ² Divergence Based Variational Importance Sampling* (ICLR 2024).
     """
     estimator = E.score() if estimator is None else estimator
     return _build(data_dim, image_shape, objective=O.vis(), estimator=estimator, num_particles=K, **kw)
 
 
 def iaf_vae(data_dim, num_flows=2, image_shape=None, **kw) -> VAE:
-    """VAE whose posterior is a diagonal Gaussian followed by ``num_flows`` IAF steps."""
+    """VAE whose posterior is a diagonal Gaussian followed by ``num_flows`` IAF steps.
+
+    Shapes: the model maps ``x [B, data_dim]`` (or ``[B, C, H, W]``) to ``out.loss`` (scalar),
+    ``out.bound [B]`` and ``out.log_w [K, B]``.
+
+    References:
+        Kingma et al., *Improved Variational Inference with Inverse Autoregressive Flow* (2016).
+    """
     return _build(data_dim, image_shape, posterior="iaf", num_flows=num_flows, **kw)
 
 
 def dirichlet_vae(data_dim, latent_dim=10, prior_concentration=1.0, image_shape=None, **kw) -> VAE:
-    """VAE with an RSVI Dirichlet posterior on the ``latent_dim``-simplex and a symmetric Dirichlet prior."""
+    """VAE with an RSVI Dirichlet posterior on the ``latent_dim``-simplex and a symmetric Dirichlet prior.
+
+    Shapes: the model maps ``x [B, data_dim]`` (or ``[B, C, H, W]``) to ``out.loss`` (scalar),
+    ``out.bound [B]`` and ``out.log_w [K, B]``.
+
+    References:
+        Naesseth et al., *Reparameterization Gradients through Acceptance-Rejection
+        Sampling Algorithms* (2017).
+    """
     prior = SymmetricDirichletPrior(latent_dim, prior_concentration)
     return _build(data_dim, image_shape, latent_dim=latent_dim, posterior="dirichlet", prior=prior, **kw)
 
