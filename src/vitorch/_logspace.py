@@ -41,7 +41,7 @@ def _fast_path(x: Tensor) -> bool:
     an accelerator, and a data-dependent branch that a compiled graph would break
     on; there the guard's elementwise op is fused or cheap, so it is always applied.
     """
-    return x.device.type == "cpu" and x.dtype not in _LOW_PRECISION and not torch.compiler.is_compiling()
+    return x.is_cpu and x.dtype not in _LOW_PRECISION and not torch.compiler.is_compiling()
 
 
 def _plain_is_safe(out: Tensor) -> bool:

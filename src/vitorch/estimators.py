@@ -97,8 +97,11 @@ def _family_name(q: Distribution) -> str:
 
 
 def _check_log_p(log_p: Tensor, z: Tensor, num_particles: int, batch_shape: torch.Size) -> None:
+    shape = log_p.shape
+    if shape[:1] == (num_particles,) and shape[1:] == batch_shape:
+        return
     expected = torch.Size([num_particles]) + batch_shape
-    if log_p.shape != expected:
+    if shape != expected:
         raise ValueError(
             f"log_joint must map z {tuple(z.shape)} to log-densities of shape {tuple(expected)} "
             f"([K, *batch]); got {tuple(log_p.shape)}"

@@ -31,7 +31,11 @@ __all__ = ["Family", "stopped", "broadcast_params", "check_param"]
 def broadcast_params(**params: Tensor) -> list[Tensor]:
     """Broadcast parameters against each other, or raise ``ValueError`` giving every shape."""
     values = list(params.values())
-    if all(v.shape == values[0].shape for v in values[1:]):
+    shape = values[0].shape
+    for v in values:
+        if v.shape != shape:
+            break
+    else:
         return values  # the common case in an amortized encoder: nothing to broadcast
     try:
         return list(torch.broadcast_tensors(*params.values()))
