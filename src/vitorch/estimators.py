@@ -55,7 +55,8 @@ def _per_particle(coef: Tensor, z: Tensor) -> Tensor:
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
     # A particle whose model weight underflowed to zero passes no gradient back to
     # rescale; its guide weight is then negligible as well (see the module notes).
-    return torch.where(den != 0, num / torch.where(den != 0, den, 1.0), 0.0)
+    # No gradient flows here, so the division's inf/NaN where den = 0 is harmless.
+    return torch.where(den != 0, num / den, 0.0)
 
 
 def _rsample_and_log_prob(q: Distribution, sample_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -85,9 +86,19 @@ def _bound(objective: Objective, log_w: Tensor) -> Tensor:
     return objective(log_w)
 
 
+def _signed(objective: Objective, coefficients: Tensor) -> Tensor:
+    """Ascent coefficients: negated for a bound that is descended (no op otherwise)."""
+    return coefficients if objective.sign > 0 else -coefficients
+
+
 def _weighted_sum(coef: Tensor, x: Tensor) -> Tensor:
     """``sum_k coef_k x_k`` over the finite ``x_k`` only: a particle of zero weight
     (``x_k = -inf``) contributes neither a value nor a gradient."""
+    if ls._fast_path(x):
+        # A finite total proves every x_k finite, where the mask is the identity.
+        out = (coef * x).sum(0)
+        if ls._plain_is_safe(out):
+            return out
     return torch.where(torch.isfinite(x), coef * x, 0.0).sum(0)
 
 
@@ -145,8 +156,10 @@ class _Pathwise(Estimator):
     needs_rsample = True
     stop_q = False
 
-    def guide_coefficients(self, objective: Objective, log_w: Tensor) -> Tensor:
-        return objective.guide.sign * objective.guide.grad_coefficients(log_w)
+    def guide_ratio(self, objective: Objective, log_w: Tensor, c_model: Tensor) -> Tensor:
+        """Per-particle factor turning the model's pathwise weights into the guide's."""
+        guide = objective.guide
+        return _ratio(_signed(guide, guide.grad_coefficients(log_w)), c_model)
 
     def _reweights(self, objective: Objective) -> bool:
         return objective.model is not objective.guide
@@ -179,8 +192,8 @@ class _Pathwise(Estimator):
                 log_q = _stopped_log_prob(q, z_path)
             log_w = log_p - log_q
             with torch.no_grad():
-                c_model = objective.model.sign * objective.model.grad_coefficients(log_w)
-                ratio = _ratio(self.guide_coefficients(objective, log_w), c_model)
+                c_model = _signed(objective.model, objective.model.grad_coefficients(log_w))
+                ratio = self.guide_ratio(objective, log_w, c_model)
             surrogate = _weighted_sum(c_model, log_w)
             if z_path.requires_grad:  # not under torch.no_grad()
                 z_path.register_hook(lambda g: g * _per_particle(ratio, g))
@@ -240,8 +253,11 @@ class _DReG(_Pathwise):
     name = "dreg"
     stop_q = True
 
-    def guide_coefficients(self, objective, log_w):
-        return objective.guide.sign * objective.guide.dreg_coefficients(log_w)
+    def guide_ratio(self, objective, log_w, c_model):
+        guide = objective.guide
+        if guide is objective.model:  # same objective, same sign: the ratio is the bound's own
+            return guide.dreg_ratio(log_w, c_model)
+        return _ratio(_signed(guide, guide.dreg_coefficients(log_w)), c_model)
 
     def _reweights(self, objective):
         return True

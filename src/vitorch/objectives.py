@@ -110,6 +110,16 @@ class Objective:
         """Guide weights of the doubly-reparameterized gradient (Tucker et al., 2019)."""
         raise ValueError(f"{self.name} has no DReG formula")
 
+    def dreg_ratio(self, log_w: Tensor, grad_coefficients: Tensor) -> Tensor:
+        """``dreg_coefficients / grad_coefficients`` per particle, 0 where the latter is 0.
+
+        What DReG's backward hook rescales the guide's gradient by when model and
+        guide follow this one objective; ``grad_coefficients`` is passed in because
+        the caller has it, and some bounds give the ratio without a division.
+        """
+        den = grad_coefficients
+        return torch.where(den != 0, self.dreg_coefficients(log_w) / den, 0.0)
+
     def learning_signal(self, log_w: Tensor, baseline: Tensor | float = 0.0) -> Tensor:
         """``[K, *batch]`` ascent signal ``L_k`` whose product with the score of particle k's
         density gives the score part of ``grad E[O]``: ``sign * (O - b)`` for a bound that
@@ -186,6 +196,10 @@ class _IWAE(Objective):
 
     def dreg_coefficients(self, log_w: Tensor) -> Tensor:
         return ls.softmax(log_w.detach(), 0).pow(2)
+
+    def dreg_ratio(self, log_w: Tensor, grad_coefficients: Tensor) -> Tensor:
+        # w~^2 / w~ = w~ (and 0 where w~ = 0): the normalized weights themselves.
+        return grad_coefficients
 
 
 elbo = _ELBO()

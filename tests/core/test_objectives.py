@@ -226,3 +226,15 @@ def test_mmd_bad_input():
         O.mmd(torch.randn(3, 2), torch.randn(3, 4))
     with pytest.raises(ValueError, match="scale"):
         O.mmd(torch.randn(3, 2), torch.randn(3, 2), scale=0.0)
+
+
+@pytest.mark.parametrize("objective", [O.elbo, O.iwae, O.miwae(2), O.ciwae(0.3)], ids=str)
+def test_dreg_ratio_is_the_ratio_of_the_coefficients(objective):
+    # DReG rescales the guide's pathwise gradient by dreg / grad coefficients; IWAE's
+    # override returns the weights themselves (w^2 / w), which must be the same number.
+    lw = 3 * torch.randn(6, 4)
+    lw[0, 1] = -torch.inf  # a zero-weight particle gets ratio 0
+    grad = objective.grad_coefficients(lw)
+    expected = torch.where(grad != 0, objective.dreg_coefficients(lw) / grad, 0.0)
+    torch.testing.assert_close(objective.dreg_ratio(lw, grad), expected)
+    assert objective.dreg_ratio(lw, grad)[0, 1] == 0
