@@ -126,6 +126,10 @@ class Estimator:
     ``sign * bound`` (plain autograd through the bound), else ``None``.  In that case
     ``log_w`` keeps its graph and ``bound`` may be the objective's unguarded form, which
     :func:`vitorch.loss` replaces by ``objective(log_w)`` should the loss be non-finite.
+
+    References:
+        Mohamed, Rosca, Figurnov & Mnih, *Monte Carlo Gradient Estimation in Machine
+        Learning* (JMLR 2020), for the pathwise/score taxonomy used here.
     """
 
     name = "estimator"
@@ -371,14 +375,25 @@ vimco = _VIMCO()
 
 
 def score(baseline: nn.Module | None = None) -> Estimator:
-    """Score-function estimator with an optional ``baseline`` (see :class:`_Score`)."""
+    """Score-function estimator with an optional ``baseline`` (see :class:`_Score`).
+
+    Needs only ``q.sample`` and ``q.log_prob``; the guide's surrogate weighs each
+    particle's ``log q(z_k)`` (shape ``[K, *batch]``) by its learning signal minus the
+    baseline's prediction (``[*batch]``).  Ranganath, Gerrish & Blei (2014),
+    *Black Box Variational Inference*; Williams (1992) for REINFORCE.
+    """
     return _Score(baseline)
 
 
 class MovingAverageBaseline(nn.Module):
     """Exponential moving average of the learning signal, ``b <- decay b + (1 - decay) mean(O)``.
 
-    A module so that its state is saved with the model and resumes exactly.
+    A module so that its state is saved with the model and resumes exactly.  It keeps
+    one scalar (shape ``[]``) and predicts it for every datum, ``[*batch]``.
+
+    References:
+        Williams, *Simple Statistical Gradient-Following Algorithms for Connectionist
+        Reinforcement Learning* (Machine Learning, 1992); Ranganath et al. (2014).
     """
 
     def __init__(self, decay: float = 0.9):
@@ -414,6 +429,10 @@ class LearnedBaseline(nn.Module):
 
     Its regression loss ``mean((O - b)^2)`` is added to the surrogate with zero value,
     so one ``backward`` trains it too: include its parameters in the optimizer.
+
+    References:
+        Mnih & Gregor, *Neural Variational Inference and Learning in Belief Networks*
+        (ICML 2014): the input-dependent baseline fitted to the learning signal.
     """
 
     def __init__(self, net: nn.Module | None = None):

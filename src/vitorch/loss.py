@@ -37,6 +37,11 @@ class LossOutput:
 
     ``bound`` and ``log_w`` are detached when read, not when built: a training step
     that never reads them pays nothing for them.
+
+    References:
+        The value/gradient split ``a.detach() + (b - b.detach())`` is the surrogate-loss
+        construction of Schulman, Heess, Weber & Abbeel, *Gradient Estimation Using
+        Stochastic Computation Graphs* (NeurIPS 2015).
     """
 
     __slots__ = ("loss", "_bound", "_log_w", "z")
@@ -65,6 +70,10 @@ def check(q: Distribution, num_particles: int, objective: Objective, estimator: 
     """Raise ``ValueError`` listing every reason the combination cannot run; return ``None`` if it can.
 
     Called by :func:`loss` before any sampling; call it yourself to fail at set-up.
+    ``q`` has batch shape ``[*batch]``; the particles would be ``[K, *batch, *event]``.
+    Which pairs are valid follows the estimators' papers: STL only for the ELBO
+    (Roeder et al., 2017), DReG where Tucker et al. (2019) give its weights, VIMCO for
+    K >= 2 (Mnih & Rezende, 2016).
     """
     reasons = []
     if not isinstance(objective, Objective):
@@ -121,6 +130,10 @@ def loss(
         >>> out = vt.loss(log_joint, q, num_particles=8, objective=vt.objectives.iwae,
         ...               estimator=vt.estimators.dreg)
         >>> out.loss.backward()
+
+    References:
+        Kingma & Welling (2014), Burda et al. (2016) and Tucker et al. (2019) for the
+        objective/estimator pairs; Schulman et al. (2015) for the surrogate loss.
     """
     check(q, num_particles, objective, estimator)
     surrogate, log_w, z, bound = estimator.surrogate(log_joint, q, num_particles, objective, context)

@@ -65,6 +65,11 @@ class Objective:
         name: short name, used in error messages.
         upper: ``True`` for an upper bound on ``log p(x)`` (minimized).
         has_dreg: whether :meth:`dreg_coefficients` is defined.
+
+    References:
+        Blei, Kucukelbir & McAuliffe, *Variational Inference: A Review for
+        Statisticians* (JASA 2017); Burda, Grosse & Salakhutdinov, *Importance
+        Weighted Autoencoders* (ICLR 2016).
     """
 
     name = "objective"
@@ -149,6 +154,8 @@ class Objective:
 class _ELBO(Objective):
     """Evidence lower bound ``(1/K) sum_k log w_k`` (Kingma & Welling, 2014).
 
+    Maps ``log_w [K, *batch]`` to ``[*batch]``.
+
     The K particles are independent ELBO estimates, so the score-function signal
     of particle k is its own log-weight: ``a_k = (log w_k - b - 1) / K``.
     """
@@ -176,6 +183,9 @@ class _ELBO(Objective):
 
 class _IWAE(Objective):
     """Importance-weighted bound ``log (1/K) sum_k w_k`` (Burda et al., 2016).
+
+    Maps ``log_w [K, *batch]`` to ``[*batch]``; tighter than the ELBO on the same
+    particles and increasing to ``log p(x)`` as K grows.
 
     DReG guide weights are ``w~_k^2`` with ``w~ = softmax(log_w)`` (Tucker et al., 2019).
     """
@@ -240,7 +250,15 @@ class _MIWAE(Objective):
 
 
 def miwae(M: int) -> Objective:
-    """Multiply importance weighted bound with ``M`` groups (``M`` must divide K)."""
+    """Multiply importance weighted bound with ``M`` groups (``M`` must divide K).
+
+    Maps ``log_w [K, *batch]`` to ``[*batch]``: the mean over ``M`` groups of K/M
+    consecutive particles of each group's IWAE bound.
+
+    References:
+        Rainforth, Kosiorek, Le, Maddison, Igl, Wood & Teh, *Tighter Variational
+        Bounds are Not Necessarily Better* (ICML 2018).
+    """
     return _MIWAE(M)
 
 
@@ -266,7 +284,11 @@ class _CIWAE(Objective):
 
 
 def ciwae(beta: float) -> Objective:
-    """Combination importance weighted bound, ``beta`` in ``[0, 1]`` (1 is the ELBO, 0 IWAE)."""
+    """Combination importance weighted bound, ``beta`` in ``[0, 1]`` (1 is the ELBO, 0 IWAE).
+
+    Maps ``log_w [K, *batch]`` to ``beta * ELBO + (1 - beta) * IWAE``, ``[*batch]``
+    (Rainforth et al., 2018).
+    """
     return _CIWAE(beta)
 
 
@@ -286,6 +308,7 @@ class _Power(Objective):
 def renyi(alpha: float) -> Objective:
     """Variational Rényi bound ``1/(1-alpha) log (1/K) sum_k w_k^(1-alpha)``, ``alpha >= 0``.
 
+    Maps ``log_w [K, *batch]`` to ``[*batch]``.
     Li & Turner (2016), *Rényi Divergence Variational Inference*.  ``alpha = 0`` is
     IWAE and ``alpha -> 1`` the ELBO (returned exactly for ``alpha == 1``).  For
     ``alpha < 0`` the bound lies above ``log p(x)``; use :func:`cubo` for that regime.
@@ -301,6 +324,7 @@ def renyi(alpha: float) -> Objective:
 def cubo(n: float = 2.0) -> Objective:
     """χ upper bound ``CUBO_n = (1/n) log (1/K) sum_k w_k^n >= log p(x)`` in expectation as K grows.
 
+    Maps ``log_w [K, *batch]`` to ``[*batch]``.
     Dieng, Tran, Ranganath, Paisley & Blei (2017), *Variational Inference via χ Upper
     Bound Minimization*.  It is descended; ``n > 1``.
     """
@@ -315,7 +339,7 @@ class _ForwardChi2(_Power):
 
     Under the score-function estimator the guide follows the self-normalized
     gradient of ``log E_q[w^2]``, namely ``-sum_s w^_s grad log q(z_s)`` with
-    ``w^ = softmax(2 log w)`` (Li et al., ICLR 2024), which needs no baseline.
+    ``w^ = softmax(2 log w)`` (Li et al., 2024), which needs no baseline.
     """
 
     def __init__(self):
@@ -334,7 +358,12 @@ class _ForwardChi2(_Power):
 class Split(Objective):
     """The model's parameters ascend ``model``; the guide's follow ``guide``.
 
-    The reported bound and the loss value are the model objective's.
+    The reported bound and the loss value are the model objective's: ``log_w
+    [K, *batch] -> [*batch]``.  Both objectives see the same K particles.
+
+    References:
+        Rainforth et al., *Tighter Variational Bounds are Not Necessarily Better*
+        (ICML 2018), for PIWAE; Li et al. (2024), for VIS's forward-χ² guide.
     """
 
     def __init__(self, model: Objective, guide: Objective, name: str):
@@ -370,7 +399,9 @@ def piwae(M: int) -> Objective:
 
 
 def vis() -> Objective:
-    """Variational importance sampling with the forward χ² divergence (Li et al., ICLR 2024).
+    """Variational importance sampling with the forward χ² divergence (Li et al., 2024, ICLR).
+
+    Maps ``log_w [K, *batch]`` to the model's bound ``[*batch]``.
 
     The model ascends the importance-sampled ``log (1/S) sum_s w_s`` (IWAE); the guide
     descends ``log (1/S) sum_s w_s^2``, which is mass-covering.  Use it with
