@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from .base import Transform
+from .base import Transform, by_row_blocks
 from .made import MADE
 from .univariate import AffineMap, UnivariateMap
 
@@ -67,10 +67,19 @@ class _MaskedAutoregressive(Transform):
             param_major=not self.transformer.reduces_params,
         )
 
-    def _one_pass(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        # The map's forward direction: IAF's sampling, MAF's density evaluation.
+    def _block_rows(self) -> int:
+        # Rows per block (see by_row_blocks): the widest hidden layer near 2 MB and the
+        # conditioner's output near 16 MB in float32, which measured fastest on CPU.
+        widest_hidden = max(lin.out_features for lin in list(self.made.net)[0:-1:2])
+        return max(64, min(2**19 // widest_hidden, 2**22 // (self.dim * self.transformer.num_params)))
+
+    def _one_pass_block(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         out, ladj = self.transformer(v, self.made(v, context))
         return out, ladj.sum(-1)
+
+    def _one_pass(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        # The map's forward direction: IAF's sampling, MAF's density evaluation.
+        return by_row_blocks(self._one_pass_block, v, context, self._block_rows())
 
     def _sequential(self, v: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         # The map's inverse, one dimension at a time: IAF's log_prob, MAF's sampling.

@@ -20,13 +20,14 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-__all__ = ["Transform", "NoInverseError", "ParamNet", "mlp", "check_features"]
+__all__ = ["Transform", "NoInverseError", "ParamNet", "mlp", "check_features", "by_row_blocks"]
 
 
 class NoInverseError(NotImplementedError):
@@ -38,6 +39,50 @@ def check_features(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
     return value
+
+
+def by_row_blocks(
+    fn: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]], v: Tensor, context: Tensor | None, rows: int
+) -> tuple[Tensor, Tensor]:
+    """``fn(v, context)`` evaluated on blocks of at most ``rows`` rows of ``v``'s first dimension.
+
+    A transform's intermediates (hidden activations, spline tables) are many times the
+    size of its input; on a large batch each one is a fresh allocation (with page
+    faults) that falls out of the cache before the next operation reads it.  Row
+    blocks keep them cache-sized; the results are the same rows, concatenated.  The
+    context is split alongside when its leading dimension is ``v``'s; when it
+    broadcasts against ``v`` (fewer dimensions, or size 1) it is passed whole, and
+    anything else is evaluated in one piece.
+
+    Args:
+        fn: ``(v [n, *, D], context) -> (out [n, *, D], ladj [n, *])``.
+        v: ``[N, *, D]``.
+        context: ``[*batch, C]`` or ``None``.
+        rows: block size, counted in ``D``-vectors (each block takes ``rows // prod(*)``
+            entries of the first dimension, at least one).
+
+    Returns:
+        ``out [N, *, D]`` and ``ladj [N, *]``.
+
+    References:
+        Papamakarios et al., Normalizing Flows for Probabilistic Modeling and Inference (JMLR 2021).
+    """
+    n = v.shape[0] if v.dim() >= 2 else 0
+    split_context = False
+    if context is not None and context.dim() > v.dim():
+        n = 0  # v broadcasts against the context: no common leading rows to split
+    elif context is not None and context.dim() == v.dim():
+        if context.shape[0] == n:
+            split_context = True
+        elif context.shape[0] != 1:
+            n = 0
+    rows = max(1, rows // math.prod(v.shape[1:-1]))  # rows of the first dimension per block
+    if n <= rows:
+        return fn(v, context)
+    blocks = v.split(rows, 0)
+    contexts = context.split(rows, 0) if split_context else [context] * len(blocks)
+    results = [fn(b, c) for b, c in zip(blocks, contexts)]
+    return torch.cat([r[0] for r in results], 0), torch.cat([r[1] for r in results], 0)
 
 
 def mlp(in_features: int, hidden: Sequence[int], out_features: int) -> nn.Sequential:

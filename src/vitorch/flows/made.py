@@ -45,7 +45,8 @@ class MaskedLinear(nn.Linear):
 
     def __init__(self, mask: Tensor):
         super().__init__(mask.shape[1], mask.shape[0])
-        self.register_buffer("mask", mask.to(self.weight.dtype))
+        # Not saved: the constructor's arguments determine it (and MADE relies on its layout).
+        self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
 
     def masked_weight(self) -> Tensor:
         """The effective weight ``weight * mask``, ``[out, in]``."""
@@ -104,10 +105,14 @@ class MADE(nn.Module):
         # Degrees: context 0, inputs 1..D by rank, hidden units cycle through 1..D-1.
         in_deg = torch.cat([torch.zeros(context_features, dtype=torch.long), rank])
         layers: list[nn.Module] = []
+        # Per hidden layer, the units of each degree m < D as a (start, end) range:
+        # degrees are sorted, so each degree's units are contiguous (autoregress uses it).
+        self._degree_ranges: list[list[tuple[int, int]]] = []
         prev = in_deg
         for h in hidden:
-            deg = torch.arange(check_features("hidden width", h)) % max(dim - 1, 1) + 1
+            deg = torch.sort(torch.arange(check_features("hidden width", h)) % max(dim - 1, 1) + 1).values
             layers += [MaskedLinear(deg[:, None] >= prev[None, :]), activation()]
+            self._degree_ranges.append([(int((deg < m).sum()), int((deg <= m).sum())) for m in range(dim)])
             prev = deg
         out_deg = rank.repeat(num_params) if self.param_major else rank.repeat_interleave(num_params)
         layers.append(MaskedLinear(out_deg[:, None] > prev[None, :]))
@@ -141,9 +146,11 @@ class MADE(nn.Module):
 
         This is the sequential direction of MAF (sampling) and IAF (``log_prob``):
         ``D`` steps, each exact given the earlier ones, so the result carries the
-        exact graph.  Per step it costs one rank-1 update of the first layer, the
-        deeper hidden layers, and ``P`` output units; the full network pass it
-        replaces costs ``D P`` output units and the whole first layer.
+        exact graph.  A hidden unit of degree ``m`` reads only inputs of rank
+        ``<= m``, so it is final once those are solved: step ``r`` computes just the
+        units of degree ``r - 1`` in each layer and the ``P`` output units of the
+        ``r``-th dimension.  All ``D`` steps together cost about one network pass
+        (zuko and nflows run the whole network at every step, ``D`` passes).
 
         Args:
             v: ``[*shape, D]``, the inputs of the univariate maps.
@@ -157,31 +164,42 @@ class MADE(nn.Module):
         """
         lins = list(self.net)[0::2]
         acts = list(self.net)[1::2]
-        first, deeper, last = lins[0], lins[1:-1], lins[-1]
-        c = self.context_features
-        w_first = first.masked_weight()
+        c, d, p = self.context_features, self.dim, self.num_params
+        weights = [lin.masked_weight() for lin in lins]
         shape = v.shape[:-1]
         if c:
             self._check_context(context)
             shape = torch.broadcast_shapes(context.shape[:-1], shape)
-            pre = F.linear(context, w_first[:, :c], first.bias)  # [*batch, H]: the context's fixed share
+            first_bias = F.linear(context, weights[0][:, :c], lins[0].bias)  # [*batch, H]
         else:
-            pre = first.bias  # [H]; broadcast until the first solved dimension is added
-        w_in = w_first[:, c:]  # [H, D]
-        hidden = [(lin.masked_weight(), lin.bias) for lin in deeper]
-        w_out, b_out = last.masked_weight(), last.bias
-        d, p = self.dim, self.num_params
-        outs: list[Tensor | None] = [None] * d
+            first_bias = lins[0].bias
+        weights[0] = weights[0][:, c:]  # [H, D]: the inputs' columns
+        biases = [first_bias] + [lin.bias for lin in lins[1:]]
+        # Solved dimensions and final hidden units, zero until computed (their weights
+        # into anything not yet final are masked to zero).  Without a graph to record
+        # the buffers are written in place; with one, each write is a new tensor.
+        in_place = not torch.is_grad_enabled()
+        out = v.new_zeros(*shape, d)
+        hidden = [v.new_zeros(*shape, lin.out_features) for lin in lins[:-1]]
         ladj = v.new_zeros(())
         for r, i in enumerate(self.order.tolist()):
-            h = acts[0](pre)
-            for (w, b), act in zip(hidden, acts[1:]):
-                h = act(F.linear(h, w, b))
+            if r > 0:  # units of degree r become final: their inputs have ranks <= r
+                below = out
+                for layer, act in enumerate(acts):
+                    lo, hi = self._degree_ranges[layer][r]
+                    if hi > lo:
+                        units = act(F.linear(below, weights[layer][lo:hi], biases[layer][..., lo:hi]))
+                        if in_place:
+                            hidden[layer][..., lo:hi] = units
+                        else:
+                            hidden[layer] = hidden[layer].slice_scatter(units, -1, lo, hi)
+                    below = hidden[layer]
             rows = slice(i, None, d) if self.param_major else slice(i * p, (i + 1) * p)
-            params = F.linear(h, w_out[rows], b_out[rows]).unsqueeze(-2)  # [*, 1, P]
+            params = F.linear(hidden[-1], weights[-1][rows], biases[-1][rows]).unsqueeze(-2)  # [*, 1, P]
             out_i, ladj_i = step(v[..., i : i + 1], params)
-            outs[i] = out_i.expand(*shape, 1)
             ladj = ladj + ladj_i.squeeze(-1)
-            if r + 1 < d:
-                pre = torch.addcmul(pre, outs[i], w_in[:, i])  # add dimension i's share of layer 1
-        return torch.cat(outs, -1), ladj.expand(shape)
+            if in_place:
+                out[..., i : i + 1] = out_i
+            else:
+                out = out.slice_scatter(out_i.expand(*shape, 1), -1, i, i + 1)
+        return out, ladj.expand(shape)
