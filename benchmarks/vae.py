@@ -398,7 +398,16 @@ def log_likelihood(args, x, test, d):
     case = f"test LL after {args.ll_steps} steps, K=1 training (IWAE-{args.ll_particles}, {len(xt)} images)"
     for peer in ("torch", "pyro"):
         if peer in ll:
-            report("vae", case, seconds["vitorch"], peer, seconds[peer], vitorch_ll=ll["vitorch"], peer_ll=ll[peer])
+            report(
+                "vae",
+                case,
+                seconds["vitorch"],
+                peer,
+                seconds[peer],
+                vitorch_ll=ll["vitorch"],
+                peer_ll=ll[peer],
+                timing="one sequential run each, not interleaved: a load record, not a speed comparison",
+            )
         else:
             report("vae", case, seconds["vitorch"], peer, None, skipped=pyro_skip)
 
