@@ -11,10 +11,13 @@ Cases: VAE (ELBO, K=1), IWAE K=5 and K=50, IWAE-DReG K=50.  Peers: ``torch`` (th
 same model by hand), ``pyro`` (``Trace_ELBO`` at K=1, ``RenyiELBO(alpha=0,
 vectorize_particles=True)`` for IWAE), ``pythae`` (its ``VAE`` / ``IWAE`` models with
 the same networks), whole loops (``vt.fit`` against pythae's ``BaseTrainer``, one epoch
-each), and ``torch.compile`` of the vitorch model against eager hand-written torch.
-Then the IWAE test log-likelihood after the same number of steps for vitorch,
-hand-written torch and Pyro (``--ll-steps``, ``--ll-particles``, ``--ll-images``; the
-issue's reference: 2 epochs, K=5000, 1,000 test images).
+each), and the fused path against the eager hand-written step: ``compile_step`` of
+:mod:`vitorch.training.compile` (the forward compiled with ``fullgraph=True``, its backward,
+fused Adam) and ``torch.compile(model)`` with the hand step's Adam, each line carrying
+Dynamo's graph and graph-break counts.  Then the IWAE test log-likelihood after the same
+number of steps for vitorch, hand-written torch and Pyro, all three from the same initial
+weights, minibatches and particle seed (``--ll-steps``, ``--ll-particles``, ``--ll-images``;
+the issue's reference: 2 epochs, K=5000, 1,000 test images).
 
     python benchmarks/vae.py [--quick] [--threads 2]
 """
