@@ -10,7 +10,13 @@ Two groups of parameters are told apart by where they act, never by name: the
 model's parameters act through ``log p(x, z)`` at fixed ``z``, the guide's through
 ``z`` and ``log q``.  Where the guide's weights differ from the model's (DReG,
 split objectives) a backward hook on the particles rescales the guide's share
-per particle, so the log-joint is evaluated once.
+per particle, so the log-joint is evaluated once.  The price is a precision limit:
+the rescaled gradient was computed with the model's weight, so a particle whose
+model weight is subnormal in the working precision passes no gradient to the guide
+(float32: weights below 1.2e-38, i.e. log-weights ~87 nats under the best particle).
+That is exact for IWAE-type guides, whose weight is then as small; PIWAE's guide
+can weigh such a particle within its group, so use float64 when log-weights spread
+that far.
 
 References:
     Kingma & Welling (2014); Roeder, Wu & Duvenaud (2017), *Sticking the Landing*;
@@ -53,10 +59,14 @@ def _per_particle(coef: Tensor, z: Tensor) -> Tensor:
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    # A particle whose model weight underflowed to zero passes no gradient back to
-    # rescale; its guide weight is then negligible as well (see the module notes).
-    # No gradient flows here, so the division's inf/NaN where den = 0 is harmless.
-    return torch.where(den != 0, num / den, 0.0)
+    # The hook rescales a gradient that autograd computed with the model's weight
+    # ``den``.  Where that weight is subnormal (or zero) the gradient has lost its
+    # digits or underflowed, and ``num / den`` can overflow to inf (then inf * 0 =
+    # NaN): such a particle passes no gradient to the guide.  For an IWAE-type bound
+    # its guide weight is as negligible; a split objective whose guide weighs
+    # particles the model does not (PIWAE's MIWAE groups) loses them, so very spread
+    # log-weights call for float64 there (see the module notes).
+    return torch.where(den.abs() >= torch.finfo(den.dtype).tiny, num / den, 0.0)
 
 
 def _rsample_and_log_prob(q: Distribution, sample_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:

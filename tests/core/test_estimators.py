@@ -439,3 +439,22 @@ def test_loss_skips_the_guard_only_where_it_changes_nothing(objective, dead_datu
     monkeypatch.setattr(ls, "_fast_path", lambda x: False)
     for a, b in zip(fast, run()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("estimator", [E.reparam, E.dreg])
+@pytest.mark.parametrize("objective", [O.piwae(5), O.iwae, O.miwae(2)], ids=str)
+def test_float32_spread_log_weights_keep_guide_gradients_finite(objective, estimator):
+    # Log-weights spread over hundreds of nats make some model weights subnormal in
+    # float32 while PIWAE's group weight of the same particle is O(1); the hook's
+    # ratio must not overflow to inf (and inf * 0 to NaN) there.
+    torch.manual_seed(0)
+    m = torch.zeros(64, 4, dtype=torch.float32, requires_grad=True)
+
+    def log_joint(z):
+        return -60.0 * z.pow(2).sum(-1)
+
+    out = vt.loss(log_joint, vt.DiagNormal(m, torch.ones(64, 4, dtype=torch.float32)), 10, objective, estimator)
+    lw = out.log_w
+    assert (lw.max(0).values - lw.min(0).values).max() > 150  # the regime of the bug
+    (g,) = torch.autograd.grad(out.loss, m)
+    assert torch.isfinite(g).all()
