@@ -22,8 +22,11 @@ with its fused ``AdamW`` (``--quick``: the chosen setting only, 100 steps, one r
 ``--select`` instead trains on 80% of the training split and scores the other 20%
 (the test split is not touched) for a small grid of settings (prior variance,
 inverse-Wishart scale, decoupled weight decay of the feature network), three seeds
-each, with vitorch's head; :data:`CHOSEN` holds the setting picked there, and the
-comparison gives every model that same setting.
+each, with vitorch's head, and the feature network's decay for vitorch's heteroscedastic
+head; :data:`CHOSEN` holds the setting picked there, and the comparison gives every
+model that same setting.  The full run ends with the heteroscedastic head at its own
+chosen setting (:data:`CHOSEN_HETEROSCEDASTIC`) against the MLP head: the ``vbll``
+package has no such head, so there is no peer time for it.
 
     python benchmarks/vbll.py [--quick] [--threads 1] [--repeats R] [--select]
 
@@ -52,7 +55,7 @@ vbll, _vbll_missing = try_import("vbll")
 if vbll is not None:
     import vbll.layers.regression  # noqa: F401  (the submodule holding Regression)
 
-from vitorch.models.last_layer import VBLLRegression  # noqa: E402
+from vitorch.models.last_layer import VBLLHeteroscedasticRegression, VBLLRegression  # noqa: E402
 
 WIDTH = 64
 WISHART_DOF = 1.0
@@ -74,6 +77,9 @@ class Settings:
 # lowest validation NLL of the grid.  A decay this strong holds the feature network
 # near small weights, where it is close to linear.
 CHOSEN = Settings(prior_var=1.0 / WIDTH, wishart_scale=1e-2, weight_decay=30.0)
+# The heteroscedastic head's best decay on the same validation split (``--select``).
+CHOSEN_HETEROSCEDASTIC = Settings(weight_decay=10.0)
+DECAYS = [0.0, 1e-1, 1.0, 3.0, 10.0, 30.0, 100.0]
 # The comparison runs the package defaults (no decay, Adam) and the chosen setting with
 # torch's default and fused Adam(W) implementations.
 CONFIGS = {
@@ -128,6 +134,22 @@ class VitorchModel(nn.Module):
 
     def nll(self, x, y):
         # the posterior predictive N(m^T phi, phi^T S phi + sigma^2), per datum
+        return float(-self.head(self.features(x)).predictive.log_prob(y).mean())
+
+
+class HeteroscedasticModel(nn.Module):
+    """vitorch's heteroscedastic VBLL head (a Bayesian linear log-variance); no ``vbll`` counterpart."""
+
+    def __init__(self, d_in, n, s: Settings):
+        super().__init__()
+        self.features, self.n = features(d_in), n
+        self.head = VBLLHeteroscedasticRegression(WIDTH, 1, prior_scale=s.prior_var**0.5, noise_prior_scale=0.1)
+
+    def loss(self, x, y):
+        return self.head.loss(self.features(x), y, self.n)
+
+    def nll(self, x, y):
+        # Gauss-Hermite mixture over the log-variance, per datum
         return float(-self.head(self.features(x)).predictive.log_prob(y).mean())
 
 
@@ -233,15 +255,16 @@ def select(data, steps: int, seeds: int) -> None:
     # noise prior immaterial (N = 282 data outweigh it) and the best weight decay at the
     # grid's edge; the grid was widened in decay (twice) and prior variance until the
     # validation NLL turned up again on both sides.
-    grid = itertools.product([1.0 / WIDTH, 1.0, 10.0], [1e-2, 1.0], [0.0, 1e-1, 1.0, 3.0, 10.0, 30.0, 100.0])
+    grid = itertools.product([1.0 / WIDTH, 1.0, 10.0], [1e-2, 1.0], DECAYS)
     # vitorch alone picks the setting (the peer then gets the same); the peer is slower and
-    # optimizes the same objective from the same start (the test run shows both)
-    models = {"vitorch": VitorchModel}
-    for prior_var, wishart_scale, weight_decay in grid:
-        s = Settings(prior_var=prior_var, wishart_scale=wishart_scale, weight_decay=weight_decay)
-        line = {k: v for k, v in asdict(s).items() if k != "optimizer"}
-        for name, cls in models.items():
-            line[f"{name}_val_nll"] = _spread([train(cls, val, steps, 32, seed, s) for seed in range(seeds)])["median"]
+    # optimizes the same objective from the same start (the test run shows both).  The
+    # heteroscedastic head (no inverse-Wishart prior) is scored over the decays at the
+    # homoscedastic head's best prior variance.
+    rows = [("vitorch", VitorchModel, Settings(prior_var=p, wishart_scale=w, weight_decay=d)) for p, w, d in grid]
+    rows += [("vitorch_heteroscedastic", HeteroscedasticModel, Settings(weight_decay=d)) for d in DECAYS]
+    for name, cls, s in rows:
+        line = {"head": name, **{k: v for k, v in asdict(s).items() if k != "optimizer"}}
+        line["val_nll"] = _spread([train(cls, val, steps, 32, seed, s) for seed in range(seeds)])["median"]
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in line.items()}, flush=True)
 
 
@@ -283,6 +306,30 @@ def main():
         )  # fmt: skip
         report("vbll", case, times["vitorch"], "gaussian_mlp_head", times["mlp"], vitorch_nll=nll["vitorch"],
                peer_nll=nll["mlp"], **common)  # fmt: skip
+    if not args.quick:
+        heteroscedastic(data, steps, repeats, ridge)
+
+
+def heteroscedastic(data, steps: int, repeats: int, ridge: float) -> None:
+    """vitorch's heteroscedastic head at its chosen setting, timed against the MLP head with the same one."""
+    s = CHOSEN_HETEROSCEDASTIC
+    models = {"vitorch_heteroscedastic": HeteroscedasticModel, "mlp": MLPModel}
+    nlls: dict[str, list[float]] = {name: [] for name in models}
+
+    def runner(name, cls):
+        def run():
+            nlls[name].append(train(cls, data, steps, 32, len(nlls[name]), s))
+
+        return run
+
+    for cls in models.values():
+        train(cls, data, 5, 32, 0, s)
+    times = interleaved_medians({name: runner(name, cls) for name, cls in models.items()}, repeats=repeats, warmup=1)
+    nll = {k: _spread(v) for k, v in nlls.items()}
+    common = {"steps": steps, "batch": 32, "settings": asdict(s), "bayesian_ridge_nll": ridge}
+    report("vbll", f"diabetes_{steps}_steps_heteroscedastic_chosen", times["vitorch_heteroscedastic"],
+           "gaussian_mlp_head", times["mlp"], vitorch_nll=nll["vitorch_heteroscedastic"], peer_nll=nll["mlp"],
+           **common)  # fmt: skip
 
 
 if __name__ == "__main__":
