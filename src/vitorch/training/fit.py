@@ -72,7 +72,8 @@ def fit(
             under DDP), a ``Dataset``, a tensor ``[N, ...]`` (batches are tensors) or a
             tuple of tensors sharing the first dimension (batches are tuples).
         optimizer: an optimizer over the model's parameters, or a factory
-            ``params -> Optimizer``; default ``Adam(lr=lr)``.
+            ``params -> Optimizer``; default ``Adam(lr=lr)`` with torch's fused kernel
+            (:func:`~vitorch.training.fused_adam`).
         lr: learning rate of the default optimizer.
         scheduler: an LR scheduler or a factory ``optimizer -> scheduler``;
             ``ReduceLROnPlateau`` is stepped with the monitored metric after each evaluation.

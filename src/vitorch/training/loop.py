@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
+from .compile import fused_adam
 from .data import epoch_sampler, loader_generators, make_eval_loader, make_loader, to_device
 from .guard import NonFiniteError, describe_nonfinite, evaluate, nonfinite_flags, nonfinite_parameters, split_output
 from .history import History
@@ -343,7 +344,9 @@ def _is_factory(obj) -> bool:
 
 def _make_optimizer(opt: FitOptions, params: list) -> torch.optim.Optimizer:
     if opt.optimizer is None:
-        return torch.optim.Adam(params, lr=opt.lr)
+        # Adam with torch's fused kernel where it has one: one pass over all parameters
+        # instead of a dozen elementwise ops per tensor (same update, fewer dispatches).
+        return fused_adam(params, lr=opt.lr)
     if isinstance(opt.optimizer, torch.optim.Optimizer):
         return opt.optimizer
     optimizer = opt.optimizer(params)
