@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -29,6 +30,15 @@ from torch.nn import functional as F
 from .base import check_features
 
 __all__ = ["MADE", "MaskedLinear"]
+
+
+def _in_place(activation: nn.Module) -> nn.Module:
+    """A copy of ``activation`` that overwrites its input, if the module has that option."""
+    if not hasattr(activation, "inplace"):
+        return activation
+    twin = copy.copy(activation)
+    twin.inplace = True
+    return twin
 
 
 class MaskedLinear(nn.Linear):
@@ -117,6 +127,10 @@ class MADE(nn.Module):
         out_deg = rank.repeat(num_params) if self.param_major else rank.repeat_interleave(num_params)
         layers.append(MaskedLinear(out_deg[:, None] > prev[None, :]))
         self.net = nn.Sequential(*layers)
+        # The activations applied in place where the module supports it (ReLU, ELU, ...):
+        # they only ever act on a fresh linear output, which no backward needs, and it
+        # saves one allocation per layer.  A plain list, so no duplicate submodules.
+        self._acts = [_in_place(a) for a in layers[1::2]]
 
     def _check_context(self, context: Tensor | None) -> None:
         if context is None:
@@ -137,7 +151,10 @@ class MADE(nn.Module):
             self._check_context(context)
             shape = torch.broadcast_shapes(context.shape[:-1], x.shape[:-1])
             x = torch.cat([context.expand(*shape, -1), x.expand(*shape, -1)], -1)
-        return self._unflatten(self.net(x))
+        lins = list(self.net)[0::2]
+        for lin, act in zip(lins, self._acts):
+            x = act(lin(x))
+        return self._unflatten(lins[-1](x))
 
     def autoregress(
         self, v: Tensor, context: Tensor | None, step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -163,7 +180,7 @@ class MADE(nn.Module):
             ``shape`` broadcast with the context's batch shape).
         """
         lins = list(self.net)[0::2]
-        acts = list(self.net)[1::2]
+        acts = self._acts
         c, d, p = self.context_features, self.dim, self.num_params
         weights = [lin.masked_weight() for lin in lins]
         shape = v.shape[:-1]
@@ -188,7 +205,9 @@ class MADE(nn.Module):
                 for layer, act in enumerate(acts):
                     lo, hi = self._degree_ranges[layer][r]
                     if hi > lo:
-                        units = act(F.linear(below, weights[layer][lo:hi], biases[layer][..., lo:hi]))
+                        b = biases[layer][..., lo:hi]  # [*batch, n] for the first layer with a context
+                        w = weights[layer][lo:hi]
+                        units = act(F.linear(below, w, b) if b.dim() == 1 else F.linear(below, w) + b)
                         if in_place:
                             hidden[layer][..., lo:hi] = units
                         else:
