@@ -1,0 +1,75 @@
+"""The fused heteroscedastic loss against its autograd specification and the head's generic path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitorch.models.last_layer import Diagonal, VBLLHeteroscedasticRegression
+from vitorch.models.last_layer._fused_heteroscedastic import heteroscedastic_loss, reference_loss
+
+NAMES = ["phi", "y", "mean", "raw", "u_mean", "u_log_var", "offset"]
+
+
+def _inputs(b, d, o):
+    shapes = [(b, d), (b, o), (o, d), (o, d, d), (o, d), (o, d), (o,)]
+    scales = [1.0, 1.0, 1.0, 0.3, 0.3, 0.3, 0.3]
+    return [(s * torch.randn(shape)).requires_grad_(True) for shape, s in zip(shapes, scales)]
+
+
+@pytest.mark.parametrize("b, d, o", [(1, 1, 1), (7, 4, 1), (5, 3, 3), (32, 16, 2)])
+def test_fused_matches_reference_forward_and_backward(b, d, o):
+    args = _inputs(b, d, o)
+    consts = (0.7, 0.05, 50)
+    upstream = torch.randn(())
+    ref = reference_loss(*args, *consts)
+    fused = heteroscedastic_loss(*args, *consts)
+    # float64 throughout; the two differ only in summation order
+    torch.testing.assert_close(fused, ref, rtol=1e-12, atol=1e-12)
+    g_ref = torch.autograd.grad(ref * upstream, args)
+    g_fused = torch.autograd.grad(fused * upstream, args)
+    for name, a, r in zip(NAMES, g_fused, g_ref):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
+
+
+def test_fused_gradcheck():
+    args = _inputs(4, 3, 2)
+    assert torch.autograd.gradcheck(lambda *t: heteroscedastic_loss(*t, 0.7, 0.05, 50), args)
+
+
+@pytest.mark.parametrize("o", [1, 2])
+def test_head_loss_takes_the_fused_path_and_agrees_with_the_generic_one(o):
+    phi, y = torch.randn(9, 4), torch.randn(9, o)
+    fused = VBLLHeteroscedasticRegression(4, o, prior_scale=0.8, noise_prior_scale=0.3)
+    # a Diagonal subclass is not the fused path's exact type, so this head takes the generic one
+    generic = VBLLHeteroscedasticRegression(
+        4, o, prior_scale=0.8, noise_prior_scale=0.3, noise_covariance=type("Diag", (Diagonal,), {})
+    )
+    generic.load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        for head in (fused, generic):
+            torch.manual_seed(3)
+            for p in head.parameters():
+                p.add_(0.2 * torch.randn_like(p))
+    a, b = fused.loss(phi, y, 40), generic.loss(phi, y, 40)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    ga = torch.autograd.grad(a, list(fused.parameters()))
+    gb = torch.autograd.grad(b, list(generic.parameters()))
+    for x, z in zip(ga, gb):
+        torch.testing.assert_close(x, z, rtol=1e-10, atol=1e-12)
+    # on the full data set (batch = num_data) the loss is the negated ELBO over N
+    torch.testing.assert_close(fused.loss(phi, y, 9), -fused.elbo(phi, y) / 9)
+
+
+def test_loss_checks_shapes_but_not_values():
+    head = VBLLHeteroscedasticRegression(4)
+    phi, y = torch.randn(6, 4), torch.randn(6)
+    with pytest.raises(ValueError, match="phi must have shape"):
+        head.loss(phi[:, :3], y, 10)
+    with pytest.raises(ValueError, match="num_data"):
+        head.loss(phi, y, 3)
+    bad = y.clone()
+    bad[1] = float("nan")
+    with pytest.raises(ValueError, match="y must be finite"):
+        head.elbo(phi, bad)
+    assert not torch.isfinite(head.loss(phi, bad, 10))
