@@ -192,12 +192,16 @@ def test_bad_input_is_a_value_error(build, match):
         build()
 
 
-def test_spline_passes_through_its_knots_with_their_slopes():
+@pytest.mark.parametrize("shift", [0.0, 500.0, -500.0])
+def test_spline_passes_through_its_knots_with_their_slopes(shift):
     """Knots and slopes computed here from the documented parameterization (softmax bin sizes
-    above a floor, softplus interior derivatives), not from the spline's own helpers."""
+    above a floor, softplus interior derivatives), not from the spline's own helpers.  A
+    large common shift of the width and height logits (where a plain exp over- or
+    underflows) must not change anything: softmax ignores it."""
     k, bound, floor = 5, 2.0, 1e-3
     spline = flows.RQSpline(bins=k, bound=bound)
     params = torch.randn(spline.num_params)
+    params[: 2 * k] += shift
 
     def knots(raw):
         sizes = 2 * bound * (floor + (1 - floor * k) * torch.softmax(raw, -1))

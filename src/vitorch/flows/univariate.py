@@ -24,6 +24,8 @@ from torch.nn import functional as F
 
 __all__ = ["UnivariateMap", "AffineMap", "RQSpline"]
 
+_EXP_SAFE = 60.0  # exp(+-60) ~ 1e+-26: sums of such terms neither overflow nor vanish in float32
+
 
 class UnivariateMap:
     """Interface of a monotone elementwise map ``y = f(x; params)`` with its log-derivative.
@@ -154,9 +156,13 @@ class RQSpline(UnivariateMap):
         k = self.bins
         raw = params[..., : 2 * k].unflatten(-1, (2, k))
         # The softmax written out: torch's kernel is slow along a last dimension this
-        # short, and the normalizer folds into the floor-and-scale step.  The max is a
-        # constant shift (softmax ignores it), so it needs no gradient.
-        e = (raw - raw.detach().amax(-1, keepdim=True)).exp_()
+        # short, and the normalizer folds into the floor-and-scale step.  Shifting by
+        # each row's max (a constant, as softmax ignores shifts) only matters when exp
+        # could overflow or underflow, so one global check decides whether to pay for it.
+        if raw.numel() and float(raw.detach().abs().max()) > _EXP_SAFE:
+            e = (raw - raw.detach().amax(-1, keepdim=True)).exp_()
+        else:
+            e = raw.exp()
         floor, scale = e.new_tensor(self._floor), e.new_tensor(self._scale)
         sizes = torch.addcmul(floor, e, scale / e.sum(-1, keepdim=True))
         cums = sizes.cumsum(-1)
