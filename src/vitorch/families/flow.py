@@ -73,6 +73,10 @@ class Flow(Family):
         >>> D = 2
         >>> q = Flow(vt.DiagNormal(torch.zeros(D), torch.ones(D)), [vt.flows.Planar(D) for _ in range(8)])
         >>> z, log_q = q.rsample_and_log_prob((16,))   # [16, 2], [16]
+
+    References:
+        Rezende & Mohamed, Variational Inference with Normalizing Flows (ICML 2015);
+        Papamakarios et al., Normalizing Flows for Probabilistic Modeling and Inference (JMLR 2021).
     """
 
     arg_constraints: dict = {}

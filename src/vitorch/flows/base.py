@@ -13,7 +13,7 @@ Inverses: where one exists in closed form or by a monotone scalar solve,
 at stopped parameters on the flow's own samples.  A transform without one raises
 :class:`NoInverseError`.
 
-References:
+    References:
     Rezende & Mohamed, Variational Inference with Normalizing Flows (2015).
     Papamakarios et al., Normalizing Flows for Probabilistic Modeling and Inference (2021).
 """
@@ -31,7 +31,15 @@ __all__ = ["Transform", "NoInverseError", "ParamNet", "mlp", "check_features", "
 
 
 class NoInverseError(NotImplementedError):
-    """Raised when a transform has no inverse, so ``log_prob`` (and STL/DReG) cannot evaluate it."""
+    """Raised when a transform has no inverse, so ``log_prob`` (and STL/DReG) cannot evaluate it.
+
+    STL and DReG evaluate log q at stopped parameters on the flow's own samples,
+    which for a flow is the inverse pass.
+
+    References:
+        Roeder, Wu & Duvenaud, Sticking the Landing (NeurIPS 2017);
+        Tucker, Lawson, Gu & Maddison, Doubly Reparameterized Gradient Estimators (ICLR 2019).
+    """
 
 
 def check_features(name: str, value: int, minimum: int = 1) -> int:
@@ -107,6 +115,10 @@ class ParamNet(nn.Module):
             hypernetwork's output bias), small so a new flow starts near the identity.
 
     Calling it with ``context`` returns ``[*batch, P]`` (or ``[P]`` when unconditional).
+
+    References:
+        Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow
+        (NeurIPS 2016): flow parameters emitted by an encoder's network.
     """
 
     def __init__(
@@ -147,6 +159,10 @@ class Transform(nn.Module):
         dim: ``D``, the event size.
         domain, codomain: torch constraints of an input and output *element*
             (``real`` for most transforms, ``positive`` after ``Softplus``).
+
+    References:
+        Rezende & Mohamed, Variational Inference with Normalizing Flows (ICML 2015);
+        Papamakarios et al., Normalizing Flows for Probabilistic Modeling and Inference (JMLR 2021).
     """
 
     domain = constraints.real

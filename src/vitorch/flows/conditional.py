@@ -35,6 +35,11 @@ class ConditionalFlow(nn.Module):
         dim: event size ``D`` (default: the first transform's).
 
     Calling it with ``context [*batch, C]`` (or nothing) returns a :class:`~vitorch.Flow`.
+
+    References:
+        Rezende & Mohamed, Variational Inference with Normalizing Flows (ICML 2015);
+        Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow
+        (NeurIPS 2016), sec. 4 (amortized flows).
     """
 
     def __init__(self, transforms: Sequence[Transform], dim: int | None = None):

@@ -38,6 +38,12 @@ class Coupling(Transform):
         mask: boolean ``[D]``, true for the dimensions that pass through unchanged
             and condition the others (default: the first ``D // 2``).
         swap: negate the mask (alternate this between stacked layers).
+
+    Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``; a context ``[*batch, C]`` broadcasts against ``*shape``.
+
+    References:
+        Dinh, Sohl-Dickstein & Bengio, Density estimation using Real NVP (ICLR 2017).
+        Durkan, Bekasov, Murray & Papamakarios, Neural Spline Flows (NeurIPS 2019).
     """
 
     def __init__(
@@ -107,6 +113,11 @@ class AffineCoupling(Coupling):
             and condition the others (default: the first ``D // 2``).
         swap: negate the mask (alternate this between stacked layers).
         bound: largest absolute log-scale per layer.
+
+    Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``; a context ``[*batch, C]`` broadcasts against ``*shape``.
+
+    References:
+        Dinh, Sohl-Dickstein & Bengio, Density estimation using Real NVP (ICLR 2017).
     """
 
     def __init__(
@@ -133,6 +144,12 @@ class SplineCoupling(Coupling):
         swap: negate the mask (alternate this between stacked layers).
         bins: the spline's ``K``, its number of bins.
         bound: the spline's ``B``, half-width of its interval (identity outside).
+
+    Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``; a context ``[*batch, C]`` broadcasts against ``*shape``.
+
+    References:
+        Dinh, Sohl-Dickstein & Bengio, Density estimation using Real NVP (ICLR 2017).
+        Durkan, Bekasov, Murray & Papamakarios, Neural Spline Flows (NeurIPS 2019).
     """
 
     def __init__(

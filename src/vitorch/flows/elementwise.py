@@ -5,8 +5,8 @@ standard normal base, to make a diagonal Gaussian the starting point).  ``Softpl
 and ``Sigmoid`` map ``R^D`` onto ``(0, inf)^D`` and ``(0, 1)^D``; as a flow's last layer
 they give a family with that support.  All are one cheap pass in both directions.
 
-References:
-    Papamakarios et al., Normalizing Flows for Probabilistic Modeling and Inference (JMLR 2021), sec. 3.
+    References:
+        Papamakarios et al., Normalizing Flows for Probabilistic Modeling and Inference (JMLR 2021), sec. 3.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ class ElementwiseAffine(Transform):
         context_features: ``C``; when positive, ``loc`` and ``log_scale`` come from a
             hypernetwork of the context (this is then a diagonal-Gaussian head).
         hidden: hidden widths of that hypernetwork.
+
+    Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``; a context ``[*batch, C]`` broadcasts against ``*shape``.
+
+    References:
+        Papamakarios et al., Normalizing Flows for Probabilistic Modeling and Inference (JMLR 2021), sec. 3.
     """
 
     def __init__(self, dim: int, context_features: int = 0, hidden: Sequence[int] = (64,)):
@@ -54,7 +59,13 @@ class ElementwiseAffine(Transform):
 
 
 class Softplus(Transform):
-    """``y = log(1 + e^x)``, onto ``(0, inf)^D``; ``log dy/dx = -softplus(-x)``."""
+    """``y = log(1 + e^x)``, onto ``(0, inf)^D``; ``log dy/dx = -softplus(-x)``.
+
+    Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``.
+
+    References:
+        Papamakarios et al., Normalizing Flows for Probabilistic Modeling and Inference (JMLR 2021), sec. 3.
+    """
 
     codomain = constraints.positive
 
@@ -69,7 +80,13 @@ class Softplus(Transform):
 
 
 class Sigmoid(Transform):
-    """``y = 1 / (1 + e^-x)``, onto ``(0, 1)^D``; ``log dy/dx = -softplus(-x) - softplus(x)``."""
+    """``y = 1 / (1 + e^-x)``, onto ``(0, 1)^D``; ``log dy/dx = -softplus(-x) - softplus(x)``.
+
+    Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``.
+
+    References:
+        Papamakarios et al., Normalizing Flows for Probabilistic Modeling and Inference (JMLR 2021), sec. 3.
+    """
 
     codomain = constraints.unit_interval
 

@@ -28,6 +28,12 @@ class Permutation(Transform):
     Args:
         dim: event size ``D``.
         perm: a permutation of ``range(D)``; default reverses the dimensions.
+
+    Shapes: ``x, y [*shape, D]``, ``ladj [*shape]`` (zeros).
+
+    References:
+        Dinh, Sohl-Dickstein & Bengio, Density estimation using Real NVP (ICLR 2017), sec. 3.5;
+        Kingma & Dhariwal, Glow (NeurIPS 2018), sec. 3.2.
     """
 
     def __init__(self, dim: int, perm: Sequence[int] | None = None):
@@ -56,6 +62,11 @@ class LULinear(Transform):
         context_features: ``C``; when positive the ``D^2 + D`` parameters come from a
             hypernetwork of the context (one matrix per datum).
         hidden: hidden widths of that hypernetwork.
+
+    Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``; a context ``[*batch, C]`` broadcasts against ``*shape``.
+
+    References:
+        Kingma & Dhariwal, Glow: Generative Flow with Invertible 1x1 Convolutions (NeurIPS 2018), sec. 3.2.
     """
 
     def __init__(self, dim: int, context_features: int = 0, hidden: Sequence[int] = (64,)):

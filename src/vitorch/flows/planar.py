@@ -43,6 +43,11 @@ class Planar(Transform):
     Example:
         >>> t = Planar(2)
         >>> y, ladj = t.call_and_ladj(torch.randn(10, 2))   # [10, 2], [10]
+
+    Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``; a context ``[*batch, C]`` broadcasts against ``*shape``.
+
+    References:
+        Rezende & Mohamed, Variational Inference with Normalizing Flows (ICML 2015), sec. 4.1.
     """
 
     def __init__(self, dim: int, context_features: int = 0, hidden: Sequence[int] = (64,)):

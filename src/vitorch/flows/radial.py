@@ -35,6 +35,11 @@ class Radial(Transform):
         context_features: ``C``; when positive, ``x0, alpha, beta`` come from a
             hypernetwork of the context.
         hidden: hidden widths of that hypernetwork.
+
+    Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``; a context ``[*batch, C]`` broadcasts against ``*shape``.
+
+    References:
+        Rezende & Mohamed, Variational Inference with Normalizing Flows (ICML 2015), sec. 4.1.
     """
 
     def __init__(self, dim: int, context_features: int = 0, hidden: Sequence[int] = (64,)):

@@ -130,6 +130,12 @@ class HouseholderSylvester(_Sylvester):
         reflections: ``L``, the number of reflections (``L = D`` reaches every orthogonal matrix).
         context_features: ``C``; when positive, all parameters come from a hypernetwork.
         hidden: hidden widths of that hypernetwork.
+
+    Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``; a context ``[*batch, C]`` broadcasts against ``*shape``.
+
+    References:
+        van den Berg, Hasenclever, Tomczak & Welling, Sylvester Normalizing Flows for
+        Variational Inference (UAI 2018).
     """
 
     def __init__(self, dim: int, reflections: int = 2, context_features: int = 0, hidden: Sequence[int] = (64,)):
@@ -155,6 +161,12 @@ class OrthogonalSylvester(_Sylvester):
         rank: ``M <= D``, the bottleneck width.
         context_features: ``C``; when positive, all parameters come from a hypernetwork.
         hidden: hidden widths of that hypernetwork.
+
+    Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``; a context ``[*batch, C]`` broadcasts against ``*shape``.
+
+    References:
+        van den Berg, Hasenclever, Tomczak & Welling, Sylvester Normalizing Flows for
+        Variational Inference (UAI 2018).
     """
 
     def __init__(self, dim: int, rank: int | None = None, context_features: int = 0, hidden: Sequence[int] = (64,)):
