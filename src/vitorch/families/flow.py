@@ -6,7 +6,7 @@
 * :meth:`Flow.rsample_and_log_prob` is one forward pass:
   ``log q(z) = log base(x) - sum_l ladj_l``;
 * :meth:`Flow.log_prob` runs the inverses from ``z`` back to ``x`` (cheap for MAF,
-  coupling, LU and elementwise layers; ``D`` passes for IAF; a scalar Newton solve
+  coupling, LU and elementwise layers; ``D`` sequential steps for IAF; a scalar Newton solve
   per layer for planar and Sylvester);
 * :meth:`Flow.detach` is the same flow with the base's parameters, the context and
   every transform's parameters stopped (through :func:`torch.func.functional_call`),

@@ -7,8 +7,8 @@ transform                 sampling pass               inverse (``log_prob``, STL
 Planar, Radial            one, ``O(D)``               Newton solve / closed form
 HouseholderSylvester,     one, ``O(DM + M^2)``        ``M`` scalar Newton solves
 OrthogonalSylvester
-IAF                       one MADE pass               ``D`` MADE passes
-MAF                       ``D`` MADE passes           one MADE pass
+IAF                       one MADE pass               ``D`` steps, ~one MADE pass
+MAF                       ``D`` steps, ~one MADE pass one MADE pass
 Coupling (Affine/Spline)  one network pass            one network pass
 ElementwiseAffine,        one                         one
 Softplus, Sigmoid,
@@ -16,6 +16,10 @@ Permutation, LULinear
 ========================  ==========================  ===========================
 
 Every transform with parameters takes ``context_features`` and then reads a context.
+
+References:
+    Rezende & Mohamed, Variational Inference with Normalizing Flows (ICML 2015).
+    Papamakarios et al., Normalizing Flows for Probabilistic Modeling and Inference (JMLR 2021).
 """
 
 from .autoregressive import IAF, MAF

@@ -9,15 +9,18 @@ conditioner reads, and hence which direction costs one network pass:
 transform   sampling (``rsample_and_      ``log_prob(z)`` (and so STL / DReG, which
             log_prob``)                    need log q at stopped parameters)
 ==========  =============================  ========================================
-``IAF``     one pass (reads the noise)     ``D`` sequential passes (inverse)
-``MAF``     ``D`` sequential passes        one pass (reads ``z``)
+``IAF``     one pass (reads the noise)     ``D`` sequential steps (inverse)
+``MAF``     ``D`` sequential steps         one pass (reads ``z``)
 ==========  =============================  ========================================
 
 Both apply the map's forward direction in their one-pass direction and its inverse,
-one dimension at a time, in the sequential one.
+one dimension at a time, in the sequential one.  The ``D`` steps compute each hidden
+unit of the MADE once (:meth:`MADE.autoregress`), so together they cost about one
+network pass plus ``D`` rounds of small operations -- cheap in arithmetic, but
+``D`` times the Python and kernel-launch overhead of a pass.
 
 For variational inference with the reparameterization gradient, IAF is the natural
-choice; with STL or DReG every step also pays IAF's ``D``-pass inverse, so MAF's
+choice; with STL or DReG every step also pays IAF's sequential inverse, so MAF's
 single-pass ``log_prob`` may be cheaper overall for small ``D``.  With an
 ``RQSpline`` map, MAF is the autoregressive neural spline flow of Durkan et al.
 
