@@ -11,6 +11,8 @@ References:
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
@@ -151,7 +153,9 @@ def auroc(score_in: Tensor, score_out: Tensor) -> float:
     return float(u / (n_in * n_out))
 
 
-def reliability_diagram(probs: Tensor, labels: Tensor, path, num_bins: int = 15, title: str | None = None) -> float:
+def reliability_diagram(
+    probs: Tensor, labels: Tensor, path: str | os.PathLike, num_bins: int = 15, title: str | None = None
+) -> float:
     """Save a reliability diagram (accuracy against confidence per bin) as a PNG; returns the ECE.
 
     Needs matplotlib (imported here, with the Agg backend, so the library itself does not).
