@@ -8,12 +8,13 @@ VIS and a VAE with an IAF posterior.  Every model is scored on the test set (bin
 at 0.5) by the IWAE bound at ``--ll-particles``, with the ELBO, KL and active units
 from the same draws.
 
-    python examples/vae_compare.py --data fashion-mnist --epochs 10      # writes docs/vae_comparison.md
+    python examples/vae_compare.py --data fashion-mnist --epochs 1 --json rows.json
     python examples/vae_compare.py --quick                               # digits, tiny budget
 
-Writes the table (markdown) to ``--table`` (default ``docs/vae_comparison.md``; under
-``--out`` with ``--quick``) and ``comparison.png`` to ``--out``; the last line of output
-is a JSON object of each model's test log-likelihood.
+Writes the table (markdown) to ``--table`` (default ``vae_comparison.md`` under ``--out``),
+``comparison.png`` to ``--out`` and, with ``--json``, the rows and settings; the last line of
+output is a JSON object of each model's test log-likelihood.  ``docs/vae_comparison.md`` is
+written from such JSON files (its text says which run produced which row).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core box)")
     p.add_argument("--quick", action="store_true", help="digits, 150 steps, K=10 rows, K=100 test")
     p.add_argument("--out", default="outputs/vae_compare")
-    p.add_argument("--table", default=None, help="markdown file (default docs/vae_comparison.md)")
+    p.add_argument("--table", default=None, help="markdown file (default vae_comparison.md under --out)")
     p.add_argument("--json", default=None, help="also write the rows and the settings to this JSON file")
     p.add_argument(
         "--on-nonfinite",
@@ -139,7 +140,7 @@ def main(argv=None) -> list[dict]:
         args.hidden, args.latent = [64], 8
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table_path = pathlib.Path(args.table or (out / "vae_comparison.md" if args.quick else "docs/vae_comparison.md"))
+    table_path = pathlib.Path(args.table or out / "vae_comparison.md")
 
     train, test, _ = load_data(args.data, quick=False)
     args.data_dim = train.dim
