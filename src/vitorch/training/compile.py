@@ -47,7 +47,7 @@ __all__ = ["compile_step", "fused_adam", "CompiledStep"]
 _FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
-def fused_adam(params: Iterable[Tensor], lr: float = 1e-3, **kwargs) -> torch.optim.Adam:
+def fused_adam(params: Iterable[Tensor], lr: float = 1e-3, **kwargs: object) -> torch.optim.Adam:
     """``torch.optim.Adam`` with ``fused=True`` where torch has a fused kernel for the parameters.
 
     Args:

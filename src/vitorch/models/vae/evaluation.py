@@ -101,7 +101,7 @@ def iwae_log_likelihood(
 
 
 @torch.no_grad()
-def latent_means(model, x: Tensor, batch_size: int = 256, num_draws: int = 64) -> Tensor:
+def latent_means(model: nn.Module, x: Tensor, batch_size: int = 256, num_draws: int = 64) -> Tensor:
     """Encoder means ``E_q[z | x]`` ``[N, D]``: the family's ``mean``, or a Monte Carlo average of ``num_draws``.
 
     Args:

@@ -43,7 +43,9 @@ __all__ = [
 ]
 
 
-def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: type[nn.Module] = nn.Tanh):
+def mlp(
+    in_features: int, hidden: Sequence[int], out_features: int, activation: type[nn.Module] = nn.Tanh
+) -> nn.Sequential:
     """``Linear -> act -> ... -> Linear``; the plain multilayer perceptron of the VAE papers.
 
     Args:
