@@ -23,12 +23,32 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke run)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixed for comparability)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per case (median is reported)")
+    p.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time by the calling thread's CPU time instead of the wall clock (needs --threads 1); "
+        "robust to other jobs on a shared machine, which only ever delay a thread",
+    )
     return p
 
 
 def setup(args: argparse.Namespace) -> None:
+    global _clock
+    if getattr(args, "cpu_time", False):
+        if args.threads != 1:
+            raise SystemExit("--cpu-time counts the calling thread only: use it with --threads 1")
+        _clock = time.thread_time
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+
+
+# What the timings read: the wall clock, or with --cpu-time the thread's CPU time.
+_clock = time.perf_counter
+
+
+def clock_name() -> str:
+    """``"wall"`` or ``"thread CPU time"``, for the JSON lines."""
+    return "thread CPU time" if _clock is time.thread_time else "wall"
 
 
 def _synchronizer() -> Callable[[], None]:
@@ -38,16 +58,16 @@ def _synchronizer() -> Callable[[], None]:
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
+    """Median time of ``fn()`` (wall, or CPU with ``--cpu-time``) over ``repeats`` runs after ``warmup``."""
     for _ in range(warmup):
         fn()
     sync = _synchronizer()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = _clock()
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(_clock() - t0)
     return statistics.median(times)
 
 
@@ -60,10 +80,10 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = _clock()
             fn()
             sync()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(_clock() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

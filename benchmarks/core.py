@@ -5,7 +5,7 @@ Model (amortized linear-Gaussian): ``z ~ N(0, I_D)``, ``x | z ~ N(W z + c, I_D)`
 Each timed step is: zero the gradients, forward, backward (no optimizer step, which is
 identical on both sides).  The peer ``torch`` is the same model written directly.
 
-    python benchmarks/core.py [--quick] [--threads 2]
+    python benchmarks/core.py [--quick] [--threads 2] [--threads 1 --cpu-time]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 import vitorch as vt
 
-from _harness import interleaved_medians, parser, report, setup
+from _harness import clock_name, interleaved_medians, parser, report, setup
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -103,7 +103,8 @@ def main():
             },
             repeats,
         )
-        report("core", f"{name} K={K} B={batch} D={d}", t["vitorch"], "torch", t["torch"], threads=args.threads)
+        case = f"{name} K={K} B={batch} D={d}"
+        report("core", case, t["vitorch"], "torch", t["torch"], threads=args.threads, clock=clock_name())
 
 
 if __name__ == "__main__":
