@@ -20,6 +20,13 @@ process), all at batch 65,536 in 2-D and 64-D:
 
 Cases whose single call takes seconds (zuko's 64-D sampling and spline cases) run
 without a warm-up and with two repeats, so the full run stays within a few minutes.
+One case cannot run at 65,536: zuko's 64-D NSF sampling reruns the MADE and the
+spline on all 64 dimensions for each of the 64 steps, which on a 2-core CPU takes
+minutes per call and needs about 0.7 MB per sample (3.1 GB at batch 4,096; ~45 GB at
+65,536, more than the benchmark machine has).  Any case whose interleaved round is
+estimated (from one call of each at 1/32 of the batch) above ``ROUND_BUDGET_S``
+halves its batch until it fits; the case name carries the batch used and the line
+records ``batch_reduced_from`` and the estimate.
 
     python benchmarks/flows.py [--quick] [--threads 2] [--repeats 7]
 
@@ -37,7 +44,8 @@ from vitorch import flows
 from _harness import interleaved_medians, median_time, parser, report, setup, try_import
 
 TRANSFORMS, HIDDEN, BINS, BOUND, ACT = 3, (64, 64), 8, 5.0, torch.nn.ELU
-SLOW_CALL_S = 3.0  # calls estimated slower than this get no warm-up and two repeats
+SLOW_CALL_S = 3.0  # rounds estimated slower than this get no warm-up and two repeats
+ROUND_BUDGET_S = 60.0  # a case whose round would take longer runs on a halved batch (see the docstring)
 
 
 def vitorch_flow(kind: str, dim: int) -> flows.ConditionalFlow:
@@ -58,22 +66,24 @@ def num_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def calls(make_dist, x: torch.Tensor) -> dict:
-    """The three timed operations on the flow that ``make_dist()`` returns, at ``x``'s batch."""
-    n = len(x)
-    return {
-        f"log_prob/b{n}": lambda: make_dist().log_prob(x),
-        f"rsample_and_log_prob/b{n}": lambda: make_dist().rsample_and_log_prob((n,)),
-        f"fwd+bwd/b{n}": lambda: make_dist().log_prob(x).mean().backward(),
-    }
+OPS = ("log_prob", "rsample_and_log_prob", "fwd+bwd")
 
 
-def estimate_s(fns: dict, probe: dict, scale: float) -> float:
-    """Seconds one round of ``fns`` will take, from one call of each on a batch ``scale`` times smaller."""
+def call(make_dist, op: str, x: torch.Tensor):
+    """One timed operation on the flow that ``make_dist()`` returns, at ``x``'s batch size."""
+    if op == "log_prob":
+        return lambda: make_dist().log_prob(x)
+    if op == "rsample_and_log_prob":
+        return lambda: make_dist().rsample_and_log_prob((len(x),))
+    return lambda: make_dist().log_prob(x).mean().backward()
+
+
+def estimate_s(makers: dict, op: str, x: torch.Tensor, batch: int) -> float:
+    """Seconds one interleaved round at ``batch`` will take, from one call of each at ``len(x)``."""
     t0 = time.perf_counter()
-    for fn in probe.values():
-        fn()
-    return (time.perf_counter() - t0) * scale
+    for make in makers.values():
+        call(make, op, x)()
+    return (time.perf_counter() - t0) * batch / len(x)
 
 
 def main():
@@ -81,36 +91,35 @@ def main():
     setup(args)
     repeats = args.repeats or (2 if args.quick else 7)
     batch = 256 if args.quick else 65_536
-    probe_batch = max(batch // 32, 16)
+    probe = max(batch // 32, 16)
     zuko, reason = try_import("zuko")
     for kind in ("maf", "nsf"):
         for dim in (2, 64):
-            x, x_probe = torch.randn(batch, dim), torch.randn(probe_batch, dim)
-            mine = vitorch_flow(kind, dim)
-            ours, ours_probe = calls(mine, x), calls(mine, x_probe)
-            theirs = theirs_probe = None
-            extra = {"vitorch_params": num_params(mine)}
+            x = torch.randn(batch, dim)
+            makers = {"vitorch": vitorch_flow(kind, dim)}
+            extra = {"vitorch_params": num_params(makers["vitorch"])}
             if zuko is not None:
-                peer = zuko_flow(zuko, kind, dim)
-                extra["peer_params"] = num_params(peer)
+                makers["zuko"] = zuko_flow(zuko, kind, dim)
+                extra["peer_params"] = num_params(makers["zuko"])
                 if extra["peer_params"] != extra["vitorch_params"]:
                     raise RuntimeError(f"{kind} {dim}-D: architectures differ ({extra})")
-                theirs, theirs_probe = calls(peer, x), calls(peer, x_probe)
-            for (name, fn), probe in zip(ours.items(), ours_probe.values()):
-                case = f"{kind}/{dim}d/{name}"
-                with torch.set_grad_enabled(name.startswith("fwd+bwd")):
-                    fns = {"vitorch": fn}
-                    probes = {"vitorch": probe}
-                    if theirs is not None:
-                        fns["zuko"] = theirs[name]
-                        probes["zuko"] = theirs_probe[name.replace(f"b{batch}", f"b{probe_batch}")]
-                    slow = estimate_s(fns, probes, batch / probe_batch) > SLOW_CALL_S
+            for op in OPS:
+                with torch.set_grad_enabled(op == "fwd+bwd"):
+                    est, b, note = estimate_s(makers, op, x[:probe], batch), batch, {}
+                    while est * b / batch > ROUND_BUDGET_S and b > probe:
+                        b //= 2  # a round that would not fit the budget runs on a smaller batch, named in the case
+                    if b < batch:
+                        note = {"batch_reduced_from": batch, "estimated_round_s_at_full_batch": round(est, 1)}
+                    slow = est * b / batch > SLOW_CALL_S
                     n, warmup = (min(repeats, 2), 0) if slow else (repeats, 1)
-                    if theirs is None:
-                        report("flows", case, median_time(fn, n, warmup), "zuko", None, skipped=reason, **extra)
+                    fns = {name: call(make, op, x[:b]) for name, make in makers.items()}
+                    case = f"{kind}/{dim}d/{op}/b{b}"
+                    if zuko is None:
+                        t = median_time(fns["vitorch"], n, warmup)
+                        report("flows", case, t, "zuko", None, skipped=reason, **extra, **note)
                     else:
                         t = interleaved_medians(fns, n, warmup=warmup)
-                        report("flows", case, t["vitorch"], f"zuko {zuko.__version__}", t["zuko"], **extra)
+                        report("flows", case, t["vitorch"], f"zuko {zuko.__version__}", t["zuko"], **extra, **note)
 
 
 if __name__ == "__main__":

@@ -59,10 +59,12 @@ class UnivariateMap:
 
 
 class AffineMap(UnivariateMap):
-    """``y = shift + exp(s) x`` with ``s = bound tanh(raw / bound)``.
+    """``y = shift + exp(s) x`` with ``s = raw / (1 + |raw| / bound)``.
 
-    The soft clamp keeps one layer's scale within ``[e^-bound, e^bound]``, which
-    prevents the overflow that an unbounded ``exp`` causes early in training.
+    The soft clamp keeps one layer's scale within ``(e^-bound, e^bound)``, which
+    prevents the overflow that an unbounded ``exp`` causes early in training; near 0
+    it is the identity (slope 1).  It is algebraic rather than ``bound tanh(raw /
+    bound)`` because torch's CPU ``tanh`` costs several times an ``exp``.
     ``params [*, D, 2]`` holds ``(shift, raw)``; ``x, y [*, D]``.
 
     Args:
@@ -81,7 +83,9 @@ class AffineMap(UnivariateMap):
         self.bound = float(bound)
 
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        return params[..., 0], self.bound * torch.tanh(params[..., 1] / self.bound)
+        raw = params[..., 1]
+        # abs's backward reads its input, so its output may be updated in place.
+        return params[..., 0], raw / raw.abs().div_(self.bound).add_(1.0)
 
     def __call__(self, x, params):
         shift, log_scale = self._split(params)
