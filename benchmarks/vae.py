@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 import time
 
 import torch
@@ -37,7 +36,7 @@ import vitorch as vt
 from vitorch.data import FASHION_MNIST_DIR, digits, fashion_mnist
 from vitorch.models import vae
 
-from _harness import interleaved_medians, parser, report, setup, try_import
+from _harness import clock_name, interleaved_medians, parser, report, setup, try_import
 
 LATENT, HIDDEN, BATCH, LR = 50, (200, 200), 128, 1e-3
 CASES = [  # name, K, objective, estimator
@@ -251,26 +250,7 @@ def loops(args, x, d):
         with tempfile.TemporaryDirectory() as tmp:
             peer, impl = pythae_trainer_epoch(d, x[:n], K, tmp)
             t = interleaved_medians({"fit": fit_epoch(d, x[:n], K), "pythae": peer}, args.repeats, warmup=1)
-        report("vae", label, t["fit"] / args.inner, "pythae", t["pythae"] / args.inner, peer_impl=impl)
-
-
-def cpu_interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """Like ``interleaved_medians``, on the CPU time of the calling thread (``time.thread_time``).
-
-    With one torch thread every operation runs on the calling thread, so this counts the work
-    and not the time the process waited for a core: on a shared machine under load it is far
-    steadier than wall-clock time (it still feels cache and memory-bandwidth contention).
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.thread_time()
-            fn()
-            times[k].append(time.thread_time() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+        report("vae", label, t["fit"] / args.inner, "pythae", t["pythae"] / args.inner, peer_impl=impl, clock=args.clock)
 
 
 def repeat(step, n):
@@ -300,7 +280,7 @@ def speed(args, x, d):
             if pythae is not None:
                 fn, peers["pythae"] = pythae_step(d, Batches(x), K)
                 fns["pythae"] = repeat(fn, inner)
-        t = args.medians(fns, args.repeats, warmup=1)
+        t = interleaved_medians(fns, args.repeats, warmup=1)
         per = {k: v / inner for k, v in t.items()}
         sps = {k: 1.0 / v for k, v in per.items()}
         for peer in ("torch", "pyro", "pythae"):
@@ -363,7 +343,7 @@ def compiled(args, x, d):
             report("vae", f"fused step {case}", None, "torch-eager", None, skipped=f"{type(err).__name__}: {err}")
             continue
         fns["torch"] = repeat(torch_step(HandVAE(d), Batches(x), K, kind), inner)
-        t = args.medians(fns, args.repeats, warmup=1)
+        t = interleaved_medians(fns, args.repeats, warmup=1)
         for name, impl in (("fused", "compile_step (fused Adam)"), ("compiled forward", "torch.compile(model), Adam")):
             report(
                 "vae",
@@ -450,17 +430,9 @@ def main():
         default=["speed", "loops", "compile", "ll"],
         help="what to run",
     )
-    p.add_argument(
-        "--cpu-time",
-        action="store_true",
-        help="time the speed and fused rows by the thread's CPU time (needs --threads 1; steadier under load)",
-    )
     args = p.parse_args()
-    if args.cpu_time and args.threads != 1:
-        p.error("--cpu-time counts the calling thread only: use it with --threads 1")
-    args.medians = cpu_interleaved_medians if args.cpu_time else interleaved_medians
-    args.clock = "thread CPU time" if args.cpu_time else "wall"
     setup(args)
+    args.clock = clock_name()  # the harness's --cpu-time switches every interleaved timing
     args.repeats = args.repeats or (2 if args.quick else 15)
     args.inner = args.inner or (3 if args.quick else 20)
     args.ll_steps = args.ll_steps or (10 if args.quick else 938)  # 2 epochs of 60,000 at batch 128
