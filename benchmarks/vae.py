@@ -250,7 +250,9 @@ def loops(args, x, d):
         with tempfile.TemporaryDirectory() as tmp:
             peer, impl = pythae_trainer_epoch(d, x[:n], K, tmp)
             t = interleaved_medians({"fit": fit_epoch(d, x[:n], K), "pythae": peer}, args.repeats, warmup=1)
-        report("vae", label, t["fit"] / args.inner, "pythae", t["pythae"] / args.inner, peer_impl=impl, clock=args.clock)
+        report(
+            "vae", label, t["fit"] / args.inner, "pythae", t["pythae"] / args.inner, peer_impl=impl, clock=args.clock
+        )
 
 
 def repeat(step, n):
