@@ -112,7 +112,12 @@ class Run:
             raise ValueError("eval_every is required when the training data has no length")
         wrapped = ddp.wrap(model, self.topo, self.device)
         if opt.compile:
-            wrapped = torch.compile(wrapped, **(dict(opt.compile) if isinstance(opt.compile, Mapping) else {}))
+            options = dict(opt.compile) if isinstance(opt.compile, Mapping) else {}
+            if options.get("backend", "inductor") == "inductor" and "mode" not in options:
+                # As compile_step: torch's vectorized generator for the particles' noise
+                # (the eager draws), not Inductor's per-element Philox loop, slower on CPU.
+                options["options"] = {"fallback_random": True, **dict(options.get("options") or {})}
+            wrapped = torch.compile(wrapped, **options)
         self.forward = wrapped
 
     # ----- checkpoints -------------------------------------------------------------
