@@ -8,9 +8,9 @@ of degree 0, so every unit may read it.
 
 The autoregressive direction (solving ``out_i = g(v_i; MADE(out_<i))`` for ``out``) is
 :meth:`MADE.autoregress`: ``D`` sequential steps, each of which computes only what
-the step needs -- the first layer is updated by one rank-1 term per solved
-dimension instead of being recomputed, and only the current dimension's output
-rows and univariate map are evaluated.
+is new -- the hidden units whose inputs have just been solved (units are sorted by
+degree, so these are one contiguous block per layer), the current dimension's
+output units and its univariate map.
 
 References:
     Germain, Gregor, Murray & Larochelle, MADE: Masked Autoencoder for Distribution
@@ -112,7 +112,7 @@ class MADE(nn.Module):
         self.register_buffer("order", torch.tensor(order), persistent=False)
         rank = torch.empty(dim, dtype=torch.long)
         rank[torch.tensor(order)] = torch.arange(1, dim + 1)
-        # Degrees: context 0, inputs 1..D by rank, hidden units cycle through 1..D-1.
+        # Degrees: context 0, inputs 1..D by rank, hidden units take 1..D-1 in turn (sorted).
         in_deg = torch.cat([torch.zeros(context_features, dtype=torch.long), rank])
         layers: list[nn.Module] = []
         # Per hidden layer, the units of each degree m < D as a (start, end) range:
