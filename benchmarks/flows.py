@@ -29,7 +29,7 @@ estimated (from one call of each at 1/32 of the batch) above ``ROUND_BUDGET_S``
 halves its batch until it fits; the case name carries the batch used and the line
 records ``batch_reduced_from`` and the estimate.
 
-    python benchmarks/flows.py [--quick] [--threads 2] [--repeats 7]
+    python benchmarks/flows.py [--quick] [--threads 2] [--repeats 7] [--cpu-time --threads 1]
 
 One JSON line per comparison; ``ratio = zuko_s / vitorch_s`` (``> 1``: vitorch faster).
 """
@@ -42,7 +42,7 @@ import torch
 
 from vitorch import flows
 
-from _harness import interleaved_medians, median_time, parser, report, setup, try_import
+from _harness import clock_name, interleaved_medians, median_time, parser, report, setup, try_import
 
 TRANSFORMS, HIDDEN, BINS, BOUND, ACT = 3, (64, 64), 8, 5.0, torch.nn.ELU
 SLOW_CALL_S = 3.0  # rounds estimated slower than this get no warm-up and two repeats
@@ -115,6 +115,7 @@ def main():
                     n, warmup = (min(repeats, 2), 0) if slow else (repeats, 1)
                     fns = {name: call(make, op, x[:b]) for name, make in makers.items()}
                     case = f"{kind}/{dim}d/{op}/b{b}"
+                    note["clock"] = clock_name()
                     if zuko is None:
                         t = median_time(fns["vitorch"], n, warmup)
                         report("flows", case, t, "zuko", None, skipped=reason, **extra, **note)
