@@ -125,10 +125,7 @@ class DiagNormal(Family):
         # Unpacked sizes: torch.randn parses a torch.Size argument measurably slower.
         eps = torch.randn(*sample_shape, *loc.shape, dtype=loc.dtype, device=loc.device)
         z = loc + scale * eps
-        # -|eps|^2/2 - (sum log scale + D log(2 pi)/2); the in-place steps act on fresh
-        # tensors (the first carries no gradient), saving allocations in the hot loop.
-        log_norm = scale.log().sum(-1).add_(0.5 * loc.shape[-1] * _LOG_2PI)
-        log_q = torch.linalg.vecdot(eps, eps).mul_(-0.5).sub_(log_norm)
+        log_q = -0.5 * eps.pow(2).sum(-1) - (scale.log().sum(-1) + 0.5 * loc.shape[-1] * _LOG_2PI)
         return z, log_q
 
     def log_prob(self, value: Tensor) -> Tensor:
