@@ -39,9 +39,20 @@ def _fast_path(x: Tensor) -> bool:
 
     Checking the result costs a host synchronization, free on the CPU but a stall on
     an accelerator, and a data-dependent branch that a compiled graph would break
-    on; there the guard's elementwise op is fused or cheap, so it is always applied.
+    on and a ``torch.func`` transform cannot take; there the guard is always applied.
     """
-    return x.is_cpu and x.dtype not in _LOW_PRECISION and not torch.compiler.is_compiling()
+    return (
+        x.is_cpu
+        and x.dtype not in _LOW_PRECISION
+        and not torch.compiler.is_compiling()
+        and not _functorch_active()  # vmap cannot read a value, and must not branch on one
+    )
+
+
+def _functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (vmap, grad, jacrev...) is running."""
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
 
 
 def _plain_is_safe(out: Tensor) -> bool:

@@ -458,3 +458,18 @@ def test_float32_spread_log_weights_keep_guide_gradients_finite(objective, estim
     assert (lw.max(0).values - lw.min(0).values).max() > 150  # the regime of the bug
     (g,) = torch.autograd.grad(out.loss, m)
     assert torch.isfinite(g).all()
+
+
+def test_loss_runs_under_func_grad():
+    # torch.func.grad through vt.loss (the fast path's .item() must stay out of transforms).
+    m0 = torch.zeros(3, D)
+
+    def value(m):
+        torch.manual_seed(0)
+        q = vt.DiagNormal(m, torch.ones(3, D))
+        return vt.loss(lg.log_joint(torch.zeros(3, D), torch.zeros(D)), q, 4, O.iwae, E.reparam).loss
+
+    g = torch.func.grad(value)(m0)
+    m = m0.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(value(m), m)
+    torch.testing.assert_close(g, expected)
