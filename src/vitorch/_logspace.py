@@ -127,3 +127,19 @@ def softmax(x: Tensor, dim: int = 0) -> Tensor:
 def in_range(x: Tensor) -> Tensor:
     """Where ``x`` is untouched by :func:`clamp` (so the bound's gradient reaches it)."""
     return torch.isfinite(x)
+
+
+def weight_ratio(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` per particle, 0 where ``den`` is zero or subnormal.
+
+    The factor by which a backward hook turns gradients computed with the weights
+    ``den`` into gradients with the weights ``num`` (DReG, split objectives).
+    """
+    # The hook rescales a gradient that autograd computed with the model's weight
+    # ``den``.  Where that weight is subnormal (or zero) the gradient has lost its
+    # digits or underflowed, and ``num / den`` can overflow to inf (then inf * 0 =
+    # NaN): such a particle passes no gradient to the guide.  For an IWAE-type bound
+    # its guide weight is as negligible; a split objective whose guide weighs
+    # particles the model does not (PIWAE's MIWAE groups) loses them, so very spread
+    # log-weights call for float64 there (see vitorch.estimators' module notes).
+    return torch.where(den.abs() >= torch.finfo(den.dtype).tiny, num / den, 0.0)

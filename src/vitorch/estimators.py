@@ -58,17 +58,6 @@ def _per_particle(coef: Tensor, z: Tensor) -> Tensor:
     return coef.reshape(coef.shape + (1,) * (z.dim() - coef.dim()))
 
 
-def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    # The hook rescales a gradient that autograd computed with the model's weight
-    # ``den``.  Where that weight is subnormal (or zero) the gradient has lost its
-    # digits or underflowed, and ``num / den`` can overflow to inf (then inf * 0 =
-    # NaN): such a particle passes no gradient to the guide.  For an IWAE-type bound
-    # its guide weight is as negligible; a split objective whose guide weighs
-    # particles the model does not (PIWAE's MIWAE groups) loses them, so very spread
-    # log-weights call for float64 there (see the module notes).
-    return torch.where(den.abs() >= torch.finfo(den.dtype).tiny, num / den, 0.0)
-
-
 def _rsample_and_log_prob(q: Distribution, sample_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """A family's fused draw, or ``rsample`` then ``log_prob`` for a plain torch distribution."""
     fused = getattr(q, "rsample_and_log_prob", None)
@@ -173,7 +162,7 @@ class _Pathwise(Estimator):
     def guide_ratio(self, objective: Objective, log_w: Tensor, c_model: Tensor) -> Tensor:
         """Per-particle factor turning the model's pathwise weights into the guide's."""
         guide = objective.guide
-        return _ratio(_signed(guide, guide.grad_coefficients(log_w)), c_model)
+        return ls.weight_ratio(_signed(guide, guide.grad_coefficients(log_w)), c_model)
 
     def _reweights(self, objective: Objective) -> bool:
         return objective.model is not objective.guide
@@ -271,7 +260,7 @@ class _DReG(_Pathwise):
         guide = objective.guide
         if guide is objective.model:  # same objective, same sign: the ratio is the bound's own
             return guide.dreg_ratio(log_w, c_model)
-        return _ratio(_signed(guide, guide.dreg_coefficients(log_w)), c_model)
+        return ls.weight_ratio(_signed(guide, guide.dreg_coefficients(log_w)), c_model)
 
     def _reweights(self, objective):
         return True

@@ -122,9 +122,7 @@ class Objective:
         guide follow this one objective; ``grad_coefficients`` is passed in because
         the caller has it, and some bounds give the ratio without a division.
         """
-        den = grad_coefficients
-        # Below the smallest normal number the division could overflow (see estimators).
-        return torch.where(den.abs() >= torch.finfo(den.dtype).tiny, self.dreg_coefficients(log_w) / den, 0.0)
+        return ls.weight_ratio(self.dreg_coefficients(log_w), grad_coefficients)
 
     def learning_signal(self, log_w: Tensor, baseline: Tensor | float = 0.0) -> Tensor:
         """``[K, *batch]`` ascent signal ``L_k`` whose product with the score of particle k's
