@@ -10,9 +10,10 @@ gets the finite bound ``-1e30`` instead of ``-inf`` (so one impossible datum can
 make a batch loss infinite), and the replacement's backward (``grad * isfinite(x)``)
 gives such particles a zero gradient.  NaN is kept: it propagates, as a bug should.
 The replacement is one elementwise op with a two-op backward, which matters for a
-bound evaluated every step: on the CPU in eager mode the reductions first try the
-plain formula and keep it when its result is finite, which proves that no infinite
-log-weight reached it (see :func:`_plain_is_safe`); only then is the replacement paid.
+bound evaluated every step: on the CPU in eager mode ``vitorch.loss`` uses the
+objectives' unguarded form and re-guards only a non-finite loss, and the weights and
+sums here first try the plain formula, kept when its result is finite (see
+:func:`_plain_is_safe`).
 Half-precision inputs are reduced in float32, whose exponent range weights need.
 """
 
@@ -58,10 +59,10 @@ def _functorch_active() -> bool:
 def _plain_is_safe(out: Tensor) -> bool:
     """Whether an unguarded reduction's result equals the guarded one, gradient included.
 
-    A finite mean has only finite inputs.  A finite ``logsumexp`` slice has no
-    ``+inf`` input and at least one finite one, so its ``-inf`` inputs got weight
-    ``exp(-inf) = 0`` forward and backward, exactly what the replacement gives.
-    NaN fails the test and takes the guarded path, which keeps it.  One sum and one
+    A finite sum or mean has only finite terms.  Finite softmax weights come from a
+    slice with no ``+inf`` input and at least one finite one, so its ``-inf`` inputs
+    got weight ``exp(-inf) = 0``, exactly what the replacement gives.  NaN fails the
+    test and takes the guarded path.  One sum and one
     read suffice: a sum of finite numbers is finite unless it overflows, and then
     the guarded path is merely taken in vain.
     """
@@ -87,10 +88,6 @@ def finite_bound(v: Tensor) -> Tensor:
 
 def logsumexp(x: Tensor, dim: int = 0) -> Tensor:
     """``log sum exp(x)`` along ``dim`` on clamped inputs: finite values, no NaN gradients."""
-    if _fast_path(x):
-        out = torch.logsumexp(x, dim)
-        if _plain_is_safe(out):
-            return out
     out = torch.logsumexp(clamp(x), dim)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
@@ -102,10 +99,6 @@ def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
 
 def mean(x: Tensor, dim: int = 0) -> Tensor:
     """Mean of clamped log-weights (the ELBO's reduction)."""
-    if _fast_path(x):
-        out = x.mean(dim)
-        if _plain_is_safe(out):
-            return out
     out = clamp(x).mean(dim)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
