@@ -76,6 +76,15 @@ class VBLLDenseNoiseRegression(VBLLRegression):
     def _noise_parameter(self) -> Tensor:
         return self.noise_raw
 
+    def _tune(self, phi: Tensor, y: Tensor, max_iters: int, tol: float) -> None:
+        raise ValueError(
+            "VBLLDenseNoiseRegression: fit(tune=True) tunes a diagonal noise; use VBLLRegression, "
+            "or fit with tune=False (the dense noise is then learned by its closed-form update)"
+        )
+
+    def log_evidence(self, phi: Tensor, y: Tensor) -> Tensor:
+        raise ValueError("VBLLDenseNoiseRegression: log_evidence is implemented for a diagonal noise only")
+
     def _noise_parts(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(L, diag(Sigma^{-1}) [O], log|Sigma|)``."""
         tril = self.noise_scale_tril()
