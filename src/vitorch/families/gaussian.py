@@ -73,6 +73,15 @@ class DiagNormal(Family):
     has_rsample = True
 
     def __init__(self, loc: Tensor, scale: Tensor, validate_args: bool | None = None):
+        if validate_args is False and isinstance(loc, Tensor) and isinstance(scale, Tensor):
+            shape = loc.shape
+            if shape == scale.shape and shape:
+                # An amortized encoder builds one every training step: with nothing to
+                # convert, broadcast or check, set torch's Distribution fields directly
+                # (what _init_checked would set), a few microseconds less per step.
+                self.loc, self.scale = loc, scale
+                self._batch_shape, self._event_shape, self._validate_args = shape[:-1], shape[-1:], False
+                return
         loc = _as_tensor(loc)
         scale = _as_tensor(scale, loc)
         _event_check("loc", loc, 1, "DiagNormal")

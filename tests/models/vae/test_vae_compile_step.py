@@ -46,7 +46,7 @@ def _eager_step(model, opt):
 @pytest.mark.parametrize("name,options", CASES, ids=[c[0] for c in CASES])
 def test_compiled_step_trains_like_eager_in_one_graph(name, options):
     # A backend that runs Dynamo's captured graph as traced: the same ATen ops in the
-    # same order as eager, so the losses and parameters must agree bit for bit, while
+    # same order as eager (plus the guard, see below), so the losses agree bit for bit, while
     # the graph count proves the forward was captured whole (fullgraph=True raises on a break).
     graphs = []
 
@@ -70,7 +70,13 @@ def test_compiled_step_trains_like_eager_in_one_graph(name, options):
     assert len(graphs) == 1, f"expected one captured graph, got {len(graphs)}"
     assert losses == eager_losses
     for a, b in zip(params, eager_params):
-        assert torch.equal(a, b)
+        # Eager CPU code skips the guard against infinite log-weights once the loss
+        # proves it a no-op; the compiled graph keeps it (nan_to_num, whose backward
+        # multiplies by a mask of ones).  Same values, but the extra node hands the
+        # next backward a contiguous gradient instead of an expanded one, and a
+        # reduction over it may round its last bit differently: parameters agree to
+        # a few float64 ulps after six steps, not necessarily bit for bit.
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
 
 
 def test_fused_adam_is_adam():
