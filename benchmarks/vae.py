@@ -77,12 +77,13 @@ class Batches:
 
 
 class HandVAE(nn.Module):
-    """The same networks as ``vae.VAE.mlp`` (encoder head ``[loc, raw scale]``, decoder logits)."""
+    """The same networks as ``vae.VAE.mlp`` (encoder head ``[loc, raw scale]``, decoder logits),
+    with torch's own ``nn.Tanh``: the model as a torch user writes it."""
 
     def __init__(self, d: int):
         super().__init__()
-        self.enc = vae.mlp(d, HIDDEN, 2 * LATENT)
-        self.dec = vae.mlp(LATENT, HIDDEN[::-1], d)
+        self.enc = vae.mlp(d, HIDDEN, 2 * LATENT, nn.Tanh)
+        self.dec = vae.mlp(LATENT, HIDDEN[::-1], d, nn.Tanh)
 
     def guide(self, x):
         loc, raw = self.enc(x).chunk(2, -1)
@@ -175,7 +176,7 @@ def pythae_model(d: int, K: int):
     class Encoder(BaseEncoder):
         def __init__(self):
             super().__init__()
-            self.net = vae.mlp(d, HIDDEN, 2 * LATENT)
+            self.net = vae.mlp(d, HIDDEN, 2 * LATENT, nn.Tanh)
 
         def forward(self, x):
             loc, log_var = self.net(x).chunk(2, -1)
@@ -184,7 +185,7 @@ def pythae_model(d: int, K: int):
     class Decoder(BaseDecoder):
         def __init__(self):
             super().__init__()
-            self.net = vae.mlp(LATENT, HIDDEN[::-1], d)
+            self.net = vae.mlp(LATENT, HIDDEN[::-1], d, nn.Tanh)
 
         def forward(self, z):
             return ModelOutput(reconstruction=torch.sigmoid(self.net(z)))

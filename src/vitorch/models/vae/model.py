@@ -38,6 +38,7 @@ from ... import objectives as O
 from ...families import DiagNormal
 from ...loss import LossOutput, check, loss
 from ...mmd import mmd
+from .fused import BERNOULLI_FUSED_MIN, Tanh, bernoulli_linear_log_prob, eager_fusable
 from .likelihoods import Bernoulli, Likelihood
 from .networks import (
     ConvDecoder,
@@ -153,11 +154,14 @@ class VAE(nn.Module):
         hidden: Sequence[int] = (200, 200),
         likelihood: Likelihood | None = None,
         posterior: str = "diag",
-        activation: type[nn.Module] = nn.Tanh,
+        activation: type[nn.Module] = Tanh,
         num_flows: int = 2,
         **options,
     ) -> VAE:
         """The MLP VAE of Burda et al. (default 784-200-200-50 with tanh units for ``data_dim=784``).
+
+        The tanh units are :class:`~vitorch.models.vae.Tanh` (torch's sigmoid kernel, see
+        :mod:`vitorch.models.vae.fused`); pass ``activation=nn.Tanh`` for torch's own.
 
         ``posterior`` is ``"diag"`` (a diagonal Gaussian), ``"iaf"`` (a Gaussian plus
         ``num_flows`` IAF steps) or ``"dirichlet"`` (an RSVI Dirichlet on the simplex,
@@ -222,29 +226,66 @@ class VAE(nn.Module):
             zeros = zeros.to(like.device)
         return DiagNormal(zeros, torch.ones_like(zeros), validate_args=False)
 
+    def log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
+        """``log p(x | z)``: ``z [*S, B, D]``, ``x [B, *event]`` -> ``[*S, B]``.
+
+        A :class:`~vitorch.models.vae.MLPDecoder` with a plain Bernoulli likelihood takes
+        the fused output layer (:func:`~vitorch.models.vae.fused.bernoulli_linear_log_prob`,
+        same value and gradient, fewer passes over the ``[*S, B, *event]`` logits) when
+        the logits have at least ``BERNOULLI_FUSED_MIN`` entries, in eager code; every
+        other case runs ``likelihood.log_prob(decoder(z), x)``.
+        """
+        out = self._fused_output(x)
+        if out is not None and z.numel() // z.shape[-1] * out.out_features >= BERNOULLI_FUSED_MIN:
+            return bernoulli_linear_log_prob(self.decoder.hidden(z), out.weight, out.bias, x.reshape(x.shape[0], -1))
+        return self.likelihood.log_prob(self.decoder(z), x)
+
+    def _fused_output(self, x: Tensor) -> nn.Linear | None:
+        """The decoder's output ``Linear`` if the fused Bernoulli path computes exactly what the
+        textbook path would (no hooks to bypass, plain data, no ``torch.func`` transform)."""
+        decoder = self.decoder
+        if type(self.likelihood) is not Bernoulli or type(decoder) is not MLPDecoder:
+            return None
+        out = decoder.net[-1]
+        if (
+            type(out) is not nn.Linear
+            or out.bias is None
+            or x.dtype != out.weight.dtype
+            or x.requires_grad
+            or x.shape[1:] != decoder.event_shape
+            or decoder._forward_hooks
+            or decoder._forward_pre_hooks
+            or out._forward_hooks
+            or out._forward_pre_hooks
+            or _global_module_hooks()
+            or not eager_fusable()
+        ):
+            return None
+        return out
+
     def log_joint(self, x: Tensor, q=None):
         """``z [*S, B, D] -> log p(x, z) [*S, B]`` for data ``x [B, *event]`` (what :func:`vitorch.loss` reads).
 
         With ``kl_weight != 1`` or ``analytic_kl`` the function reweights the KL as
         described in the module notes and needs the guide ``q``.
         """
-        decoder, lik = self.decoder, self.likelihood
+        log_lik = self.log_likelihood
         if self.analytic_kl:
             kl = self.kl_weight * kl_divergence(q, self.prior(x))
 
             def fn(z):
-                return lik.log_prob(decoder(z), x) + q.log_prob(z) - kl
+                return log_lik(z, x) + q.log_prob(z) - kl
 
         elif self.kl_weight != 1.0:
             beta = self.kl_weight
 
             def fn(z):
-                return lik.log_prob(decoder(z), x) + beta * self.log_prior(z) + (1.0 - beta) * q.log_prob(z)
+                return log_lik(z, x) + beta * self.log_prior(z) + (1.0 - beta) * q.log_prob(z)
 
         else:
 
             def fn(z):
-                return self.log_prior(z) + lik.log_prob(decoder(z), x)
+                return self.log_prior(z) + log_lik(z, x)
 
         return fn
 
@@ -278,6 +319,13 @@ class VAE(nn.Module):
         """Decode one draw of ``q(z | x)``: the likelihood's mean ``[B, *event]``."""
         z = self.encoder(x).sample()
         return self.likelihood.mean(self.decoder(z))
+
+
+def _global_module_hooks() -> bool:
+    """Whether global ``nn.Module`` forward hooks are registered (the fused path would skip them)."""
+    from torch.nn.modules import module
+
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
 
 
 def _other_encoder(posterior: str, trunk: nn.Module, width: int, latent_dim: int, num_flows: int) -> nn.Module:

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from ...families import DiagNormalHead
 from ...flows import IAF, ConditionalFlow, ElementwiseAffine
+from .fused import Tanh
 
 __all__ = [
     "mlp",
@@ -44,7 +45,7 @@ __all__ = [
 
 
 def mlp(
-    in_features: int, hidden: Sequence[int], out_features: int, activation: type[nn.Module] = nn.Tanh
+    in_features: int, hidden: Sequence[int], out_features: int, activation: type[nn.Module] = Tanh
 ) -> nn.Sequential:
     """``Linear -> act -> ... -> Linear``; the plain multilayer perceptron of the VAE papers.
 
@@ -52,7 +53,8 @@ def mlp(
         in_features: input width.
         hidden: hidden widths, in order.
         out_features: output width.
-        activation: hidden activation class (tanh, as in the papers).
+        activation: hidden activation class (tanh, as in the papers; the default
+            :class:`~vitorch.models.vae.Tanh` computes it through torch's faster sigmoid kernel).
 
     Returns:
         An ``nn.Sequential`` mapping ``[..., in_features]`` to ``[..., out_features]``.
@@ -96,7 +98,7 @@ class MLPDecoder(nn.Module):
         event_shape: Sequence[int],
         hidden: Sequence[int] = (200, 200),
         params_per_entry: int = 1,
-        activation: type[nn.Module] = nn.Tanh,
+        activation: type[nn.Module] = Tanh,
     ):
         super().__init__()
         self.event_shape = tuple(event_shape)
@@ -108,6 +110,20 @@ class MLPDecoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         out = self.net(z)
         return out if self._flat else out.reshape(*z.shape[:-1], *self.out_shape)
+
+    @property
+    def output(self) -> nn.Module:
+        """The last layer (an ``nn.Linear`` to ``prod(event_shape) * P`` outputs)."""
+        return self.net[-1]
+
+    def hidden(self, z: Tensor) -> Tensor:
+        """``z [*S, D] -> [*S, H]``: every layer but the last (what :attr:`output` reads)."""
+        last = len(self.net) - 1
+        for i, layer in enumerate(self.net):
+            if i == last:
+                break
+            z = layer(z)
+        return z
 
 
 class ConvFeatures(nn.Module):
@@ -230,7 +246,7 @@ class GaussianEncoder(nn.Module):
         feature_dim: int,
         latent_dim: int,
         hidden: Sequence[int] = (),
-        activation: type[nn.Module] = nn.Tanh,
+        activation: type[nn.Module] = Tanh,
     ):
         super().__init__()
         _check_sizes(feature_dim=feature_dim, latent_dim=latent_dim)
