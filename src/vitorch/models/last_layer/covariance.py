@@ -68,7 +68,11 @@ class WeightPosterior(nn.Module):
         if not (math.isfinite(init_variance) and init_variance > 0):
             raise ValueError(f"{type(self).__name__}: init_variance must be positive and finite; got {init_variance}")
         self.out_features, self.in_features = out_features, in_features
-        self.mean = nn.Parameter(init_mean_scale * torch.randn(out_features, in_features))
+        self._init_mean(init_mean_scale * torch.randn(out_features, in_features))
+
+    def _init_mean(self, mean: Tensor) -> None:
+        # A hook, so that a subclass may keep the mean inside a larger parameter.
+        self.mean = nn.Parameter(mean)
 
     def quad(self, phi: Tensor) -> Tensor:
         """``phi_n^T S_i phi_n`` for ``phi [N, D]``, returned as ``[N, O]``."""
@@ -250,20 +254,53 @@ class LowRank(WeightPosterior):
 
 
 class _Cholesky(WeightPosterior):
-    """A lower-triangular factor stored in one ``[O, D, D]`` parameter ``raw``.
+    """A lower-triangular factor and the mean, stored together in one parameter ``packed``.
 
-    The strict lower triangle of ``raw`` is the factor's; its diagonal holds the log of
-    the factor's diagonal (kept positive by ``exp``).  One tensor instead of two halves
-    the optimizer's per-parameter work for the factor.
+    Each row ``i`` of ``packed [O, D*D + D + spare]`` holds the ``D x D`` factor
+    (row-major: the strict lower triangle is the factor's, the diagonal holds the log of
+    the factor's diagonal, kept positive by ``exp``, and the strict upper triangle is
+    unused), then the mean ``m_i``, then ``spare`` entries that the owning head may use
+    for per-row parameters of its own (the regression head keeps its learned log noise
+    variance there).  One tensor instead of three: on a small network, each parameter
+    tensor costs a dozen operations in every optimizer step.  ``raw``, ``mean`` and
+    :meth:`spare_entries` are views, so in-place edits write through.
     """
 
-    def __init__(self, out_features: int, in_features: int, init_log_diag: float, init_mean_scale: float):
+    def __init__(
+        self, out_features: int, in_features: int, init_log_diag: float, init_mean_scale: float, spare: int = 0
+    ):
+        if isinstance(spare, bool) or not isinstance(spare, int) or spare < 0:
+            raise ValueError(f"{type(self).__name__}: spare must be a non-negative integer; got {spare!r}")
+        self.num_spare = spare
         super().__init__(out_features, in_features, 1.0, init_mean_scale)
-        self.raw = nn.Parameter(torch.diag_embed(torch.full((out_features, in_features), init_log_diag)))
+        with torch.no_grad():
+            self.log_diag.fill_(init_log_diag)
+
+    def _init_mean(self, mean: Tensor) -> None:
+        o, d = mean.shape
+        packed = torch.zeros(o, d * d + d + self.num_spare)
+        packed[:, d * d : d * d + d] = mean
+        self.packed = nn.Parameter(packed)
+
+    @property
+    def raw(self) -> Tensor:
+        """``[O, D, D]`` stored factors (strict lower triangle, log-diagonal): a view of ``packed``."""
+        d = self.in_features
+        return self.packed[:, : d * d].view(self.out_features, d, d)
+
+    @property
+    def mean(self) -> Tensor:
+        """``[O, D]`` means: a view of ``packed``."""
+        d = self.in_features
+        return self.packed[:, d * d : d * d + d]
+
+    def spare_entries(self) -> Tensor:
+        """``[O, spare]`` entries kept for the owning head: a view of ``packed``."""
+        return self.packed[:, self.packed.shape[-1] - self.num_spare :]
 
     @property
     def log_diag(self) -> Tensor:
-        """``[O, D]`` log-diagonal of the factor: a view of ``raw`` (in-place edits write through)."""
+        """``[O, D]`` log-diagonal of the factor: a view of ``packed`` (in-place edits write through)."""
         return self.raw.diagonal(dim1=-2, dim2=-1)
 
     def tril(self) -> Tensor:
@@ -279,19 +316,29 @@ class _Cholesky(WeightPosterior):
 class Dense(_Cholesky):
     """Dense rows through a Cholesky factor of the covariance, ``S_i = L_i L_i^T``.
 
-    Parameters: ``mean [O, D]`` and ``raw [O, D, D]`` (strict lower triangle of ``L``,
-    log of its diagonal).  ``log |S_i| = 2 sum_j log L_jj`` and ``tr S_i = ||L_i||_F^2``
-    need no factorization.  Args as :class:`WeightPosterior`.
+    One parameter, ``packed [O, D*D + D + spare]``, viewed as ``raw [O, D, D]`` (strict
+    lower triangle of ``L``, log of its diagonal), ``mean [O, D]`` and the spare entries.
+    ``log |S_i| = 2 sum_j log L_jj`` and ``tr S_i = ||L_i||_F^2`` need no factorization.
+    Args as :class:`WeightPosterior`, and ``spare``: per-row entries kept for the owning
+    head (0 by default).
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
         the row-independent Gaussian weight posteriors of the last layer.
     """
 
-    def __init__(self, out_features: int, in_features: int, init_variance: float = 1.0, init_mean_scale: float = 0.0):
+    def __init__(
+        self,
+        out_features: int,
+        in_features: int,
+        init_variance: float = 1.0,
+        init_mean_scale: float = 0.0,
+        *,
+        spare: int = 0,
+    ):
         if not (math.isfinite(init_variance) and init_variance > 0):
             raise ValueError(f"Dense: init_variance must be positive and finite; got {init_variance}")
-        super().__init__(out_features, in_features, 0.5 * math.log(init_variance), init_mean_scale)
+        super().__init__(out_features, in_features, 0.5 * math.log(init_variance), init_mean_scale, spare)
 
     def quad(self, phi: Tensor) -> Tensor:
         # phi^T L L^T phi = ||L^T phi||^2
@@ -325,18 +372,27 @@ class DensePrecision(_Cholesky):
 
     Closed-form (batch or recursive) Bayesian updates act on the precision, so this
     form is exact and cheap to set from them; ``quad`` costs a triangular solve.
-    Parameters: ``mean [O, D]`` and ``raw [O, D, D]`` (as :class:`Dense`, for the
-    precision's factor).  Args as :class:`WeightPosterior`.
+    Storage as :class:`Dense`: ``packed [O, D*D + D + spare]``, viewed as ``raw [O, D,
+    D]`` for the precision's factor, ``mean [O, D]`` and the spare entries.  Args as
+    :class:`WeightPosterior`.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
         the row-independent Gaussian weight posteriors of the last layer.
     """
 
-    def __init__(self, out_features: int, in_features: int, init_variance: float = 1.0, init_mean_scale: float = 0.0):
+    def __init__(
+        self,
+        out_features: int,
+        in_features: int,
+        init_variance: float = 1.0,
+        init_mean_scale: float = 0.0,
+        *,
+        spare: int = 0,
+    ):
         if not (math.isfinite(init_variance) and init_variance > 0):
             raise ValueError(f"DensePrecision: init_variance must be positive and finite; got {init_variance}")
-        super().__init__(out_features, in_features, -0.5 * math.log(init_variance), init_mean_scale)
+        super().__init__(out_features, in_features, -0.5 * math.log(init_variance), init_mean_scale, spare)
 
     def _solve(self, rhs: Tensor) -> Tensor:
         return torch.linalg.solve_triangular(self.tril(), rhs, upper=False)

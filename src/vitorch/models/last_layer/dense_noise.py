@@ -51,10 +51,9 @@ class VBLLDenseNoiseRegression(VBLLRegression):
         regression with a full noise covariance and its Wishart regularizer.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        log_v = self.log_noise_variance.detach()
-        del self.log_noise_variance
+    _packs_noise = False
+
+    def _init_noise(self, log_v: Tensor) -> None:
         raw = torch.diag_embed(0.5 * log_v)
         if self.learn_noise:
             self.noise_raw = nn.Parameter(raw)

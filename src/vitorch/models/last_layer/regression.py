@@ -90,17 +90,40 @@ class VBLLRegression(nn.Module):
         self.wishart_dof = _checks.positive_float(owner, "wishart_dof", wishart_dof)
         v = _checks.positive_float(owner, "noise_variance", noise_variance)
         self.learn_noise = bool(learn_noise)
+        # A learned noise joins the default posterior's single parameter tensor (see
+        # log_noise_variance): one tensor fewer in every optimizer step.
+        self._noise_packed = self.learn_noise and covariance is Dense and self._packs_noise
+        spare = {"spare": 1} if self._noise_packed else {}
         # q starts at the prior's covariance: the KL term is then zero at initialization.
-        self.weights = covariance(out_features, in_features, init_variance=self.prior_scale**2)
+        self.weights = covariance(out_features, in_features, init_variance=self.prior_scale**2, **spare)
         if not isinstance(self.weights, WeightPosterior):
             raise ValueError(f"{owner}: covariance must build a WeightPosterior; got {type(self.weights).__name__}")
-        log_v = torch.full((out_features,), math.log(v))
-        if self.learn_noise:
-            self.log_noise_variance = nn.Parameter(log_v)
+        self._init_noise(torch.full((out_features,), math.log(v)))
+
+    # subclasses whose noise is not one log-variance per output keep it out of the weights
+    _packs_noise = True
+
+    def _init_noise(self, log_v: Tensor) -> None:
+        if self._noise_packed:
+            with torch.no_grad():
+                self.weights.spare_entries()[:, 0] = log_v
+        elif self.learn_noise:
+            self.log_noise = nn.Parameter(log_v)
         else:
-            self.register_buffer("log_noise_variance", log_v)
+            self.register_buffer("log_noise", log_v)
 
     # ----- pieces of the objective
+
+    @property
+    def log_noise_variance(self) -> Tensor:
+        """``[O]`` log of the diagonal of ``Sigma``.
+
+        A view of the first spare entry of each row of ``weights.packed`` when the noise
+        is learned with the default ``Dense`` posterior (so that the optimizer updates one
+        tensor for the whole head); otherwise the head's own ``log_noise``, a parameter
+        (learned) or a buffer (fixed).  In-place edits write through either way.
+        """
+        return self.weights.spare_entries()[:, 0] if self._noise_packed else self.log_noise
 
     @property
     def noise_variance(self) -> Tensor:
@@ -173,10 +196,8 @@ class VBLLRegression(nn.Module):
             a, psi = (
                 (0.5 * (self.wishart_dof + self.out_features + 1), self.wishart_scale) if self.learn_noise else (0, 0)
             )
-            w = self.weights
-            return dense_regression_loss(
-                phi, y, w.mean, w.raw, self.log_noise_variance, self.prior_scale**2, num_data, a, psi
-            )
+            log_v = None if self._noise_packed else self.log_noise  # None: inside packed
+            return dense_regression_loss(phi, y, self.weights.packed, log_v, self.prior_scale**2, num_data, a, psi)
         expected, kl = self._data_terms(phi, y)
         return -(expected.mean() + (self.noise_log_prior() - kl) / num_data)
 
