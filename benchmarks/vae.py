@@ -7,8 +7,14 @@ when the Debian package ``dataset-fashion-mnist`` is missing).  A timed call run
 sequence of minibatches for every contestant; medians of interleaved calls give
 ``ratio = peer_s / vitorch_s`` (> 1: vitorch is faster).
 
-Cases: VAE (ELBO, K=1), IWAE K=5 and K=50, IWAE-DReG K=50.  Peers: ``torch`` (the
-same model by hand), ``pyro`` (``Trace_ELBO`` at K=1, ``RenyiELBO(alpha=0,
+Cases: VAE (ELBO, K=1), IWAE K=5 and K=50, IWAE-DReG K=50.  vitorch runs ``VAE.mlp``
+as it ships (its tanh through torch's sigmoid kernel, the fused Bernoulli output from
+``2**18`` logits on: :mod:`vitorch.models.vae.fused`); the hand-written model and the
+peers' networks use ``nn.Tanh``.  Each case is timed twice for vitorch: with torch's
+default Adam, the peers' optimizer (the cost of the model and bound alone), and with the
+fused Adam ``vt.fit`` builds by default (lines ``..., vitorch as fit runs it``, against the
+peers as their users run them; ``vitorch_optimizer``/``peer_optimizer`` name both).
+Peers: ``torch`` (the same model by hand), ``pyro`` (``Trace_ELBO`` at K=1, ``RenyiELBO(alpha=0,
 vectorize_particles=True)`` for IWAE), ``pythae`` (its ``VAE`` / ``IWAE`` models with
 the same networks), whole loops (``vt.fit`` against pythae's ``BaseTrainer``, one epoch
 each), and the fused path against the eager hand-written step: ``compile_step`` of
@@ -123,8 +129,12 @@ def torch_step(net: HandVAE, batches: Batches, K: int, kind: str):
     return step
 
 
-def vitorch_step(model: vae.VAE, batches: Batches, forward=None):
-    opt = torch.optim.Adam(model.parameters(), LR)
+def vitorch_step(model: vae.VAE, batches: Batches, forward=None, fused: bool = False):
+    """A vitorch training step; ``fused=True`` takes the optimizer ``vt.fit`` builds by default
+    (``vitorch.training.fused_adam``), else torch's default Adam, the peers' optimizer."""
+    from vitorch.training import fused_adam
+
+    opt = fused_adam(model.parameters(), LR) if fused else torch.optim.Adam(model.parameters(), LR)
     forward = model if forward is None else forward
 
     def step():
@@ -265,14 +275,21 @@ def repeat(step, n):
 
 
 def speed(args, x, d):
+    """Eager training steps.  Two kinds of line per peer: ``vitorch`` with the peer's own optimizer
+    (torch's default Adam; Pyro's ``pyro.optim.Adam`` wraps it), the cost of the model and the
+    bound alone; and ``vitorch, fused Adam as fit runs it`` (``vt.fit``'s default optimizer) against
+    the peer as its users run it, which differ in the optimizer too and say so."""
     pyro, pyro_skip = try_import("pyro")
     pythae, pythae_skip = try_import("pythae.models")
     cases = CASES[:2] if args.quick else CASES
     for case, K, objective, estimator in cases:
         inner = max(2, args.inner // K) if K > 1 else args.inner
         fns, peers = {}, {}
-        model = vae.VAE.mlp(d, LATENT, HIDDEN, objective=objective, estimator=estimator, num_particles=K)
-        fns["vitorch"] = repeat(vitorch_step(model, Batches(x)), inner)
+
+        options = dict(objective=objective, estimator=estimator, num_particles=K)
+        fns["vitorch"] = repeat(vitorch_step(vae.VAE.mlp(d, LATENT, HIDDEN, **options), Batches(x)), inner)
+        fit_like = vae.VAE.mlp(d, LATENT, HIDDEN, **options)
+        fns["vitorch-fit"] = repeat(vitorch_step(fit_like, Batches(x), fused=True), inner)
         fns["torch"] = repeat(
             torch_step(HandVAE(d), Batches(x), K, "dreg" if estimator is vt.estimators.dreg else ""), inner
         )
@@ -286,25 +303,36 @@ def speed(args, x, d):
         t = interleaved_medians(fns, args.repeats, warmup=1)
         per = {k: v / inner for k, v in t.items()}
         sps = {k: 1.0 / v for k, v in per.items()}
-        for peer in ("torch", "pyro", "pythae"):
-            skipped = {"pyro": pyro_skip, "pythae": pythae_skip}.get(peer)
-            if peer in per:
-                report(
-                    "vae",
-                    case,
-                    per["vitorch"],
-                    peer,
-                    per[peer],
-                    vitorch_steps_per_s=sps["vitorch"],
-                    peer_steps_per_s=sps[peer],
-                    peer_impl=peers.get(peer, "hand-written"),
-                    steps_per_call=inner,
-                    clock=args.clock,
-                )
-            elif skipped is not None:
-                report("vae", case, per["vitorch"], peer, None, skipped=skipped)
-            elif estimator is vt.estimators.dreg:
-                report("vae", case, per["vitorch"], peer, None, skipped=f"{peer} has no DReG estimator")
+        optimizers = {
+            "torch": "torch.optim.Adam (default, for-loop on CPU)",
+            "pyro": "pyro.optim.Adam (torch's Adam per parameter)",
+            "pythae": "torch.optim.Adam (its trainer's default)",
+        }
+        for mine, label, impl in (
+            ("vitorch", case, "torch.optim.Adam, as the peer"),
+            ("vitorch-fit", f"{case}, vitorch as fit runs it (fused Adam)", "fused Adam (vt.fit's default)"),
+        ):
+            for peer in ("torch", "pyro", "pythae"):
+                skipped = {"pyro": pyro_skip, "pythae": pythae_skip}.get(peer)
+                if peer in per:
+                    report(
+                        "vae",
+                        label,
+                        per[mine],
+                        peer,
+                        per[peer],
+                        vitorch_steps_per_s=sps[mine],
+                        peer_steps_per_s=sps[peer],
+                        vitorch_optimizer=impl,
+                        peer_impl=peers.get(peer, "hand-written"),
+                        peer_optimizer=optimizers[peer],
+                        steps_per_call=inner,
+                        clock=args.clock,
+                    )
+                elif skipped is not None:
+                    report("vae", label, per[mine], peer, None, skipped=skipped)
+                elif estimator is vt.estimators.dreg:
+                    report("vae", label, per[mine], peer, None, skipped=f"{peer} has no DReG estimator")
 
 
 def _dynamo_stats() -> dict:

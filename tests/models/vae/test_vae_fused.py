@@ -112,7 +112,7 @@ def _pair(K, objective, estimator, data_dim=40, activation=fused.Tanh):
         data_dim, 3, (6,), objective=objective, estimator=estimator, num_particles=K, activation=activation
     )
     plain.load_state_dict(model.state_dict())
-    plain._fused_output = lambda x: None  # the textbook path on the same weights
+    plain._fused_output = lambda x, z=None: None  # the textbook path on the same weights
     return model, plain
 
 

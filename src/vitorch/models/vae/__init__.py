@@ -9,6 +9,7 @@ Example:
 """
 
 from .evaluation import evaluate, iwae_log_likelihood, latent_means
+from .fused import Tanh, bernoulli_linear_log_prob, tanh
 from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood, Poisson
 from .model import VAE
 from .networks import (
@@ -45,6 +46,9 @@ __all__ = [
     "Categorical",
     "Poisson",
     "mlp",
+    "Tanh",
+    "tanh",
+    "bernoulli_linear_log_prob",
     "MLPDecoder",
     "ConvFeatures",
     "ConvDecoder",

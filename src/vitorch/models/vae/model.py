@@ -235,17 +235,20 @@ class VAE(nn.Module):
         the logits have at least ``BERNOULLI_FUSED_MIN`` entries, in eager code; every
         other case runs ``likelihood.log_prob(decoder(z), x)``.
         """
-        out = self._fused_output(x)
-        if out is not None and z.numel() // z.shape[-1] * out.out_features >= BERNOULLI_FUSED_MIN:
+        out = self._fused_output(x, z)
+        if out is not None:
             return bernoulli_linear_log_prob(self.decoder.hidden(z), out.weight, out.bias, x.reshape(x.shape[0], -1))
         return self.likelihood.log_prob(self.decoder(z), x)
 
-    def _fused_output(self, x: Tensor) -> nn.Linear | None:
+    def _fused_output(self, x: Tensor, z: Tensor | None = None) -> nn.Linear | None:
         """The decoder's output ``Linear`` if the fused Bernoulli path computes exactly what the
-        textbook path would (no hooks to bypass, plain data, no ``torch.func`` transform)."""
+        textbook path would (no hooks to bypass, plain data, no ``torch.func`` transform) and,
+        given the particles ``z``, the logits are large enough for it to pay."""
         decoder = self.decoder
         if type(self.likelihood) is not Bernoulli or type(decoder) is not MLPDecoder:
             return None
+        if z is not None and z.numel() // z.shape[-1] * x[0].numel() < BERNOULLI_FUSED_MIN:
+            return None  # checked early: at K = 1 this is the common exit
         out = decoder.net[-1]
         if (
             type(out) is not nn.Linear
