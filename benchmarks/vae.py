@@ -262,7 +262,15 @@ def loops(args, x, d):
             peer, impl = pythae_trainer_epoch(d, x[:n], K, tmp)
             t = interleaved_medians({"fit": fit_epoch(d, x[:n], K), "pythae": peer}, args.repeats, warmup=1)
         report(
-            "vae", label, t["fit"] / args.inner, "pythae", t["pythae"] / args.inner, peer_impl=impl, clock=args.clock
+            "vae",
+            label,
+            t["fit"] / args.inner,
+            "pythae",
+            t["pythae"] / args.inner,
+            vitorch_impl="vt.fit as it runs by default (fused Adam, finite-value guard, history, progress bar)",
+            peer_impl=impl,
+            peer_optimizer="torch.optim.Adam (its trainer's default)",
+            clock=args.clock,
         )
 
 
