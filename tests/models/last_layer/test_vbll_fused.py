@@ -14,7 +14,8 @@ def _inputs(b, d, o, learned):
     phi, y = torch.randn(b, d), torch.randn(b, o)
     raw, mean, log_v = 0.3 * torch.randn(o, d, d), torch.randn(o, d), 0.3 * torch.randn(o)
     # the strict upper triangle of raw is unused storage; fill it, to show it is ignored
-    packed = torch.cat([raw.flatten(1), mean] + ([log_v[:, None]] if learned else []), -1)
+    matrix = torch.cat([raw, mean[..., None]], -1)  # [F | m], the layout of vitorch's Dense posterior
+    packed = torch.cat([matrix.flatten(1)] + ([log_v[:, None]] if learned else []), -1)
     args = [phi, y, packed] + ([] if learned else [log_v])
     args = [a.requires_grad_(True) for a in args]
     return args + [None] if learned else args
@@ -38,7 +39,7 @@ def test_fused_matches_reference_forward_and_backward(b, d, o, noise_prior, lear
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
     # the unused upper triangle of the factor gets an exactly zero gradient
     upper = torch.ones(d, d).triu(1).bool()
-    assert bool((g_fused[2][:, : d * d].view(o, d, d)[:, upper] == 0).all())
+    assert bool((g_fused[2][:, : d * (d + 1)].view(o, d, d + 1)[:, :, :d][:, upper] == 0).all())
 
 
 @pytest.mark.parametrize("learned", [True, False])

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ...families import DiagNormal, FullRankNormal, LowRankNormal
+from . import _packed
 
 __all__ = ["Dense", "Diagonal", "LowRank", "DensePrecision", "WeightPosterior"]
 
@@ -256,14 +257,13 @@ class LowRank(WeightPosterior):
 class _Cholesky(WeightPosterior):
     """A lower-triangular factor and the mean, stored together in one parameter ``packed``.
 
-    Each row ``i`` of ``packed [O, D*D + D + spare]`` holds the ``D x D`` factor
-    (row-major: the strict lower triangle is the factor's, the diagonal holds the log of
-    the factor's diagonal, kept positive by ``exp``, and the strict upper triangle is
-    unused), then the mean ``m_i``, then ``spare`` entries that the owning head may use
-    for per-row parameters of its own (the regression head keeps its learned log noise
-    variance there).  One tensor instead of three: on a small network, each parameter
-    tensor costs a dozen operations in every optimizer step.  ``raw``, ``mean`` and
-    :meth:`spare_entries` are views, so in-place edits write through.
+    ``packed [O, D*(D+1) + spare]`` holds per row the matrix ``[F_i | m_i]``: the stored
+    factor ``F_i`` (strict lower triangle: the factor's; diagonal: the log of the
+    factor's diagonal, kept positive by ``exp``; strict upper triangle: unused), the
+    mean as the last column, then ``spare`` entries that the owning head may use (layout
+    in :mod:`._packed`).  One tensor instead of three: on a small network, each
+    parameter tensor costs a dozen operations in every optimizer step.  ``raw``,
+    ``mean`` and :meth:`spare_entries` are views, so in-place edits write through.
     """
 
     def __init__(
@@ -278,25 +278,23 @@ class _Cholesky(WeightPosterior):
 
     def _init_mean(self, mean: Tensor) -> None:
         o, d = mean.shape
-        packed = torch.zeros(o, d * d + d + self.num_spare)
-        packed[:, d * d : d * d + d] = mean
-        self.packed = nn.Parameter(packed)
+        self.packed = nn.Parameter(torch.zeros(o, _packed.packed_size(d, self.num_spare)))
+        with torch.no_grad():
+            self.mean.copy_(mean)
 
     @property
     def raw(self) -> Tensor:
         """``[O, D, D]`` stored factors (strict lower triangle, log-diagonal): a view of ``packed``."""
-        d = self.in_features
-        return self.packed[:, : d * d].view(self.out_features, d, d)
+        return _packed.unpack(self.packed, self.in_features)[1]
 
     @property
     def mean(self) -> Tensor:
         """``[O, D]`` means: a view of ``packed``."""
-        d = self.in_features
-        return self.packed[:, d * d : d * d + d]
+        return _packed.unpack(self.packed, self.in_features)[2]
 
     def spare_entries(self) -> Tensor:
         """``[O, spare]`` entries kept for the owning head: a view of ``packed``."""
-        return self.packed[:, self.packed.shape[-1] - self.num_spare :]
+        return _packed.unpack(self.packed, self.in_features)[3]
 
     @property
     def log_diag(self) -> Tensor:
@@ -316,7 +314,7 @@ class _Cholesky(WeightPosterior):
 class Dense(_Cholesky):
     """Dense rows through a Cholesky factor of the covariance, ``S_i = L_i L_i^T``.
 
-    One parameter, ``packed [O, D*D + D + spare]``, viewed as ``raw [O, D, D]`` (strict
+    One parameter, ``packed [O, D*(D+1) + spare]``, viewed as ``raw [O, D, D]`` (strict
     lower triangle of ``L``, log of its diagonal), ``mean [O, D]`` and the spare entries.
     ``log |S_i| = 2 sum_j log L_jj`` and ``tr S_i = ||L_i||_F^2`` need no factorization.
     Args as :class:`WeightPosterior`, and ``spare``: per-row entries kept for the owning
@@ -372,7 +370,7 @@ class DensePrecision(_Cholesky):
 
     Closed-form (batch or recursive) Bayesian updates act on the precision, so this
     form is exact and cheap to set from them; ``quad`` costs a triangular solve.
-    Storage as :class:`Dense`: ``packed [O, D*D + D + spare]``, viewed as ``raw [O, D,
+    Storage as :class:`Dense`: ``packed [O, D*(D+1) + spare]``, viewed as ``raw [O, D,
     D]`` for the precision's factor, ``mean [O, D]`` and the spare entries.  Args as
     :class:`WeightPosterior`.
 
