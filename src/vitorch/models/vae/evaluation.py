@@ -51,13 +51,17 @@ def _stream(model, x: Tensor, num_particles: int, batch_size: int, chunk_size: i
     for xb in x.split(batch_size):
         chunk = chunk_size or max(1, max_elements // (xb.shape[0] * entries))
         q = model.encoder(xb)
+        # A VAE scores log p(x|z) through its fused output layer where that applies.
+        log_likelihood = getattr(model, "log_likelihood", None) or (
+            lambda z, xb: model.likelihood.log_prob(model.decoder(z), xb)
+        )
         lse = torch.full(xb.shape[:1], -math.inf, dtype=xb.dtype, device=xb.device)
         s_w, s_lik, s_kl = (torch.zeros_like(lse) for _ in range(3))
         done = 0
         while done < num_particles:
             k = min(chunk, num_particles - done)
             z, log_q = _draw(q, k)
-            log_lik = model.likelihood.log_prob(model.decoder(z), xb)
+            log_lik = log_likelihood(z, xb)
             kl_terms = log_q - model.log_prior(z)
             log_w = log_lik - kl_terms
             lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
