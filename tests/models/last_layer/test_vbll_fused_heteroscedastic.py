@@ -8,13 +8,16 @@ import torch
 from vitorch.models.last_layer import Diagonal, VBLLHeteroscedasticRegression
 from vitorch.models.last_layer._fused_heteroscedastic import heteroscedastic_loss, reference_loss
 
-NAMES = ["phi", "y", "mean", "raw", "u_mean", "u_log_var", "offset"]
+NAMES = ["phi", "y", "packed", "u_mean", "u_log_var", "offset"]
 
 
 def _inputs(b, d, o):
-    shapes = [(b, d), (b, o), (o, d), (o, d, d), (o, d), (o, d), (o,)]
-    scales = [1.0, 1.0, 1.0, 0.3, 0.3, 0.3, 0.3]
-    return [(s * torch.randn(shape)).requires_grad_(True) for shape, s in zip(shapes, scales)]
+    phi, y, mean, raw = torch.randn(b, d), torch.randn(b, o), torch.randn(o, d), 0.3 * torch.randn(o, d, d)
+    # [F | m] per row, the layout of vitorch's Dense posterior (the upper triangle of F is
+    # unused storage, filled here to show it is ignored), and one unused spare entry
+    packed = torch.cat([torch.cat([raw, mean[..., None]], -1).flatten(1), torch.randn(o, 1)], -1)
+    rest = [0.3 * torch.randn(o, d), 0.3 * torch.randn(o, d), 0.3 * torch.randn(o)]
+    return [t.requires_grad_(True) for t in [phi, y, packed, *rest]]
 
 
 @pytest.mark.parametrize("b, d, o", [(1, 1, 1), (7, 4, 1), (5, 3, 3), (32, 16, 2)])
@@ -30,6 +33,12 @@ def test_fused_matches_reference_forward_and_backward(b, d, o):
     g_fused = torch.autograd.grad(fused * upstream, args)
     for name, a, r in zip(NAMES, g_fused, g_ref):
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
+    # unused storage (the factor's strict upper triangle, the spare entry) gets an exactly zero gradient
+    unused = torch.ones(d, d + 1).triu(1)
+    unused[:, d] = 0
+    g_packed = g_fused[2]
+    assert bool((g_packed[:, : d * (d + 1)].view(o, d, d + 1)[:, unused.bool()] == 0).all())
+    assert bool((g_packed[:, -1] == 0).all())
 
 
 def test_fused_gradcheck():

@@ -122,7 +122,7 @@ class VBLLHeteroscedasticRegression(DeterministicBound, nn.Module):
         w, u = self.weights, self.noise_weights
         if type(w) is Dense and type(u) is Diagonal:
             return heteroscedastic_loss(
-                phi, y, w.mean, w.raw, u.mean, u.log_var, self.log_noise_offset, self.prior_scale**2,
+                phi, y, w.packed, u.mean, u.log_var, self.log_noise_offset, self.prior_scale**2,
                 self.noise_prior_scale**2, num_data,
             )  # fmt: skip
         return -(self._expected_log_likelihood(phi, y).mean() - self.kl() / num_data)
