@@ -178,6 +178,17 @@ def test_vae_under_vmap_uses_plain_ops(monkeypatch):
     torch.testing.assert_close(batched, model.log_likelihood(z, x))
 
 
+def test_vae_under_autocast_takes_the_textbook_path(monkeypatch):
+    monkeypatch.setattr("vitorch.models.vae.model.BERNOULLI_FUSED_MIN", 1)
+    model = vae.VAE.mlp(12, 2, (5,), objective=vt.objectives.iwae, num_particles=3).float()
+    x = torch.bernoulli(torch.full((4, 12), 0.5)).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model._fused_output(x) is None
+        out = model(x)
+        out.loss.backward()
+    assert torch.isfinite(out.loss)
+
+
 def test_default_activation_is_the_sigmoid_tanh_and_nn_tanh_still_works():
     model = vae.VAE.mlp(10, 2, (4,))
     assert isinstance(model.decoder.net[1], fused.Tanh)

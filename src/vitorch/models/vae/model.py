@@ -242,7 +242,8 @@ class VAE(nn.Module):
 
     def _fused_output(self, x: Tensor, z: Tensor | None = None) -> nn.Linear | None:
         """The decoder's output ``Linear`` if the fused Bernoulli path computes exactly what the
-        textbook path would (no hooks to bypass, plain data, no ``torch.func`` transform) and,
+        textbook path would (no hooks to bypass, plain data, no ``torch.func`` transform or
+        autocast) and,
         given the particles ``z``, the logits are large enough for it to pay."""
         decoder = self.decoder
         if type(self.likelihood) is not Bernoulli or type(decoder) is not MLPDecoder:
@@ -262,6 +263,7 @@ class VAE(nn.Module):
             or out._forward_pre_hooks
             or _global_module_hooks()
             or not eager_fusable()
+            or torch.is_autocast_enabled(x.device.type)  # autocast would cast the logits, not x
         ):
             return None
         return out
