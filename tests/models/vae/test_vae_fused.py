@@ -168,6 +168,15 @@ def test_vae_takes_the_fused_output_only_where_it_applies(monkeypatch):
     torch.testing.assert_close(big(x).bound, below)
 
 
+def test_bernoulli_linear_under_vmap_and_grad():
+    # torch.func transforms take the plain expression: same values and gradients.
+    h, weight, bias, x = _inputs((3,), 2, 4, 5)
+    batched = torch.func.vmap(lambda hh: fused.bernoulli_linear_log_prob(hh, weight, bias, x))(h)
+    torch.testing.assert_close(batched, _textbook(h, weight, bias, x))
+    g = torch.func.grad(lambda w: fused.bernoulli_linear_log_prob(h, w, bias, x).sum())(weight)
+    torch.testing.assert_close(g, torch.autograd.grad(_textbook(h, weight, bias, x).sum(), weight)[0])
+
+
 def test_vae_under_vmap_uses_plain_ops(monkeypatch):
     # torch.func transforms take the plain formulas (the Functions have no batching rule).
     monkeypatch.setattr("vitorch.models.vae.model.BERNOULLI_FUSED_MIN", 1)

@@ -108,7 +108,8 @@ def bernoulli_linear_log_prob(h: Tensor, weight: Tensor, bias: Tensor, x: Tensor
     Equal in value and gradient to
     ``-F.binary_cross_entropy_with_logits(F.linear(h, weight, bias), x.expand(...),
     reduction="none").sum(-1)``, with fewer passes over the ``[*S, B, D]`` logits
-    (see the module notes).
+    (see the module notes); under ``torch.compile`` or a ``torch.func`` transform it is
+    that expression.
 
     Args:
         h: ``[*S, B, H]`` the decoder's last hidden layer (``S`` particle dimensions).
@@ -141,6 +142,9 @@ def bernoulli_linear_log_prob(h: Tensor, weight: Tensor, bias: Tensor, x: Tensor
             f"bernoulli_linear_log_prob: dtypes differ: h {h.dtype}, weight {weight.dtype}, "
             f"bias {bias.dtype}, x {x.dtype}"
         )
+    if not eager_fusable():  # compiled or under torch.func: the same formula as plain ops
+        logits = F.linear(h, weight, bias)
+        return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
     lead = h.shape[:-1]
     out = _BernoulliLinear.apply(h.reshape(-1, h.shape[-1]), weight, bias, x)
     return out.view(lead)
