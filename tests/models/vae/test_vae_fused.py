@@ -82,7 +82,7 @@ def test_bernoulli_linear_bad_input():
         fused.bernoulli_linear_log_prob(h, weight, bias, x.detach().float())
 
 
-@pytest.mark.parametrize("fused_min", [1, fused.TANH_FUSED_MIN])  # the Function, then the plain ops
+@pytest.mark.parametrize("fused_min", [1, fused.TANH_FUSED_MIN])  # the Function, then torch.tanh
 @pytest.mark.parametrize("shape", [(1,), (7, 3), (2, 5, 13)])
 def test_tanh_gradcheck(monkeypatch, shape, fused_min):
     monkeypatch.setattr(fused, "TANH_FUSED_MIN", fused_min)
@@ -97,9 +97,12 @@ def test_tanh_absolute_error(dtype, bound):
     # (float32 ulp(1) = 1.2e-7, float64 2.2e-16), against tanh in float64 (exact enough here).
     x = torch.linspace(-30, 30, 400_001, dtype=torch.float64)
     exact = torch.tanh(x)
-    for n in (1000, x.numel()):  # both the plain-ops path and the fused Function
+    for n in (1000, x.numel()):  # torch.tanh below TANH_FUSED_MIN, the fused Function above
         got = fused.tanh(x[:n].to(dtype)).double()
         assert (got - exact[:n]).abs().max().item() <= bound
+    # Under torch.func the same formula runs as plain ops.
+    got = torch.func.vmap(fused.tanh)(x.to(dtype).view(1, -1)).double()
+    assert (got.view(-1) - exact).abs().max().item() <= bound
     assert fused.Tanh()(x.to(dtype)).dtype == dtype
 
 
