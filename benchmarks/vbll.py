@@ -11,7 +11,8 @@ and the same initial head (``q`` equal to the prior with zero mean, noise varian
 cost floor, and scikit-learn's ``BayesianRidge`` on the raw inputs sets the NLL bar.
 Every model is trained by the same optimizer with the same settings.
 
-Timing: each line reports the median wall time of the whole 1,000-step training run,
+Timing: each line reports the median wall time (thread CPU time with ``--cpu-time``,
+named in the line's ``clock``) of the whole 1,000-step training run,
 timed interleaved in one process, and as extras the standardized test NLL (per
 target) after it: median, minimum and maximum over the runs, which differ in the
 seed of the feature network's initialization and of the minibatch order.  The full
@@ -19,12 +20,19 @@ run covers :data:`CONFIGS`: the ``vbll`` package's default settings with torch's
 default ``Adam``, and the setting chosen on validation data with torch's default and
 with its fused ``AdamW`` (``--quick``: the chosen setting only, 100 steps, one run).
 
+At the chosen setting the comparison adds vitorch's post hoc recipes, timed with the
+training they follow: after the last step, the head is refit in closed form on the
+trained features of the whole training split, either at the evidence maximum
+(``fit(phi, y, tune=True)``: prior scale and noise variance by type-II maximum
+likelihood, then the exact posterior) or at the training prior (``fit(phi, y)``, the
+ELBO's closed-form optimum).
+
 ``--select`` instead trains on 80% of the training split and scores the other 20%
 (the test split is not touched) for a small grid of settings (prior variance,
 inverse-Wishart scale, decoupled weight decay of the feature network), three seeds
-each, with vitorch's head, and the feature network's decay for vitorch's heteroscedastic
-head; :data:`CHOSEN` holds the setting picked there, and the comparison gives every
-model that same setting.  The full run ends with the heteroscedastic head at its own
+each, with vitorch's head, the feature network's decay for each refit recipe and for
+vitorch's heteroscedastic head; :data:`CHOSEN` holds the setting picked there, and
+the comparison gives every model that same setting.  The full run ends with the heteroscedastic head at its own
 chosen setting (:data:`CHOSEN_HETEROSCEDASTIC`) against the MLP head: the ``vbll``
 package has no such head, so there is no peer time for it.
 
@@ -46,7 +54,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
-from _harness import interleaved_medians, parser, report, setup, try_import
+from _harness import clock_name, interleaved_medians, parser, report, setup, try_import
 
 # This file is itself named vbll.py: drop its folder from the path before importing the peer.
 _here = os.path.dirname(os.path.abspath(__file__))
@@ -323,8 +331,11 @@ def main():
     repeats = args.repeats or (1 if args.quick else 5)
     configs = {"chosen": CHOSEN} if args.quick else CONFIGS
     ridge = bayesian_ridge_nll(data)
-    models = {"vitorch": VitorchModel, **REFITS, "mlp": MLPModel, **({"vbll": PeerModel} if vbll is not None else {})}
+    peers = {"mlp": MLPModel, **({"vbll": PeerModel} if vbll is not None else {})}
     for label, s in configs.items():
+        # the refits run at the setting chosen for them on the validation split (CHOSEN)
+        refits = REFITS if label == "chosen" else {}
+        models = {"vitorch": VitorchModel, **refits, **peers}
         nlls: dict[str, list[float]] = {name: [] for name in models}
 
         def runner(name, cls, s=s, nlls=nlls):
@@ -338,11 +349,17 @@ def main():
         fns = {name: runner(name, cls) for name, cls in models.items()}
         times = interleaved_medians(fns, repeats=repeats, warmup=0 if args.quick else 1)
         nll = {k: _spread(v) for k, v in nlls.items()}
-        common = {"steps": steps, "batch": 32, "settings": asdict(s), "bayesian_ridge_nll": ridge}
+        common = {
+            "steps": steps,
+            "batch": 32,
+            "settings": asdict(s),
+            "bayesian_ridge_nll": ridge,
+            "clock": clock_name(),
+        }
         case = f"diabetes_{steps}_steps_{label}"
         missing = {"skipped": _vbll_missing} if vbll is None else {}
         # one pair of lines per vitorch recipe: end to end, and each post hoc refit after it
-        for recipe in ("vitorch", *REFITS):
+        for recipe in ("vitorch", *refits):
             name = case + recipe.removeprefix("vitorch")
             report(
                 "vbll", name, times[recipe], "vbll", times.get("vbll"), vitorch_nll=nll[recipe],
@@ -370,7 +387,7 @@ def heteroscedastic(data, steps: int, repeats: int, ridge: float) -> None:
         train(cls, data, 5, 32, 0, s)
     times = interleaved_medians({name: runner(name, cls) for name, cls in models.items()}, repeats=repeats, warmup=1)
     nll = {k: _spread(v) for k, v in nlls.items()}
-    common = {"steps": steps, "batch": 32, "settings": asdict(s), "bayesian_ridge_nll": ridge}
+    common = {"steps": steps, "batch": 32, "settings": asdict(s), "bayesian_ridge_nll": ridge, "clock": clock_name()}
     report("vbll", f"diabetes_{steps}_steps_heteroscedastic_chosen", times["vitorch_heteroscedastic"],
            "gaussian_mlp_head", times["mlp"], vitorch_nll=nll["vitorch_heteroscedastic"], peer_nll=nll["mlp"],
            **common)  # fmt: skip
