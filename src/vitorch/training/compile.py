@@ -24,8 +24,8 @@ step written eagerly:
 What it cannot do: the matrix products of a dense network cost the same compiled or
 not, so the speed-up is bounded by the share of the step that is *not* a matrix
 product (on a CPU, 45% of the eager 784-200-200-50 VAE step at K = 1 and 30% at
-K = 50; measured 1.22x the hand-written eager step at K = 1 and 1.16x for IWAE at
-K = 50, see ``docs/vae.md``).  The VAE zoo's hand-written autograd Functions
+K = 50; measured 1.22-1.25x the hand-written eager step at K = 1 and 1.10-1.16x for
+IWAE at K = 50, see ``docs/vae.md``).  The VAE zoo's hand-written autograd Functions
 (:mod:`vitorch.models.vae.fused`) step aside inside the compiled graph, where Inductor
 fuses the same formulas itself (traced through, they measured no faster).  Compiling
 takes seconds to a minute, once per input shape.
