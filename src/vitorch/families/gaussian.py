@@ -134,7 +134,9 @@ class DiagNormal(Family):
         # Unpacked sizes: torch.randn parses a torch.Size argument measurably slower.
         eps = torch.randn(*sample_shape, *loc.shape, dtype=loc.dtype, device=loc.device)
         z = loc + scale * eps
-        log_q = -0.5 * eps.pow(2).sum(-1) - (scale.log().sum(-1) + 0.5 * loc.shape[-1] * _LOG_2PI)
+        # The noise carries no gradient: its quadratic term and the constant are formed in
+        # place off the graph, which then holds only log, sum and one subtraction.
+        log_q = eps.pow(2).sum(-1).mul_(-0.5).sub_(0.5 * loc.shape[-1] * _LOG_2PI) - scale.log().sum(-1)
         return z, log_q
 
     def log_prob(self, value: Tensor) -> Tensor:
