@@ -39,6 +39,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from ..._logspace import _functorch_active
+
 __all__ = ["bernoulli_linear_log_prob", "tanh", "Tanh", "eager_fusable"]
 
 # Below these sizes the fixed cost of the extra ops and of a Python autograd.Function
@@ -48,12 +50,6 @@ __all__ = ["bernoulli_linear_log_prob", "tanh", "Tanh", "eager_fusable"]
 # [128, 784] logits, K = 1, 1.71 ms against 1.77 ms, on [5, 128, 784] at par).
 TANH_FUSED_MIN = 1 << 14
 BERNOULLI_FUSED_MIN = 1 << 18
-
-
-def _functorch_active() -> bool:
-    """Whether a ``torch.func`` transform runs (the Functions here have no batching rule)."""
-    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
 
 
 def eager_fusable() -> bool:
