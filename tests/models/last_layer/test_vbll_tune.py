@@ -9,6 +9,8 @@ from vitorch.models.last_layer import (
     BayesianLinearRegression,
     Dense,
     DensePrecision,
+    Diagonal,
+    LowRank,
     VBLLDenseNoiseRegression,
     VBLLRegression,
 )
@@ -87,6 +89,20 @@ def test_tuned_evidence_is_a_stationary_maximum(outputs):
 
     hess = torch.autograd.functional.hessian(f, torch.cat([log_s.detach()[None], log_v.detach()]))
     assert float(torch.linalg.eigvalsh(hess).max()) < 0
+
+
+@pytest.mark.parametrize("cov", [Diagonal, LowRank.with_rank(2)])
+def test_every_parameterization_tunes_to_the_same_evidence_maximum(cov):
+    # the evidence is that of the model, not of the family: the hyperparameters agree
+    # exactly; the posterior is then the family's best approximation, with ELBO below it
+    phi, y = _data(outputs=2)
+    dense, other = (
+        VBLLRegression(D, 2, prior_scale=5.0, noise_variance=3.0, covariance=c).fit(phi, y, tune=True)
+        for c in (Dense, cov)
+    )
+    assert other.prior_scale == dense.prior_scale
+    assert torch.equal(other.noise_variance, dense.noise_variance)
+    assert other.elbo(phi, y) < dense.elbo(phi, y)
 
 
 def test_tuned_prior_scale_round_trips_through_state_dict():

@@ -63,10 +63,16 @@ class VBLLRegression(nn.Module):
         >>> head = VBLLRegression(64, prior_scale=1.0, noise_variance=0.5, learn_noise=False)
         >>> loss = head.loss(phi, y, num_data=len(train_set))   # minibatch training
         >>> head(phi).predictive                                 # Normal, batch [N]
+        >>> head.fit(phi_all, y_all, tune=True)                  # refit at the evidence maximum
+
+    With the default ``Dense`` posterior and learned noise, the head trains one
+    parameter tensor, ``weights.packed``: factor, mean and log noise variances are views
+    of it (``weights.raw``, ``weights.mean``, :attr:`log_noise_variance`).
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
-        the deterministic regression ELBO and the Wishart noise prior.
+        the deterministic regression ELBO and the Wishart noise prior; MacKay,
+        *Bayesian Interpolation* (1992) for the type-II tuning of ``fit(tune=True)``.
     """
 
     def __init__(
