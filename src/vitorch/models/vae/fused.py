@@ -47,8 +47,12 @@ __all__ = ["bernoulli_linear_log_prob", "tanh", "Tanh", "eager_fusable"]
 # (~8 us a call forward and backward on the 2-core development machine) exceeds what it
 # saves, and torch's own ops run faster (measured: tanh fwd+bwd on [32, 200] 40 us with
 # torch.tanh against 58 us, on [128, 200] 93 us against 76 us; the Bernoulli output on
-# [128, 784] logits, K = 1, 1.71 ms against 1.77 ms, on [5, 128, 784] at par).
-TANH_FUSED_MIN = 1 << 14
+# [128, 784] logits, K = 1, 1.71 ms against 1.77 ms, on [5, 128, 784] at par).  Inside a
+# whole training step the Function's Python costs more than in isolation (cache-cold
+# interpreter after the tensor work): the K = 1 VAE step (four [128, 200] tanh layers) ran
+# 2% (1 thread) to 4% (2 threads) faster with torch.tanh there, interleaved A/B, so the
+# tanh threshold sits above [128, 200] and below [3 * 128, 200].
+TANH_FUSED_MIN = 1 << 16
 BERNOULLI_FUSED_MIN = 1 << 18
 
 
