@@ -248,7 +248,7 @@ class VAE(nn.Module):
         decoder = self.decoder
         if type(self.likelihood) is not Bernoulli or type(decoder) is not MLPDecoder:
             return None
-        if z is not None and z.numel() // z.shape[-1] * x[0].numel() < BERNOULLI_FUSED_MIN:
+        if z is not None and z.numel() // z.shape[-1] * math.prod(x.shape[1:]) < BERNOULLI_FUSED_MIN:
             return None  # checked early: at K = 1 this is the common exit
         out = decoder.net[-1]
         if (
