@@ -245,11 +245,11 @@ class VAE(nn.Module):
         textbook path would (no hooks to bypass, plain data, no ``torch.func`` transform or
         autocast) and,
         given the particles ``z``, the logits are large enough for it to pay."""
+        if z is not None and z.numel() // z.shape[-1] * math.prod(x.shape[1:]) < BERNOULLI_FUSED_MIN:
+            return None  # checked first: at K = 1 this is the common exit, paid every step
         decoder = self.decoder
         if type(self.likelihood) is not Bernoulli or type(decoder) is not MLPDecoder:
             return None
-        if z is not None and z.numel() // z.shape[-1] * math.prod(x.shape[1:]) < BERNOULLI_FUSED_MIN:
-            return None  # checked early: at K = 1 this is the common exit
         out = decoder.net[-1]
         if (
             type(out) is not nn.Linear
