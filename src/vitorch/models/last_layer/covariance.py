@@ -266,15 +266,25 @@ class _Cholesky(WeightPosterior):
     ``mean`` and :meth:`spare_entries` are views, so in-place edits write through.
     """
 
+    # log L_jj = _LOG_DIAG_PER_LOG_VARIANCE * log(init_variance): +1/2 for a factor of the
+    # covariance, -1/2 for a factor of the precision.
+    _LOG_DIAG_PER_LOG_VARIANCE: float
+
     def __init__(
-        self, out_features: int, in_features: int, init_log_diag: float, init_mean_scale: float, spare: int = 0
+        self,
+        out_features: int,
+        in_features: int,
+        init_variance: float = 1.0,
+        init_mean_scale: float = 0.0,
+        *,
+        spare: int = 0,
     ):
         if isinstance(spare, bool) or not isinstance(spare, int) or spare < 0:
             raise ValueError(f"{type(self).__name__}: spare must be a non-negative integer; got {spare!r}")
         self.num_spare = spare
-        super().__init__(out_features, in_features, 1.0, init_mean_scale)
+        super().__init__(out_features, in_features, init_variance, init_mean_scale)  # validates init_variance
         with torch.no_grad():
-            self.log_diag.fill_(init_log_diag)
+            self.log_diag.fill_(self._LOG_DIAG_PER_LOG_VARIANCE * math.log(init_variance))
 
     def _init_mean(self, mean: Tensor) -> None:
         o, d = mean.shape
@@ -325,18 +335,7 @@ class Dense(_Cholesky):
         the row-independent Gaussian weight posteriors of the last layer.
     """
 
-    def __init__(
-        self,
-        out_features: int,
-        in_features: int,
-        init_variance: float = 1.0,
-        init_mean_scale: float = 0.0,
-        *,
-        spare: int = 0,
-    ):
-        if not (math.isfinite(init_variance) and init_variance > 0):
-            raise ValueError(f"Dense: init_variance must be positive and finite; got {init_variance}")
-        super().__init__(out_features, in_features, 0.5 * math.log(init_variance), init_mean_scale, spare)
+    _LOG_DIAG_PER_LOG_VARIANCE = 0.5
 
     def quad(self, phi: Tensor) -> Tensor:
         # phi^T L L^T phi = ||L^T phi||^2
@@ -379,18 +378,7 @@ class DensePrecision(_Cholesky):
         the row-independent Gaussian weight posteriors of the last layer.
     """
 
-    def __init__(
-        self,
-        out_features: int,
-        in_features: int,
-        init_variance: float = 1.0,
-        init_mean_scale: float = 0.0,
-        *,
-        spare: int = 0,
-    ):
-        if not (math.isfinite(init_variance) and init_variance > 0):
-            raise ValueError(f"DensePrecision: init_variance must be positive and finite; got {init_variance}")
-        super().__init__(out_features, in_features, -0.5 * math.log(init_variance), init_mean_scale, spare)
+    _LOG_DIAG_PER_LOG_VARIANCE = -0.5
 
     def _solve(self, rhs: Tensor) -> Tensor:
         return torch.linalg.solve_triangular(self.tril(), rhs, upper=False)
