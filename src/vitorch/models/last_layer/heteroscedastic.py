@@ -35,6 +35,7 @@ from torch.distributions import Categorical, Distribution, Independent, MixtureS
 from . import _checks
 from ._bound import DeterministicBound
 from ._fused_heteroscedastic import heteroscedastic_loss
+from ._fused_heteroscedastic_dense import heteroscedastic_dense_loss
 from .covariance import Dense, Diagonal, WeightPosterior
 from .output import LastLayerOutput
 
@@ -54,6 +55,7 @@ class VBLLHeteroscedasticRegression(DeterministicBound, nn.Module):
         noise_variance: initial ``exp(c)``.
         covariance: posterior factory for the mean weights (``Dense`` by default).
         noise_covariance: posterior factory for the log-variance weights (``Diagonal``).
+            With ``Dense`` the offset ``c`` is stored in its spare entry (:attr:`offset`).
         num_quadrature: Gauss-Hermite nodes of the predictive mixture.
 
     Shapes: ``phi [N, D]``, ``y [N, O]`` (``[N]`` when ``O = 1``); mean and log-variance
@@ -86,11 +88,22 @@ class VBLLHeteroscedasticRegression(DeterministicBound, nn.Module):
         v = _checks.positive_float(owner, "noise_variance", noise_variance)
         _checks.positive_int(owner, "num_quadrature", num_quadrature)
         self.weights = covariance(out_features, in_features, init_variance=self.prior_scale**2)
-        self.noise_weights = noise_covariance(out_features, in_features, init_variance=self.noise_prior_scale**2)
+        # With a dense q(U) the offset joins q(U)'s storage as its spare entry (see ``offset``):
+        # the optimizer then visits one tensor per posterior, as for VBLLRegression's noise.
+        self._offset_packed = noise_covariance is Dense
+        spare = {"spare": 1} if self._offset_packed else {}
+        self.noise_weights = noise_covariance(
+            out_features, in_features, init_variance=self.noise_prior_scale**2, **spare
+        )
         for name, w in (("covariance", self.weights), ("noise_covariance", self.noise_weights)):
             if not isinstance(w, WeightPosterior):
                 raise ValueError(f"{owner}: {name} must build a WeightPosterior; got {type(w).__name__}")
-        self.log_noise_offset = nn.Parameter(torch.full((out_features,), math.log(v)))
+        log_v = torch.full((out_features,), math.log(v))
+        if self._offset_packed:
+            with torch.no_grad():
+                self.noise_weights.spare_entries()[:, 0] = log_v
+        else:
+            self.log_noise_offset = nn.Parameter(log_v)
         nodes, weights = np.polynomial.hermite.hermgauss(num_quadrature)
         # E_{l ~ N(mu, t)} f(l) = sum_j w_j / sqrt(pi) f(mu + sqrt(2 t) x_j)
         self.register_buffer("_gh_nodes", torch.as_tensor(nodes, dtype=torch.get_default_dtype()))
@@ -109,8 +122,8 @@ class VBLLHeteroscedasticRegression(DeterministicBound, nn.Module):
 
         The training step's hot path: types and shapes are checked, values are not
         (a non-finite input gives a non-finite loss, which :func:`vitorch.fit` stops on);
-        with the default posteriors (``Dense`` weights, ``Diagonal`` log-variance weights)
-        it is one fused autograd node, tested against the generic path.
+        with ``Dense`` weights and ``Diagonal`` (the default) or ``Dense`` log-variance
+        weights it is one fused autograd node, tested against the generic path.
 
         Args:
             phi: ``[B, D]`` minibatch features.
@@ -125,11 +138,24 @@ class VBLLHeteroscedasticRegression(DeterministicBound, nn.Module):
                 phi, y, w.packed, u.mean, u.log_var, self.log_noise_offset, self.prior_scale**2,
                 self.noise_prior_scale**2, num_data,
             )  # fmt: skip
+        if type(w) is Dense and self._offset_packed:
+            return heteroscedastic_dense_loss(
+                phi, y, w.packed, u.packed, self.prior_scale**2, self.noise_prior_scale**2, num_data
+            )
         return -(self._expected_log_likelihood(phi, y).mean() - self.kl() / num_data)
+
+    @property
+    def offset(self) -> Tensor:
+        """``[O]`` the log-variance offset ``c``.
+
+        With ``noise_covariance=Dense`` a view of the spare entry of ``noise_weights.packed``;
+        otherwise the parameter ``log_noise_offset``.  In-place edits write through either way.
+        """
+        return self.noise_weights.spare_entries()[:, 0] if self._offset_packed else self.log_noise_offset
 
     def log_variance_moments(self, phi: Tensor) -> tuple[Tensor, Tensor]:
         """Mean ``mu`` and variance ``t`` of the log noise variance under ``q(U)``, each ``[N, O]``."""
-        return phi @ self.noise_weights.mean.mT + self.log_noise_offset, self.noise_weights.quad(phi)
+        return phi @ self.noise_weights.mean.mT + self.offset, self.noise_weights.quad(phi)
 
     def expected_log_likelihood(self, phi: Tensor, y: Tensor) -> Tensor:
         """``E_q log p(y_n | phi_n, W, U)`` summed over outputs, ``[N]`` (exact)."""
