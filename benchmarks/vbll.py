@@ -51,6 +51,7 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -63,7 +64,12 @@ vbll, _vbll_missing = try_import("vbll")
 if vbll is not None:
     import vbll.layers.regression  # noqa: F401  (the submodule holding Regression)
 
-from vitorch.models.last_layer import VBLLHeteroscedasticRegression, VBLLRegression  # noqa: E402
+from vitorch.models.last_layer import (  # noqa: E402
+    Dense,
+    VBLLHeteroscedasticRegression,
+    VBLLRegression,
+    VBLLStudentTRegression,
+)
 
 WIDTH = 64
 WISHART_DOF = 1.0
@@ -85,8 +91,10 @@ class Settings:
 # lowest validation NLL of the grid.  A decay this strong holds the feature network
 # near small weights, where it is close to linear.
 CHOSEN = Settings(prior_var=1.0 / WIDTH, wishart_scale=1e-2, weight_decay=30.0)
-# The heteroscedastic head's best decay on the same validation split (``--select``).
+# The heteroscedastic heads' best decay on the same validation split (``--select``).
 CHOSEN_HETEROSCEDASTIC = Settings(weight_decay=10.0)
+# The recipe with the lowest validation NLL of all in ``--select``: the NLL target's headline.
+VALIDATION_CHOICE = "vitorch_heteroscedastic_dense"
 DECAYS = [0.0, 1e-1, 1.0, 3.0, 10.0, 30.0, 100.0]
 # The comparison runs the package defaults (no decay, Adam) and the chosen setting with
 # torch's default and fused Adam(W) implementations.
@@ -176,20 +184,72 @@ class VitorchELBORefitModel(VitorchRefitModel):
     tune = False
 
 
+class StudentTModel(VitorchModel):
+    """vitorch's Student-t head end to end (normal-gamma posterior, prior ``Gamma(1, 1)``; generic path)."""
+
+    def __init__(self, d_in, n, s: Settings):
+        nn.Module.__init__(self)
+        self.features, self.n = features(d_in), n
+        self.head = VBLLStudentTRegression(WIDTH, 1, prior_scale=s.prior_var**0.5)
+
+
+class StudentTRefitModel(VitorchRefitModel):
+    """Gaussian head end to end, then the exact normal-gamma posterior on the trained features (``fit``)."""
+
+    def finish(self, x, y):
+        with torch.no_grad():
+            self.head = VBLLStudentTRegression(WIDTH, 1, prior_scale=self.head.prior_scale).double()
+            self.head.fit(self.features(x).double(), y.double())
+
+
+# The log-variance weights' prior variance per weight (vitorch: noise_prior_scale**2).
+NOISE_PRIOR_VAR = 0.01
+GH_NODES = 64  # Gauss-Hermite nodes of the shared predictive score (16 already agree to 1e-6 here)
+
+
+def gauss_hermite_nll(y, mean, add_var, mul_var, mu, t) -> float:
+    """Mean NLL of ``p(y) = E_{l ~ N(mu, t)} N(y | mean, add_var + mul_var e^l)``, float64, all ``[N]``.
+
+    Both heteroscedastic heads have a predictive of this form (vitorch: ``add_var =
+    phi^T S phi``, ``mul_var = 1``; vbll: ``add_var = 0``, ``mul_var = 1 + phi^T S phi``),
+    so one exact quadrature scores both.
+    """
+    x, w = (torch.as_tensor(a, dtype=torch.float64) for a in np.polynomial.hermite.hermgauss(GH_NODES))
+    y, mean, add_var, mul_var, mu, t = (a.double()[:, None] for a in (y, mean, add_var, mul_var, mu, t))
+    var = add_var + mul_var * torch.exp(mu + (2 * t).sqrt() * x)  # [N, J]
+    log_n = -0.5 * ((y - mean).pow(2) / var + var.log() + LOG_2PI)
+    return float(-torch.logsumexp(log_n + (w / math.sqrt(math.pi)).log(), -1).mean())
+
+
 class HeteroscedasticModel(nn.Module):
-    """vitorch's heteroscedastic VBLL head (a Bayesian linear log-variance); no ``vbll`` counterpart."""
+    """vitorch's heteroscedastic head: Bayesian linear log-variance with a learned offset.
+
+    ``noise_covariance`` is its default ``Diagonal`` ``q(U)``; the subclass below uses
+    ``Dense``, the configuration the ``vbll`` package's ``HetRegression`` also has.
+    """
+
+    noise_covariance = None
 
     def __init__(self, d_in, n, s: Settings):
         super().__init__()
         self.features, self.n = features(d_in), n
-        self.head = VBLLHeteroscedasticRegression(WIDTH, 1, prior_scale=s.prior_var**0.5, noise_prior_scale=0.1)
+        kw = {"noise_covariance": self.noise_covariance} if self.noise_covariance else {}
+        self.head = VBLLHeteroscedasticRegression(
+            WIDTH, 1, prior_scale=s.prior_var**0.5, noise_prior_scale=NOISE_PRIOR_VAR**0.5, **kw
+        )
 
     def loss(self, x, y):
         return self.head.loss(self.features(x), y, self.n)
 
     def nll(self, x, y):
-        # Gauss-Hermite mixture over the log-variance, per datum
-        return float(-self.head(self.features(x)).predictive.log_prob(y).mean())
+        phi = self.features(x)
+        mu, t = self.head.log_variance_moments(phi)
+        mean, quad = phi @ self.head.weights.mean.mT, self.head.weights.quad(phi)
+        return gauss_hermite_nll(y, mean[:, 0], quad[:, 0], torch.ones_like(y), mu[:, 0], t[:, 0])
+
+
+class HeteroscedasticDenseModel(HeteroscedasticModel):
+    noise_covariance = Dense
 
 
 class PeerModel(nn.Module):
@@ -215,6 +275,46 @@ class PeerModel(nn.Module):
     def nll(self, x, y):
         # vbll's own predictive: N(W phi, phi^T S phi + sigma^2), per datum
         return float(self.head(self.features(x)).val_loss_fn(y[:, None]))
+
+
+class PeerHeteroscedasticModel(nn.Module):
+    """The ``vbll`` package's ``HetRegression`` (dense ``q(W)`` and ``q(M)``), mapped onto vitorch's settings.
+
+    vbll divides both prior "scales" by ``in_features`` and means variances by them, so
+    ``prior_scale = prior_var * D`` and ``noise_prior_scale = NOISE_PRIOR_VAR * D`` give
+    the same per-weight prior variances as vitorch's head.  Its model differs: the
+    weights' covariance is scaled by each datum's noise (``w | sigma^2 ~ N(m, sigma^2 S)``,
+    the normal-inverse-gamma form), so the predictive is ``N(m^T phi, (1 + phi^T S phi)
+    sigma^2(phi))``, and its log-variance ``M phi`` has no offset.
+    """
+
+    def __init__(self, d_in, n, s: Settings):
+        super().__init__()
+        self.features = features(d_in)
+        self.head = vbll.HetRegression(
+            WIDTH, 1, regularization_weight=1.0 / n, parameterization="dense", prior_scale=s.prior_var * WIDTH,
+            noise_prior_scale=NOISE_PRIOR_VAR * WIDTH,
+        )  # fmt: skip
+        # Start where vitorch's head starts (q(W), q(M) at their priors, zero means) rather
+        # than from vbll's random means.
+        with torch.no_grad():
+            for name in ("W_mean", "M_mean", "W_offdiag", "M_offdiag"):
+                getattr(self.head, name).zero_()
+            self.head.W_logdiag.fill_(0.5 * math.log(s.prior_var))
+            self.head.M_logdiag.fill_(0.5 * math.log(NOISE_PRIOR_VAR))
+
+    def loss(self, x, y):
+        return self.head(self.features(x)).train_loss_fn(y[:, None])
+
+    def nll(self, x, y):
+        # the same exact quadrature as vitorch's head; vbll's own score (20 noise draws) beside it
+        phi = self.features(x)
+        log_var = self.head.log_noise(phi, self.head.M)
+        quad = self.head.W.covariance_weighted_inner_prod(phi.unsqueeze(-2)[..., None])
+        mean = phi @ self.head.W_mean.mT
+        self.sampled_nll = float(self.head(phi).val_loss_fn(y[:, None]))
+        return gauss_hermite_nll(y, mean[:, 0], torch.zeros_like(y), 1 + quad[:, 0], log_var.mean[:, 0],
+                                 log_var.scale[:, 0] ** 2)  # fmt: skip
 
 
 class MLPModel(nn.Module):
@@ -254,8 +354,11 @@ def make_optimizer(model: nn.Module, s: Settings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=s.lr, **kw) if s.weight_decay else torch.optim.Adam(groups, lr=s.lr, **kw)
 
 
-def train(model_cls, data, steps: int, batch: int, seed: int, s: Settings) -> float:
-    """Train ``steps`` minibatch steps from a seeded start; return the held-out NLL per datum."""
+def train(model_cls, data, steps: int, batch: int, seed: int, s: Settings, keep: list | None = None) -> float:
+    """Train ``steps`` minibatch steps from a seeded start; return the held-out NLL per datum.
+
+    ``keep`` collects a model's second score (``sampled_nll``) when it has one.
+    """
     x_tr, y_tr, x_te, y_te = data
     torch.manual_seed(seed)
     model = model_cls(x_tr.shape[1], len(y_tr), s)
@@ -271,7 +374,10 @@ def train(model_cls, data, steps: int, batch: int, seed: int, s: Settings) -> fl
     if hasattr(model, "finish"):  # a post hoc step after training (timed with it)
         model.finish(x_tr, y_tr)
     with torch.no_grad():
-        return model.nll(x_te, y_te)
+        nll = model.nll(x_te, y_te)
+    if keep is not None and hasattr(model, "sampled_nll"):
+        keep.append(model.sampled_nll)
+    return nll
 
 
 def features_init(d_in, seed):
@@ -292,8 +398,24 @@ def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+# Every vitorch recipe that --select scores, over the decays of the feature network at the
+# prior variance 1/64 (the end-to-end Gaussian head also over the prior grid below).
+RECIPES = {
+    **REFITS,
+    "vitorch_student_t": StudentTModel,
+    "vitorch_refit_student_t": StudentTRefitModel,
+    "vitorch_heteroscedastic": HeteroscedasticModel,
+    "vitorch_heteroscedastic_dense": HeteroscedasticDenseModel,
+}
+
+
 def select(data, steps: int, seeds: int) -> None:
-    """Score a grid of settings on a validation split carved from the training split."""
+    """Score every recipe's settings on a validation split carved from the training split.
+
+    Prints one line per (recipe, setting), then each recipe's best setting and the
+    recipe with the lowest validation NLL of all: the model selection the NLL target's
+    headline row follows (:data:`VALIDATION_CHOICE`).  The test split is not read.
+    """
     val = validation_split(data)
     print(f"# validation: fit on {len(val[1])}, score on {len(val[3])}; BayesianRidge {bayesian_ridge_nll(val):.4f}")
     # A first pass over [1/64, 1] x [1e-2, 1e-1, 1] x [0, 0.1, 1] found the scale of the
@@ -301,13 +423,13 @@ def select(data, steps: int, seeds: int) -> None:
     # grid's edge; the grid was widened in decay (twice) and prior variance until the
     # validation NLL turned up again on both sides.
     grid = itertools.product([1.0 / WIDTH, 1.0, 10.0], [1e-2, 1.0], DECAYS)
-    # vitorch alone picks the setting (the peer then gets the same); the peer is slower and
-    # optimizes the same objective from the same start (the test run shows both).  The
-    # heteroscedastic head (no inverse-Wishart prior) is scored over the decays at the
-    # homoscedastic head's best prior variance.
     rows = [("vitorch", VitorchModel, Settings(prior_var=p, wishart_scale=w, weight_decay=d)) for p, w, d in grid]
-    rows += [(name, cls, Settings(weight_decay=d)) for name, cls in REFITS.items() for d in DECAYS]
-    rows += [("vitorch_heteroscedastic", HeteroscedasticModel, Settings(weight_decay=d)) for d in DECAYS]
+    rows += [(name, cls, Settings(weight_decay=d)) for name, cls in RECIPES.items() for d in DECAYS]
+    # The vbll package's HetRegression is scored too, to show whether it would have chosen
+    # another decay for itself; it is a peer, not a candidate.
+    if vbll is not None:
+        rows += [("vbll_heteroscedastic", PeerHeteroscedasticModel, Settings(weight_decay=d)) for d in DECAYS]
+    best: dict[str, tuple[float, Settings]] = {}
     for name, cls, s in rows:
         line = {"head": name, **{k: v for k, v in asdict(s).items() if k != "optimizer"}}
         try:
@@ -315,12 +437,39 @@ def select(data, steps: int, seeds: int) -> None:
         except ValueError as err:  # a refit whose evidence has no finite maximizer
             line["val_nll"], line["error"] = float("nan"), str(err)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in line.items()}, flush=True)
+        if line["val_nll"] < best.get(name, (math.inf,))[0]:
+            best[name] = (line["val_nll"], s)
+    for name, (v, s) in best.items():
+        print({"best_of": name, "val_nll": round(v, 4), "weight_decay": s.weight_decay, "prior_var": s.prior_var})
+    pick = min((name for name in best if name.startswith("vitorch")), key=lambda n: best[n][0])
+    print({"validation_picks": pick, "val_nll": round(best[pick][0], 4), "weight_decay": best[pick][1].weight_decay})
+
+
+def _compare(data, models: dict, s: Settings, steps: int, repeats: int, warmup: int) -> tuple[dict, dict]:
+    """Median times (interleaved) and NLL spreads of ``models`` trained at ``s``; seed = run index."""
+    nlls: dict[str, list[float]] = {name: [] for name in models}
+    sampled: list[float] = []  # vbll's own HetRegression score, by its 20 noise draws
+
+    def runner(name, cls):
+        def run():
+            model_nll = train(cls, data, steps, 32, len(nlls[name]), s, keep=sampled)
+            nlls[name].append(model_nll)
+
+        return run
+
+    for cls in models.values():  # pay one-time costs (first calls, lazy imports) untimed
+        train(cls, data, 5, 32, 0, s)
+    times = interleaved_medians({n: runner(n, c) for n, c in models.items()}, repeats=repeats, warmup=warmup)
+    nll = {k: _spread(v) for k, v in nlls.items()}
+    if sampled:
+        nll["vbll_sampled"] = _spread(sampled)
+    return times, nll
 
 
 def main():
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=None, help="training steps (1000; 100 with --quick)")
-    p.add_argument("--select", action="store_true", help="score the settings grid on a validation split")
+    p.add_argument("--select", action="store_true", help="score every recipe's settings on a validation split")
     args = p.parse_args()
     setup(args)
     steps = args.steps or (100 if args.quick else 1000)
@@ -329,35 +478,18 @@ def main():
         select(data, steps, seeds=1 if args.quick else 3)
         return
     repeats = args.repeats or (1 if args.quick else 5)
+    warmup = 0 if args.quick else 1
     configs = {"chosen": CHOSEN} if args.quick else CONFIGS
     ridge = bayesian_ridge_nll(data)
+    missing = {"skipped": _vbll_missing} if vbll is None else {}
     peers = {"mlp": MLPModel, **({"vbll": PeerModel} if vbll is not None else {})}
     for label, s in configs.items():
         # the refits run at the setting chosen for them on the validation split (CHOSEN)
         refits = REFITS if label == "chosen" else {}
-        models = {"vitorch": VitorchModel, **refits, **peers}
-        nlls: dict[str, list[float]] = {name: [] for name in models}
-
-        def runner(name, cls, s=s, nlls=nlls):
-            def run():
-                nlls[name].append(train(cls, data, steps, 32, len(nlls[name]), s))
-
-            return run
-
-        for cls in models.values():  # pay one-time costs (first calls, lazy imports) untimed
-            train(cls, data, 5, 32, 0, s)
-        fns = {name: runner(name, cls) for name, cls in models.items()}
-        times = interleaved_medians(fns, repeats=repeats, warmup=0 if args.quick else 1)
-        nll = {k: _spread(v) for k, v in nlls.items()}
-        common = {
-            "steps": steps,
-            "batch": 32,
-            "settings": asdict(s),
-            "bayesian_ridge_nll": ridge,
-            "clock": clock_name(),
-        }
+        times, nll = _compare(data, {"vitorch": VitorchModel, **refits, **peers}, s, steps, repeats, warmup)
+        common = {"steps": steps, "batch": 32, "settings": asdict(s), "bayesian_ridge_nll": ridge}
+        common["clock"] = clock_name()
         case = f"diabetes_{steps}_steps_{label}"
-        missing = {"skipped": _vbll_missing} if vbll is None else {}
         # one pair of lines per vitorch recipe: end to end, and each post hoc refit after it
         for recipe in ("vitorch", *refits):
             name = case + recipe.removeprefix("vitorch")
@@ -367,30 +499,36 @@ def main():
             )  # fmt: skip
             report("vbll", name, times[recipe], "gaussian_mlp_head", times["mlp"], vitorch_nll=nll[recipe],
                    peer_nll=nll["mlp"], **common)  # fmt: skip
-    if not args.quick:
-        heteroscedastic(data, steps, repeats, ridge)
+    heteroscedastic(data, steps, repeats, warmup, ridge)
 
 
-def heteroscedastic(data, steps: int, repeats: int, ridge: float) -> None:
-    """vitorch's heteroscedastic head at its chosen setting, timed against the MLP head with the same one."""
+def heteroscedastic(data, steps: int, repeats: int, warmup: int, ridge: float) -> None:
+    """The heteroscedastic heads at the validation-chosen setting: vitorch's against vbll's and the MLP head.
+
+    vitorch's head with a dense ``q(U)`` is the configuration that the ``vbll`` package's
+    ``HetRegression`` (parameterization "dense") also has; vitorch's default (diagonal
+    ``q(U)``) is timed in the same loop.  Both VBLL heads are scored by the same
+    Gauss-Hermite predictive NLL (:func:`gauss_hermite_nll`); vbll's own sampled score is
+    reported beside it.  The line of :data:`VALIDATION_CHOICE` carries ``headline``.
+    """
     s = CHOSEN_HETEROSCEDASTIC
-    models = {"vitorch_heteroscedastic": HeteroscedasticModel, "mlp": MLPModel}
-    nlls: dict[str, list[float]] = {name: [] for name in models}
-
-    def runner(name, cls):
-        def run():
-            nlls[name].append(train(cls, data, steps, 32, len(nlls[name]), s))
-
-        return run
-
-    for cls in models.values():
-        train(cls, data, 5, 32, 0, s)
-    times = interleaved_medians({name: runner(name, cls) for name, cls in models.items()}, repeats=repeats, warmup=1)
-    nll = {k: _spread(v) for k, v in nlls.items()}
+    models = {
+        "vitorch_heteroscedastic_dense": HeteroscedasticDenseModel,
+        "vitorch_heteroscedastic": HeteroscedasticModel,
+    }
+    models |= {"mlp": MLPModel, **({"vbll": PeerHeteroscedasticModel} if vbll is not None else {})}
+    times, nll = _compare(data, models, s, steps, repeats, warmup)
     common = {"steps": steps, "batch": 32, "settings": asdict(s), "bayesian_ridge_nll": ridge, "clock": clock_name()}
-    report("vbll", f"diabetes_{steps}_steps_heteroscedastic_chosen", times["vitorch_heteroscedastic"],
-           "gaussian_mlp_head", times["mlp"], vitorch_nll=nll["vitorch_heteroscedastic"], peer_nll=nll["mlp"],
-           **common)  # fmt: skip
+    missing = {"skipped": _vbll_missing} if vbll is None else {}
+    for recipe in ("vitorch_heteroscedastic_dense", "vitorch_heteroscedastic"):
+        name = f"diabetes_{steps}_steps_{recipe.removeprefix('vitorch_')}_chosen"
+        head = {"headline": "validation-chosen recipe (NLL target)"} if recipe == VALIDATION_CHOICE else {}
+        peer = "vbll_het_regression" + ("" if recipe.endswith("dense") else "_dense_q(M)")
+        report("vbll", name, times[recipe], peer, times.get("vbll"), vitorch_nll=nll[recipe],
+               peer_nll=nll.get("vbll"), peer_nll_vbll_sampled=nll.get("vbll_sampled"), **head, **common,
+               **missing)  # fmt: skip
+        report("vbll", name, times[recipe], "gaussian_mlp_head", times["mlp"], vitorch_nll=nll[recipe],
+               peer_nll=nll["mlp"], **head, **common)  # fmt: skip
 
 
 if __name__ == "__main__":
