@@ -375,6 +375,11 @@ def compiled(args, x, d):
             fns["fused"] = repeat(lambda f=fused, b=batches: f(b()), inner)
             fns["fused"]()  # compile outside the timing
             stats = _dynamo_stats()
+            mixed = vae.VAE.mlp(d, LATENT, HIDDEN, objective=objective, estimator=estimator, num_particles=K)
+            bf16 = compile_step(mixed, lr=LR, autocast_dtype=torch.bfloat16)
+            mixed_batches = Batches(x)
+            fns["fused bf16"] = repeat(lambda f=bf16, b=mixed_batches: f(b()), inner)
+            fns["fused bf16"]()
             other = vae.VAE.mlp(d, LATENT, HIDDEN, objective=objective, estimator=estimator, num_particles=K)
             fns["compiled forward"] = repeat(vitorch_step(other, Batches(x), torch.compile(other)), inner)
             fns["compiled forward"]()
@@ -383,7 +388,11 @@ def compiled(args, x, d):
             continue
         fns["torch"] = repeat(torch_step(HandVAE(d), Batches(x), K, kind), inner)
         t = interleaved_medians(fns, args.repeats, warmup=1)
-        for name, impl in (("fused", "compile_step (fused Adam)"), ("compiled forward", "torch.compile(model), Adam")):
+        for name, impl in (
+            ("fused", "compile_step (fused Adam), float32"),
+            ("fused bf16", "compile_step(autocast_dtype=bfloat16): bf16 matrix products, float32 densities and Adam"),
+            ("compiled forward", "torch.compile(model), Adam"),
+        ):
             report(
                 "vae",
                 f"{name} {case}",
@@ -421,6 +430,7 @@ def log_likelihood(args, x, test, d):
     """
     torch.manual_seed(1)
     model = vae.VAE.mlp(d, LATENT, HIDDEN)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
     contestants = {"vitorch": (vitorch_step(model, Batches(x)), model)}
     net = _same_start(model, HandVAE(d))
     contestants["torch"] = (torch_step(net, Batches(x), 1, ""), _as_vae(net, d))
@@ -429,6 +439,14 @@ def log_likelihood(args, x, test, d):
         step, _ = pyro_step(pyro, d, Batches(x), 1)
         _same_start(model, step.net)
         contestants["pyro"] = (step, _as_vae(step.net, d))
+    if args.fused_ll:  # the fused paths from the same start: float32, and bfloat16 matrix products
+        from vitorch.training.compile import compile_step
+
+        for name, dtype in (("vitorch fused", None), ("vitorch fused bf16", torch.bfloat16)):
+            twin = vae.VAE.mlp(d, LATENT, HIDDEN)
+            twin.load_state_dict(init)
+            step, twin_batches = compile_step(twin, lr=LR, autocast_dtype=dtype), Batches(x)
+            contestants[name] = (lambda s=step, b=twin_batches: s(b()), twin)
     seconds, ll = {}, {}
     xt = test[: args.ll_images]
     for name, (step, scored) in contestants.items():
@@ -440,6 +458,17 @@ def log_likelihood(args, x, test, d):
         torch.manual_seed(3)
         ll[name] = float(vae.iwae_log_likelihood(scored, xt, num_particles=args.ll_particles).mean())
     case = f"test LL after {args.ll_steps} steps, K=1 training (IWAE-{args.ll_particles}, {len(xt)} images)"
+    for mine in [k for k in ll if k.startswith("vitorch fused")]:
+        report(
+            "vae",
+            f"{case}, {mine[8:]} training",
+            seconds[mine],
+            "torch",
+            seconds["torch"],
+            vitorch_ll=ll[mine],
+            peer_ll=ll["torch"],
+            timing="one sequential run each (compile time included): a load record, not a speed comparison",
+        )
     for peer in ("torch", "pyro"):
         if peer in ll:
             report(
@@ -462,6 +491,7 @@ def main():
     p.add_argument("--ll-steps", type=int, default=None, help="training steps before the log-likelihood")
     p.add_argument("--ll-particles", type=int, default=None)
     p.add_argument("--ll-images", type=int, default=None)
+    p.add_argument("--no-fused-ll", dest="fused_ll", action="store_false", help="skip the fused paths' log-likelihood")
     p.add_argument(
         "--parts",
         nargs="+",

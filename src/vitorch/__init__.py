@@ -9,6 +9,7 @@ scalar surrogate whose value is the bound and whose gradient is the estimator's.
 import importlib
 
 from . import diagnostics, estimators, flows, objectives
+from ._autocast import full_precision
 from ._version import __version__
 from .families import (
     Beta,
@@ -51,6 +52,7 @@ __all__ = [
     "objectives",
     "loss",
     "check",
+    "full_precision",
     "LossOutput",
     "fit",
     "History",

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .._autocast import full_precision
 from .gaussian import DiagNormal, FullRankNormal, LowRankNormal
 
 __all__ = ["DiagNormalHead", "FullRankNormalHead", "LowRankNormalHead"]
@@ -79,7 +80,7 @@ class DiagNormalHead(_Head):
         super().__init__(in_features, event_size, 2 * event_size, hidden, activation, min_scale, validate_args)
 
     def forward(self, context: Tensor) -> DiagNormal:
-        loc, raw = self.net(context).chunk(2, dim=-1)
+        loc, raw = full_precision(self.net(context)).chunk(2, dim=-1)
         return DiagNormal(loc, self._positive(raw), validate_args=self.validate_args)
 
 
@@ -107,7 +108,7 @@ class FullRankNormalHead(_Head):
 
     def forward(self, context: Tensor) -> FullRankNormal:
         d = self.event_size
-        out = self.net(context)
+        out = full_precision(self.net(context))  # autocast: densities in float32
         loc, raw_diag, off = out[..., :d], out[..., d : 2 * d], out[..., 2 * d :]
         tril = out.new_zeros(*out.shape[:-1], d, d)
         tril[..., self._rows, self._cols] = off
@@ -139,7 +140,7 @@ class LowRankNormalHead(_Head):
 
     def forward(self, context: Tensor) -> LowRankNormal:
         d, r = self.event_size, self.rank
-        out = self.net(context)
+        out = full_precision(self.net(context))  # autocast: densities in float32
         loc, raw_diag, factor = out[..., :d], out[..., d : 2 * d], out[..., 2 * d :]
         factor = factor.reshape(*out.shape[:-1], d, r)
         # cov_diag is a variance; the floor is squared to match the scale floor of the other heads.

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from .._autocast import full_precision
+
 __all__ = ["Transform", "NoInverseError", "ParamNet", "mlp", "check_features", "by_row_blocks"]
 
 
@@ -145,7 +147,7 @@ class ParamNet(nn.Module):
             raise ValueError(
                 f"context must end in context_features={self.context_features}; got shape {tuple(context.shape)}"
             )
-        return self.net(context)
+        return full_precision(self.net(context))  # autocast: the map's parameters in float32
 
 
 class Transform(nn.Module):

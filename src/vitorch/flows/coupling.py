@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .._autocast import full_precision
 from .base import Transform, check_features, mlp
 from .univariate import AffineMap, RQSpline, UnivariateMap
 
@@ -81,7 +82,7 @@ class Coupling(Transform):
                 raise ValueError(f"context must end in context_features={self.context_features}; got {got}")
             shape = torch.broadcast_shapes(context.shape[:-1], x_a.shape[:-1])
             x_a = torch.cat([x_a.expand(*shape, -1), context.expand(*shape, -1)], -1)
-        return self.net(x_a).unflatten(-1, (len(self.idx_b), self.transformer.num_params))
+        return full_precision(self.net(x_a)).unflatten(-1, (len(self.idx_b), self.transformer.num_params))
 
     def _apply(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         v_a, v_b = v.index_select(-1, self.idx_a), v.index_select(-1, self.idx_b)

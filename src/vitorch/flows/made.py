@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .._autocast import full_precision
 from .base import check_features
 
 __all__ = ["MADE", "MaskedLinear"]
@@ -154,7 +155,7 @@ class MADE(nn.Module):
         lins = list(self.net)[0::2]
         for lin, act in zip(lins, self._acts):
             x = act(lin(x))
-        return self._unflatten(lins[-1](x))
+        return self._unflatten(full_precision(lins[-1](x)))  # autocast: the map's parameters in float32
 
     def autoregress(
         self, v: Tensor, context: Tensor | None, step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]

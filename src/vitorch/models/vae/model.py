@@ -35,6 +35,7 @@ from torch.distributions import Distribution, kl_divergence
 
 from ... import estimators as E
 from ... import objectives as O
+from ..._autocast import full_precision
 from ...families import DiagNormal
 from ...loss import LossOutput, check, loss
 from ...mmd import mmd
@@ -238,7 +239,7 @@ class VAE(nn.Module):
         out = self._fused_output(x, z)
         if out is not None:
             return bernoulli_linear_log_prob(self.decoder.hidden(z), out.weight, out.bias, x.reshape(x.shape[0], -1))
-        return self.likelihood.log_prob(self.decoder(z), x)
+        return self.likelihood.log_prob(full_precision(self.decoder(z)), x)  # autocast: density in float32
 
     def _fused_output(self, x: Tensor, z: Tensor | None = None) -> nn.Linear | None:
         """The decoder's output ``Linear`` if the fused Bernoulli path computes exactly what the

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from torch.nn import functional as F
 
+from ..._autocast import full_precision
 from ...families import DiagNormalHead
 from ...flows import IAF, ConditionalFlow, ElementwiseAffine
 from .fused import Tanh
@@ -356,7 +357,8 @@ class DirichletEncoder(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Distribution:
-        return self._family(F.softplus(self.linear(self.features(x))) + self.min_concentration)
+        raw = full_precision(self.linear(self.features(x)))  # autocast: the density in float32
+        return self._family(F.softplus(raw) + self.min_concentration)
 
 
 class SymmetricDirichletPrior(nn.Module):
