@@ -192,19 +192,33 @@ def compile_step(
             raise ValueError(
                 f"compile_step: autocast_dtype must be torch.bfloat16 or torch.float16; got {autocast_dtype!r}"
             )
-        forward = _Autocast(model, autocast_dtype)
+        forward = Autocast(model, autocast_dtype)
     return CompiledStep(model, optimizer, torch.compile(forward, fullgraph=fullgraph, **options))
 
 
-class _Autocast(nn.Module):
-    """``model`` run under ``torch.autocast(device, dtype)`` (a module, so Dynamo guards it as one)."""
+class Autocast(nn.Module):
+    """``model(batch)`` run under ``torch.autocast(device, dtype)``: mixed precision for a training forward.
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype):
+    A module rather than a closure, so Dynamo guards it like the model it wraps.
+
+    Args:
+        model: the module to run (its parameters stay in their own dtype).
+        dtype: ``torch.bfloat16`` or ``torch.float16``.
+        device: the autocast device; default that of the model's first parameter (CPU
+            for a model without parameters).
+
+    References:
+        Micikevicius et al., *Mixed Precision Training* (ICLR 2018).
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, device: str | torch.device | None = None):
         super().__init__()
         self.model = model
         self.dtype = dtype
-        first = next(model.parameters(), None)
-        self.device_type = "cpu" if first is None else first.device.type
+        if device is None:
+            first = next(model.parameters(), None)
+            device = "cpu" if first is None else first.device
+        self.device_type = torch.device(device).type
 
     def forward(self, batch):
         with torch.autocast(self.device_type, dtype=self.dtype):

@@ -59,6 +59,7 @@ def fit(
     callbacks: Sequence[Callable[[StepContext], object]] = (),
     distributed: bool | str = "auto",
     compile: bool | Mapping = False,
+    autocast_dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
 ) -> History:
     """Train ``model`` on ``data``; return the :class:`History`.
@@ -126,6 +127,11 @@ def fit(
             ``False`` never.  Only rank 0 writes checkpoints, logs and progress.
         compile: ``True`` (or a dict of ``torch.compile`` options) compiles the
             model's forward, loss included.
+        autocast_dtype: ``torch.bfloat16`` or ``torch.float16`` runs each training
+            forward under ``torch.autocast`` (mixed precision: the matrix products in the
+            low precision, the library's densities, the loss, gradients and optimizer
+            state in float32; see :func:`vitorch.full_precision`).  Evaluation on
+            ``eval_data`` stays float32.  Default ``None``: float32 throughout.
         device: where batches go; default the device of the model's parameters.
 
     Returns:
@@ -147,6 +153,7 @@ def fit(
         Ansel et al., *PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode Transformation and
         Graph Compilation* (ASPLOS 2024): ``torch.compile``.
         Prechelt, *Early Stopping - But When?* (Neural Networks: Tricks of the Trade, 1998).
+        Micikevicius et al., *Mixed Precision Training* (ICLR 2018): ``autocast_dtype``.
     """
     options = {k: v for k, v in locals().items() if k not in ("model", "data")}
     return Run(model, data, FitOptions(**options)).train()

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
-from .compile import fused_adam
+from .compile import Autocast, fused_adam
 from .data import epoch_sampler, loader_generators, make_eval_loader, make_loader, to_device
 from .guard import NonFiniteError, describe_nonfinite, evaluate, nonfinite_flags, nonfinite_parameters, split_output
 from .history import History
@@ -111,6 +111,8 @@ class Run:
         if self.eval_loader is not None and not self.eval_every:
             raise ValueError("eval_every is required when the training data has no length")
         wrapped = ddp.wrap(model, self.topo, self.device)
+        if opt.autocast_dtype is not None:
+            wrapped = Autocast(wrapped, opt.autocast_dtype, self.device)
         if opt.compile:
             options = dict(opt.compile) if isinstance(opt.compile, Mapping) else {}
             if options.get("backend", "inductor") == "inductor" and "mode" not in options:

@@ -53,6 +53,7 @@ class FitOptions:
     callbacks: Sequence[Callable]
     distributed: bool | str
     compile: bool | Mapping
+    autocast_dtype: torch.dtype | None
     device: str | torch.device | None
 
     def __post_init__(self):
@@ -111,6 +112,8 @@ class FitOptions:
             reasons.append("callbacks must be a sequence of callables")
         if not isinstance(self.compile, (bool, Mapping)):
             reasons.append(f"compile must be a bool or a dict of torch.compile options; got {self.compile!r}")
+        if self.autocast_dtype not in (None, torch.bfloat16, torch.float16):
+            reasons.append(f"autocast_dtype must be None, torch.bfloat16 or torch.float16; got {self.autocast_dtype!r}")
         if self.distributed not in (True, False, "auto"):
             reasons.append(f"distributed must be True, False or 'auto'; got {self.distributed!r}")
         if reasons:
