@@ -31,7 +31,8 @@ The run ends with the heteroscedastic heads (also in ``--quick``), at the decay
 chosen for them on validation (:data:`CHOSEN_HETEROSCEDASTIC`): vitorch's
 ``VBLLHeteroscedasticRegression`` with a dense ``q(U)`` against the ``vbll`` package's
 ``HetRegression`` (parameterization "dense": dense ``q(W)`` and ``q(M)``), vitorch's
-default diagonal ``q(U)`` timed in the same loop, and the MLP head.  Mapping: vbll
+default diagonal ``q(U)`` timed in the same loop, and the MLP head (full run: also with
+torch's fused ``AdamW`` on every side, ``vitorch.fit``'s default).  Mapping: vbll
 divides its prior "scales" by ``in_features`` and means variances by them, so its
 ``prior_scale = D * prior variance`` and ``noise_prior_scale = D * 0.01`` give both
 heads the same per-weight prior variances (``1/64`` and ``0.01``); both start at their
@@ -532,18 +533,26 @@ def heteroscedastic(data, steps: int, repeats: int, warmup: int, ridge: float, q
     Gauss-Hermite predictive NLL (:func:`gauss_hermite_nll`); vbll's own sampled score is
     reported beside it.  First at vitorch's validation-chosen decay
     (:data:`CHOSEN_HETEROSCEDASTIC`; the line of :data:`VALIDATION_CHOICE` carries
-    ``headline``), then (full run only) at the decay that validation picks for vbll's
-    head (:data:`PEER_CHOSEN_HETEROSCEDASTIC`), so that the peer is also scored at its best.
+    ``headline``); in the full run also with torch's fused ``AdamW`` on every side
+    (``vitorch.fit``'s default optimizer), and at the decay that validation picks for
+    vbll's head (:data:`PEER_CHOSEN_HETEROSCEDASTIC`), so that the peer is also scored at
+    its best.
     """
     common = {"steps": steps, "batch": 32, "bayesian_ridge_nll": ridge, "clock": clock_name()}
     missing = {"skipped": _vbll_missing} if vbll is None else {}
     peer = {"vbll": PeerHeteroscedasticModel} if vbll is not None else {}
     dense, diag = "vitorch_heteroscedastic_dense", "vitorch_heteroscedastic"
-    settings = {"chosen": CHOSEN_HETEROSCEDASTIC} | ({} if quick else {"peer_chosen": PEER_CHOSEN_HETEROSCEDASTIC})
+    settings = {"chosen": CHOSEN_HETEROSCEDASTIC}
+    if not quick:
+        # vitorch.fit's default optimizer is torch's fused Adam(W): that row too, fused on every side
+        settings |= {"chosen_fused": replace(CHOSEN_HETEROSCEDASTIC, optimizer="fused")}
+        settings |= {"peer_chosen": PEER_CHOSEN_HETEROSCEDASTIC}
     for label, s in settings.items():
         models = {dense: HeteroscedasticDenseModel, **peer}
+        if label != "peer_chosen":
+            models |= {"mlp": MLPModel}
         if label == "chosen":
-            models |= {diag: HeteroscedasticModel, "mlp": MLPModel}
+            models |= {diag: HeteroscedasticModel}
         times, nll = _compare(data, models, s, steps, repeats, warmup)
         for recipe in (r for r in (dense, diag) if r in models):
             name = f"diabetes_{steps}_steps_{recipe.removeprefix('vitorch_')}_{label}"
