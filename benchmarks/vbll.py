@@ -562,9 +562,11 @@ def heteroscedastic(data, steps: int, repeats: int, warmup: int, ridge: float, q
                 else {}
             )
             extra = {**head, **common, "settings": asdict(s)}
-            report("vbll", name, times[recipe], "vbll_het_regression" + ("" if recipe == dense else "_dense_q(M)"),
-                   times.get("vbll"), vitorch_nll=nll[recipe], peer_nll=nll.get("vbll"),
-                   peer_nll_vbll_sampled=nll.get("vbll_sampled"), **extra, **missing)  # fmt: skip
+            # the peer is the vbll package; which of its heads, and how the configurations match
+            peer_head = "HetRegression, dense q(W), q(M)" + ("" if recipe == dense else " (vitorch: diagonal q(U))")
+            report("vbll", name, times[recipe], "vbll", times.get("vbll"), peer_head=peer_head,
+                   vitorch_nll=nll[recipe], peer_nll=nll.get("vbll"), peer_nll_vbll_sampled=nll.get("vbll_sampled"),
+                   **extra, **missing)  # fmt: skip
             if "mlp" in times:
                 report("vbll", name, times[recipe], "gaussian_mlp_head", times["mlp"], vitorch_nll=nll[recipe],
                        peer_nll=nll["mlp"], **extra)  # fmt: skip
