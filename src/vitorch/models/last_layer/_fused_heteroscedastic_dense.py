@@ -71,27 +71,30 @@ def reference_loss(phi, y, packed, noise_packed, prior_var, u_prior_var, num_dat
 
 @functools.lru_cache(maxsize=64)
 def _constants(b, o, d, num_data, prior_var, u_prior_var, dtype, device) -> tuple[Tensor, ...]:
-    """Cached tensors: ``coef [6]`` weighing ``[sum mu, sum A, ||W||^2, ||W^u||^2, sum l + sum l^u, 1]``,
-    ``decay [2O, 1, 1]`` (the KL's ``1 / (s_k^2 N)`` per block) and the two ``[D, D+1]`` masks.
+    """Cached tensors: ``coef [4]`` weighing ``[sum (mu + A), KL's quadratic terms, sum l + sum l^u, 1]``,
+    ``decay [2O, 1, 1]`` (the KL's ``1 / (s_k^2 N)`` per block), its half, and the two
+    ``[D, D+1]`` masks.
 
     A Python number in a tensor expression costs a wrap and a cast per call (:mod:`._fused`).
     """
     const = 0.5 * o * _LOG_2PI + 0.5 * o * d * (math.log(prior_var) + math.log(u_prior_var) - 2) / num_data
-    values = [0.5 / b, 0.5 / b, 0.5 / (prior_var * num_data), 0.5 / (u_prior_var * num_data), -1.0 / num_data, const]
-    coef = torch.tensor(values, dtype=dtype, device=device)
+    coef = torch.tensor([0.5 / b, 1.0, -1.0 / num_data, const], dtype=dtype, device=device)
     decay = torch.tensor([1.0 / (prior_var * num_data)] * o + [1.0 / (u_prior_var * num_data)] * o, dtype=dtype)
+    decay = decay.to(device).view(2 * o, 1, 1)
     keep, grad_keep = _dense_constants(b, o, d, num_data, prior_var, 0.0, 0.0, dtype, device)[-2:]
     one = torch.ones((), dtype=dtype, device=device)
-    return coef, decay.to(device).view(2 * o, 1, 1), keep, grad_keep, one
+    return coef, decay, 0.5 * decay, keep, grad_keep, one
 
 
 class _HeteroscedasticDenseLoss(torch.autograd.Function):
+    # Per-datum quantities are kept as [O, B] (the products' layout), not [B, O]: no transposes.
     @staticmethod
     def forward(ctx, phi, y, packed, noise_packed, prior_var, u_prior_var, num_data):
         b, o = y.shape
         d = phi.shape[-1]
         size = d * (d + 1)
-        coef, decay, keep, grad_keep, one = _constants(b, o, d, num_data, prior_var, u_prior_var, phi.dtype, phi.device)
+        consts = _constants(b, o, d, num_data, prior_var, u_prior_var, phi.dtype, phi.device)
+        coef, decay, half_decay, keep, grad_keep, one = consts
         # the stacked stored blocks [F | m] (rows 0..O-1) and [F^u | u] (rows O..2O-1)
         stored = torch.cat([packed[:, :size], noise_packed[:, :size]]).view(2 * o, d, d + 1)
         log_diag = stored.diagonal(dim1=-2, dim2=-1)
@@ -100,15 +103,14 @@ class _HeteroscedasticDenseLoss(torch.autograd.Function):
         prod = torch.bmm(phi.expand(2 * o, b, d), work)  # [2O, B, D+1]
         err, pu = prod[:o], prod[o:]  # [P | Phi m] -> E = [P | -r]; [P^u | Phi u]
         err[..., d].sub_(y.mT)
-        mu = pu[..., d].mT + noise_packed[:, size]  # [B, O]
+        mu = pu[..., d] + noise_packed[:, size:]  # [O, B]
         p_u = pu[..., :d]
-        t = (p_u * p_u).sum(-1).mT
-        e = torch.exp(torch.add(t, mu, alpha=-2.0).mul_(0.5))  # exp(-mu + t/2), [B, O]
-        a = (err * err).sum(-1).mT.mul_(e)  # A = e (r^2 + q)
-        flat = work.view(2, -1)
-        terms = torch.cat(
-            [torch.stack([mu.sum(), a.sum()]), (flat * flat).sum(-1), log_diag.sum().view(1), one.view(1)]
-        )
+        t = (p_u * p_u).sum(-1)
+        e = torch.exp(torch.add(t, mu, alpha=-2.0).mul_(0.5))  # exp(-mu + t/2)
+        a = (err * err).sum(-1).mul_(e)  # A = e (r^2 + q)
+        # (||W||^2 / s^2 + ||W^u||^2 / s_u^2) / (2N), one weighted sum over both blocks
+        quad = (work * work).mul_(half_decay).sum()
+        terms = torch.stack([torch.add(mu, a).sum(), quad, log_diag.sum(), one])
         ctx.save_for_backward(phi, work, prod, e, a)
         ctx.consts = (b, o, d, packed.shape[-1], num_data, decay, grad_keep)
         return torch.dot(terms, coef)
@@ -120,8 +122,8 @@ class _HeteroscedasticDenseLoss(torch.autograd.Function):
         b, o, d, size_w, num_data, decay, grad_keep = ctx.consts
         size = d * (d + 1)
         g = torch.empty_like(prod)  # stacked G = [G; G^u], [2O, B, D+1], scaled by 1/B
-        torch.mul(prod[:o], e.mT.unsqueeze(-1).mul(1.0 / b), out=g[:o])
-        half_a = a.mT.mul(0.5 / b)
+        torch.mul(prod[:o], e.mul(1.0 / b).unsqueeze(-1), out=g[:o])
+        half_a = a.mul(0.5 / b)
         torch.mul(prod[o:], half_a.unsqueeze(-1), out=g[o:])
         torch.sub(half_a, 0.5 / b, out=g[o:, :, d]).neg_()  # (1 - A) / (2B)
         g_matrix = torch.bmm(phi.mT.expand(2 * o, d, b), g).addcmul_(work, decay)
