@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--bf16",
         action="store_true",
-        help="mixed precision: bfloat16 matrix products, float32 densities and optimizer (fast on CPUs with AVX512-BF16)",
+        help="mixed precision: bfloat16 matrix products, float32 densities and Adam (fast with AVX512-BF16)",
     )
     p.add_argument("--out", default="outputs/vae")
     args = p.parse_args(argv)
