@@ -355,6 +355,13 @@ def _dynamo_stats() -> dict:
     }
 
 
+def _compiled_once(fns: dict, stats: dict, name: str, fn) -> None:
+    """Run ``fn`` once (it compiles, outside the timing) and keep Dynamo's counts for this contestant alone."""
+    torch._dynamo.utils.counters.clear()
+    fn()
+    fns[name], stats[name] = fn, _dynamo_stats()
+
+
 def compiled(args, x, d):
     """The fused step (``vitorch.training.compile.compile_step``: compiled forward and backward, fused
     Adam) against the eager hand-written step, and ``torch.compile(model)`` with the hand step's Adam."""
@@ -367,24 +374,18 @@ def compiled(args, x, d):
             continue
         kind = "dreg" if estimator is vt.estimators.dreg else ""
         inner = max(2, args.inner // K) if K > 1 else args.inner
-        fns = {}
+        fns, stats = {}, {}
+        options = dict(objective=objective, estimator=estimator, num_particles=K)
         try:
             torch._dynamo.reset()
-            torch._dynamo.utils.counters.clear()
-            model = vae.VAE.mlp(d, LATENT, HIDDEN, objective=objective, estimator=estimator, num_particles=K)
-            batches = Batches(x)
-            fused = compile_step(model, lr=LR)  # fullgraph=True: a graph break would raise here
-            fns["fused"] = repeat(lambda f=fused, b=batches: f(b()), inner)
-            fns["fused"]()  # compile outside the timing
-            stats = _dynamo_stats()
-            mixed = vae.VAE.mlp(d, LATENT, HIDDEN, objective=objective, estimator=estimator, num_particles=K)
-            bf16 = compile_step(mixed, lr=LR, autocast_dtype=torch.bfloat16)
-            mixed_batches = Batches(x)
-            fns["fused bf16"] = repeat(lambda f=bf16, b=mixed_batches: f(b()), inner)
-            fns["fused bf16"]()
-            other = vae.VAE.mlp(d, LATENT, HIDDEN, objective=objective, estimator=estimator, num_particles=K)
-            fns["compiled forward"] = repeat(vitorch_step(other, Batches(x), torch.compile(other)), inner)
-            fns["compiled forward"]()
+            fused, batches = compile_step(vae.VAE.mlp(d, LATENT, HIDDEN, **options), lr=LR), Batches(x)
+            _compiled_once(fns, stats, "fused", repeat(lambda f=fused, b=batches: f(b()), inner))
+            mixed = vae.VAE.mlp(d, LATENT, HIDDEN, **options)
+            bf16, bf16_batches = compile_step(mixed, lr=LR, autocast_dtype=torch.bfloat16), Batches(x)
+            _compiled_once(fns, stats, "fused bf16", repeat(lambda f=bf16, b=bf16_batches: f(b()), inner))
+            other = vae.VAE.mlp(d, LATENT, HIDDEN, **options)
+            step = vitorch_step(other, Batches(x), torch.compile(other))
+            _compiled_once(fns, stats, "compiled forward", repeat(step, inner))
         except Exception as err:  # no compiler, or an op inductor cannot lower: report, never fake
             report("vae", f"fused step {case}", None, "torch-eager", None, skipped=f"{type(err).__name__}: {err}")
             continue
@@ -405,7 +406,7 @@ def compiled(args, x, d):
                 vitorch_steps_per_s=inner / t[name],
                 peer_steps_per_s=inner / t["torch"],
                 clock=args.clock,
-                **stats,
+                **stats[name],
             )
 
 
