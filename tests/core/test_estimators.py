@@ -9,6 +9,8 @@ from the same draws (``Z = 5.2``: two-sided p ~ 2e-7 each, see conftest).
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -335,6 +337,29 @@ def test_invalid_pairs_list_every_reason_before_sampling():
     assert not calls
     with pytest.raises(ValueError, match=r"\[K, \*batch\]"):
         vt.loss(lambda z: z, q, num_particles=3)
+
+
+def test_a_passed_set_up_is_not_rechecked_and_a_bad_one_always_is(monkeypatch):
+    # vt.loss checks a set-up once per (objective, estimator, K, family type, has_rsample,
+    # has_correction); anything outside that key, and any failure, is checked again.
+    loss_module = importlib.import_module("vitorch.loss")
+    seen = []
+    full = loss_module.check
+    monkeypatch.setattr(loss_module, "check", lambda *a: seen.append(a) or full(*a))
+    monkeypatch.setattr(loss_module, "_PASSED", {})
+    q = vt.DiagNormal(torch.zeros(D), torch.ones(D))
+    bern = torch.distributions.Independent(torch.distributions.Bernoulli(probs=torch.full((D,), 0.5)), 1)
+    for _ in range(3):
+        vt.loss(lambda z: -z.pow(2).sum(-1), q, num_particles=2, objective=O.iwae, estimator=E.dreg)
+    assert len(seen) == 1
+    for _ in range(2):  # a failing set-up raises every time
+        with pytest.raises(ValueError, match="stl is unbiased"):
+            vt.loss(lambda z: z.sum(-1), q, num_particles=2, objective=O.iwae, estimator=E.stl)
+        with pytest.raises(ValueError, match="needs rsample"):  # same pair and K, a family without rsample
+            vt.loss(lambda z: z.sum(-1), bern, num_particles=2, objective=O.iwae, estimator=E.dreg)
+    vt.loss(lambda z: -z.pow(2).sum(-1), q)  # ELBO, K=1: passes and is stored
+    with pytest.raises(ValueError, match="K"):  # True == 1, but not an integer K
+        vt.loss(lambda z: -z.pow(2).sum(-1), q, num_particles=True)
 
 
 def test_same_seed_same_loss_and_gradients():
