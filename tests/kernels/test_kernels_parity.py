@@ -99,7 +99,7 @@ def test_parity_bernoulli_log_lik(device, dtype, n):
     logits = strided(3 * torch.randn(2, B, D), dtype, device, c)
     check(
         lambda x, logits: vk.bernoulli_log_lik(x, logits, backend="triton"),
-        lambda x, logits: vk.bernoulli_log_lik(x, logits, backend="torch"),
+        lambda x, logits: vk.bernoulli_log_lik(x, logits, backend="reference"),
         {"x": x, "logits": logits}, ["x", "logits"], dtype,
     )  # fmt: skip
 
@@ -118,7 +118,7 @@ def test_parity_gaussian_log_lik(device, dtype, n, scale_shape):
     scale = strided(torch.rand(s_shape) + 0.5, dtype, device, c)
     check(
         lambda x, mean, scale: vk.gaussian_log_lik(x, mean, scale, backend="triton"),
-        lambda x, mean, scale: vk.gaussian_log_lik(x, mean, scale, backend="torch"),
+        lambda x, mean, scale: vk.gaussian_log_lik(x, mean, scale, backend="reference"),
         {"x": x, "mean": mean, "scale": scale}, ["x", "mean", "scale"], dtype,
     )  # fmt: skip
 
@@ -145,7 +145,7 @@ def test_parity_logsumexp(device, dtype, K):
     lw = _log_w(K, N, dtype, device, _layout(K))
     check(
         lambda lw: vk.logsumexp(lw, backend="triton"),
-        lambda lw: vk.logsumexp(lw, backend="torch"),
+        lambda lw: vk.logsumexp(lw, backend="reference"),
         {"lw": lw}, ["lw"], dtype,
     )  # fmt: skip
 
@@ -159,7 +159,7 @@ def test_parity_normalized_weights(device, dtype, K):
     lw = _log_w(K, N, dtype, device, _layout(K))
     check(
         lambda lw: vk.normalized_weights(lw, backend="triton"),
-        lambda lw: vk.normalized_weights(lw, backend="torch"),
+        lambda lw: vk.normalized_weights(lw, backend="reference"),
         {"lw": lw}, [], dtype, differentiable=[False, False],
     )  # fmt: skip
     w, _ = vk.normalized_weights(lw, backend="triton")
@@ -183,7 +183,7 @@ def test_parity_mmd(device, dtype, kernel, n):
     def run(backend):
         return lambda z_q, z_p: vk.mmd(z_q, z_p, kernel, [0.5, 2.0], backend=backend)
 
-    check(run("triton"), run("torch"), {"z_q": z_q, "z_p": z_p}, ["z_q", "z_p"], dtype)
+    check(run("triton"), run("reference"), {"z_q": z_q, "z_p": z_p}, ["z_q", "z_p"], dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -194,7 +194,7 @@ def test_parity_mmd_large_event(device):
     z_p = torch.randn(40, 4, device=device, dtype=torch.float32)
     check(
         lambda z_q, z_p: vk.mmd(z_q, z_p, "imq", 1.0, backend="triton"),
-        lambda z_q, z_p: vk.mmd(z_q, z_p, "imq", 1.0, backend="torch"),
+        lambda z_q, z_p: vk.mmd(z_q, z_p, "imq", 1.0, backend="reference"),
         {"z_q": z_q, "z_p": z_p}, ["z_q", "z_p"], torch.float32,
     )  # fmt: skip
     with pytest.raises(vk.KernelUnavailableError, match="D = 1000 exceeds"):
@@ -252,7 +252,7 @@ def test_nan_log_weights_propagate(device):
     lw[2, 1] = math.nan
     lse = vk.logsumexp(lw, backend="triton").cpu()
     assert torch.isnan(lse[1]) and torch.isfinite(lse[[0, 2]]).all()
-    assert torch.isnan(vk.logsumexp(lw, backend="torch")[1])
+    assert torch.isnan(vk.logsumexp(lw, backend="reference")[1])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -298,6 +298,6 @@ def test_parity_planar_stack(device, dtype, n):
     }
     check(
         lambda x, u, w, b: vk.planar_stack(x, u, w, b, backend="triton"),
-        lambda x, u, w, b: vk.planar_stack(x, u, w, b, backend="torch"),
+        lambda x, u, w, b: vk.planar_stack(x, u, w, b, backend="reference"),
         inputs, ["x", "u", "w", "b"], dtype,
     )  # fmt: skip

@@ -1,21 +1,35 @@
-"""One dispatcher for every fused kernel: the torch reference or the Triton kernel.
+"""One dispatcher for every op in :mod:`vitorch.kernels`: the reference, the fused-torch or the Triton backend.
 
-The rule (issue 8): CUDA tensors with an importable Triton and a supported dtype go
-to the kernel; everything else (CPU tensors, no Triton, float64, an op-specific
-limit such as a too-wide event) goes to the torch reference.  The choice can be
-forced per call (``backend="torch" | "triton"``) or for a block of code::
+Each op in ``kernels/<op>/`` has up to three backends:
+
+* ``"reference"`` (``reference.py``): readable torch, the specification and the CPU path.
+  Every op has one; it runs on every device and dtype.
+* ``"fused"`` (``fused.py``): hand-written ``torch.autograd.Function``\\ s in plain torch
+  whose backward reuses what the forward computed. An op declares it by passing
+  ``fused=`` (the dtypes it supports) to :func:`choose`.
+* ``"triton"`` (``triton.py``): Triton kernels, imported only when a call is sent there.
+
+The rule under ``"auto"`` (the default) is one line per op:
+
+* ``"fused"`` if the op has a fused backend, every input's dtype is in its ``fused=``
+  dtypes, no op-specific limit applies, and the largest input has at least
+  ``fused_min_numel`` elements (the op's one documented size rule; ``None`` means any size);
+* ``"reference"`` otherwise.
+
+**Triton is never chosen by** ``"auto"``: it is opt-in until a parity run on a real GPU is
+committed (the kernels have been checked only under the Triton interpreter and compiled ahead
+of time).  Force it per call (``backend="triton"``) or for a block of code::
 
     with vt.kernels.backend("triton"):
         z, log_q = vt.kernels.diag_normal_rsample_and_log_prob(loc, scale, (50,))
 
-Forcing ``"triton"`` where the kernel cannot run raises
-:class:`KernelUnavailableError` listing every reason instead of silently falling
-back: the caller forbade the fallback.  On CPU tensors the kernel runs only under
-the Triton interpreter (``TRITON_INTERPRET=1``, read when a call is dispatched,
-never at import) and only when forced, since interpreting is far slower than torch.
+Forcing a backend the op cannot run (no fused backend, an unsupported dtype, an op limit,
+no Triton, CPU tensors without ``TRITON_INTERPRET=1``) raises :class:`KernelUnavailableError`
+listing every reason instead of silently falling back: the caller forbade the fallback.
+``"torch"`` is accepted as the old name of ``"reference"``.
 
-Nothing here imports Triton at import time; :func:`triton_status` tries once, on
-the first call that could use it (CUDA inputs, or a forced kernel).
+Nothing here imports Triton at import time; :func:`triton_status` tries once, on the first
+call forced to Triton.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ from torch import Tensor
 
 __all__ = [
     "BACKENDS",
+    "ALIASES",
     "KERNEL_DTYPES",
     "KernelUnavailableError",
     "backend",
@@ -39,9 +54,11 @@ __all__ = [
     "triton_status",
 ]
 
-BACKENDS = ("auto", "torch", "triton")
-# Kernels load half inputs, compute in float32 and round once on store.  bfloat16 would work the
-# same way but has no parity tolerance in TESTING.md yet, so it goes to the reference.
+BACKENDS = ("auto", "reference", "fused", "triton")
+# Old names still accepted (issue 8 called the reference "torch").
+ALIASES = {"torch": "reference"}
+# Triton kernels load half inputs, compute in float32 and round once on store.  bfloat16 would work
+# the same way but has no parity tolerance in TESTING.md yet, so it goes to the reference.
 KERNEL_DTYPES = (torch.float32, torch.float16)
 
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("vitorch_kernel_backend", default="auto")
@@ -49,7 +66,7 @@ _triton: tuple[bool, str | None] | None = None
 
 
 class KernelUnavailableError(RuntimeError):
-    """The Triton backend was forced for a call it cannot run.
+    """A backend was forced for a call it cannot run; the message lists every reason.
 
     References:
         Tillet, Kung & Cox, *Triton: An Intermediate Language and Compiler for Tiled Neural Network
@@ -60,21 +77,26 @@ class KernelUnavailableError(RuntimeError):
 def _check_name(name: str | None) -> str:
     if name is None:
         return _current.get()
+    name = ALIASES.get(name, name)
     if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}; got {name!r}")
+        raise ValueError(f"backend must be one of {BACKENDS} (or the alias 'torch'); got {name!r}")
     return name
 
 
 @contextmanager
 def backend(name: str) -> Iterator[None]:
-    """Use backend ``name`` (``"auto"``, ``"torch"`` or ``"triton"``) for kernel calls in this block.
+    """Use backend ``name`` (``"auto"``, ``"reference"``, ``"fused"`` or ``"triton"``) in this block.
 
     A ``backend=`` argument given to a call still takes precedence.  The setting is
     a context variable, so threads and asyncio tasks do not see each other's.
 
+    Args:
+        name: a name in :data:`BACKENDS`, or ``"torch"`` (the old name of ``"reference"``).
+
+    Raises:
+        ValueError: on an unknown name.
+
     References:
-        Tillet, Kung & Cox, *Triton: An Intermediate Language and Compiler for Tiled Neural Network
-        Computations* (MAPL 2019).
         Selivanov, *PEP 567 - Context Variables* (2017): per-thread and per-task settings.
     """
     token = _current.set(_check_name(name))
@@ -116,7 +138,21 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _obstacles(tensors: Sequence[Tensor], dtypes: Sequence[torch.dtype], limits: Sequence[str]) -> list[str]:
+def _bad_dtypes(tensors: Sequence[Tensor], dtypes: Sequence[torch.dtype], what: str) -> list[str]:
+    bad = sorted({str(t.dtype) for t in tensors if t.dtype not in dtypes})
+    return [f"dtype {', '.join(bad)} is not one of the {what} dtypes {[str(d) for d in dtypes]}"] if bad else []
+
+
+def _fused_obstacles(
+    tensors: Sequence[Tensor], fused: Sequence[torch.dtype] | None, limits: Sequence[str]
+) -> list[str]:
+    """Every reason the fused-torch backend cannot run on ``tensors`` (size is not one: it is a preference)."""
+    if fused is None:
+        return ["the op has no fused backend"]
+    return list(limits) + _bad_dtypes(tensors, fused, "fused")
+
+
+def _triton_obstacles(tensors: Sequence[Tensor], dtypes: Sequence[torch.dtype], limits: Sequence[str]) -> list[str]:
     """Every reason the Triton kernel cannot run on ``tensors``."""
     reasons = list(limits)
     if any(t.numel() == 0 for t in tensors):
@@ -131,10 +167,7 @@ def _obstacles(tensors: Sequence[Tensor], dtypes: Sequence[torch.dtype], limits:
         reasons.append("inputs are on the CPU and TRITON_INTERPRET=1 is not set")
     elif devices - {"cuda", "cpu"}:
         reasons.append(f"device {sorted(devices)} is neither CUDA nor CPU")
-    bad = sorted({str(t.dtype) for t in tensors if t.dtype not in dtypes})
-    if bad:
-        reasons.append(f"dtype {', '.join(bad)} is not one of {[str(d) for d in dtypes]}")
-    return reasons
+    return reasons + _bad_dtypes(tensors, dtypes, "triton")
 
 
 def choose(
@@ -143,31 +176,42 @@ def choose(
     backend: str | None = None,
     dtypes: Sequence[torch.dtype] = KERNEL_DTYPES,
     limits: Sequence[str] = (),
+    fused: Sequence[torch.dtype] | None = None,
+    fused_min_numel: int | None = None,
 ) -> str:
-    """Return ``"torch"`` or ``"triton"`` for one call of ``op``.
+    """Return ``"reference"``, ``"fused"`` or ``"triton"`` for one call of ``op``.
 
     Args:
         op: the op's name, for error messages.
-        *tensors: the inputs whose device and dtype decide.
-        backend: ``"auto"``, ``"torch"``, ``"triton"``, or ``None`` for the
-            :func:`backend` context (default ``"auto"``).
-        dtypes: dtypes the kernel accepts.
-        limits: op-specific reasons the kernel cannot take this call (already
-            evaluated by the op, e.g. ``"D = 4096 exceeds 1024"``).
+        *tensors: the inputs whose device, dtype and size decide (pass only those whose
+            dtype matters; every one is checked against the dtype lists).
+        backend: ``"auto"``, ``"reference"`` (alias ``"torch"``), ``"fused"``, ``"triton"``,
+            or ``None`` for the :func:`backend` context (default ``"auto"``).
+        dtypes: dtypes the Triton kernel accepts.
+        limits: op-specific reasons the fused and Triton backends cannot take this call,
+            already evaluated by the op (e.g. ``"D = 4096 exceeds 1024"``).
+        fused: dtypes the op's fused-torch backend accepts, or ``None`` if it has none.
+        fused_min_numel: the op's size rule: ``"auto"`` picks the fused backend only when
+            the largest input has at least this many elements (``None``: any size).
+
+    Returns:
+        The backend to run. ``"auto"`` never returns ``"triton"``.
 
     Raises:
-        KernelUnavailableError: ``"triton"`` was forced and the kernel cannot run,
-            with every reason.
+        KernelUnavailableError: a backend was forced and cannot run here, with every reason.
         ValueError: on an unknown backend name.
     """
     name = _check_name(backend)
-    # auto: the kernel only for CUDA tensors (the interpreter is a testing tool, never chosen by
-    # itself), and Triton is not even imported for a call that cannot use it.
-    if name == "torch" or (name == "auto" and not all(t.device.type == "cuda" for t in tensors)):
-        return "torch"
-    reasons = _obstacles(tensors, dtypes, limits)
-    if name == "triton":
-        if reasons:
-            raise KernelUnavailableError(f"{op}: the triton backend was forced but cannot run: " + "; ".join(reasons))
-        return "triton"
-    return "torch" if reasons else "triton"
+    if name == "reference":
+        return "reference"
+    if name == "auto":
+        if _fused_obstacles(tensors, fused, limits):
+            return "reference"
+        largest = max((t.numel() for t in tensors), default=0)
+        return "fused" if fused_min_numel is None or largest >= fused_min_numel else "reference"
+    reasons = (
+        _fused_obstacles(tensors, fused, limits) if name == "fused" else _triton_obstacles(tensors, dtypes, limits)
+    )
+    if reasons:
+        raise KernelUnavailableError(f"{op}: the {name} backend was forced but cannot run: " + "; ".join(reasons))
+    return name

@@ -23,7 +23,7 @@ def log_standard_gamma(alpha: Tensor, boost: int = 0, *, backend: str | None = N
     Args:
         alpha: ``[*shape]`` positive shapes, already expanded to the sample shape.
         boost: shape augmentations ``B`` (``max(B, 1)`` is used where ``alpha < 1``).
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        backend: ``"auto"``, ``"reference"``, ``"fused"`` or ``"triton"``.
 
     Returns:
         ``log_x [*shape]``, differentiable in ``alpha`` (the pathwise RSVI part);
@@ -38,8 +38,9 @@ def log_standard_gamma(alpha: Tensor, boost: int = 0, *, backend: str | None = N
         Marsaglia & Tsang (2000); Naesseth et al. (2017).
     """
     boost = _rsvi.check_boost(boost, "log_standard_gamma")
-    if dispatch.choose("log_standard_gamma", alpha, backend=backend, dtypes=_DTYPES) == "torch":
+    if dispatch.choose("log_standard_gamma", alpha, backend=backend, dtypes=_DTYPES) == "reference":
         return reference.log_standard_gamma(alpha, boost)
+    # Lazy on purpose: importing vitorch.kernels must never import Triton.
     from .triton import LogStandardGamma
 
     log_x, eps, props = LogStandardGamma.apply(alpha.reshape(-1).contiguous(), boost, draw_seed())

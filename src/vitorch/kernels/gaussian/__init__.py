@@ -34,7 +34,7 @@ def diag_normal_rsample_and_log_prob(
         sample_shape: leading shape of the draw, e.g. ``(K,)``.
         stop_log_q: return log q at stopped parameters (gradient only through
             ``z``), as STL and DReG need; the value is unchanged.
-        backend: ``"auto"`` (default context), ``"torch"`` or ``"triton"``.
+        backend: ``"auto"`` (default context), ``"reference"``, ``"fused"`` or ``"triton"``.
 
     Returns:
         ``z [*sample, *batch, D]`` and ``log_q [*sample, *batch]``.
@@ -52,8 +52,9 @@ def diag_normal_rsample_and_log_prob(
         )
     sample_shape = torch.Size(sample_shape)
     limits = ["the sample shape is empty (K = 0)"] if sample_shape.numel() == 0 else []
-    if dispatch.choose(_NAME, loc, scale, backend=backend, limits=limits) == "torch":
+    if dispatch.choose(_NAME, loc, scale, backend=backend, limits=limits) == "reference":
         return reference.rsample_and_log_prob(loc, scale, sample_shape, stop_log_q)
+    # Lazy on purpose: importing vitorch.kernels must never import Triton.
     from . import triton as impl
 
     seed = draw_seed()

@@ -30,7 +30,7 @@ def bernoulli_log_lik(x: Tensor, logits: Tensor, *, backend: str | None = None) 
     Args:
         x: data in [0, 1], any shape broadcasting with ``logits``.
         logits: decoder logits.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`vitorch.kernels.dispatch`).
+        backend: ``"auto"``, ``"reference"``, ``"fused"`` or ``"triton"`` (see :mod:`vitorch.kernels.dispatch`).
 
     Returns:
         The broadcast shape without its last dimension, e.g. ``[K, B]``.
@@ -44,8 +44,9 @@ def bernoulli_log_lik(x: Tensor, logits: Tensor, *, backend: str | None = None) 
         Computations* (MAPL 2019).
     """
     shape = _broadcast("bernoulli_log_lik", x=x, logits=logits)
-    if dispatch.choose("bernoulli_log_lik", x, logits, backend=backend) == "torch":
+    if dispatch.choose("bernoulli_log_lik", x, logits, backend=backend) == "reference":
         return reference.bernoulli_log_lik(x, logits)
+    # Lazy on purpose: importing vitorch.kernels must never import Triton.
     from .triton import LogLik
 
     return LogLik.apply(x, logits, logits, shape, False)
@@ -58,7 +59,7 @@ def gaussian_log_lik(x: Tensor, mean: Tensor, scale: Tensor | float, *, backend:
         x: data, e.g. ``[B, D]``.
         mean: decoder means, e.g. ``[K, B, D]``.
         scale: positive standard deviations, e.g. ``[K, B, D]``, ``[D]``, ``[]`` or a float.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        backend: ``"auto"``, ``"reference"``, ``"fused"`` or ``"triton"``.
 
     Returns:
         The broadcast shape without its last dimension.
@@ -74,8 +75,9 @@ def gaussian_log_lik(x: Tensor, mean: Tensor, scale: Tensor | float, *, backend:
     if not isinstance(scale, Tensor):
         scale = torch.as_tensor(scale, dtype=mean.dtype, device=mean.device)
     shape = _broadcast("gaussian_log_lik", x=x, mean=mean, scale=scale)
-    if dispatch.choose("gaussian_log_lik", x, mean, scale, backend=backend) == "torch":
+    if dispatch.choose("gaussian_log_lik", x, mean, scale, backend=backend) == "reference":
         return reference.gaussian_log_lik(x, mean, scale)
+    # Lazy on purpose: importing vitorch.kernels must never import Triton.
     from .triton import LogLik
 
     return LogLik.apply(x, mean, scale, shape, True)

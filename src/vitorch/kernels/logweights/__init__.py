@@ -20,7 +20,7 @@ def logsumexp(log_w: Tensor, *, backend: str | None = None) -> Tensor:
 
     Args:
         log_w: ``[K, *batch]`` log-weights, particles first.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        backend: ``"auto"``, ``"reference"``, ``"fused"`` or ``"triton"``.
 
     Returns:
         ``[*batch]`` in ``log_w``'s dtype; its gradient is the normalized weights
@@ -35,8 +35,9 @@ def logsumexp(log_w: Tensor, *, backend: str | None = None) -> Tensor:
         (IMA J. Numer. Anal., 2021).
     """
     _check("logsumexp", log_w)
-    if dispatch.choose("logsumexp", log_w, backend=backend) == "torch":
+    if dispatch.choose("logsumexp", log_w, backend=backend) == "reference":
         return reference.logsumexp(log_w)
+    # Lazy on purpose: importing vitorch.kernels must never import Triton.
     from .triton import LogSumExp
 
     K = log_w.shape[0]
@@ -48,7 +49,7 @@ def normalized_weights(log_w: Tensor, *, backend: str | None = None) -> tuple[Te
 
     Args:
         log_w: ``[K, *batch]`` log-weights.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        backend: ``"auto"``, ``"reference"``, ``"fused"`` or ``"triton"``.
 
     Returns:
         ``(w~, w~^2)``, each ``[K, *batch]``; zero where ``log_w`` was clamped, so
@@ -65,8 +66,9 @@ def normalized_weights(log_w: Tensor, *, backend: str | None = None) -> tuple[Te
         squared weights of DReG.
     """
     _check("normalized_weights", log_w)
-    if dispatch.choose("normalized_weights", log_w, backend=backend) == "torch":
+    if dispatch.choose("normalized_weights", log_w, backend=backend) == "reference":
         return reference.normalized_weights(log_w)
+    # Lazy on purpose: importing vitorch.kernels must never import Triton.
     from .triton import normalized_weights as kernel
 
     K = log_w.shape[0]

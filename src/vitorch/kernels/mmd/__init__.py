@@ -32,7 +32,7 @@ def mmd(
         z_p: ``[*batch, m, D]`` samples (``m >= 2``); batch shapes broadcast.
         kernel: ``"rbf"`` or ``"imq"``.
         scale: bandwidth ``s`` or several, whose kernels are summed.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        backend: ``"auto"``, ``"reference"``, ``"fused"`` or ``"triton"``.
 
     Returns:
         ``[*batch]`` the MMD² estimate.
@@ -60,8 +60,9 @@ def mmd(
         raise ValueError(f"mmd: batch shapes do not broadcast: {tuple(z_q.shape)} and {tuple(z_p.shape)}") from None
     D = z_q.shape[-1]
     limits = [f"D = {D} exceeds {MAX_D}"] if D > MAX_D else []
-    if dispatch.choose("mmd", z_q, z_p, backend=backend, limits=limits) == "torch":
+    if dispatch.choose("mmd", z_q, z_p, backend=backend, limits=limits) == "reference":
         return reference.mmd(z_q, z_p, kernel, scales)
+    # Lazy on purpose: importing vitorch.kernels must never import Triton.
     from .triton import MMD
 
     n, m = z_q.shape[-2], z_p.shape[-2]

@@ -20,7 +20,7 @@ def planar_stack(x: Tensor, u: Tensor, w: Tensor, b: Tensor, *, backend: str | N
         u: ``[L, D]`` reparameterized ``u_hat`` (as :class:`vitorch.flows.Planar` computes it).
         w: ``[L, D]``.
         b: ``[L]``.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        backend: ``"auto"``, ``"reference"``, ``"fused"`` or ``"triton"``.
 
     Returns:
         ``y [*shape, D]`` and ``ladj [*shape]``.
@@ -40,8 +40,9 @@ def planar_stack(x: Tensor, u: Tensor, w: Tensor, b: Tensor, *, backend: str | N
             f"x {tuple(x.shape)}, u {tuple(u.shape)}, w {tuple(w.shape)}, b {tuple(b.shape)}"
         )
     limits = [f"D = {D} exceeds {MAX_D}"] if D > MAX_D else []
-    if dispatch.choose("planar_stack", x, u, w, b, backend=backend, limits=limits) == "torch":
+    if dispatch.choose("planar_stack", x, u, w, b, backend=backend, limits=limits) == "reference":
         return reference.planar_stack(x, u, w, b)
+    # Lazy on purpose: importing vitorch.kernels must never import Triton.
     from .triton import PlanarStack
 
     y, ladj = PlanarStack.apply(x.reshape(-1, D).contiguous(), u.contiguous(), w.contiguous(), b.contiguous())
