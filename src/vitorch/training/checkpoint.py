@@ -4,14 +4,17 @@ A checkpoint is one ``torch.save`` file of plain containers (dicts, lists, tenso
 numbers, strings), read back only with ``torch.load(weights_only=True)`` so that
 loading never unpickles arbitrary objects.  It carries two checks:
 
-* ``fingerprint``: a hash of the model's parameter and buffer names, shapes and
-  dtypes, so a checkpoint from another model is refused with the differences listed;
+* ``fingerprint``: a hash of the model's ``state_dict`` layout (each parameter's and
+  buffer's name, shape and dtype; each non-tensor entry's name and type, such as the
+  ``_extra_state`` of a module with ``get_extra_state``), so a checkpoint from another
+  model is refused with the differences listed;
 * ``digest``: a SHA-256 of everything else in canonical order, so a truncated or
   edited file is refused rather than silently resumed.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -20,20 +23,46 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint", "fingerprint", "FORMAT"]
+__all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint", "fingerprint", "copy_state", "FORMAT"]
 
 FORMAT = "vitorch.fit/1"
 _REQUIRED = ("format", "fingerprint", "digest", "model", "optimizer", "scheduler", "rng", "data", "loop", "history")
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 
-def fingerprint(state: dict[str, Tensor]) -> str:
-    """Hash of the names, shapes and dtypes of a model's ``state_dict`` (not the values)."""
+def _layout(value) -> str:
+    """A ``state_dict`` entry's layout: shape and dtype of a tensor, the type of anything else."""
+    if isinstance(value, Tensor):
+        return f"{tuple(value.shape)}:{value.dtype}"
+    return f"<{type(value).__name__}>"  # extra state: its contents may change, its kind may not
+
+
+def fingerprint(state: dict) -> str:
+    """Hash of the layout of a model's ``state_dict`` (not the values).
+
+    Tensors contribute their name, shape and dtype; non-tensor entries (the
+    ``_extra_state`` of modules with ``get_extra_state``) their name and type.
+    """
     h = hashlib.sha256()
     for name in sorted(state):
-        t = state[name]
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(f"{name}:{_layout(state[name])};".encode())
     return h.hexdigest()
+
+
+def copy_state(obj, device: torch.device | None = None):
+    """A deep copy of a ``state_dict`` (tensors detached and cloned, optionally moved to ``device``).
+
+    Containers are copied entry by entry, so extra state (dicts, lists, numbers from
+    ``get_extra_state``) is copied with its tensors; later training never changes the copy.
+    """
+    if isinstance(obj, Tensor):
+        obj = obj.detach()
+        return obj.to(device, copy=True) if device is not None else obj.clone()
+    if isinstance(obj, dict):
+        return type(obj)((k, copy_state(v, device)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(copy_state(v, device) for v in obj)
+    return copy.deepcopy(obj)
 
 
 def _update(h, obj) -> None:
@@ -163,9 +192,9 @@ def _check_model(path: Path, payload: dict, model: nn.Module) -> None:
     if extra:
         problems.append(f"not in the model: {extra[:8]}{' ...' if len(extra) > 8 else ''}")
     for name in sorted(set(ours) & set(theirs)):
-        a, b = ours[name], theirs[name]
-        if a.shape != b.shape or a.dtype != b.dtype:
-            problems.append(f"{name}: checkpoint {tuple(b.shape)} {b.dtype}, model {tuple(a.shape)} {a.dtype}")
+        a, b = _layout(ours[name]), _layout(theirs[name])
+        if a != b:
+            problems.append(f"{name}: checkpoint {b}, model {a}")
     if not problems:
         problems.append("the stored fingerprint does not match the stored parameters")
     raise ValueError(

@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
 from . import distributed as ddp
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import copy_state, load_checkpoint, save_checkpoint
 from .compile import Autocast, fused_adam
 from .data import epoch_sampler, loader_generators, make_eval_loader, make_loader, to_device
 from .guard import NonFiniteError, describe_nonfinite, evaluate, nonfinite_flags, nonfinite_parameters, split_output
@@ -142,7 +142,7 @@ class Run:
         self.history = History.from_state_dict(payload["history"])
         self.history.stop_reason = None
         best = payload["best_model"]
-        self.best_state = {k: v.to(self.device) for k, v in best.items()} if best else None
+        self.best_state = copy_state(best, self.device) if best else None
         data = payload["data"][self.topo.rank]
         self.epoch_start = data if data["rng"] else None
         return payload["rng"][self.topo.rank]
@@ -336,7 +336,8 @@ class Run:
             self.history.best_step, self.history.best_value = self.step, value
             self.bad_evals = 0
             if opt.restore_best:
-                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                # Every entry, extra state (get_extra_state) included: restore_best reloads all of it.
+                self.best_state = copy_state(self.model.state_dict())
         else:
             self.bad_evals += 1
         if not self.bar.disable:
