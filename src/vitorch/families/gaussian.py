@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
+from .. import kernels
 from . import _linalg
 from .base import Family, broadcast_params
 from .constraints import finite_real_matrix, finite_real_vector, lower_cholesky_finite, positive_finite_vector
@@ -78,7 +79,7 @@ class DiagNormal(Family):
             if shape == scale.shape and shape:
                 # An amortized encoder builds one every training step: with nothing to
                 # convert, broadcast or check, set torch's Distribution fields directly
-                # (what _init_checked would set), a few microseconds less per step.
+                # (what _init_checked would set).
                 self.loc, self.scale = loc, scale
                 self._batch_shape, self._event_shape, self._validate_args = shape[:-1], shape[-1:], False
                 return
@@ -124,20 +125,9 @@ class DiagNormal(Family):
         return self.loc + self.scale * eps
 
     def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
-        if self.loc.is_cuda:
-            # On a GPU the fused kernel reads loc and scale once and never stores the
-            # noise (vitorch.kernels; it falls back to the same torch code without Triton).
-            from ..kernels import diag_normal_rsample_and_log_prob
-
-            return diag_normal_rsample_and_log_prob(self.loc, self.scale, sample_shape)
-        loc, scale = self.loc, self.scale
-        # Unpacked sizes: torch.randn parses a torch.Size argument measurably slower.
-        eps = torch.randn(*sample_shape, *loc.shape, dtype=loc.dtype, device=loc.device)
-        z = loc + scale * eps
-        # The noise carries no gradient: its quadratic term and the constant are formed in
-        # place off the graph, which then holds only log, sum and one subtraction.
-        log_q = eps.pow(2).sum(-1).mul_(-0.5).sub_(0.5 * loc.shape[-1] * _LOG_2PI) - scale.log().sum(-1)
-        return z, log_q
+        # log q read from the noise (no division by scale); vitorch.kernels picks the backend
+        # (the torch reference unless another is forced).
+        return kernels.diag_normal_rsample_and_log_prob(self.loc, self.scale, sample_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:

@@ -1,17 +1,21 @@
-"""Kernel 4: Marsaglia-Tsang Gamma sampling with shape augmentation, returning the accepted noise (RSVI)."""
+"""Kernel 4: Marsaglia-Tsang Gamma sampling with shape augmentation, returning the accepted noise (RSVI).
+
+Besides the op, the package exports the pieces of RSVI maths a caller needs around it
+(:func:`check_boost`, :func:`effective_boost`, :func:`log_accept_density`, the correction's
+score); :mod:`.reference` derives them.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from vitorch.families import _rsvi
-
 from .. import dispatch
 from ..gaussian import draw_seed
 from . import reference
+from .reference import check_boost, effective_boost, log_accept_density
 
-__all__ = ["log_standard_gamma"]
+__all__ = ["log_standard_gamma", "check_boost", "effective_boost", "log_accept_density"]
 
 # The kernel evaluates in float64 internally; half precision has no use for Gamma shapes.
 _DTYPES = (torch.float32, torch.float64)
@@ -28,7 +32,7 @@ def log_standard_gamma(alpha: Tensor, boost: int = 0, *, backend: str | None = N
     Returns:
         ``log_x [*shape]``, differentiable in ``alpha`` (the pathwise RSVI part);
         ``eps [*shape]``, the accepted proposal noise at shape ``alpha + B``
-        (``_rsvi.log_accept_density(eps, alpha + B)`` is the correction's score);
+        (``log_accept_density(eps, alpha + effective_boost(alpha, B))`` is the correction's score);
         ``proposals [*shape]``, proposals used per element.
 
     Raises:
@@ -37,7 +41,7 @@ def log_standard_gamma(alpha: Tensor, boost: int = 0, *, backend: str | None = N
     References:
         Marsaglia & Tsang (2000); Naesseth et al. (2017).
     """
-    boost = _rsvi.check_boost(boost, "log_standard_gamma")
+    boost = check_boost(boost, "log_standard_gamma")
     if dispatch.choose("log_standard_gamma", alpha, backend=backend, dtypes=_DTYPES) == "reference":
         return reference.log_standard_gamma(alpha, boost)
     # Lazy on purpose: importing vitorch.kernels must never import Triton.
