@@ -5,7 +5,7 @@ from . import kl as _kl  # noqa: F401  (registers closed-form KL divergences wit
 from .base import Family, stopped
 from .beta import Beta, RSVIBeta
 from .dirichlet import Dirichlet, RSVIDirichlet
-from .flow import Flow
+from .flow import ConditionalFlow, Flow
 from .gamma import Gamma, RSVIGamma
 from .gaussian import DiagNormal, FullRankNormal, LowRankNormal
 from .heads import DiagNormalHead, FullRankNormalHead, LowRankNormalHead
@@ -17,6 +17,7 @@ __all__ = [
     "FullRankNormal",
     "LowRankNormal",
     "Flow",
+    "ConditionalFlow",
     "Gamma",
     "Beta",
     "Dirichlet",

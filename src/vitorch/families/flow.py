@@ -14,7 +14,8 @@
 
 The flow is a cheap value: the modules own the parameters, and an amortized
 posterior is a module that returns a new ``Flow`` per context
-(:class:`vitorch.flows.ConditionalFlow`).
+(:class:`ConditionalFlow`, defined here beside :class:`Flow`; also importable as
+``vitorch.flows.ConditionalFlow``).
 
 References:
     Rezende & Mohamed, Variational Inference with Normalizing Flows (ICML 2015).
@@ -30,10 +31,11 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 from torch.func import functional_call
 
-from ..flows.base import Transform
 from .base import Family, stopped
+from .gaussian import DiagNormal
+from .transform import Transform
 
-__all__ = ["Flow"]
+__all__ = ["Flow", "ConditionalFlow"]
 
 
 class _Method(nn.Module):
@@ -211,3 +213,48 @@ class Flow(Family):
     def __repr__(self) -> str:
         names = ", ".join(type(t).__name__ for t in self.transforms)
         return f"Flow(base={type(self.base).__name__}, transforms=[{names}], batch_shape={tuple(self.batch_shape)})"
+
+
+class ConditionalFlow(nn.Module):
+    """The module that owns a flow's parameters and returns the family: ``module(context) -> Flow``.
+
+    Following zuko, parameters live in modules and distributions are cheap values that a
+    module *returns*.  For an amortized posterior the encoder emits features ``[B, C]`` and
+    ``ConditionalFlow(...)(features)`` is a flow with batch shape ``[B]``; without a context
+    (``context_features = 0`` in every transform) the same module gives an unconditional
+    flow, ``module()``.  The base is a standard normal.
+
+    Args:
+        transforms: :class:`~vitorch.flows.Transform` modules, base side first.
+            Put an :class:`~vitorch.flows.ElementwiseAffine` first for a learned
+            Gaussian starting point.
+        dim: event size ``D`` (default: the first transform's).
+
+    Example:
+        >>> D, C = 2, 16
+        >>> flow = ConditionalFlow([IAF(D, context_features=C), IAF(D, context_features=C, order=[1, 0])])
+        >>> q = flow(features)                              # features [B, C] -> Flow, batch [B]
+
+    References:
+        Rezende & Mohamed, Variational Inference with Normalizing Flows (ICML 2015);
+        Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow
+        (NeurIPS 2016), sec. 4 (amortized flows).
+    """
+
+    def __init__(self, transforms: Sequence[Transform], dim: int | None = None):
+        super().__init__()
+        transforms = list(transforms)
+        if dim is None:
+            if not transforms:
+                raise ValueError("ConditionalFlow: give dim when there are no transforms")
+            dim = transforms[0].dim
+        self.dim = dim
+        self.transforms = nn.ModuleList(transforms)
+        # Buffers, so the base follows .to(dtype / device) with the transforms.
+        self.register_buffer("base_loc", torch.zeros(dim), persistent=False)
+        self.register_buffer("base_scale", torch.ones(dim), persistent=False)
+
+    def forward(self, context: Tensor | None = None) -> Flow:
+        """``context [*batch, C]`` (or ``None``) -> :class:`Flow` with batch shape ``[*batch]``."""
+        base = DiagNormal(self.base_loc, self.base_scale, validate_args=False)
+        return Flow(base, list(self.transforms), context)

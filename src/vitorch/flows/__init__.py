@@ -1,5 +1,10 @@
 """Normalizing-flow transforms (``nn.Module`` s with ``call_and_ladj`` and, where one
-exists, ``inverse_and_ladj``) and the module that turns them into a family.
+exists, ``inverse_and_ladj``).
+
+The family they build, :class:`~vitorch.Flow`, and the module that returns one per
+context, :class:`ConditionalFlow`, live in :mod:`vitorch.families.flow` (with the
+:class:`Transform` interface in :mod:`vitorch.families.transform`); both are re-exported
+here, so this package depends on the families and never the other way round.
 
 ========================  ==========================  ===========================
 transform                 sampling pass               inverse (``log_prob``, STL, DReG)
@@ -22,9 +27,9 @@ References:
     Papamakarios et al., Normalizing Flows for Probabilistic Modeling and Inference (JMLR 2021).
 """
 
+from ..families.flow import ConditionalFlow
 from .autoregressive import IAF, MAF
 from .base import NoInverseError, ParamNet, Transform
-from .conditional import ConditionalFlow
 from .coupling import AffineCoupling, Coupling, SplineCoupling
 from .elementwise import ElementwiseAffine, Sigmoid, Softplus
 from .linear import LULinear, Permutation
