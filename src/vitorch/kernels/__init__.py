@@ -9,6 +9,8 @@ dispatched to it.  :mod:`.dispatch` picks the backend per call; see
 
 from __future__ import annotations
 
+from .activation import tanh
+from .bernoulli_linear import bernoulli_linear_log_prob
 from .dispatch import KernelUnavailableError, backend, current_backend, triton_status
 from .gamma import log_standard_gamma
 from .gaussian import diag_normal_rsample_and_log_prob
@@ -30,6 +32,8 @@ __all__ = [
     "mmd",
     "log_standard_gamma",
     "planar_stack",
+    "bernoulli_linear_log_prob",
+    "tanh",
     "OPS",
 ]
 
@@ -43,4 +47,6 @@ OPS = {
     "mmd": "mmd",
     "log_standard_gamma": "gamma",
     "planar_stack": "planar",
+    "bernoulli_linear_log_prob": "bernoulli_linear",
+    "tanh": "activation",
 }

@@ -15,29 +15,25 @@ step written eagerly:
 * **torch's own random numbers.**  With Inductor the step sets ``fallback_random=True``:
   the particles' noise comes from torch's generator (the same draws as eager under the
   same seed) instead of Inductor's per-element Philox loop, which on a CPU is not
-  vectorized and cost more than the fusion saved at K = 50 (measured: 1.10x against
-  1.25x of the hand-written eager step with it).
+  vectorized and can cost more than the fusion saves at many particles.
 * **Mixed precision, if asked.**  ``autocast_dtype=torch.bfloat16`` runs the forward
   under ``torch.autocast``: the matrix products (and their backward) in bfloat16 with
   float32 accumulation, while every density, the particles, the bound and the
   optimizer stay float32 (the library's heads, flows and likelihoods promote network
   outputs back to float32 before forming a density: :func:`vitorch.full_precision`).
-  On a CPU with AVX512-BF16 the 784-200-200-50 VAE step measured ~1.5x (K = 1) and
-  ~2.2x (K = 50) the hand-written eager float32 step, at the same test
-  log-likelihood (``docs/performance.md``).  It changes the arithmetic, so it is off
-  by default; on a CPU without native bfloat16 it is slower, not faster.
+  It pays where the hardware has native bfloat16 (see ``docs/performance.md``); it
+  changes the arithmetic, so it is off by default, and on a CPU without native
+  bfloat16 it is slower, not faster.
 * **One fused optimizer kernel.**  Without an ``optimizer``, Adam is built with
   ``fused=True`` (one multi-tensor kernel for the whole update instead of a dozen
   elementwise passes per parameter), on every device where torch has one.
 
 What it cannot do: the matrix products of a dense network cost the same compiled or
 not, so the speed-up is bounded by the share of the step that is *not* a matrix
-product (on a CPU, 45% of the eager 784-200-200-50 VAE step at K = 1 and 30% at
-K = 50; measured 1.22-1.25x the hand-written eager step at K = 1 and 1.10-1.16x for
-IWAE at K = 50, see ``docs/vae.md``).  The VAE zoo's hand-written autograd Functions
-(:mod:`vitorch.models.vae.fused`) step aside inside the compiled graph, where Inductor
-fuses the same formulas itself (traced through, they measured no faster).  Compiling
-takes seconds to a minute, once per input shape.
+product (measured speed-ups are in ``docs/performance.md``).  The fused-torch backends
+of :mod:`vitorch.kernels` step aside inside the compiled graph: each op traces its
+reference, whose elementwise work Inductor fuses itself.  Compiling takes seconds to a
+minute, once per input shape.
 
 Example:
     >>> model = vae.VAE.mlp(784)

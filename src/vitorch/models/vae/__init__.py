@@ -3,13 +3,12 @@
 Example:
     >>> from vitorch.models import vae
     >>> model = vae.iwae(784, K=5)                      # IWAE, 784-200-200-50 MLP, Bernoulli decoder
-    >>> out = model(x)                                  # vt.loss output
+    >>> out = model(x)                                  # LossOutput: loss = -mean(out.bound)
     >>> out.loss.backward()
     >>> metrics = vae.evaluate(model, x_test, num_particles=5000)
 """
 
 from .evaluation import evaluate, iwae_log_likelihood, latent_means
-from .fused import Tanh, bernoulli_linear_log_prob, tanh
 from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood, Poisson
 from .model import VAE
 from .networks import (
@@ -20,6 +19,7 @@ from .networks import (
     IAFEncoder,
     MLPDecoder,
     SymmetricDirichletPrior,
+    Tanh,
     mlp,
 )
 from .plots import image_grid, save_image_grid
@@ -47,8 +47,6 @@ __all__ = [
     "Poisson",
     "mlp",
     "Tanh",
-    "tanh",
-    "bernoulli_linear_log_prob",
     "MLPDecoder",
     "ConvFeatures",
     "ConvDecoder",

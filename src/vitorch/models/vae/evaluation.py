@@ -9,6 +9,12 @@ outputs per chunk, whatever ``K`` is.  The bound scored is always the plain
 ``log p(z) + log p(x | z) - log q(z | x)``, whatever β or MMD weight the model
 trained with.
 
+Every function takes the data as a tensor ``[N, *event]`` or as what :func:`vitorch.fit`
+takes as ``eval_data``: a map-style ``Dataset`` (its items, or their first entries, are
+stacked; an :class:`~vitorch.data.ImageData` gives :meth:`~vitorch.data.ImageData.tensor`,
+a dynamically binarized set being drawn once per call with a fixed seed, so that repeated
+evaluations score the same binary images) or a tuple of tensors (the first is read).
+
 References:
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders (2016),
     sections 5.1 (test log-likelihood with K = 5000) and 5.2 (active units).
@@ -17,11 +23,14 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+from torch.utils.data import Dataset
 
+from ...data import ImageData
 from ...diagnostics import active_units, collapse_diagnostics
 
 __all__ = ["iwae_log_likelihood", "evaluate", "latent_means"]
@@ -31,6 +40,47 @@ def _check(num_particles: int, batch_size: int, max_elements: int) -> None:
     for name, v in (("num_particles", num_particles), ("batch_size", batch_size), ("max_elements", max_elements)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
+
+
+# The seed of the one binarization drawn for a dynamically binarized ImageData.
+_BINARIZE_SEED = 0
+
+
+def _as_tensor(data) -> Tensor:
+    """Held-out data as one tensor ``[N, *event]``: a tensor, a tuple of tensors or a map-style ``Dataset``.
+
+    Args:
+        data: a tensor ``[N, *event]``; a tuple or list of tensors sharing the first
+            dimension (the first is the data, as in an ``(x, y)`` set); an
+            :class:`~vitorch.data.ImageData` (:meth:`~vitorch.data.ImageData.tensor`,
+            drawn with a fixed seed when the set binarizes dynamically); or any other
+            map-style ``Dataset`` whose items are tensors or tuples led by one.
+
+    Returns:
+        ``[N, *event]``.
+
+    Raises:
+        TypeError: for anything else, naming its type.
+
+    References:
+        Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (2016), section 5
+        (a test set binarized once).
+    """
+    if isinstance(data, Tensor):
+        return data
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
+        return data[0]
+    if isinstance(data, ImageData):
+        return data.tensor(generator=torch.Generator().manual_seed(_BINARIZE_SEED))
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        items = [data[i] for i in range(len(data))]
+        items = [item[0] if isinstance(item, (tuple, list)) else item for item in items]
+        if items and all(isinstance(t, Tensor) for t in items):
+            return torch.stack(items)
+    raise TypeError(
+        "data must be a tensor [N, *event], a tuple of tensors or a map-style Dataset of tensors; "
+        f"got {type(data).__name__}"
+    )
 
 
 def _draw(q: Distribution, k: int) -> tuple[Tensor, Tensor]:
@@ -44,6 +94,7 @@ def _draw(q: Distribution, k: int) -> tuple[Tensor, Tensor]:
 def _stream(model, x: Tensor, num_particles: int, batch_size: int, chunk_size: int | None, max_elements: int):
     """Per datum ``(log-sum-exp of log w, sum log w, sum log p(x|z), sum KL terms)`` over the K particles."""
     _check(num_particles, batch_size, max_elements)
+    x = _as_tensor(x)
     if x.dim() < 2 or x.shape[0] < 1:
         raise ValueError(f"x must be [N, *event] with N >= 1; got {tuple(x.shape)}")
     entries = math.prod(x.shape[1:]) * model.likelihood.params_per_entry
@@ -51,7 +102,7 @@ def _stream(model, x: Tensor, num_particles: int, batch_size: int, chunk_size: i
     for xb in x.split(batch_size):
         chunk = chunk_size or max(1, max_elements // (xb.shape[0] * entries))
         q = model.encoder(xb)
-        # A VAE scores log p(x|z) through its fused output layer where that applies.
+        # A VAE scores log p(x | z) with its own log_likelihood (the kernel call of its decoder's output).
         log_likelihood = getattr(model, "log_likelihood", None) or (
             lambda z, xb: model.likelihood.log_prob(model.decoder(z), xb)
         )
@@ -75,7 +126,7 @@ def _stream(model, x: Tensor, num_particles: int, batch_size: int, chunk_size: i
 
 def iwae_log_likelihood(
     model: nn.Module,
-    x: Tensor,
+    x: Tensor | Dataset | Sequence[Tensor],
     num_particles: int = 5000,
     batch_size: int = 100,
     chunk_size: int | None = None,
@@ -86,7 +137,8 @@ def iwae_log_likelihood(
     Args:
         model: a :class:`~vitorch.models.vae.VAE` (anything with ``encoder``,
             ``decoder``, ``likelihood`` and ``log_prior``).
-        x: ``[N, *event]`` data (binarized once for a Bernoulli decoder).
+        x: ``[N, *event]`` data (binarized once for a Bernoulli decoder), or a ``Dataset``
+            or tuple of tensors (see the module notes).
         num_particles: ``K`` (Burda et al. use 5000).
         batch_size: data per encoder call.
         chunk_size: particles per draw; default as many as keep the decoder's
@@ -105,12 +157,14 @@ def iwae_log_likelihood(
 
 
 @torch.no_grad()
-def latent_means(model: nn.Module, x: Tensor, batch_size: int = 256, num_draws: int = 64) -> Tensor:
+def latent_means(
+    model: nn.Module, x: Tensor | Dataset | Sequence[Tensor], batch_size: int = 256, num_draws: int = 64
+) -> Tensor:
     """Encoder means ``E_q[z | x]`` ``[N, D]``: the family's ``mean``, or a Monte Carlo average of ``num_draws``.
 
     Args:
         model: a VAE (anything with an ``encoder`` returning a distribution).
-        x: ``[N, *event]`` data.
+        x: ``[N, *event]`` data, or a ``Dataset`` or tuple of tensors (see the module notes).
         batch_size: data per encoder call.
         num_draws: draws averaged for a family without a closed-form mean (a flow).
 
@@ -122,7 +176,7 @@ def latent_means(model: nn.Module, x: Tensor, batch_size: int = 256, num_draws: 
         section 5.2 (active units from ``Cov_x E_q[z | x]``).
     """
     out = []
-    for xb in x.split(batch_size):
+    for xb in _as_tensor(x).split(batch_size):
         q = model.encoder(xb)
         try:
             out.append(q.mean)
@@ -134,7 +188,7 @@ def latent_means(model: nn.Module, x: Tensor, batch_size: int = 256, num_draws: 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    x: Tensor,
+    x: Tensor | Dataset | Sequence[Tensor],
     num_particles: int = 5000,
     batch_size: int = 100,
     chunk_size: int | None = None,
@@ -143,12 +197,24 @@ def evaluate(
 ) -> dict[str, float]:
     """Test metrics of a VAE, averaged over the data ``x [N, *event]`` (``N >= 2``).
 
+    Args:
+        model: a :class:`~vitorch.models.vae.VAE`.
+        x: ``[N, *event]`` data, or a ``Dataset`` or tuple of tensors as ``vt.fit`` takes
+            for ``eval_data`` (see the module notes).
+        num_particles: ``K`` particles per datum for the IWAE bound.
+        batch_size: data per encoder call.
+        chunk_size: particles per draw; default as many as keep the decoder's output
+            under ``max_elements`` entries.
+        max_elements: memory bound used when ``chunk_size`` is ``None``.
+        threshold: the active-unit cut on ``Cov_x E_q[z_u]``.
+
     Returns:
         ``{"log_likelihood", "elbo", "reconstruction", "kl", "active_units", "num_particles", "num_data"}``:
         IWAE_K (nats per datum), the ELBO and its two terms ``E_q log p(x|z)`` and
         ``KL(q(z|x) || p(z))`` estimated from the same K particles, and the number of
         latent units with ``Cov_x E_q[z_u] > threshold`` (Burda et al., 2016).
     """
+    x = _as_tensor(x)
     lse, s_w, s_lik, s_kl = _stream(model, x, num_particles, batch_size, chunk_size, max_elements)
     K = num_particles
     probe = model.encoder(x[:2])

@@ -39,7 +39,6 @@ from ..._autocast import full_precision
 from ...families import DiagNormal
 from ...loss import LossOutput, check, loss
 from ...mmd import mmd
-from .fused import BERNOULLI_FUSED_MIN, Tanh, bernoulli_linear_log_prob, eager_fusable
 from .likelihoods import Bernoulli, Likelihood
 from .networks import (
     ConvDecoder,
@@ -49,6 +48,7 @@ from .networks import (
     IAFEncoder,
     MLPDecoder,
     SymmetricDirichletPrior,
+    Tanh,
 )
 
 __all__ = ["VAE"]
@@ -161,8 +161,8 @@ class VAE(nn.Module):
     ) -> VAE:
         """The MLP VAE of Burda et al. (default 784-200-200-50 with tanh units for ``data_dim=784``).
 
-        The tanh units are :class:`~vitorch.models.vae.Tanh` (torch's sigmoid kernel, see
-        :mod:`vitorch.models.vae.fused`); pass ``activation=nn.Tanh`` for torch's own.
+        The tanh units are :class:`~vitorch.models.vae.Tanh` (:func:`vitorch.kernels.tanh`);
+        pass ``activation=nn.Tanh`` for torch's own.
 
         ``posterior`` is ``"diag"`` (a diagonal Gaussian), ``"iaf"`` (a Gaussian plus
         ``num_flows`` IAF steps) or ``"dirichlet"`` (an RSVI Dirichlet on the simplex,
@@ -230,44 +230,17 @@ class VAE(nn.Module):
     def log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
         """``log p(x | z)``: ``z [*S, B, D]``, ``x [B, *event]`` -> ``[*S, B]``.
 
-        A :class:`~vitorch.models.vae.MLPDecoder` with a plain Bernoulli likelihood takes
-        the fused output layer (:func:`~vitorch.models.vae.fused.bernoulli_linear_log_prob`,
-        same value and gradient, fewer passes over the ``[*S, B, *event]`` logits) when
-        the logits have at least ``BERNOULLI_FUSED_MIN`` entries, in eager code; every
-        other case runs ``likelihood.log_prob(decoder(z), x)``.
+        The zoo's :class:`~vitorch.models.vae.MLPDecoder` (exactly that class) with the
+        zoo's :class:`~vitorch.models.vae.Bernoulli` likelihood (exactly that class) is
+        scored by :meth:`MLPDecoder.bernoulli_log_prob
+        <vitorch.models.vae.MLPDecoder.bernoulli_log_prob>`: one call of
+        :func:`vitorch.kernels.bernoulli_linear_log_prob` on the output layer's weight and
+        bias (equal to the general form to rounding; the output layer's forward hooks do
+        not run).  Every other pair runs ``likelihood.log_prob(decoder(z), x)``.
         """
-        out = self._fused_output(x, z)
-        if out is not None:
-            return bernoulli_linear_log_prob(self.decoder.hidden(z), out.weight, out.bias, x.reshape(x.shape[0], -1))
+        if type(self.likelihood) is Bernoulli and type(self.decoder) is MLPDecoder:
+            return self.decoder.bernoulli_log_prob(z, x)
         return self.likelihood.log_prob(full_precision(self.decoder(z)), x)  # autocast: density in float32
-
-    def _fused_output(self, x: Tensor, z: Tensor | None = None) -> nn.Linear | None:
-        """The decoder's output ``Linear`` if the fused Bernoulli path computes exactly what the
-        textbook path would (no hooks to bypass, plain data, no ``torch.func`` transform or
-        autocast) and,
-        given the particles ``z``, the logits are large enough for it to pay."""
-        if z is not None and z.numel() // z.shape[-1] * math.prod(x.shape[1:]) < BERNOULLI_FUSED_MIN:
-            return None  # checked first: at K = 1 this is the common exit, paid every step
-        decoder = self.decoder
-        if type(self.likelihood) is not Bernoulli or type(decoder) is not MLPDecoder:
-            return None
-        out = decoder.net[-1]
-        if (
-            type(out) is not nn.Linear
-            or out.bias is None
-            or x.dtype != out.weight.dtype
-            or x.requires_grad
-            or x.shape[1:] != decoder.event_shape
-            or decoder._forward_hooks
-            or decoder._forward_pre_hooks
-            or out._forward_hooks
-            or out._forward_pre_hooks
-            or _global_module_hooks()
-            or not eager_fusable()
-            or torch.is_autocast_enabled(x.device.type)  # autocast would cast the logits, not x
-        ):
-            return None
-        return out
 
     def log_joint(self, x: Tensor, q=None):
         """``z [*S, B, D] -> log p(x, z) [*S, B]`` for data ``x [B, *event]`` (what :func:`vitorch.loss` reads).
@@ -296,7 +269,15 @@ class VAE(nn.Module):
         return fn
 
     def forward(self, x: Tensor | Sequence[Tensor]) -> LossOutput:
-        """The training loss on a batch ``x [B, *event]``; see :class:`VAE`."""
+        """The training loss on a batch ``x [B, *event]`` (or an ``(x, y)`` batch, which reads ``x``).
+
+        Returns:
+            :class:`~vitorch.LossOutput`: ``bound [B]`` the per-datum bound of the
+            objective (``ELBO``, ``IWAE_K``, ...; detached), ``loss = -mean(bound)``
+            with the estimator's gradient (plus ``lambda * MMD`` with InfoVAE's term),
+            ``log_w [K, B]`` and ``z [K, B, D]``.  The VAE has no global latents, so
+            the per-datum bound is the whole bound of each datum.
+        """
         if isinstance(x, (tuple, list)):
             x = x[0]
         q = self.encoder(x)
@@ -326,12 +307,34 @@ class VAE(nn.Module):
         z = self.encoder(x).sample()
         return self.likelihood.mean(self.decoder(z))
 
+    @torch.no_grad()
+    def predict(self, x: Tensor | Sequence[Tensor], num_particles: int = 1) -> Tensor:
+        """The reconstruction ``E_q(z|x) E[x | z]`` of a batch: ``[B, *event]``.
 
-def _global_module_hooks() -> bool:
-    """Whether global ``nn.Module`` forward hooks are registered (the fused path would skip them)."""
-    from torch.nn.modules import module
+        The decoder's likelihood mean (Bernoulli: the pixel probabilities ``sigmoid(l)``;
+        Gaussian: the mean; ...) averaged over ``num_particles`` draws ``z ~ q(z | x)``, an
+        unbiased estimate of the mean of the reconstruction distribution
+        ``int p(x' | z) q(z | x) dz``.  Like :meth:`forward`, an ``(x, y)`` batch reads ``x``.
 
-    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+        Args:
+            x: ``[B, *event]`` data, or a tuple whose first entry it is.
+            num_particles: draws ``K >= 1`` averaged.
+
+        Returns:
+            ``[B, *event]`` the expected reconstruction (no gradient).
+
+        Raises:
+            ValueError: if ``num_particles`` is not an integer ``>= 1``.
+
+        References:
+            Kingma & Welling, *Auto-Encoding Variational Bayes* (2014), section 2.
+        """
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be an integer >= 1; got {num_particles!r}")
+        if isinstance(x, (tuple, list)):
+            x = x[0]
+        z = self.encoder(x).sample((num_particles,))  # [K, B, D]
+        return self.likelihood.mean(self.decoder(z)).mean(0)
 
 
 def _other_encoder(posterior: str, trunk: nn.Module, width: int, latent_dim: int, num_flows: int) -> nn.Module:
