@@ -6,7 +6,7 @@ Families are torch distributions; objectives are pure functions of log-weights
 scalar surrogate whose value is the bound and whose gradient is the estimator's.
 """
 
-import importlib
+import importlib as _importlib
 
 from . import diagnostics, estimators, flows, objectives
 from ._autocast import full_precision
@@ -28,6 +28,7 @@ from .families import (
     RSVIGamma,
     stopped,
 )
+from .expect import expect
 from .loss import LossOutput, check, loss
 from .training import History, fit
 
@@ -37,7 +38,7 @@ _LAZY = ("models", "data", "kernels")
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return importlib.import_module(f"{__name__}.{name}")
+        return _importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -52,6 +53,7 @@ __all__ = [
     "objectives",
     "loss",
     "check",
+    "expect",
     "full_precision",
     "LossOutput",
     "fit",

@@ -9,11 +9,6 @@ of exactly zero next to any finite one, a datum whose particles all have zero we
 gets the finite bound ``-1e30`` instead of ``-inf`` (so one impossible datum cannot
 make a batch loss infinite), and the replacement's backward (``grad * isfinite(x)``)
 gives such particles a zero gradient.  NaN is kept: it propagates, as a bug should.
-The replacement is one elementwise op with a two-op backward, which matters for a
-bound evaluated every step: on the CPU in eager mode ``vitorch.loss`` uses the
-objectives' unguarded form and re-guards only a non-finite loss, and the weights and
-sums here first try the plain formula, kept when its result is finite (see
-:func:`_plain_is_safe`).
 Half-precision inputs are reduced in float32, whose exponent range weights need.
 """
 
@@ -35,49 +30,11 @@ def clamp(x: Tensor) -> Tensor:
     return x.nan_to_num(nan=math.nan, posinf=LOG_WEIGHT_LIMIT, neginf=-LOG_WEIGHT_LIMIT)
 
 
-def _fast_path(x: Tensor) -> bool:
-    """Whether to try the unguarded formula first: eager CPU code in full precision.
-
-    Checking the result costs a host synchronization, free on the CPU but a stall on
-    an accelerator, and a data-dependent branch that a compiled graph would break
-    on and a ``torch.func`` transform cannot take; there the guard is always applied.
-    """
-    return (
-        x.is_cpu
-        and x.dtype not in _LOW_PRECISION
-        and not torch.compiler.is_compiling()
-        and not _functorch_active()  # vmap cannot read a value, and must not branch on one
-    )
-
-
-def _functorch_active() -> bool:
-    """Whether a ``torch.func`` transform (vmap, grad, jacrev...) is running."""
-    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
-
-
-def _plain_is_safe(out: Tensor) -> bool:
-    """Whether an unguarded reduction's result equals the guarded one, gradient included.
-
-    A finite sum or mean has only finite terms.  Finite softmax weights come from a
-    slice with no ``+inf`` input and at least one finite one, so its ``-inf`` inputs
-    got weight ``exp(-inf) = 0``, exactly what the replacement gives.  NaN fails the
-    test and takes the guarded path.  One sum and one
-    read suffice: a sum of finite numbers is finite unless it overflows, and then
-    the guarded path is merely taken in vain.
-    """
-    return math.isfinite((out if out.dim() == 0 else out.sum()).item())
-
-
 def finite_mean(x: Tensor) -> Tensor:
     """Mean of ``x`` with its non-finite entries counted as zero, value and gradient.
 
     The carrier of a surrogate's gradient: a datum whose bound is ``-inf`` keeps its
     honest value elsewhere but must not turn the carrier into ``inf - inf = NaN``."""
-    if _fast_path(x):
-        out = x.mean()
-        if _plain_is_safe(out):
-            return out
     return torch.where(torch.isfinite(x.detach()), x, 0.0).mean()
 
 
@@ -107,14 +64,14 @@ def softmax(x: Tensor, dim: int = 0) -> Tensor:
     """Normalized weights ``exp(x) / sum exp(x)`` of clamped inputs, without gradient;
     exactly the gradient of :func:`logsumexp`."""
     with torch.no_grad():
-        if _fast_path(x):
-            # Finite weights mean no +inf and no all -inf slice; -inf entries got exactly 0.
-            w = torch.softmax(x, dim)
-            if _plain_is_safe(w):
-                return w
         # Replaced (infinite) entries have zero gradient in the bound, so zero weight here too.
         w = torch.softmax(clamp(x), dim).masked_fill_(~in_range(x), 0.0)
         return w.to(x.dtype)
+
+
+def masked(x: Tensor, keep: Tensor) -> Tensor:
+    """``x`` where ``keep``, else 0 (value and gradient): drops particles of zero weight."""
+    return torch.where(keep, x, 0.0)
 
 
 def in_range(x: Tensor) -> Tensor:

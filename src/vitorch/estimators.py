@@ -1,10 +1,13 @@
 """Gradient estimators: how the gradient of an objective reaches the parameters.
 
-An estimator draws ``K`` particles from the guide ``q``, evaluates the log-joint
-once, and returns an *ascent surrogate* ``[*batch]`` whose gradient is its estimate
-of the objective's gradient; :func:`vitorch.loss` then gives the surrogate the
-objective's value.  Each estimator lists what it needs in :meth:`Estimator.reasons`,
-which :func:`vitorch.loss` checks before any sampling.
+An estimator does two things for :func:`vitorch.loss`: it *draws* K particles from the
+guide ``q`` (with ``log q``, at stopped parameters where it needs that), and, once the
+log-joint has been read, it builds an *ascent surrogate* ``[*batch]`` whose gradient is
+its estimate of the objective's gradient.  What it needs from the objective it derives
+from the objective's value by autograd on the small ``[K, *batch]`` log-weight tensor
+(:func:`grad_weights`, :func:`dreg_weights`, :func:`learning_signal`), using an
+objective's closed form where it has one.  Each estimator lists what it refuses in
+:meth:`Estimator.reasons`, which :func:`vitorch.loss` checks before any sampling.
 
 Two groups of parameters are told apart by where they act, never by name: the
 model's parameters act through ``log p(x, z)`` at fixed ``z``, the guide's through
@@ -29,76 +32,101 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution
 
 from . import _logspace as ls
+from ._baselines import LearnedBaseline, MovingAverageBaseline
 from .families.base import stopped
-from .objectives import Objective, elbo
+from .objectives import Objective
 
 __all__ = [
     "Estimator",
+    "Particles",
     "reparam",
     "stl",
     "dreg",
     "score",
     "vimco",
+    "grad_weights",
+    "dreg_weights",
+    "learning_signal",
     "MovingAverageBaseline",
     "LearnedBaseline",
 ]
 
-LogJoint = Callable[[Tensor], Tensor]
+
+# ---------------------------------------------------------------- what estimators derive from an objective
 
 
-def _per_particle(coef: Tensor, z: Tensor) -> Tensor:
-    """Broadcast ``[K, *batch]`` coefficients over the event dimensions of ``z``."""
-    return coef.reshape(coef.shape + (1,) * (z.dim() - coef.dim()))
+def grad_weights(objective: Objective, log_w: Tensor) -> Tensor:
+    """``dO / d log_w_k``, detached ``[K, *batch]``: each particle's weight in the pathwise gradient."""
+    closed = getattr(objective, "grad_coefficients", None)
+    if closed is not None:
+        return closed(log_w.detach())
+    with torch.enable_grad():
+        x = log_w.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(objective(x).sum(), x)
+    return g
 
 
-def _rsample_and_log_prob(q: Distribution, sample_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """A family's fused draw, or ``rsample`` then ``log_prob`` for a plain torch distribution."""
-    fused = getattr(q, "rsample_and_log_prob", None)
-    if fused is not None:
-        return fused(sample_shape)
-    z = q.rsample(sample_shape)
-    return z, q.log_prob(z)
+def dreg_weights(objective: Objective, log_w: Tensor) -> Tensor:
+    """Doubly-reparameterized guide weights ``c_k - dc_k / dlog w_k`` with ``c = dO/dlog w``, ``[K, *batch]``.
+
+    The score term ``E[sum_k c_k grad_phi log q(z_k)]`` equals, by the
+    reparameterization identity applied to ``c_k`` as a function of ``z_k``,
+    ``E[sum_k (dc_k/dlog w_k) grad_z log w_k dz_k/dphi]``; subtracting it from the
+    pathwise term leaves these weights (Tucker et al., 2019, eq. 5-8; for IWAE
+    ``w~ - w~(1 - w~) = w~^2``).  The diagonal of the Hessian comes from one batched
+    double backward.
+    """
+    closed = getattr(objective, "dreg_coefficients", None)
+    if closed is not None:
+        return closed(log_w.detach())
+    if objective.particlewise:
+        return grad_weights(objective, log_w)
+    with torch.enable_grad():
+        x = log_w.detach().requires_grad_(True)
+        (c,) = torch.autograd.grad(objective(x).sum(), x, create_graph=True)
+        if not c.requires_grad:  # c does not depend on log w: the objective is linear
+            return c.detach()
+        K = x.shape[0]
+        basis = torch.eye(K, dtype=x.dtype, device=x.device).reshape(K, K, *([1] * (x.dim() - 1)))
+        (rows,) = torch.autograd.grad(c, x, grad_outputs=basis.expand(K, *x.shape), is_grads_batched=True)
+    return (c - rows.diagonal(0, 0, 1).movedim(-1, 0)).detach()
 
 
-def _stopped_log_prob(q: Distribution, z: Tensor) -> Tensor:
-    """log q(z) at stopped parameters; ``z`` came from q itself, so its support check is skipped."""
-    sq = stopped(q)
-    sq._validate_args = False
-    return sq.log_prob(z)
+def learning_signal(objective: Objective, log_w: Tensor, baseline: Tensor | float = 0.0) -> Tensor:
+    """``[K, *batch]`` signal ``L_k`` multiplying ``grad log q(z_k)`` in the score-function gradient.
+
+    ``O - b`` for a bound that couples its particles (every particle gets the datum's
+    value); an objective may give its own (the ELBO: each particle's log-weight).  A
+    datum whose bound sits at the floor -1e30 (every weight zero) gets no signal.
+    """
+    closed = getattr(objective, "learning_signal", None)
+    if closed is not None:
+        return closed(log_w, baseline)
+    value = objective(log_w).unsqueeze(0).expand_as(log_w)
+    return ls.masked(value - baseline, ls.finite_bound(value))
 
 
-def _bound(objective: Objective, log_w: Tensor) -> Tensor:
-    """``objective(log_w)``, or on eager CPU code its unguarded form (see
-    :meth:`Objective.unguarded`), which :func:`vitorch.loss` re-guards if the loss
-    comes out non-finite: one read of a scalar instead of the guard's ops."""
-    if ls._fast_path(log_w):
-        bound = objective.unguarded(log_w)
-        if bound is not None:
-            return bound
-    return objective(log_w)
+def _signed(objective: Objective, weights: Tensor) -> Tensor:
+    """Ascent weights: negated for a bound that is descended."""
+    return weights if objective.sign > 0 else -weights
 
 
-def _signed(objective: Objective, coefficients: Tensor) -> Tensor:
-    """Ascent coefficients: negated for a bound that is descended (no op otherwise)."""
-    return coefficients if objective.sign > 0 else -coefficients
-
-
-def _weighted_sum(coef: Tensor, x: Tensor) -> Tensor:
-    """``sum_k coef_k x_k`` over the finite ``x_k`` only: a particle of zero weight
+def _weighted_sum(weights: Tensor, x: Tensor) -> Tensor:
+    """``sum_k weights_k x_k`` over the finite ``x_k`` only: a particle of zero weight
     (``x_k = -inf``) contributes neither a value nor a gradient."""
-    if ls._fast_path(x):
-        # A finite total proves every x_k finite, where the mask is the identity.
-        out = (coef * x).sum(0)
-        if ls._plain_is_safe(out):
-            return out
-    return torch.where(torch.isfinite(x), coef * x, 0.0).sum(0)
+    return ls.masked(weights * x, torch.isfinite(x)).sum(0)
+
+
+def _per_particle(weights: Tensor, like: Tensor) -> Tensor:
+    """Broadcast ``[K, *batch]`` weights over the event dimensions of ``like``."""
+    return weights.reshape(weights.shape + (1,) * (like.dim() - weights.dim()))
 
 
 def _family_name(q: Distribution) -> str:
@@ -106,25 +134,29 @@ def _family_name(q: Distribution) -> str:
     return f"{type(q).__name__}({_family_name(base)})" if base is not None else type(q).__name__
 
 
-def _check_log_p(log_p: Tensor, z: Tensor, num_particles: int, batch_shape: torch.Size) -> None:
-    shape = log_p.shape
-    if shape[:1] == (num_particles,) and shape[1:] == batch_shape:
-        return
-    expected = torch.Size([num_particles]) + batch_shape
-    if shape != expected:
-        raise ValueError(
-            f"log_joint must map z {tuple(z.shape)} to log-densities of shape {tuple(expected)} "
-            f"([K, *batch]); got {tuple(log_p.shape)}"
-        )
+# ---------------------------------------------------------------- estimators
+
+
+class Particles(NamedTuple):
+    """One draw of K particles.
+
+    Attributes:
+        z: ``[K, *batch, *event]`` the particles returned to the caller.
+        read: what the log-joint reads: ``z`` itself, or a view of it on which a
+            backward hook rescales the guide's gradient.
+        log_q: ``[K, *batch]`` log-density of the particles (at stopped parameters for
+            STL and DReG; detached particles for score estimators).
+        correction: ``[K, *batch]`` an RSVI acceptance log-density, or ``None``.
+    """
+
+    z: Tensor
+    read: Tensor
+    log_q: Tensor
+    correction: Tensor | None
 
 
 class Estimator:
-    """Base class: ``surrogate(...) -> (ascent surrogate [*batch], log_w [K, *batch], z, bound)``.
-
-    ``bound`` is the objective's value ``[*batch]`` when the surrogate's value is exactly
-    ``sign * bound`` (plain autograd through the bound), else ``None``.  In that case
-    ``log_w`` keeps its graph and ``bound`` may be the objective's unguarded form, which
-    :func:`vitorch.loss` replaces by ``objective(log_w)`` should the loss be non-finite.
+    """Base class: ``draw(q, K, objective) -> Particles`` and ``surrogate(...) -> [*batch]``.
 
     References:
         Mohamed, Rosca, Figurnov & Mnih, *Monte Carlo Gradient Estimation in Machine
@@ -136,17 +168,18 @@ class Estimator:
 
     def reasons(self, objective: Objective, q: Distribution, num_particles: int) -> list[str]:
         """Why this estimator cannot serve ``objective`` with ``q`` and ``K``; empty if it can."""
-        out = []
         if self.needs_rsample and not getattr(q, "has_rsample", False):
-            out.append(
+            return [
                 f"{self.name} is a pathwise estimator and needs rsample, but {_family_name(q)} has none; "
                 "use score() or vimco"
-            )
-        return out
+            ]
+        return []
 
-    def surrogate(
-        self, log_joint: LogJoint, q: Distribution, num_particles: int, objective: Objective, context=None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    def draw(self, q: Distribution, num_particles: int, objective: Objective) -> Particles:
+        raise NotImplementedError
+
+    def surrogate(self, objective: Objective, particles: Particles, log_p: Tensor, log_w: Tensor, context=None):
+        """``[*batch]`` ascent surrogate: its gradient is this estimator's gradient of the objective."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -159,55 +192,53 @@ class _Pathwise(Estimator):
     needs_rsample = True
     stop_q = False
 
-    def guide_ratio(self, objective: Objective, log_w: Tensor, c_model: Tensor) -> Tensor:
-        """Per-particle factor turning the model's pathwise weights into the guide's."""
-        guide = objective.guide
-        return ls.weight_ratio(_signed(guide, guide.grad_coefficients(log_w)), c_model)
+    def guide_weights(self, objective: Objective, log_w: Tensor) -> Tensor:
+        return _signed(objective.guide, grad_weights(objective.guide, log_w))
 
     def _reweights(self, objective: Objective) -> bool:
         return objective.model is not objective.guide
 
-    def surrogate(self, log_joint, q, num_particles, objective, context=None):
-        K = num_particles
-        corrected = getattr(q, "has_correction", False)
-        if corrected:
-            z, log_q, log_corr = q.rsample_with_correction((K,))
-        elif self.stop_q:
-            z = q.rsample((K,))
-        else:
-            z, log_q = _rsample_and_log_prob(q, (K,))
+    def draw(self, q, num_particles, objective):
+        shape = (num_particles,)
+        if getattr(q, "has_correction", False):
+            z, log_q, correction = q.rsample_with_correction(shape)
+            return Particles(z, z, log_q, correction)
+        if not self.stop_q:
+            fused = getattr(q, "rsample_and_log_prob", None)
+            z, log_q = fused(shape) if fused is not None else _rsample_then_log_prob(q, shape)
+            read = z.view_as(z) if self._reweights(objective) else z
+            return Particles(z, read, log_q, None)
+        z = q.rsample(shape)
+        read = z.view_as(z) if self._reweights(objective) else z
+        sq = stopped(q)
+        sq._validate_args = False  # the particles came from q itself
+        return Particles(z, read, sq.log_prob(read), None)
+
+    def surrogate(self, objective, particles, log_p, log_w, context=None):
         if not self._reweights(objective):
             # Model and guide share one set of weights: plain autograd through the bound.
-            log_p = log_joint(z)
-            _check_log_p(log_p, z, K, q.batch_shape)
-            if self.stop_q:
-                log_q = _stopped_log_prob(q, z)
-            log_w = log_p - log_q
-            bound = _bound(objective, log_w)
-            surrogate = bound if objective.sign > 0 else -bound
-            bound = None if corrected else bound  # LossOutput detaches it on access
+            surrogate = objective(log_w) * objective.sign
         else:
-            bound = None
-            z_path = z.view_as(z)
-            log_p = log_joint(z_path)
-            _check_log_p(log_p, z, K, q.batch_shape)
-            if self.stop_q:
-                log_q = _stopped_log_prob(q, z_path)
-            log_w = log_p - log_q
             with torch.no_grad():
-                c_model = _signed(objective.model, objective.model.grad_coefficients(log_w))
-                ratio = self.guide_ratio(objective, log_w, c_model)
+                c_model = _signed(objective.model, grad_weights(objective.model, log_w))
+                ratio = ls.weight_ratio(self.guide_weights(objective, log_w), c_model)
             surrogate = _weighted_sum(c_model, log_w)
-            if z_path.requires_grad:  # not under torch.no_grad()
-                z_path.register_hook(lambda g: g * _per_particle(ratio, g))
+            read, log_q = particles.read, particles.log_q
+            if read.requires_grad:  # not under torch.no_grad()
+                read.register_hook(lambda g: g * _per_particle(ratio, g))
             if not self.stop_q and log_q.requires_grad:
                 log_q.register_hook(lambda g: g * ratio)
-        if corrected:
+        if particles.correction is not None:
             # RSVI: the acceptance density's score, weighted by the learning signal.
             with torch.no_grad():
-                signal = objective.guide.learning_signal(log_w.detach())
-            surrogate = surrogate + _weighted_sum(signal, log_corr)
-        return surrogate, log_w, z, bound
+                signal = _signed(objective.guide, learning_signal(objective.guide, log_w.detach()))
+            surrogate = surrogate + _weighted_sum(signal, particles.correction)
+        return surrogate
+
+
+def _rsample_then_log_prob(q: Distribution, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    z = q.rsample(shape)
+    return z, q.log_prob(z)
 
 
 class _Reparam(_Pathwise):
@@ -221,12 +252,18 @@ class _Reparam(_Pathwise):
     name = "reparam"
 
 
+def _exact_reparam(estimator: Estimator, q: Distribution) -> list[str]:
+    if getattr(q, "has_correction", False):
+        return [f"{estimator.name} assumes an exact reparameterization; {type(q).__name__} needs an RSVI correction"]
+    return []
+
+
 class _STL(_Pathwise):
     """Sticking the landing (Roeder et al., 2017): log q at stopped parameters.
 
-    It drops the score term ``E[grad log q]``, which is zero for the ELBO, and has
-    zero variance when q is the exact posterior.  For multi-sample bounds the
-    dropped term is not zero-mean, so STL is restricted to the ELBO; use ``dreg``.
+    It drops the score term ``E[sum_k c_k grad log q(z_k)]``, which is zero exactly
+    when each particle's weight ``c_k`` does not depend on its own log-weight: the
+    ELBO.  For multi-sample bounds the dropped term is not zero-mean; use ``dreg``.
     """
 
     name = "stl"
@@ -234,47 +271,33 @@ class _STL(_Pathwise):
 
     def reasons(self, objective, q, num_particles):
         out = super().reasons(objective, q, num_particles)
-        if objective.model is not elbo or objective.guide is not elbo:
+        if not (objective.model.particlewise and objective.guide.particlewise):
             out.append(
-                f"stl is unbiased only for the ELBO; {objective.name} would get a biased gradient "
-                "(use dreg for importance-weighted bounds)"
+                f"stl is unbiased only for a mean of per-particle terms (the ELBO); {objective.name} would get "
+                "a biased gradient (use dreg for importance-weighted bounds)"
             )
-        if getattr(q, "has_correction", False):
-            out.append(f"stl assumes an exact reparameterization; {type(q).__name__} needs an RSVI correction")
-        return out
+        return out + _exact_reparam(self, q)
 
 
 class _DReG(_Pathwise):
-    """Doubly reparameterized gradients (Tucker et al., 2019).
+    """Doubly reparameterized gradients (Tucker et al., 2019), for any smooth objective.
 
-    The guide follows ``sum_k sg(c_k) grad_z log w_k dz_k/dphi`` with log q at stopped
-    parameters, ``c_k = w~_k^2`` for IWAE (and the matching weights for MIWAE,
-    CIWAE and PIWAE's guide); the model keeps its bound's own weights ``w~_k``.
-    At K = 1 it is STL.
+    The guide follows ``sum_k sg(c_k - dc_k/dlog w_k) grad_z log w_k dz_k/dphi`` with
+    log q at stopped parameters (:func:`dreg_weights`); the model keeps its bound's own
+    weights ``c_k``.  For the ELBO it is STL.
     """
 
     name = "dreg"
     stop_q = True
 
-    def guide_ratio(self, objective, log_w, c_model):
-        guide = objective.guide
-        if guide is objective.model:  # same objective, same sign: the ratio is the bound's own
-            return guide.dreg_ratio(log_w, c_model)
-        return ls.weight_ratio(_signed(guide, guide.dreg_coefficients(log_w)), c_model)
+    def guide_weights(self, objective, log_w):
+        return _signed(objective.guide, dreg_weights(objective.guide, log_w))
 
     def _reweights(self, objective):
-        return True
+        return not (objective.model.particlewise and objective.guide is objective.model)
 
     def reasons(self, objective, q, num_particles):
-        out = super().reasons(objective, q, num_particles)
-        if not objective.guide.has_dreg:
-            out.append(
-                f"dreg has no formula for {objective.guide.name}; it is defined for elbo, iwae, miwae, ciwae "
-                "and piwae's guide"
-            )
-        if getattr(q, "has_correction", False):
-            out.append(f"dreg assumes an exact reparameterization; {type(q).__name__} needs an RSVI correction")
-        return out
+        return super().reasons(objective, q, num_particles) + _exact_reparam(self, q)
 
 
 reparam = _Reparam()
@@ -285,36 +308,35 @@ dreg = _DReG()
 class _ScoreBase(Estimator):
     """Score-function (REINFORCE) gradients: no path through z, any family with ``log_prob``."""
 
-    baseline = None
-
     def guide_weights(self, objective: Objective, log_w: Tensor, context) -> tuple[Tensor, Tensor | None]:
+        """Ascent weights ``[K, *batch]`` of ``log q(z_k)``, and a baseline's regression loss or ``None``."""
         raise NotImplementedError
 
-    def surrogate(self, log_joint, q, num_particles, objective, context=None):
+    def draw(self, q, num_particles, objective):
         with torch.no_grad():
             z = q.sample((num_particles,))
-        log_p = log_joint(z)
-        _check_log_p(log_p, z, num_particles, q.batch_shape)
-        log_q = q.log_prob(z)
-        log_w = (log_p - log_q).detach()
+        return Particles(z, z, q.log_prob(z), None)
+
+    def surrogate(self, objective, particles, log_p, log_w, context=None):
+        log_w = log_w.detach()
         with torch.no_grad():
-            c_model = objective.model.sign * objective.model.grad_coefficients(log_w)
+            c_model = _signed(objective.model, grad_weights(objective.model, log_w))
         a_guide, extra = self.guide_weights(objective, log_w, context)
-        surrogate = _weighted_sum(c_model, log_p) + _weighted_sum(a_guide, log_q)
+        surrogate = _weighted_sum(c_model, log_p) + _weighted_sum(a_guide, particles.log_q)
         if extra is not None:  # a learned baseline's regression loss, added with zero value
             surrogate = surrogate - (extra - extra.detach())
-        return surrogate, log_w, z, None
+        return surrogate
 
 
 class _Score(_ScoreBase):
     """Score function with an optional baseline (Ranganath et al., 2014).
 
-    The guide's gradient is ``sum_k (O - b - dO/dlog w_k) grad log q(z_k)``; for the
-    ELBO each particle uses its own log-weight.  ``baseline`` is ``None``, a
-    :class:`MovingAverageBaseline` or a :class:`LearnedBaseline`.
+    The guide's gradient is ``sum_k (L_k - b - dO/dlog w_k) grad log q(z_k)`` with the
+    objective's learning signal ``L`` (:func:`learning_signal`); ``baseline`` is
+    ``None``, a :class:`MovingAverageBaseline` or a :class:`LearnedBaseline`.
     """
 
-    def __init__(self, baseline: nn.Module | None = None):
+    def __init__(self, baseline=None):
         if baseline is not None and not isinstance(baseline, (MovingAverageBaseline, LearnedBaseline)):
             raise ValueError(
                 f"score: baseline must be None, MovingAverageBaseline or LearnedBaseline; got {type(baseline).__name__}"
@@ -324,20 +346,23 @@ class _Score(_ScoreBase):
 
     def reasons(self, objective, q, num_particles):
         out = super().reasons(objective, q, num_particles)
-        if self.baseline is not None and objective.guide.name == "forward_chi2":
-            out.append("vis's guide uses the self-normalized score gradient, which takes no baseline; use score()")
+        if self.baseline is not None and not objective.guide.takes_baseline:
+            out.append(f"{objective.guide.name}'s self-normalized score gradient takes no baseline; use score()")
         return out
 
     def guide_weights(self, objective, log_w, context):
         guide = objective.guide
-        if self.baseline is None:
-            with torch.no_grad():
-                return guide.score_coefficients(log_w), None
-        target = guide.baseline_target(log_w).detach()
-        b = self.baseline.predict(context, target)
+        closed = getattr(guide, "score_coefficients", None)
+        if closed is not None:
+            return closed(log_w), None
+        extra, b = None, 0.0
+        if self.baseline is not None:
+            target = guide(log_w)
+            prediction = self.baseline.predict(context, target)
+            extra, b = self.baseline.observe(target, prediction), prediction.detach()
         with torch.no_grad():
-            a = guide.score_coefficients(log_w, b.detach())
-        return a, self.baseline.observe(target, b)
+            signal = learning_signal(guide, log_w, b) - grad_weights(guide, log_w)
+        return _signed(guide, signal), extra
 
 
 class _VIMCO(_ScoreBase):
@@ -366,14 +391,14 @@ class _VIMCO(_ScoreBase):
             replaced = torch.where(eye, others.unsqueeze(0), log_w.unsqueeze(1))
             value = guide(log_w).unsqueeze(0)
             loo = guide(replaced)
-            signal = torch.where(ls.finite_bound(value) & ls.finite_bound(loo), value - loo, 0.0)
-            return guide.sign * (signal - guide.grad_coefficients(log_w)), None
+            signal = ls.masked(value - loo, ls.finite_bound(value) & ls.finite_bound(loo))
+        return _signed(guide, signal - grad_weights(guide, log_w)), None
 
 
 vimco = _VIMCO()
 
 
-def score(baseline: nn.Module | None = None) -> Estimator:
+def score(baseline=None) -> Estimator:
     """Score-function estimator with an optional ``baseline`` (see :class:`_Score`).
 
     Needs only ``q.sample`` and ``q.log_prob``; the guide's surrogate weighs each
@@ -382,73 +407,3 @@ def score(baseline: nn.Module | None = None) -> Estimator:
     *Black Box Variational Inference*; Williams (1992) for REINFORCE.
     """
     return _Score(baseline)
-
-
-class MovingAverageBaseline(nn.Module):
-    """Exponential moving average of the learning signal, ``b <- decay b + (1 - decay) mean(O)``.
-
-    A module so that its state is saved with the model and resumes exactly.  It keeps
-    one scalar (shape ``[]``) and predicts it for every datum, ``[*batch]``.
-
-    References:
-        Williams, *Simple Statistical Gradient-Following Algorithms for Connectionist
-        Reinforcement Learning* (Machine Learning, 1992); Ranganath et al. (2014).
-    """
-
-    def __init__(self, decay: float = 0.9):
-        super().__init__()
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"MovingAverageBaseline: decay must lie in [0, 1); got {decay!r}")
-        self.decay = decay
-        self.register_buffer("value", torch.zeros(()))
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
-
-    def predict(self, context, target: Tensor) -> Tensor:
-        return self.value.to(target.dtype).expand(target.shape) if self.initialized else torch.zeros_like(target)
-
-    def observe(self, target: Tensor, prediction: Tensor) -> None:
-        finite = target[torch.isfinite(target)]
-        if finite.numel() == 0:
-            return None
-        m = finite.mean().to(self.value.dtype)
-        if self.initialized:
-            self.value.mul_(self.decay).add_((1 - self.decay) * m)
-        else:
-            self.value.copy_(m)
-            self.initialized.fill_(True)
-        return None
-
-
-class LearnedBaseline(nn.Module):
-    """An input-dependent baseline ``b(context)`` fitted by least squares to the learning signal.
-
-    Args:
-        net: module mapping the ``context`` passed to :func:`vitorch.loss` to
-            ``[*batch]`` (or ``[*batch, 1]``); ``None`` learns one scalar.
-
-    Its regression loss ``mean((O - b)^2)`` is added to the surrogate with zero value,
-    so one ``backward`` trains it too: include its parameters in the optimizer.
-
-    References:
-        Mnih & Gregor, *Neural Variational Inference and Learning in Belief Networks*
-        (ICML 2014): the input-dependent baseline fitted to the learning signal.
-    """
-
-    def __init__(self, net: nn.Module | None = None):
-        super().__init__()
-        self.net = net
-        self.constant = nn.Parameter(torch.zeros(())) if net is None else None
-
-    def predict(self, context, target: Tensor) -> Tensor:
-        if self.net is None:
-            return self.constant.to(target.dtype).expand(target.shape)
-        if context is None:
-            raise ValueError("LearnedBaseline with a network needs vt.loss(..., context=...)")
-        b = self.net(context)
-        if b.shape != target.shape:
-            b = b.reshape(target.shape)
-        return b
-
-    def observe(self, target: Tensor, prediction: Tensor) -> Tensor:
-        ok = torch.isfinite(target)
-        return torch.where(ok, target - prediction, 0.0).pow(2).mean()

@@ -1,19 +1,21 @@
 """Variational objectives: pure functions of the log-weights.
 
 With ``w_k = p(x, z_k) / q(z_k | x)`` for particles ``z_k ~ q`` and
-``log_w [K, *batch]`` (particles first), each objective maps ``log_w`` to a bound
-estimate ``[*batch]``.  Objectives never sample and never call ``backward``; an
-estimator (:mod:`vitorch.estimators`) decides how gradients flow.  Besides its
-value, an objective exposes what estimators need:
+``log_w [K, *batch]`` (particles first), an objective maps ``log_w`` to a bound
+estimate ``[*batch]``.  That value is all an objective must define: the estimators
+(:mod:`vitorch.estimators`) derive the gradient weights they need from it by autograd
+on the small ``[K, *batch]`` tensor, so a new objective, or any plain callable
+``log_w -> bound`` passed to :func:`vitorch.loss`, gets every estimator for free.
+Besides its value an objective may state
 
-* ``grad_coefficients(log_w)``: ``dO / d log_w_k`` (detached), the weight of each
-  particle in the pathwise gradient;
-* ``dreg_coefficients(log_w)``: the doubly-reparameterized guide weights
-  (Tucker et al., 2019), for the objectives that have them;
-* ``score_coefficients(log_w, baseline)``: the weight of ``grad log q(z_k)`` in a
-  score-function estimate of the gradient (with a baseline subtracted).
+* the reasons it refuses a particle count (:meth:`Objective.reasons`);
+* ``upper = True`` for an upper bound on ``log p(x)`` (descended, e.g. CUBO);
+* ``particlewise = True`` when it is the mean of one term per particle (the ELBO),
+  which makes STL unbiased;
+* optional closed forms of what the estimators would otherwise derive by autograd:
+  ``grad_coefficients`` (``dO / d log_w``), ``dreg_coefficients`` and
+  ``learning_signal``.  They must agree with the derivation (tests check it).
 
-Lower bounds are ascended; upper bounds (``upper=True``, e.g. CUBO) are descended.
 A split objective (:func:`piwae`, :func:`vis`) gives the model's parameters the
 gradient of one bound and the guide's the gradient of another.
 
@@ -29,8 +31,8 @@ than ``-inf`` (and a zero gradient), so it cannot turn a batch loss into inf or 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
 from . import _logspace as ls
@@ -39,6 +41,7 @@ from .mmd import mmd
 __all__ = [
     "Objective",
     "Split",
+    "as_objective",
     "elbo",
     "iwae",
     "miwae",
@@ -51,20 +54,15 @@ __all__ = [
 ]
 
 
-def _grad_of(fn, log_w: Tensor) -> Tensor:
-    with torch.enable_grad():
-        x = log_w.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(fn(x).sum(), x)
-    return g
-
-
 class Objective:
-    """A bound ``log_w [K, *batch] -> [*batch]`` and the coefficients its estimators use.
+    """A bound ``log_w [K, *batch] -> [*batch]``.
 
     Attributes:
         name: short name, used in error messages.
         upper: ``True`` for an upper bound on ``log p(x)`` (minimized).
-        has_dreg: whether :meth:`dreg_coefficients` is defined.
+        particlewise: ``True`` if the bound is the mean of one term per particle.
+        takes_baseline: ``False`` if its score-function gradient must not subtract a
+            baseline (the self-normalized forward-χ² gradient).
 
     References:
         Blei, Kucukelbir & McAuliffe, *Variational Inference: A Review for
@@ -74,7 +72,8 @@ class Objective:
 
     name = "objective"
     upper = False
-    has_dreg = False
+    particlewise = False
+    takes_baseline = True
 
     @property
     def sign(self) -> float:
@@ -92,92 +91,63 @@ class Objective:
         return self
 
     def __call__(self, log_w: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define __call__(log_w)")
 
     def reasons(self, num_particles: int) -> list[str]:
         """Why this objective cannot run with ``num_particles``; empty if it can."""
         return []
 
-    def unguarded(self, log_w: Tensor) -> Tensor | None:
-        """The bound without the replacement of infinite log-weights, or ``None``.
-
-        Where it is defined, a *finite* result equals ``self(log_w)`` in value and
-        gradient, so a caller that checks finiteness anyway (:func:`vitorch.loss`
-        checks its scalar loss) may skip the guard's cost.
-        """
-        return None
-
-    def grad_coefficients(self, log_w: Tensor) -> Tensor:
-        """``dO / d log_w`` as a detached ``[K, *batch]`` tensor."""
-        return _grad_of(self, log_w)
-
-    def dreg_coefficients(self, log_w: Tensor) -> Tensor:
-        """Guide weights of the doubly-reparameterized gradient (Tucker et al., 2019)."""
-        raise ValueError(f"{self.name} has no DReG formula")
-
-    def dreg_ratio(self, log_w: Tensor, grad_coefficients: Tensor) -> Tensor:
-        """``dreg_coefficients / grad_coefficients`` per particle, 0 where the latter is 0.
-
-        What DReG's backward hook rescales the guide's gradient by when model and
-        guide follow this one objective; ``grad_coefficients`` is passed in because
-        the caller has it, and some bounds give the ratio without a division.
-        """
-        return ls.weight_ratio(self.dreg_coefficients(log_w), grad_coefficients)
-
-    def learning_signal(self, log_w: Tensor, baseline: Tensor | float = 0.0) -> Tensor:
-        """``[K, *batch]`` ascent signal ``L_k`` whose product with the score of particle k's
-        density gives the score part of ``grad E[O]``: ``sign * (O - b)`` for a bound that
-        couples its particles.  A datum whose bound sits at the floor -1e30 (every
-        weight zero) gets a zero signal."""
-        value = self(log_w).unsqueeze(0).expand_as(log_w)
-        return self.sign * torch.where(ls.finite_bound(value), value - baseline, 0.0)
-
-    def score_coefficients(self, log_w: Tensor, baseline: Tensor | float = 0.0) -> Tensor:
-        """Ascent weights ``a_k`` of ``grad log q(z_k)`` in a score-function gradient.
-
-        The gradient of ``E[O(log w_1..K)]`` with respect to q's parameters, with the
-        particles held fixed, is ``E[sum_k (O - b - dO/dlog w_k) grad log q(z_k)]``
-        for any baseline ``b`` that does not depend on the particles; the weights are
-        multiplied by :attr:`sign` so that ascending ``sum_k a_k log q(z_k)`` follows it.
-        """
-        return self.learning_signal(log_w, baseline) - self.sign * self.grad_coefficients(log_w)
-
-    def baseline_target(self, log_w: Tensor) -> Tensor:
-        """What a baseline for this objective's learning signal should predict, ``[*batch]``."""
-        return self(log_w)
-
     def __repr__(self) -> str:
         return self.name
+
+
+class _Callable(Objective):
+    """A user's function ``log_w [K, *batch] -> [*batch]`` as a lower bound."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]):
+        self.fn = fn
+        self.name = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, log_w: Tensor) -> Tensor:
+        return self.fn(log_w)
+
+
+def as_objective(objective) -> Objective:
+    """``objective`` itself, or a plain callable ``log_w -> bound`` wrapped as a lower bound.
+
+    Raises:
+        TypeError: if ``objective`` is neither an :class:`Objective` nor callable.
+    """
+    if isinstance(objective, Objective):
+        return objective
+    if objective in (miwae, ciwae, renyi, cubo, piwae, vis):
+        name = objective.__name__
+        raise TypeError(f"objective {name} is a factory; call it (e.g. {name}(...)) to get an objective")
+    if callable(objective) and not isinstance(objective, type):
+        return _Callable(objective)
+    hint = f" ({objective.__name__} is a class; pass an instance)" if isinstance(objective, type) else ""
+    raise TypeError(f"objective must be a vitorch objective or a callable log_w -> bound; got {objective!r}{hint}")
 
 
 class _ELBO(Objective):
     """Evidence lower bound ``(1/K) sum_k log w_k`` (Kingma & Welling, 2014).
 
-    Maps ``log_w [K, *batch]`` to ``[*batch]``.
-
-    The K particles are independent ELBO estimates, so the score-function signal
-    of particle k is its own log-weight: ``a_k = (log w_k - b - 1) / K``.
+    Maps ``log_w [K, *batch]`` to ``[*batch]``.  The K particles are independent ELBO
+    estimates, so the score-function signal of particle k is its own log-weight.
     """
 
     name = "elbo"
-    has_dreg = True
+    particlewise = True
 
     def __call__(self, log_w: Tensor) -> Tensor:
         return ls.mean(log_w, 0)
 
-    def unguarded(self, log_w: Tensor) -> Tensor:
-        # A finite mean has only finite terms, where the guard is the identity.
-        return log_w.mean(0)
-
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
         return ls.in_range(log_w).to(log_w.dtype) / log_w.shape[0]
 
-    def dreg_coefficients(self, log_w: Tensor) -> Tensor:
-        # The ELBO's score term has zero mean for each particle, so DReG is STL here.
-        return self.grad_coefficients(log_w)
-
     def learning_signal(self, log_w: Tensor, baseline: Tensor | float = 0.0) -> Tensor:
-        return torch.where(torch.isfinite(log_w), log_w - baseline, 0.0) / log_w.shape[0]
+        """Per particle ``(log w_k - b) / K``: each particle is its own ELBO estimate."""
+        return ls.masked(log_w - baseline, ls.in_range(log_w)) / log_w.shape[0]
 
 
 class _IWAE(Objective):
@@ -185,30 +155,19 @@ class _IWAE(Objective):
 
     Maps ``log_w [K, *batch]`` to ``[*batch]``; tighter than the ELBO on the same
     particles and increasing to ``log p(x)`` as K grows.
-
-    DReG guide weights are ``w~_k^2`` with ``w~ = softmax(log_w)`` (Tucker et al., 2019).
     """
 
     name = "iwae"
-    has_dreg = True
 
     def __call__(self, log_w: Tensor) -> Tensor:
         return ls.logmeanexp(log_w, 0)
 
-    def unguarded(self, log_w: Tensor) -> Tensor:
-        # A finite log-sum-exp has no +inf term and a finite one beside every -inf
-        # term, which then weighs exp(-inf) = 0 forward and backward, as guarded.
-        return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
-
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
-        return ls.softmax(log_w.detach(), 0)
+        return ls.softmax(log_w, 0)
 
     def dreg_coefficients(self, log_w: Tensor) -> Tensor:
-        return ls.softmax(log_w.detach(), 0).pow(2)
-
-    def dreg_ratio(self, log_w: Tensor, grad_coefficients: Tensor) -> Tensor:
-        # w~^2 / w~ = w~ (and 0 where w~ = 0): the normalized weights themselves.
-        return grad_coefficients
+        # Tucker et al. (2019), eq. 8: w~ - dw~/dlog w = w~^2.
+        return ls.softmax(log_w, 0).pow(2)
 
 
 elbo = _ELBO()
@@ -222,10 +181,8 @@ class _MIWAE(Objective):
     Particles ``k`` with the same ``k // (K/M)`` form a group.
     """
 
-    has_dreg = True
-
     def __init__(self, num_groups: int):
-        if not isinstance(num_groups, int) or num_groups < 1:
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
             raise ValueError(f"miwae: M (num_groups) must be a positive integer; got {num_groups!r}")
         self.num_groups = num_groups
         self.name = f"miwae(M={num_groups})"
@@ -242,10 +199,10 @@ class _MIWAE(Objective):
         return ls.logmeanexp(self._groups(log_w), 1).mean(0)
 
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
-        return ls.softmax(self._groups(log_w.detach()), 1).reshape(log_w.shape) / self.num_groups
+        return ls.softmax(self._groups(log_w), 1).reshape(log_w.shape) / self.num_groups
 
     def dreg_coefficients(self, log_w: Tensor) -> Tensor:
-        return ls.softmax(self._groups(log_w.detach()), 1).pow(2).reshape(log_w.shape) / self.num_groups
+        return ls.softmax(self._groups(log_w), 1).pow(2).reshape(log_w.shape) / self.num_groups
 
 
 def miwae(M: int) -> Objective:
@@ -264,8 +221,6 @@ def miwae(M: int) -> Objective:
 class _CIWAE(Objective):
     """``beta * ELBO + (1 - beta) * IWAE_K`` on the same particles (Rainforth et al., 2018)."""
 
-    has_dreg = True
-
     def __init__(self, beta: float):
         if not 0.0 <= float(beta) <= 1.0:
             raise ValueError(f"ciwae: beta must lie in [0, 1]; got {beta!r}")
@@ -274,12 +229,6 @@ class _CIWAE(Objective):
 
     def __call__(self, log_w: Tensor) -> Tensor:
         return self.beta * elbo(log_w) + (1 - self.beta) * iwae(log_w)
-
-    def grad_coefficients(self, log_w: Tensor) -> Tensor:
-        return self.beta * elbo.grad_coefficients(log_w) + (1 - self.beta) * iwae.grad_coefficients(log_w)
-
-    def dreg_coefficients(self, log_w: Tensor) -> Tensor:
-        return self.beta * elbo.grad_coefficients(log_w) + (1 - self.beta) * iwae.dreg_coefficients(log_w)
 
 
 def ciwae(beta: float) -> Objective:
@@ -292,7 +241,13 @@ def ciwae(beta: float) -> Objective:
 
 
 class _Power(Objective):
-    """``(1 / t) log (1/K) sum_k w_k^t``, the Monte Carlo Rényi bound with ``t = 1 - alpha``."""
+    """``(1 / t) log (1/K) sum_k w_k^t``, the Monte Carlo Rényi bound with ``t = 1 - alpha``.
+
+    Its DReG weights follow from the general rule ``c - dc/dlog w`` with
+    ``c = softmax(t log w)``: ``(1 - t) c + t c^2`` (``alpha c + (1 - alpha) c^2``;
+    Daudel, Benton, Shi & Doucet, *Alpha-divergence Variational Inference Meets
+    Importance Weighted Auto-Encoders*, JMLR 2023).
+    """
 
     def __init__(self, t: float, name: str, upper: bool):
         self.t, self.name, self.upper = float(t), name, upper
@@ -301,7 +256,11 @@ class _Power(Objective):
         return ls.logmeanexp(self.t * log_w, 0) / self.t
 
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
-        return ls.softmax(self.t * log_w.detach(), 0)
+        return ls.softmax(self.t * log_w, 0)
+
+    def dreg_coefficients(self, log_w: Tensor) -> Tensor:
+        c = ls.softmax(self.t * log_w, 0)
+        return (1 - self.t) * c + self.t * c.pow(2)
 
 
 def renyi(alpha: float) -> Objective:
@@ -338,8 +297,10 @@ class _ForwardChi2(_Power):
 
     Under the score-function estimator the guide follows the self-normalized
     gradient of ``log E_q[w^2]``, namely ``-sum_s w^_s grad log q(z_s)`` with
-    ``w^ = softmax(2 log w)`` (Li et al., 2024), which needs no baseline.
+    ``w^ = softmax(2 log w)`` (Li et al., 2024), which takes no baseline.
     """
+
+    takes_baseline = False
 
     def __init__(self):
         super().__init__(2.0, "forward_chi2", upper=True)
@@ -348,10 +309,15 @@ class _ForwardChi2(_Power):
         return ls.logmeanexp(2.0 * log_w, 0)
 
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
-        return 2.0 * ls.softmax(2.0 * log_w.detach(), 0)
+        return 2.0 * ls.softmax(2.0 * log_w, 0)
+
+    def dreg_coefficients(self, log_w: Tensor) -> Tensor:
+        c = ls.softmax(2.0 * log_w, 0)
+        return 2.0 * (2.0 * c.pow(2) - c)
 
     def score_coefficients(self, log_w: Tensor, baseline: Tensor | float = 0.0) -> Tensor:
-        return ls.softmax(2.0 * log_w.detach(), 0)
+        """Ascent weights of ``log q(z_s)``: the self-normalized weights ``w^_s``."""
+        return ls.softmax(2.0 * log_w, 0)
 
 
 class Split(Objective):
@@ -368,7 +334,6 @@ class Split(Objective):
     def __init__(self, model: Objective, guide: Objective, name: str):
         self._model, self._guide, self.name = model, guide, name
         self.upper = model.upper
-        self.has_dreg = guide.has_dreg
 
     @property
     def model(self) -> Objective:
@@ -383,9 +348,6 @@ class Split(Objective):
 
     def reasons(self, num_particles: int) -> list[str]:
         return self._model.reasons(num_particles) + self._guide.reasons(num_particles)
-
-    def grad_coefficients(self, log_w: Tensor) -> Tensor:
-        return self._model.grad_coefficients(log_w)
 
 
 def piwae(M: int) -> Objective:

@@ -1,0 +1,16 @@
+"""README's objective x estimator table is what ``vt.check`` answers today."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_matrix_is_generated_from_the_code():
+    script = runpy.run_path(str(ROOT / "scripts" / "objective_matrix.py"))
+    readme = (ROOT / "README.md").read_text()
+    assert script["readme_section"](readme) == script["table"](), (
+        "README.md's objective x estimator table is stale: run python scripts/objective_matrix.py --write"
+    )
