@@ -18,6 +18,9 @@ from .likelihood import bernoulli_log_lik, gaussian_log_lik
 from .logweights import logsumexp, normalized_weights
 from .mmd import mmd
 from .planar import planar_stack
+from .rbf import rbf_cross
+from .vbll_regression import vbll_heteroscedastic_terms, vbll_regression_terms
+from .whitened_marginals import whitened_marginals
 
 __all__ = [
     "KernelUnavailableError",
@@ -34,6 +37,10 @@ __all__ = [
     "planar_stack",
     "bernoulli_linear_log_prob",
     "tanh",
+    "rbf_cross",
+    "whitened_marginals",
+    "vbll_regression_terms",
+    "vbll_heteroscedastic_terms",
     "OPS",
 ]
 
@@ -49,4 +56,8 @@ OPS = {
     "planar_stack": "planar",
     "bernoulli_linear_log_prob": "bernoulli_linear",
     "tanh": "activation",
+    "rbf_cross": "rbf",
+    "whitened_marginals": "whitened_marginals",
+    "vbll_regression_terms": "vbll_regression",
+    "vbll_heteroscedastic_terms": "vbll_regression",
 }

@@ -24,7 +24,7 @@ def test_classifier_beats_constant_predictor_on_held_out_data(likelihood):
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(150):
         opt.zero_grad()
-        (-model.elbo(x, y) / len(x)).backward()
+        (-model.full_data_elbo(x, y) / len(x)).backward()
         opt.step()
     with torch.no_grad():
         lp_model = model.log_predictive(xt, yt)
@@ -50,13 +50,13 @@ def test_poisson_and_student_t_models_train_and_predict():
     st = gp.SVGP(gp.RBF(0.7), x[:10], gp.StudentT(df=3.0, scale=0.2), num_data=120)
     for model, y in ((pois, counts), (st, noisy)):
         opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        first = float(model.elbo(x, y).detach())
+        first = float(model.full_data_elbo(x, y).detach())
         for _ in range(60):
             opt.zero_grad()
-            (-model.elbo(x, y)).backward()
+            (-model.full_data_elbo(x, y)).backward()
             opt.step()
         with torch.no_grad():
-            assert float(model.elbo(x, y)) > first
+            assert float(model.full_data_elbo(x, y)) > first
             mean, var = model.predict_y(x)
             assert bool(torch.isfinite(mean).all() and (var > 0).all())
     with torch.no_grad():

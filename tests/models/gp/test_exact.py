@@ -58,11 +58,11 @@ def test_hyperparameters_get_gradients_and_float32_works():
     model = gp.ExactGP(gp.RBF(torch.ones(2)), noise=0.1)
     model.log_marginal_likelihood(x, y).backward()
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+    lml64 = gp.ExactGP(gp.RBF(torch.ones(2)), noise=0.1).log_marginal_likelihood(x, y).detach()
     torch.set_default_dtype(torch.float32)  # the fixture restores float64
     m32 = gp.ExactGP(gp.RBF(torch.ones(2)), noise=0.1)
     with torch.no_grad():
         lml32 = m32.log_marginal_likelihood(x.float(), y.float())
-    lml64 = gp.ExactGP(gp.RBF(torch.ones(2)), noise=0.1).log_marginal_likelihood(x, y).detach()
     # float32 rounding through a 30 x 30 Cholesky: ~1e-5 relative is ample
     assert lml32.dtype == torch.float32 and abs(float(lml32) - float(lml64)) < 1e-4 * abs(float(lml64))
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from vitorch.models import gp
-from vitorch.models.gp._rbf import rbf_cross
 
 # Deterministic comparisons in float64: the only error is rounding in O(D) sums and
 # one GEMM, ~1e-15 relative; 1e-10 leaves room for cancellation in |a|^2 + |b|^2 - 2ab.
@@ -80,14 +79,6 @@ def test_sum_product_and_scaling():
                      "k2.kernel._variance.raw"}  # fmt: skip
 
 
-def test_fused_rbf_gradcheck_and_symmetric_case():
-    a = torch.randn(4, 3, requires_grad=True)
-    b = torch.randn(5, 3, requires_grad=True)
-    log_var = torch.tensor(0.2, requires_grad=True)
-    assert torch.autograd.gradcheck(rbf_cross, (a, b, log_var))
-    assert torch.autograd.gradcheck(lambda a, v: rbf_cross(a, a, v), (a, log_var))
-
-
 def test_every_hyperparameter_and_input_gets_a_gradient():
     x = torch.randn(5, 2, requires_grad=True)
     k = gp.RBF(torch.ones(2)) + gp.Periodic() * gp.Linear() + 2.0 * gp.RationalQuadratic()
@@ -126,6 +117,26 @@ def test_mismatched_input_dimensions_raise_with_both_shapes():
         k(torch.randn(3, 2), torch.randn(4, 3))
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         k(torch.randn(3))
+
+
+@pytest.mark.parametrize(
+    "make_kernel, name",
+    [
+        (lambda: gp.RBF(lengthscale=torch.ones(3)), "lengthscale"),
+        (lambda: gp.Matern52(lengthscale=torch.ones(3)), "lengthscale"),
+        (lambda: gp.Periodic(period=torch.ones(3)), "period"),
+        (lambda: gp.Linear(variance=torch.ones(3)), "variance"),
+        (lambda: gp.Matern12() + 2.0 * gp.RBF(lengthscale=torch.ones(3)), "lengthscale"),
+    ],
+)
+def test_ard_hyperparameter_of_the_wrong_size_raises_naming_it(make_kernel, name):
+    k = make_kernel()
+    with pytest.raises(ValueError, match=rf"{name} has shape \(3,\).*X has D = 2 columns"):
+        k(torch.randn(4, 2))
+    with pytest.raises(ValueError, match=rf"{name} has shape \(3,\).*inducing inputs Z has D = 2"):
+        k.check_dims(2, "inducing inputs Z")
+    k.check_dims(3)  # the matching width passes
+    assert k(torch.randn(4, 3)).shape == (4, 4)
 
 
 def test_diverged_hyperparameter_is_reported_by_check():

@@ -106,14 +106,23 @@ def test_targets_outside_the_support_raise(lik, bad, support):
         lik.check_y(torch.tensor(bad))
 
 
-def test_integrator_sizes_are_validated():
+def test_integrator_sizes_and_estimators_are_validated():
     with pytest.raises(ValueError, match="num_points must be >= 1"):
         gp.GaussHermite(0)
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
         gp.MonteCarlo(0)
+    # STL and DReG are estimators of bounds, not of expectations: refused when the integrator is built
+    with pytest.raises(ValueError, match="MonteCarlo: expect: estimator must be reparam or score"):
+        gp.MonteCarlo(8, estimator=vt.estimators.stl)
 
 
-@pytest.mark.parametrize("make_estimator", [lambda: vt.estimators.stl, lambda: vt.estimators.score()])
+def test_monte_carlo_integrator_leaves_the_random_stream_alone_when_built():
+    before = torch.random.get_rng_state()
+    gp.MonteCarlo(8, estimator=vt.estimators.score())
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("make_estimator", [lambda: vt.estimators.reparam, lambda: vt.estimators.score()])
 def test_monte_carlo_through_core_estimators_has_unbiased_value_and_gradient(make_estimator):
     y = torch.tensor([1.0, 0.0])
     mean = torch.tensor([0.3, -1.0], requires_grad=True)

@@ -1,4 +1,5 @@
-"""Jittered Cholesky: silent when fine, warns per escalation, fails clearly; fused autograd pieces."""
+"""Jittered Cholesky: silent when fine, warns per escalation, fails clearly.  (The fused marginals are tested
+with their kernel op, tests/kernels/test_whitened_marginals.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pytest
 import torch
 
 from vitorch.models import gp
-from vitorch.models.gp._marginals import cholesky_and_inverse, whitened_marginals
 
 
 def _spd(m):
@@ -60,30 +60,3 @@ def test_float32_escalation_succeeds_where_float64_needs_none():
         warnings.simplefilter("ignore", gp.JitterWarning)
         tril = gp.jittered_cholesky(k32, "K")
     assert tril.dtype == torch.float32 and bool(torch.isfinite(tril).all())
-
-
-def test_cholesky_and_inverse_and_fused_marginals_gradcheck():
-    m, b = 5, 7
-    k0 = _spd(m).requires_grad_()
-    k_mb = torch.randn(m, b, requires_grad=True)
-    loc = torch.randn(m, requires_grad=True)
-    root = torch.randn(m, m, requires_grad=True)
-
-    def f(k0, k_mb, loc, root):
-        k_mm = 0.5 * (k0 + k0.T)
-        tril, linv = cholesky_and_inverse(k_mm)
-        mean, var = whitened_marginals(k_mm, linv, k_mb, loc, root)
-        return mean, var, tril.diagonal().log().sum()
-
-    assert torch.autograd.gradcheck(f, (k0, k_mb, loc, root))
-
-
-def test_fused_marginals_equal_their_definition():
-    m, b = 6, 9
-    k = _spd(m)
-    k_mb, loc, root = torch.randn(m, b), torch.randn(m), torch.randn(m, m).tril()
-    _, linv = cholesky_and_inverse(k)
-    mean, var = whitened_marginals(k, linv, k_mb, loc, root)
-    a = torch.linalg.solve_triangular(torch.linalg.cholesky(k), k_mb, upper=False)
-    assert torch.allclose(mean, a.T @ loc, rtol=1e-10, atol=1e-12)
-    assert torch.allclose(var, ((root.T @ a).pow(2) - a.pow(2)).sum(0), rtol=1e-10, atol=1e-12)

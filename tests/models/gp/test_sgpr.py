@@ -26,7 +26,7 @@ def test_inducing_at_training_inputs_equals_exact_evidence():
     k = gp.RBF(torch.tensor([0.7, 1.1]), 1.3)
     with torch.no_grad():
         exact = gp.ExactGP(k, noise=0.1).log_marginal_likelihood(x, y)
-        bound = gp.SGPR(k, x, noise=0.1).elbo(x, y)
+        bound = gp.SGPR(k, x, noise=0.1).full_data_elbo(x, y)
     assert abs(float(bound - exact)) < EXACT_TOL
 
 
@@ -39,7 +39,7 @@ def test_accurate_where_an_explicit_inverse_of_kmm_is_not():
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("error")  # no jitter may be needed: it would shift the bound by ~N eps / 2 s2
         exact = gp.ExactGP(k, noise=s2).log_marginal_likelihood(x, y)
-        bound = gp.SGPR(k, x, noise=s2).elbo(x, y)
+        bound = gp.SGPR(k, x, noise=s2).full_data_elbo(x, y)
         kxx = k(x)
         q = kxx @ torch.linalg.inv(kxx) @ kxx  # the naive Nystrom approximation
         c = q + s2 * torch.eye(n)
@@ -57,7 +57,7 @@ def test_bound_is_below_exact_for_random_inducing_sets(m):
         exact = gp.ExactGP(k, noise=0.05).log_marginal_likelihood(x, y)
         for _ in range(5):
             z = torch.rand(m, 2) * 3
-            assert float(gp.SGPR(k, z, noise=0.05).elbo(x, y)) <= float(exact) + 1e-9
+            assert float(gp.SGPR(k, z, noise=0.05).full_data_elbo(x, y)) <= float(exact) + 1e-9
 
 
 def test_bound_increases_toward_exact_as_inducing_set_grows():
@@ -65,7 +65,7 @@ def test_bound_increases_toward_exact_as_inducing_set_grows():
     k = gp.RBF(0.6)
     z = gp.greedy_variance(x, 40, k)
     with torch.no_grad():
-        bounds = [float(gp.SGPR(k, z[:m], noise=0.1).elbo(x, y)) for m in (5, 10, 20, 40)]
+        bounds = [float(gp.SGPR(k, z[:m], noise=0.1).full_data_elbo(x, y)) for m in (5, 10, 20, 40)]
     # nested inducing sets can only tighten Titsias' bound
     assert all(b1 <= b2 + 1e-9 for b1, b2 in zip(bounds, bounds[1:]))
 
@@ -86,7 +86,7 @@ def test_optimal_q_predictions_equal_exact_at_z_equal_x():
 def test_gradients_reach_kernel_noise_and_inducing_inputs():
     x, y = _data()
     model = gp.SGPR(gp.RBF(torch.ones(2)), x[:6], noise=0.1)
-    model.elbo(x, y).backward()
+    model.full_data_elbo(x, y).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and bool(torch.isfinite(p.grad).all()) and bool((p.grad != 0).any()), name
 

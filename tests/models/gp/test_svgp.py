@@ -31,15 +31,15 @@ def test_at_optimal_q_equals_collapsed_bound(whiten):
     z = torch.rand(8, 2) * 3
     sgpr = gp.SGPR(k, z, noise=0.1)
     with torch.no_grad():
-        collapsed = sgpr.elbo(x, y)
+        collapsed = sgpr.full_data_elbo(x, y)
         by_step = _svgp(k, z, 40, whiten=whiten)
         by_step.natural_gradient_step(x, y, lr=1.0)  # one unit step on the full data lands on the optimum
         by_set = _svgp(k, z, 40, whiten=whiten)
         by_set.set_q(sgpr.optimal_q(x, y, whiten=whiten))
-        assert abs(float(by_step.elbo(x, y) - collapsed)) < TOL
-        assert abs(float(by_set.elbo(x, y) - collapsed)) < TOL
+        assert abs(float(by_step.full_data_elbo(x, y) - collapsed)) < TOL
+        assert abs(float(by_set.full_data_elbo(x, y) - collapsed)) < TOL
     # and the optimum is stationary: q's gradient vanishes there (scale: |dELBO/dq| ~ N / noise = 400)
-    by_set.elbo(x, y).backward()
+    by_set.full_data_elbo(x, y).backward()
     for p in by_set.variational_parameters():
         assert float(p.grad.abs().max()) < 1e-6
 
@@ -63,9 +63,9 @@ def test_minibatch_estimates_average_to_the_full_batch_bound():
     model = _svgp(gp.RBF(), x[:6], 40)
     with torch.no_grad():
         model.q_loc.normal_()
-        full = model.elbo(x, y)
+        full = model.full_data_elbo(x, y)
         perm = torch.randperm(40)
-        batches = [model.elbo(x[i], y[i]) for i in perm.split(8)]
+        batches = [model.full_data_elbo(x[i], y[i]) for i in perm.split(8)]
     # (N / B) sum_batch scaling makes the mean over a partition exactly the full-data bound
     assert torch.allclose(torch.stack(batches).mean(), full, rtol=1e-12)
 
@@ -75,11 +75,11 @@ def test_natural_gradient_steps_converge_geometrically():
     z = x[:8]
     model = _svgp(gp.RBF(0.8), z, 40)
     with torch.no_grad():
-        target = gp.SGPR(gp.RBF(0.8), z, noise=0.1).elbo(x, y)
+        target = gp.SGPR(gp.RBF(0.8), z, noise=0.1).full_data_elbo(x, y)
         gaps = []
         for _ in range(25):
             model.natural_gradient_step(x, y, lr=0.5)
-            gaps.append(float(target - model.elbo(x, y)))
+            gaps.append(float(target - model.full_data_elbo(x, y)))
     # natural parameters contract by (1 - lr) per step: the gap shrinks to rounding after 25 halvings
     assert all(g >= -TOL for g in gaps) and gaps[-1] < TOL and gaps[-1] < gaps[0]
 
@@ -90,9 +90,9 @@ def test_diagonal_family_is_below_the_optimum_and_trains():
     model = _svgp(gp.RBF(0.8), z, 40, family=DiagNormal)
     assert isinstance(model.q(), DiagNormal)
     with torch.no_grad():
-        best = gp.SGPR(gp.RBF(0.8), z, noise=0.1).elbo(x, y)
-        assert float(model.elbo(x, y)) <= float(best) + TOL
-    model.elbo(x, y).backward()
+        best = gp.SGPR(gp.RBF(0.8), z, noise=0.1).full_data_elbo(x, y)
+        assert float(model.full_data_elbo(x, y)) <= float(best) + TOL
+    model.full_data_elbo(x, y).backward()
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
 
 
@@ -114,7 +114,7 @@ def test_every_parameter_gets_a_gradient(whiten):
     with torch.no_grad():
         model.q_loc.normal_()
         model.q_offdiag.normal_(std=0.1)
-    model.elbo(x[:16], y[:16]).backward()
+    model.full_data_elbo(x[:16], y[:16]).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and bool(torch.isfinite(p.grad).all()) and bool((p.grad != 0).any()), name
 
@@ -123,10 +123,10 @@ def test_float32_bound_matches_float64():
     x, y = _data()
     z = x[:10]
     with torch.no_grad():
-        b64 = _svgp(gp.RBF(0.8), z, 40, jitter=1e-6).elbo(x, y)
+        b64 = _svgp(gp.RBF(0.8), z, 40, jitter=1e-6).full_data_elbo(x, y)
         torch.set_default_dtype(torch.float32)  # the fixture restores float64
         m32 = _svgp(gp.RBF(0.8), z.float(), 40)
-        b32 = m32.elbo(x.float(), y.float())
+        b32 = m32.full_data_elbo(x.float(), y.float())
     # same jitter (float32 default 1e-6); float32 rounding through M = 10: ~1e-5 relative
     assert b32.dtype == torch.float32 and abs(float(b32) - float(b64)) < 1e-4 * abs(float(b64))
 
@@ -143,12 +143,12 @@ def test_bad_input_raises():
     xn = x.clone()
     xn[0, 0] = float("nan")
     with pytest.raises(ValueError, match="X must be finite"):
-        model.elbo(xn, y)
+        model.full_data_elbo(xn, y)
     with pytest.raises(ValueError, match="lr must lie in"):
         model.natural_gradient_step(x, y, lr=1.5)
     clf = gp.SVGP(gp.RBF(), x[:4], gp.BernoulliLogit(), num_data=40)
     with pytest.raises(ValueError, match=r"support \{0, 1\}"):
-        clf.elbo(x, y)
+        clf.full_data_elbo(x, y)
     with pytest.raises(ValueError, match="needs a GaussianLikelihood"):
         clf.natural_gradient_step(x, (y > 0).double())
 
@@ -159,10 +159,10 @@ def test_sign_of_a_column_of_q_root_does_not_matter():
     with torch.no_grad():
         model.q_loc.normal_()
         model.q_offdiag.normal_(std=0.3)
-        before = model.elbo(x, y)
+        before = model.full_data_elbo(x, y)
         model.q_diag[2] *= -1  # negate column 2 of the root: S = R R^T is unchanged
         model.q_offdiag[:, 2] *= -1
-        after = model.elbo(x, y)
+        after = model.full_data_elbo(x, y)
         q = model.q()
     assert torch.allclose(before, after, rtol=1e-12)
     assert bool((q.scale_tril.diagonal() > 0).all())  # the family always sees a proper Cholesky factor

@@ -8,6 +8,10 @@ and the predictive at ``X*`` is ``mean = m(X*) + A^T L^{-1} r``,
 ``cov = k(X*, X*) - A^T A`` with ``A = L^{-1} k(X, X*)``.  One Cholesky, triangular
 solves only; ``O(N^3)`` time and ``O(N^2)`` memory.
 
+``forward((X, y))`` reports ``log p(y) / N`` for every datum and ``loss =
+-log p(y) / N``, the convention of every vitorch model (``docs/gp.md``); train on
+the whole data set as one batch.
+
 References:
     Rasmussen & Williams, Gaussian Processes for Machine Learning (2006), alg. 2.1.
 """
@@ -19,9 +23,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ...loss import LossOutput
 from .kernels import Kernel
 from .likelihoods import GaussianLikelihood
-from .linalg import check_data, jittered_cholesky
+from .linalg import check_data, jittered_cholesky, module_dtype, unpack_batch
 from .means import ZeroMean
 
 __all__ = ["ExactGP"]
@@ -42,9 +47,11 @@ class ExactGP(nn.Module):
     Example:
         >>> gp_model = ExactGP(RBF(lengthscale=0.5), noise=0.1)
         >>> gp_model.log_marginal_likelihood(X, y)     # scalar
+        >>> vt.fit(gp_model, (X, y), steps=200, batch_size=len(X), lr=0.05)   # loss = -log p(y) / N
         >>> mean, var = gp_model.predict(X, y, X_new)   # [N*], [N*]
 
-    Shapes: inputs ``X [N, D]``, targets ``y [N]``, test inputs ``X_new [N*, D]``.
+    Shapes: inputs ``X [N, D]``, targets ``y [N]``, test inputs ``X_new [N*, D]``;
+    ``forward((X, y))`` gives ``loss []`` and ``bound [N]``.
 
     References:
         Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006),
@@ -64,7 +71,7 @@ class ExactGP(nn.Module):
 
     def _factor(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """``L`` of ``K + sigma^2 I`` and ``alpha = L^{-1} (y - m(X))``."""
-        check_data("ExactGP", x, y)
+        check_data("ExactGP", x, y, dtype=module_dtype(self))
         k = self.kernel(x)
         k = k + self.noise * torch.eye(x.shape[0], dtype=k.dtype, device=k.device)
         tril = jittered_cholesky(k, "K_nn + noise I", jitter=self.jitter)
@@ -77,13 +84,24 @@ class ExactGP(nn.Module):
         n = x.shape[0]
         return -0.5 * alpha.pow(2).sum() - tril.diagonal().log().sum() - 0.5 * n * _LOG_2PI
 
+    def forward(self, batch: tuple[Tensor, Tensor]) -> LossOutput:
+        """The log marginal likelihood per datum on ``batch = (X [N, D], y [N])``, the whole data set.
+
+        Returns:
+            :class:`vitorch.LossOutput` with ``bound [N]`` equal to ``log p(y) / N`` in every entry
+            (exact, so the bound is tight) and ``loss = -log p(y) / N``, a scalar.
+        """
+        x, y = unpack_batch("ExactGP", batch)
+        per_datum = self.log_marginal_likelihood(x, y) / x.shape[0]
+        return LossOutput(-per_datum, per_datum.expand(x.shape[0]))
+
     def predict(self, x: Tensor, y: Tensor, x_new: Tensor, full_cov: bool = False) -> tuple[Tensor, Tensor]:
         """Posterior of the latent ``f`` at ``x_new [N*, D]`` given data ``(x, y)``.
 
         Returns:
             ``mean [N*]`` and ``var [N*]`` (or ``cov [N*, N*]`` when ``full_cov``).
         """
-        check_data("ExactGP", x_new)
+        check_data("ExactGP", x_new, dtype=module_dtype(self))
         tril, alpha = self._factor(x, y)
         a = torch.linalg.solve_triangular(tril, self.kernel(x, x_new), upper=False)  # [N, N*]
         mean = self.mean(x_new) + a.mT @ alpha

@@ -25,8 +25,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ...kernels import rbf_cross
 from ._params import PositiveParam
-from ._rbf import rbf_cross
 
 __all__ = [
     "Kernel",
@@ -53,6 +53,15 @@ def _check_inputs(owner: str, x1: Tensor, x2: Tensor | None) -> None:
         )
 
 
+def _check_per_dim(owner: str, name: str, value: Tensor, d: int, inputs: str = "X") -> None:
+    """A hyperparameter that may be per input dimension (ARD) is a scalar or ``[D]`` with ``D`` the inputs' width."""
+    if value.numel() != 1 and (value.dim() != 1 or value.shape[0] != d):
+        raise ValueError(
+            f"{owner}: {name} has shape {tuple(value.shape)} (one entry per input dimension, ARD) but {inputs} "
+            f"has D = {d} columns; give a scalar or a [{d}] {name}"
+        )
+
+
 class Kernel(nn.Module):
     """Base class: subclasses implement :meth:`forward` and :meth:`diag`.
 
@@ -69,6 +78,20 @@ class Kernel(nn.Module):
     def diag(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         """``k(x_n, x_n)`` for each row of ``x [N, D]``, shape ``[N]``, without forming the matrix."""
         raise NotImplementedError
+
+    # hyperparameters that may hold one value per input dimension (ARD), checked against the inputs' D
+    _per_dim: tuple[str, ...] = ()
+
+    def check_dims(self, d: int, inputs: str = "X") -> None:
+        """Raise ``ValueError`` if a per-dimension (ARD) hyperparameter of this kernel or of a
+        kernel inside it is neither a scalar nor ``[d]``; ``inputs`` names the data in the message.
+
+        Shapes: ``d`` is ``D`` of inputs ``[N, D]``.
+        """
+        for module in self.modules():
+            if isinstance(module, Kernel):
+                for name in module._per_dim:
+                    _check_per_dim(type(module).__name__, name, getattr(module, name), d, inputs)
 
     def __add__(self, other: Kernel) -> Sum:
         return Sum(self, other)
@@ -101,6 +124,8 @@ class Stationary(Kernel):
         section 4.2 (ARD, section 5.1).
     """
 
+    _per_dim = ("lengthscale",)
+
     def __init__(self, lengthscale: float | Tensor = 1.0, variance: float | Tensor = 1.0):
         super().__init__()
         name = type(self).__name__
@@ -127,6 +152,7 @@ class Stationary(Kernel):
         """``x1 / l`` and ``x2 / l``, both shifted by the mean of the first to limit cancellation in distances."""
         _check_inputs(type(self).__name__, x1, x2)
         ell = self.lengthscale
+        _check_per_dim(type(self).__name__, "lengthscale", ell, x1.shape[-1])
         a = x1 / ell
         b = a if x2 is None else x2 / ell
         shift = a.mean(0, keepdim=True).detach()
@@ -150,7 +176,7 @@ class Stationary(Kernel):
 class RBF(Stationary):
     """Squared-exponential kernel ``s^2 exp(-r^2 / 2)``; see :class:`Stationary` for the arguments.
 
-    Evaluated by a fused kernel with a hand-written backward (:mod:`~vitorch.models.gp._rbf`).
+    Evaluated by the kernel op :func:`vitorch.kernels.rbf_cross` (a fused backward by default).
 
     Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
 
@@ -241,7 +267,14 @@ class Periodic(Stationary):
         period: positive period, scalar or ``[D]``.
 
     Costs ``O(N1 N2 D)`` memory for the pairwise differences.
+
+    Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
+
+    References:
+        MacKay, *Introduction to Gaussian Processes* (NATO ASI Series F 168, 1998).
     """
+
+    _per_dim = ("lengthscale", "period")
 
     def __init__(self, lengthscale: float | Tensor = 1.0, variance: float | Tensor = 1.0, period: float | Tensor = 1.0):
         super().__init__(lengthscale, variance)
@@ -253,9 +286,12 @@ class Periodic(Stationary):
 
     def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
         _check_inputs("Periodic", x1, x2)
+        period, ell = self.period, self.lengthscale
+        _check_per_dim("Periodic", "period", period, x1.shape[-1])
+        _check_per_dim("Periodic", "lengthscale", ell, x1.shape[-1])
         x2 = x1 if x2 is None else x2
         diff = x1.unsqueeze(-2) - x2.unsqueeze(-3)  # [N1, N2, D]
-        s = torch.sin(math.pi * diff / self.period) / self.lengthscale
+        s = torch.sin(math.pi * diff / period) / ell
         return self.variance * torch.exp(-2.0 * s.pow(2).sum(-1))
 
 
@@ -272,6 +308,8 @@ class Linear(Kernel):
         section 4.2.2 (dot-product covariance).
     """
 
+    _per_dim = ("variance",)
+
     def __init__(self, variance: float | Tensor = 1.0):
         super().__init__()
         self._variance = PositiveParam(variance, "variance", "Linear")
@@ -282,11 +320,15 @@ class Linear(Kernel):
 
     def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
         _check_inputs("Linear", x1, x2)
+        variance = self.variance
+        _check_per_dim("Linear", "variance", variance, x1.shape[-1])
         x2 = x1 if x2 is None else x2
-        return (x1 * self.variance) @ x2.mT
+        return (x1 * variance) @ x2.mT
 
     def diag(self, x: Tensor) -> Tensor:
-        return (x.pow(2) * self.variance).sum(-1)
+        variance = self.variance
+        _check_per_dim("Linear", "variance", variance, x.shape[-1])
+        return (x.pow(2) * variance).sum(-1)
 
 
 class Sum(Kernel):

@@ -121,9 +121,13 @@ class _Bernoulli(Likelihood):
         if not bool(((y == 0) | (y == 1)).all()):
             raise ValueError(f"{type(self).__name__}: y must lie in the support {{0, 1}}; found other values or NaN")
 
+    def predict_proba(self, mean: Tensor, var: Tensor) -> Tensor:
+        """``P(y = 1) = E_{N(f; mean, var)} p(y = 1 | f)``, shape ``[N]``."""
+        return self.log_predictive(torch.ones_like(mean), mean, var).exp()
+
     def predict(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
-        """``(p, p (1 - p))`` with ``p = P(y = 1)``."""
-        p = self.log_predictive(torch.ones_like(mean), mean, var).exp()
+        """``(p, p (1 - p))`` with ``p = P(y = 1)``: the predictive mean and variance of ``y``."""
+        p = self.predict_proba(mean, var)
         return p, p * (1 - p)
 
 

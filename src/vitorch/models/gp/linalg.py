@@ -18,7 +18,16 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["NotPositiveDefiniteError", "JitterWarning", "jittered_cholesky", "check_finite", "default_jitter"]
+__all__ = [
+    "NotPositiveDefiniteError",
+    "JitterWarning",
+    "jittered_cholesky",
+    "check_finite",
+    "check_data",
+    "default_jitter",
+    "module_dtype",
+    "unpack_batch",
+]
 
 
 class NotPositiveDefiniteError(ValueError):
@@ -122,16 +131,60 @@ def jittered_cholesky(a: Tensor, name: str = "K", jitter: float = 0.0, max_tries
     )
 
 
-def check_data(owner: str, x: Tensor, y: Tensor | None = None) -> None:
-    """Validate inputs ``x [N, D]`` and targets ``y [N]``: shapes agree and values are finite.
+def check_data(owner: str, x, y=None, dtype: torch.dtype | None = None) -> None:
+    """Validate inputs ``x [N, D]`` and targets ``y [N]``: tensors, ``N >= 1``, shapes agree, values finite.
+
+    Args:
+        owner: the model's name in messages.
+        x: ``[N, D]`` inputs.
+        y: ``[N]`` targets, or None.
+        dtype: the model's floating dtype; a floating ``x`` or ``y`` of another dtype is refused
+            (an integer ``y``, e.g. class labels, is accepted).
 
     Raises:
-        ValueError: naming ``X`` or ``y`` and the problem.
+        TypeError: naming ``X`` or ``y`` if it is not a tensor (e.g. a numpy array) or has the wrong dtype.
+        ValueError: naming ``X`` or ``y`` and the problem (shape, empty batch, NaN or infinity).
     """
+    for name, t in (("X", x), ("y", y)):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(
+                f"{owner}: {name} must be a torch.Tensor; got {type(t).__module__}.{type(t).__name__} "
+                f"(convert it with torch.as_tensor({name.lower()}, dtype={dtype or torch.get_default_dtype()}))"
+            )
+        wrong = t.is_floating_point() and dtype is not None and t.dtype != dtype
+        if (name == "X" and not t.is_floating_point()) or wrong:
+            raise TypeError(
+                f"{owner}: {name} has dtype {t.dtype} but the model computes in {dtype}; convert it with "
+                f"{name.lower()}.to({dtype}) (or the model with .to({t.dtype}) for a floating {name})"
+            )
     if x.dim() != 2:
         raise ValueError(f"{owner}: X must have shape [N, D]; got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{owner}: X is empty (shape {tuple(x.shape)}); a batch needs at least one row")
     check_finite("X", x, owner)
     if y is not None:
         if y.dim() != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(f"{owner}: y must have shape [N] = [{x.shape[0]}] to match X; got {tuple(y.shape)}")
         check_finite("y", y, owner)
+
+
+def unpack_batch(owner: str, batch) -> tuple[Tensor, Tensor]:
+    """``(X, y)`` from a model's ``forward(batch)`` argument, a pair of tensors ``X [B, D]``, ``y [B]``.
+
+    Raises:
+        TypeError: naming ``batch`` if it is not a pair.
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        got = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__
+        raise TypeError(f"{owner}: forward(batch) takes batch = (X [B, D], y [B]); got {got}")
+    return batch[0], batch[1]
+
+
+def module_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of ``module``'s first parameter or buffer (the default dtype if it has none)."""
+    for t in (*module.parameters(), *module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.get_default_dtype()

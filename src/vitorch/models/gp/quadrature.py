@@ -7,11 +7,11 @@ interface, so any likelihood can use either:
 * :class:`GaussHermite` — ``sum_i (w_i / sqrt(pi)) g(m + sqrt(2 v) x_i)`` with the
   Gauss–Hermite nodes ``x_i`` and weights ``w_i``; exact for polynomials of degree
   ``< 2 * num_points``, deterministic, differentiable in ``m`` and ``v``;
-* :class:`MonteCarlo` — draws from the core's :class:`~vitorch.families.DiagNormal`:
-  plain reparameterized draws (Kingma & Welling, 2014), or, given a core
-  estimator (``vt.estimators.stl``, ``reparam``, ``score()``, ...), the surrogate of
-  :func:`vitorch.loss`, so that a likelihood that is not differentiable in ``f``
-  can still be trained by the score-function estimator.
+* :class:`MonteCarlo` — :func:`vitorch.expect` under the core's
+  :class:`~vitorch.families.DiagNormal`, with its gradient estimator:
+  reparameterized draws (``vt.estimators.reparam``, the default; Kingma & Welling,
+  2014) or the score function (``vt.estimators.score()``), so that a likelihood
+  that is not differentiable in ``f`` can still be trained.
 
 Both also give ``log E[exp(h(f))]`` in log space, for log predictive densities.
 
@@ -29,10 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...estimators import Estimator
-from ...families import DiagNormal, stopped
-from ...loss import loss as vt_loss
-from ...objectives import elbo
+from ...estimators import Estimator, reparam
+from ...expect import expect
+from ...families import DiagNormal
 
 __all__ = ["GaussHermite", "MonteCarlo"]
 
@@ -96,15 +95,13 @@ class MonteCarlo:
 
     Args:
         num_samples: draws per evaluation (>= 1).
-        estimator: ``None`` for plain reparameterized draws, or a core estimator
-            (:mod:`vitorch.estimators`).  With an estimator, ``E[g(f)]`` is computed
-            by :func:`vitorch.loss` as the ELBO of the log-joint
-            ``g(f) + log q_stopped(f)``, whose log-weights equal ``g(f)``; the value
-            is the plain estimate, the gradient the estimator's (``stl`` gives the
-            pure pathwise gradient, ``score()`` needs no derivative of ``g``).
+        estimator: the gradient estimator of :func:`vitorch.expect`: ``None`` or
+            ``vt.estimators.reparam`` for pathwise gradients, ``vt.estimators.score()``
+            for the score function (no derivative of ``g`` needed).
 
     Raises:
-        ValueError: if ``num_samples < 1``.
+        ValueError: if ``num_samples < 1`` or :func:`vitorch.expect` does not take ``estimator``
+            (a bound estimator such as STL or DReG).
 
     Shapes: ``expect(g, mean [N], var [N]) -> [N]``; ``g`` sees ``f [num_samples, N]``.
 
@@ -117,27 +114,40 @@ class MonteCarlo:
         if int(num_samples) < 1:
             raise ValueError(f"MonteCarlo: num_samples must be >= 1; got {num_samples}")
         self.num_samples = int(num_samples)
-        self.estimator = estimator
+        self.estimator = reparam if estimator is None else estimator
+        # vt.expect owns the rule for which estimators estimate expectations: ask it once, now, on a
+        # one-point problem, so a bound estimator is refused at construction rather than mid-training
+        # (on a forked generator: building an integrator must not move the caller's random stream).
+        try:
+            with torch.random.fork_rng(devices=[]):
+                one = torch.ones(1, 1)
+                expect(lambda z: z.sum(-1), DiagNormal(one, one), 1, self.estimator)
+        except ValueError as err:
+            raise ValueError(f"MonteCarlo: {err}") from None
 
-    def _draw(self, mean: Tensor, var: Tensor) -> Tensor:
-        q = DiagNormal(mean.reshape(-1), var.clamp_min(_MIN_VAR).sqrt().reshape(-1), validate_args=False)
-        return q.rsample((self.num_samples,)).reshape(self.num_samples, *mean.shape)
+    def _q(self, mean: Tensor, var: Tensor) -> DiagNormal:
+        """``N(mean, var)`` elementwise as a family with batch ``[n]`` and event ``[1]``."""
+        n = mean.numel()
+        return DiagNormal(mean.reshape(n, 1), var.clamp_min(_MIN_VAR).sqrt().reshape(n, 1), validate_args=False)
 
     def expect(self, g: Callable[[Tensor], Tensor], mean: Tensor, var: Tensor) -> Tensor:
-        """Unbiased estimate of ``E[g(f)]`` for ``f ~ N(mean, var)``, elementwise over ``mean``'s shape."""
-        if self.estimator is None:
-            return g(self._draw(mean, var)).mean(0)
-        shape, n = mean.shape, mean.numel()
-        q = DiagNormal(mean.reshape(n, 1), var.clamp_min(_MIN_VAR).sqrt().reshape(n, 1), validate_args=False)
-        q_stop = stopped(q)
+        """Unbiased estimate of ``E[g(f)]`` for ``f ~ N(mean, var)``, elementwise over ``mean``'s shape;
+        its gradient is the estimator's."""
+        shape, n, k = mean.shape, mean.numel(), self.num_samples
 
-        def log_joint(f: Tensor) -> Tensor:  # [K, n, 1] -> [K, n]; log w = g(f) in value
-            return g(f.squeeze(-1).reshape(self.num_samples, *shape)).reshape(self.num_samples, n) + q_stop.log_prob(f)
+        def values(f: Tensor) -> Tensor:  # [K, n, 1] -> [K, n]
+            return g(f.reshape(k, *shape)).reshape(k, n)
 
-        out = vt_loss(log_joint, q, self.num_samples, objective=elbo, estimator=self.estimator)
-        total = -out.loss * n  # value: sum over data of the estimates; gradient: the estimator's
-        return (out.bound + (total - total.detach()) / n).reshape(shape)
+        return expect(values, self._q(mean, var), k, self.estimator).reshape(shape)
 
     def log_expect_exp(self, h: Callable[[Tensor], Tensor], mean: Tensor, var: Tensor) -> Tensor:
-        """``log mean_k exp(h(f_k))`` (a consistent, downward-biased estimate of ``log E[exp h]``)."""
-        return torch.logsumexp(h(self._draw(mean, var)), dim=0) - math.log(self.num_samples)
+        """``log mean_k exp(h(f_k))`` (a consistent, downward-biased estimate of ``log E[exp h]``).
+
+        The log sits outside the mean, so this is not an expectation for :func:`vitorch.expect`:
+        it is the K-sample importance-weighted (IWAE) estimate with the marginal itself as the
+        proposal, a lower bound in expectation, used to evaluate log predictive densities.
+        Plain reparameterized draws suffice (pathwise gradients, should anyone ask).
+        """
+        k = self.num_samples
+        f = self._q(mean, var).rsample((k,)).reshape(k, *mean.shape)
+        return torch.logsumexp(h(f), dim=0) - math.log(k)

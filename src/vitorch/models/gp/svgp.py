@@ -10,12 +10,17 @@ either over ``u = f(Z)`` itself or, *whitened*, over ``v`` with ``u = L v`` and
 
 (columnwise squared norms), and the bound on ``log p(y)`` is
 
-    ELBO = (num_data / |b|) sum_{n in b} E_{q(f_n)} log p(y_n | f_n) - KL(q || p).
+    ELBO = sum_{n=1}^N E_{q(f_n)} log p(y_n | f_n) - KL(q || p).
+
+``forward((X_b, y_b))`` returns each datum's share ``E_q log p(y_n | f_n) - KL / N``
+as ``bound [B]`` and ``loss = -mean(bound)`` (the library's one convention, see
+``docs/gp.md``); :meth:`SVGP.full_data_elbo` gives the minibatch estimate of the
+ELBO itself, ``N`` times larger.
 
 Per step: one ``O(M^3 / 3)`` Cholesky of ``K_mm`` and four ``O(M^2 |b|)`` products
-(forward and backward, fused in :mod:`~vitorch.models.gp._marginals`); ``K_mm`` is
-never inverted.  The KL uses the closed forms
-registered with ``torch.distributions.kl_divergence`` by the core.
+(forward and backward, fused in the kernel op :func:`vitorch.kernels.whitened_marginals`);
+``K_mm`` is never inverted.  The KL uses the closed forms registered with
+``torch.distributions.kl_divergence`` by the core.
 
 :meth:`SVGP.natural_gradient_step` (Gaussian likelihood, full-rank q) moves q
 along its natural gradient; with step 1 on the full data it lands on the optimal
@@ -29,15 +34,18 @@ References:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 from ...families import DiagNormal, FullRankNormal
-from ._marginals import cholesky_and_inverse, whitened_marginals
+from ...kernels import whitened_marginals
+from ...loss import LossOutput
 from .kernels import Kernel
 from .likelihoods import GaussianLikelihood, Likelihood
-from .linalg import check_data, default_jitter, jittered_cholesky
+from .linalg import check_data, default_jitter, jittered_cholesky, unpack_batch
 from .means import ZeroMean
 from .sgpr import inducing_parameter
 
@@ -51,7 +59,7 @@ class SVGP(nn.Module):
         kernel: covariance function.
         inducing: inducing inputs ``Z [M, D]`` (copied).
         likelihood: observation model, e.g. :class:`GaussianLikelihood`.
-        num_data: size ``N`` of the full training set; the batch term is scaled by ``N / |b|``.
+        num_data: size ``N`` of the full training set (each datum's bound carries ``KL / N``).
         mean: prior mean module (``ZeroMean`` if None).
         family: ``FullRankNormal`` (default) or ``DiagNormal``, the form of q.
         whiten: parameterize q over ``v = L^{-1} u`` (better conditioned; default) or over ``u``.
@@ -59,14 +67,18 @@ class SVGP(nn.Module):
         jitter: base jitter on ``K_mm`` relative to its mean diagonal (default by dtype).
 
     Raises:
-        ValueError: for a non-positive ``num_data``, an unsupported ``family`` or bad ``Z``.
+        ValueError: for a non-positive ``num_data``, an unsupported ``family``, bad ``Z``, or an
+            ARD kernel whose number of lengthscales is not ``Z``'s ``D``.
+        TypeError: if ``Z``'s dtype differs from the kernel's.
 
     Example:
         >>> model = SVGP(RBF(), Z, GaussianLikelihood(0.1), num_data=N)
-        >>> loss = -model.elbo(X_b, y_b) / N       # per-datum negative ELBO
+        >>> out = model((X_b, y_b))                # LossOutput: out.loss = -mean(out.bound), the -ELBO / N estimate
+        >>> vt.fit(model, (X, y), epochs=10, batch_size=256)
         >>> mean, var = model.predict(X_test)      # latent f, each [N*]
 
-    Shapes: ``elbo(X_b [B, D], y_b [B])`` is a scalar (the minibatch estimate of the full-data bound);
+    Shapes: ``forward((X_b [B, D], y_b [B]))`` gives ``loss []`` and ``bound [B]``;
+    ``full_data_elbo(X_b, y_b)`` is a scalar (the minibatch estimate of the full-data bound);
     ``predict(X [N*, D])`` gives mean and variance ``[N*]``; ``q`` is over ``u [M]``.
 
     References:
@@ -94,7 +106,7 @@ class SVGP(nn.Module):
         self.kernel, self.likelihood = kernel, likelihood
         self.mean = mean if mean is not None else ZeroMean()
         self.num_data, self.family, self.whiten = int(num_data), family, bool(whiten)
-        z = inducing_parameter(inducing, "SVGP", learn_inducing)
+        z = inducing_parameter(inducing, "SVGP", learn_inducing, kernel)
         if learn_inducing:
             self.inducing = z
         else:
@@ -152,7 +164,7 @@ class SVGP(nn.Module):
 
     # -- the bound -----------------------------------------------------------------
     def _chol_kmm(self) -> Tensor:
-        return jittered_cholesky(self.kernel(self.inducing), "K_mm", jitter=self.jitter)
+        return self._cholesky(self.kernel(self.inducing))
 
     def prior(self, l_mm: Tensor | None = None) -> DiagNormal | FullRankNormal:
         """The prior over q's variable: ``N(0, I)`` whitened, ``N(0, K_mm)`` otherwise."""
@@ -162,32 +174,61 @@ class SVGP(nn.Module):
             return DiagNormal(zeros, torch.ones_like(zeros), validate_args=False)
         return FullRankNormal(zeros, self._chol_kmm() if l_mm is None else l_mm, validate_args=False)
 
+    def _cholesky(self, k_mm: Tensor) -> Tensor:
+        return jittered_cholesky(k_mm, "K_mm", jitter=self.jitter)
+
     def _marginals(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``q(f)`` mean and variance ``[N]`` at ``x``, and the Cholesky factor of ``K_mm``."""
-        k_mm = self.kernel(self.inducing)
-        l_mm, l_inv = cholesky_and_inverse(k_mm, "K_mm", self.jitter)
-        root = self._q_root()
-        loc = self.q_loc
-        if not self.whiten:  # q over u = L v: express it over v, an O(M^3) change of variables
-            loc = torch.linalg.solve_triangular(l_mm, loc.unsqueeze(-1), upper=False).squeeze(-1)
-            root = torch.linalg.solve_triangular(l_mm, root, upper=False)
-        mean_update, var_update = whitened_marginals(k_mm, l_inv, self.kernel(self.inducing, x), loc, root)
+        mean_update, var_update, l_mm = whitened_marginals(
+            self.kernel(self.inducing),
+            self.kernel(self.inducing, x),
+            self.q_loc,
+            self._q_root(),
+            cholesky=self._cholesky,
+            whitened=self.whiten,
+        )
         mean = self.mean(x) + mean_update
         var = self.kernel.diag(x) + var_update
         return mean, var.clamp_min(1e-30), l_mm
 
-    def elbo(self, x: Tensor, y: Tensor) -> Tensor:
+    def _terms(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        check_data("SVGP", x, y, dtype=self.inducing.dtype)
+        self.likelihood.check_y(y)
+        mean, var, l_mm = self._marginals(x)
+        return self.likelihood.expected_log_prob(y, mean, var), kl_divergence(self.q(), self.prior(l_mm))
+
+    def forward(self, batch: tuple[Tensor, Tensor]) -> LossOutput:
+        """The bound per datum on a minibatch ``batch = (X_b [B, D], y_b [B])``.
+
+        Returns:
+            :class:`vitorch.LossOutput` with ``bound [B] = E_q log p(y_n | f_n) - KL / N`` (each
+            datum's share of the full-data ELBO) and ``loss = -mean(bound)``, a scalar.
+        """
+        x, y = unpack_batch("SVGP", batch)
+        expected, kl = self._terms(x, y)
+        return LossOutput.from_terms(expected, kl, self.num_data)
+
+    def full_data_elbo(self, x: Tensor, y: Tensor) -> Tensor:
         """Unbiased minibatch estimate of the SVGP bound on ``log p(y_{1:N})``, a scalar.
+
+        ``N * mean_b E_q log p(y_b | f_b) - KL``: ``num_data`` times ``-forward((x, y)).loss``.
 
         Args:
             x: ``[B, D]`` batch inputs.
             y: ``[B]`` batch targets (in the likelihood's support).
         """
-        check_data("SVGP", x, y)
-        self.likelihood.check_y(y)
-        mean, var, l_mm = self._marginals(x)
-        data = self.likelihood.expected_log_prob(y, mean, var).sum() * (self.num_data / x.shape[0])
-        return data - kl_divergence(self.q(), self.prior(l_mm))
+        expected, kl = self._terms(x, y)
+        return expected.mean() * self.num_data - kl
+
+    def elbo(self, x: Tensor, y: Tensor) -> Tensor:
+        """Deprecated name of :meth:`full_data_elbo` (a scalar for ``x [B, D]``, ``y [B]``)."""
+        warnings.warn(
+            "SVGP.elbo is renamed full_data_elbo; for training use model((x, y)).loss (the per-datum "
+            "negative bound, -full_data_elbo / num_data)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.full_data_elbo(x, y)
 
     def kl(self) -> Tensor:
         """``KL(q || p)`` over the inducing variables, a scalar."""
@@ -196,7 +237,7 @@ class SVGP(nn.Module):
     # -- prediction ----------------------------------------------------------------
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance ``[N]`` of the latent ``f`` at ``x [N, D]``."""
-        check_data("SVGP", x)
+        check_data("SVGP", x, dtype=self.inducing.dtype)
         mean, var, _ = self._marginals(x)
         return mean, var
 
@@ -204,8 +245,23 @@ class SVGP(nn.Module):
         """Predictive mean and variance ``[N]`` of ``y`` at ``x``."""
         return self.likelihood.predict(*self.predict(x))
 
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """``P(y = 1 | x, data)``, ``[N]``, for a binary classification likelihood.
+
+        Raises:
+            TypeError: if the likelihood gives no class probabilities (e.g. a Gaussian one).
+        """
+        proba = getattr(self.likelihood, "predict_proba", None)
+        if proba is None:
+            raise TypeError(
+                f"SVGP.predict_proba: needs a classification likelihood (BernoulliLogit or BernoulliProbit); "
+                f"this model's is {type(self.likelihood).__name__} (use predict_y)"
+            )
+        return proba(*self.predict(x))
+
     def log_predictive(self, x: Tensor, y: Tensor) -> Tensor:
         """``log p(y_n | x_n, data)`` under the approximate posterior, ``[N]``; ``-mean`` is the NLPD."""
+        check_data("SVGP", x, y, dtype=self.inducing.dtype)
         self.likelihood.check_y(y)
         return self.likelihood.log_predictive(y, *self.predict(x))
 
@@ -228,7 +284,7 @@ class SVGP(nn.Module):
             raise ValueError("SVGP.natural_gradient_step: needs family=FullRankNormal")
         if not 0 < lr <= 1:
             raise ValueError(f"SVGP.natural_gradient_step: lr must lie in (0, 1]; got {lr}")
-        check_data("SVGP", x, y)
+        check_data("SVGP", x, y, dtype=self.inducing.dtype)
         l_mm = self._chol_kmm()
         a = torch.linalg.solve_triangular(l_mm, self.kernel(self.inducing, x), upper=False)
         m = a.shape[0]

@@ -1,17 +1,18 @@
 """Fused RBF cross-covariance ``s^2 exp(-|a_i - b_j|^2 / 2)`` with a hand-written backward.
 
-Written out in torch ops the RBF matrix costs about six elementwise passes over
-the ``[M, B]`` result forward and as many backward; SVGP evaluates it on every
-step, so those passes rival the GEMMs.  Here the forward is one GEMM into a
-buffer that already holds ``log s^2 - |a_i|^2 / 2``, then three in-place passes;
-the backward is one elementwise product ``P = dK * K`` and two skinny GEMMs,
-from
+Written out in torch ops (:mod:`.reference`) the RBF matrix costs about six
+elementwise passes over the ``[M, B]`` result forward and as many backward; a
+sparse GP evaluates it on every step, so those passes rival its GEMMs.  Here the
+forward is one GEMM into a buffer that already holds ``log s^2 - |a_i|^2 / 2``,
+then three in-place passes; the backward is one elementwise product
+``P = dK * K`` and two skinny GEMMs, from
 
     dlog s^2 = sum(P),    da = P b - rowsum(P) a,    db = P^T a - colsum(P) b.
 
-Inputs are already divided by the lengthscales (and centred), so gradients to
-the lengthscales and to the inputs follow by ordinary autograd through that
-division.
+Inputs are already divided by the lengthscales (and centred), so gradients to the
+lengthscales and to the inputs follow by ordinary autograd through that division.
+The backward is first-order only: for second derivatives force
+``backend="reference"``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,16 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["rbf_cross"]
+__all__ = ["RBFCross", "rbf_cross"]
 
 
-class _RBFCross(torch.autograd.Function):
+class RBFCross(torch.autograd.Function):
+    """``(a [M, D], b [B, D], log_var []) -> exp(log_var - |a_i - b_j|^2 / 2) [M, B]``.
+
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006), eq. 4.9.
+    """
+
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, log_var: Tensor) -> Tensor:
         col = (log_var - 0.5 * a.pow(2).sum(-1)).unsqueeze(-1)  # [M, 1]
@@ -45,8 +52,10 @@ class _RBFCross(torch.autograd.Function):
 
 
 def rbf_cross(a: Tensor, b: Tensor, log_var: Tensor) -> Tensor:
-    """``exp(log_var - |a_i - b_j|^2 / 2)`` for scaled inputs ``a [M, D]``, ``b [B, D]``; ``[M, B]``.
+    """The fused backend of :func:`vitorch.kernels.rbf_cross`: ``a [M, D]``, ``b [B, D]``,
+    ``log_var []`` -> ``[M, B]``.
 
-    ``log_var`` is a scalar tensor, the log signal variance.
+    References:
+        Rasmussen & Williams, *Gaussian Processes for Machine Learning* (MIT Press, 2006), eq. 4.9.
     """
-    return _RBFCross.apply(a, b, log_var)
+    return RBFCross.apply(a, b, log_var)

@@ -1,49 +1,58 @@
-"""Fused forward and backward for SVGP's marginals ``q(f_b)``: the per-step hot spot.
+"""Fused forward and backward for a sparse GP's marginals ``q(f_b)``: the per-step hot spot.
 
 For a batch of ``B`` inputs the bound needs, with ``A = L^{-1} K_mb [M, B]``,
 
     mean_b = A^T m,        var_b = k_bb + colsum(A * (W A)),
 
 where ``m [M]`` is q's mean and ``W [M, M]`` the symmetric "middle" matrix
-(``S - I`` for a whitened q with covariance ``S``).  Left to autograd these cost
-about twelve ``O(M^2 B)`` passes (``W = R R^T - I`` is formed inside, from a
-square root ``R``).  :class:`WhitenedMarginals` needs four GEMMs of
-``2 M^2 B`` flops: ``A`` and ``W A`` forward; ``dK = L^{-T} dA`` and
+(``S - I`` for a whitened q with covariance ``S``).  Left to autograd
+(:mod:`.reference`) these cost about twelve ``O(M^2 B)`` passes (``W = R R^T - I``
+is formed inside, from a square root ``R``).  :class:`WhitenedMarginals` needs four
+GEMMs of ``2 M^2 B`` flops: ``A`` and ``W A`` forward; ``dK = L^{-T} dA`` and
 ``dW = (A diag(dv)) A^T`` backward.  The gradient for ``K_mm`` then follows in
-``O(M^3)``, straight through the Cholesky factor (see :class:`WhitenedMarginals`),
-from the symmetry of ``W``: ``dA A^T = 2 W dW + m (A dmean)^T``.
+``O(M^3)``, straight through the Cholesky factor, from the symmetry of ``W``:
+``dA A^T = 2 W dW + m (A dmean)^T``.
 
 It multiplies by ``L^{-1}`` (one ``O(M^3 / 3)`` triangular inversion of the Cholesky
-factor, never of ``K_mm``) because a CPU GEMM is several times faster per flop than
-a triangular solve against ``B`` right-hand sides; the forward error of
+factor, never of ``K_mm``) because a GEMM runs at a higher rate per flop than a
+triangular solve against ``B`` right-hand sides, and the forward error of
 multiplying by a computed triangular inverse is of the same order as that of the
 solve (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002, ch. 14).
+Both backwards are first-order only.
+
+References:
+    Murray, Differentiation of the Cholesky decomposition (arXiv:1602.07527, 2016).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .linalg import jittered_cholesky
-
-__all__ = ["WhitenedMarginals", "whitened_marginals", "cholesky_and_inverse"]
+__all__ = ["CholeskyAndInverse", "WhitenedMarginals", "whitened_marginals"]
 
 
-class _CholeskyAndInverse(torch.autograd.Function):
-    """``K -> (L, L^{-1})`` with ``L L^T = K`` (jittered if needed); ``L^{-1}`` carries no gradient.
+class CholeskyAndInverse(torch.autograd.Function):
+    """``K -> (L, L^{-1})`` with ``L = cholesky(K)``; ``L^{-1}`` carries no gradient.
 
-    The backward is the usual ``dK = sym(L^{-T} Phi(L^T dL) L^{-1})`` (Murray, 2016, eq. 10; ``Phi``
-    takes the lower triangle and halves the diagonal), evaluated with two GEMMs against
-    the inverse already at hand instead of two triangular solves.
+    ``cholesky`` may add a constant jitter to ``K`` (its derivative in ``K`` is then
+    the same).  The backward is the usual ``dK = sym(L^{-T} Phi(L^T dL) L^{-1})``
+    (Murray, 2016, eq. 10; ``Phi`` takes the lower triangle and halves the diagonal),
+    evaluated with two GEMMs against the inverse already at hand instead of two
+    triangular solves.
+
+    References:
+        Murray, *Differentiation of the Cholesky decomposition* (arXiv:1602.07527, 2016).
     """
 
     @staticmethod
-    def forward(ctx, k: Tensor, name: str, jitter: float) -> tuple[Tensor, Tensor]:
-        tril = jittered_cholesky(k, name, jitter=jitter)
+    def forward(ctx, k: Tensor, cholesky: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        tril = cholesky(k)
         eye = torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)
-        # X L = I as a right-side solve: several times faster than L X = I on CPU
+        # X L = I as a right-sided solve, which LAPACK runs faster than L X = I
         linv = torch.linalg.solve_triangular(tril, eye, upper=False, left=False)
         ctx.mark_non_differentiable(linv)
         ctx.save_for_backward(tril, linv)
@@ -56,13 +65,7 @@ class _CholeskyAndInverse(torch.autograd.Function):
         phi = (tril.mT @ d_tril).tril()
         phi.diagonal().mul_(0.5)
         d_k = linv.mT @ phi @ linv
-        return 0.5 * (d_k + d_k.mT), None, None
-
-
-def cholesky_and_inverse(k: Tensor, name: str = "K", jitter: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Lower Cholesky factor ``L [M, M]`` of ``k`` (escalating jitter as in
-    :func:`~vitorch.models.gp.linalg.jittered_cholesky`) and its inverse ``L^{-1}`` (no gradient)."""
-    return _CholeskyAndInverse.apply(k, name, jitter)
+        return 0.5 * (d_k + d_k.mT), None
 
 
 class WhitenedMarginals(torch.autograd.Function):
@@ -73,6 +76,10 @@ class WhitenedMarginals(torch.autograd.Function):
     (the derivative of the Cholesky factor, Murray 2016), the adjoint is
     ``dK_mm = -sym(L^{-T} Phi(G_A A^T) L^{-1})``: two GEMMs of ``2 M^3`` after
     ``G_A A^T``, where chaining through ``L`` would take four.
+
+    References:
+        Murray, *Differentiation of the Cholesky decomposition* (arXiv:1602.07527, 2016).
+        Hensman, Matthews & Ghahramani, *Scalable Variational Gaussian Process Classification* (AISTATS 2015).
     """
 
     @staticmethod
@@ -106,18 +113,23 @@ class WhitenedMarginals(torch.autograd.Function):
         return d_kmm, None, d_k, a_dmean, d_root
 
 
-def whitened_marginals(k_mm: Tensor, linv: Tensor, k_mb: Tensor, m: Tensor, root: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and variance updates of ``q(f_b)``; see :class:`WhitenedMarginals`.
+def whitened_marginals(
+    k_mm: Tensor,
+    k_mb: Tensor,
+    loc: Tensor,
+    root: Tensor,
+    cholesky: Callable[[Tensor], Tensor] = torch.linalg.cholesky,
+    whitened: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The fused backend of :func:`vitorch.kernels.whitened_marginals` (same arguments and results:
+    ``k_mm [M, M]``, ``k_mb [M, B]``, ``loc [M]``, ``root [M, M]`` -> ``[B]``, ``[B]``, ``[M, M]``).
 
-    Args:
-        k_mm: ``[M, M]`` the inducing covariance (gradients flow to it).
-        linv: ``[M, M]`` the inverse of its (jittered) Cholesky factor, from :func:`cholesky_and_inverse`.
-        k_mb: ``[M, B]`` cross-covariance ``k(Z, X_b)``.
-        m: ``[M]`` mean of the whitened q.
-        root: ``[M, M]`` a square root ``R`` of the whitened q's covariance ``S = R R^T``;
-            the middle matrix is ``W = S - I``.
-
-    Returns:
-        ``A^T m`` and ``colsum(A * (W A))``, each ``[B]``, with ``A = L^{-1} K_mb``.
+    References:
+        Murray, *Differentiation of the Cholesky decomposition* (arXiv:1602.07527, 2016).
     """
-    return WhitenedMarginals.apply(k_mm, linv, k_mb, m, root)
+    tril, linv = CholeskyAndInverse.apply(k_mm, cholesky)
+    if not whitened:  # q over u = L v: express it over v, an O(M^3) change of variables
+        loc = torch.linalg.solve_triangular(tril, loc.unsqueeze(-1), upper=False).squeeze(-1)
+        root = torch.linalg.solve_triangular(tril, root, upper=False)
+    mean, var = WhitenedMarginals.apply(k_mm, linv, k_mb, loc, root)
+    return mean, var, tril
