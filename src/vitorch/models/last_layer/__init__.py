@@ -1,5 +1,7 @@
 """Variational Bayesian last layers (VBLL) and the exact Bayesian linear regression oracle.
 
+* :class:`VBLLModel` — a feature network and a head as one model for :func:`vitorch.fit`
+  (``forward((x, y))`` returns a :class:`vitorch.LossOutput`, ``predict(x)`` the predictive);
 * :class:`BayesianLinearRegression` — exact posterior, predictive and evidence, with
   type-II tuning of the prior and noise scales;
 * :class:`VBLLRegression` — deterministic VBLL regression objective, any of the
@@ -23,11 +25,13 @@ from .covariance import Dense, DensePrecision, Diagonal, LowRank, WeightPosterio
 from .dense_noise import VBLLDenseNoiseRegression
 from .generative import VBLLGenerativeClassification
 from .heteroscedastic import VBLLHeteroscedasticRegression
+from .model import VBLLModel
 from .output import LastLayerOutput
 from .regression import VBLLRegression
 from .student_t import VBLLStudentTRegression
 
 __all__ = [
+    "VBLLModel",
     "BayesianLinearRegression",
     "VBLLRegression",
     "VBLLDenseNoiseRegression",

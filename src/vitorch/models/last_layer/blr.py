@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
-from . import _checks
+from . import _checks, _legacy
 from .output import LastLayerOutput
 
 __all__ = ["BayesianLinearRegression"]
@@ -47,7 +47,7 @@ class BayesianLinearRegression(nn.Module):
 
     Example:
         >>> blr = BayesianLinearRegression(3, prior_scale=1.0, noise_variance=0.5)
-        >>> blr.fit(phi, y)                 # phi [N, 3], y [N]
+        >>> blr.solve_posterior(phi, y)     # phi [N, 3], y [N]
         >>> blr.log_evidence(phi, y)        # scalar
         >>> blr(phi_test).predictive        # Normal, batch [N_test]
 
@@ -64,9 +64,9 @@ class BayesianLinearRegression(nn.Module):
         v = _checks.positive_float("BayesianLinearRegression", "noise_variance", noise_variance)
         self.register_buffer("log_prior_scale", torch.tensor(math.log(s)))
         self.register_buffer("log_noise_variance", torch.tensor(math.log(v)))
-        # Empty until fit; buffers, so that a fitted model round-trips through state_dict.
-        self.register_buffer("posterior_mean", torch.zeros(0))  # [D, O] after fit
-        self.register_buffer("posterior_precision_tril", torch.zeros(0))  # [D, D] after fit
+        # Empty until solve_posterior; buffers, so that a fitted model round-trips through state_dict.
+        self.register_buffer("posterior_mean", torch.zeros(0))  # [D, O] after solve_posterior
+        self.register_buffer("posterior_precision_tril", torch.zeros(0))  # [D, D] after solve_posterior
         self.register_buffer("scalar_targets", torch.tensor(True))  # y was [N], not [N, O]
 
     @property
@@ -92,13 +92,24 @@ class BayesianLinearRegression(nn.Module):
         b = phi.mT @ y / log_v.exp()
         return torch.cholesky_solve(b, tril), tril, b
 
-    def fit(self, phi: Tensor, y: Tensor) -> BayesianLinearRegression:
+    def solve_posterior(self, phi: Tensor, y: Tensor) -> BayesianLinearRegression:
         """Compute the exact posterior from ``phi [N, D]`` and ``y [N]`` or ``[N, O]``; returns ``self``."""
         phi, y, scalar = self._prepare(phi, y)
         mean, tril, _ = self._solve(phi, y, self.log_prior_scale.to(phi), self.log_noise_variance.to(phi))
         self.posterior_mean, self.posterior_precision_tril = mean, tril
         self.scalar_targets = torch.tensor(scalar)
         return self
+
+    def fit(self, phi: Tensor, y: Tensor) -> BayesianLinearRegression:
+        """Deprecated alias of :meth:`solve_posterior` (``fit`` is :func:`vitorch.fit`'s name).
+
+        Args and shapes as :meth:`solve_posterior`: ``phi [N, D]``, ``y [N]`` or ``[N, O]``.
+
+        References:
+            Bishop, *Pattern Recognition and Machine Learning* (2006), Sec. 3.3.
+        """
+        _legacy.deprecated_fit(self)
+        return self.solve_posterior(phi, y)
 
     def _evidence(self, phi: Tensor, y: Tensor, log_s: Tensor, log_v: Tensor) -> Tensor:
         n, d = phi.shape
@@ -114,7 +125,7 @@ class BayesianLinearRegression(nn.Module):
         return self._evidence(phi, y, self.log_prior_scale.to(phi), self.log_noise_variance.to(phi))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # The posterior buffers are empty before fit; take the saved shapes.
+        # The posterior buffers are empty before solve_posterior; take the saved shapes.
         for name in ("posterior_mean", "posterior_precision_tril"):
             saved = state_dict.get(prefix + name)
             if isinstance(saved, Tensor):
@@ -128,7 +139,7 @@ class BayesianLinearRegression(nn.Module):
 
     def _require_fit(self) -> None:
         if self.posterior_mean.numel() == 0:
-            raise ValueError("BayesianLinearRegression: call fit(phi, y) before asking for the posterior")
+            raise ValueError("BayesianLinearRegression: call solve_posterior(phi, y) before asking for the posterior")
 
     def predictive(self, phi: Tensor) -> Distribution:
         """``p(y* | phi*, data) = N(m^T phi*, phi*^T P^{-1} phi* + sigma^2)``.
@@ -149,7 +160,7 @@ class BayesianLinearRegression(nn.Module):
         return LastLayerOutput(self.predictive(phi))
 
     def tune(self, phi: Tensor, y: Tensor, max_iters: int = 500, tol: float = 1e-10) -> BayesianLinearRegression:
-        """Type-II maximum likelihood of ``prior_scale`` and ``noise_variance``, then :meth:`fit`.
+        """Type-II maximum likelihood of ``prior_scale`` and ``noise_variance``, then :meth:`solve_posterior`.
 
         MacKay's fixed point with ``alpha = 1 / s^2`` and ``beta = 1 / sigma^2``: with
         ``lambda_j`` the eigenvalues of ``beta Phi^T Phi`` and ``gamma = sum_j lambda_j /
@@ -182,4 +193,4 @@ class BayesianLinearRegression(nn.Module):
             raise ValueError("BayesianLinearRegression.tune: the evidence has no finite maximizer for these data")
         self.log_prior_scale.copy_(log_s)
         self.log_noise_variance.copy_(log_v)
-        return self.fit(phi, y)
+        return self.solve_posterior(phi, y)

@@ -29,7 +29,7 @@ from ... import estimators as _estimators
 from ... import objectives as _objectives
 from ...loss import LossOutput
 from ...loss import loss as _vt_loss
-from . import _checks
+from . import _checks, _legacy
 from ._bound import DeterministicBound
 from .covariance import Dense, WeightPosterior
 from .output import LastLayerOutput
@@ -54,7 +54,7 @@ class VBLLClassification(DeterministicBound, nn.Module):
 
     Example:
         >>> head = VBLLClassification(64, 10)
-        >>> loss = head.loss(phi, labels, num_data=len(train_set))
+        >>> out = head.loss(phi, labels, num_data=len(train_set))   # LossOutput
         >>> out = head(phi); out.predictive.probs, out.ood_score
 
     Shapes: ``phi [N, D]``, labels ``[N]``; ``predictive`` is a ``Categorical`` with
@@ -191,8 +191,17 @@ class VBLLClassification(DeterministicBound, nn.Module):
         out = _vt_loss(log_joint, self.weights.joint_distribution(), num_particles, objective, estimator)
         return LossOutput(loss=out.loss / num_data, bound=out.bound, log_w=out.log_w, z=out.z)
 
-    def fit(self, phi: Tensor, y: Tensor, steps: int = 100) -> VBLLClassification:
-        """Post hoc fit on frozen features: L-BFGS on ``-(ELBO + log p(sigma))``; returns ``self``."""
+    def solve_posterior(self, phi: Tensor, y: Tensor, steps: int = 100) -> VBLLClassification:
+        """The head's optimum on frozen features: L-BFGS on ``-(ELBO + log p(sigma))``; returns ``self``.
+
+        The Jensen bound has no closed-form optimum, so ``steps`` L-BFGS iterations (strong
+        Wolfe line search) optimize every parameter of the head.
+
+        Args:
+            phi: ``[N, D]`` features.
+            y: ``[N]`` labels.
+            steps: L-BFGS iterations at most.
+        """
         phi, y = self._check(phi, y)
         opt = torch.optim.LBFGS(list(self.parameters()), max_iter=steps, line_search_fn="strong_wolfe")
 
@@ -204,3 +213,14 @@ class VBLLClassification(DeterministicBound, nn.Module):
 
         opt.step(closure)
         return self
+
+    def fit(self, phi: Tensor, y: Tensor, *args, **kwargs) -> VBLLClassification:
+        """Deprecated alias of :meth:`solve_posterior` (``fit`` is :func:`vitorch.fit`'s name).
+
+        Args and shapes as :meth:`solve_posterior`: ``phi [N, D]``, ``y [N]``.
+
+        References:
+            Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024).
+        """
+        _legacy.deprecated_fit(self)
+        return self.solve_posterior(phi, y, *args, **kwargs)

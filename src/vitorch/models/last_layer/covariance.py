@@ -34,7 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from ...families import DiagNormal, FullRankNormal, LowRankNormal
-from . import _packed
+from ...kernels.vbll_regression import RowCovariance
+from ...kernels.vbll_regression.reference import gaussian_rows_kl
+from . import _legacy
 
 __all__ = ["Dense", "Diagonal", "LowRank", "DensePrecision", "WeightPosterior"]
 
@@ -69,11 +71,7 @@ class WeightPosterior(nn.Module):
         if not (math.isfinite(init_variance) and init_variance > 0):
             raise ValueError(f"{type(self).__name__}: init_variance must be positive and finite; got {init_variance}")
         self.out_features, self.in_features = out_features, in_features
-        self._init_mean(init_mean_scale * torch.randn(out_features, in_features))
-
-    def _init_mean(self, mean: Tensor) -> None:
-        # A hook, so that a subclass may keep the mean inside a larger parameter.
-        self.mean = nn.Parameter(mean)
+        self.mean = nn.Parameter(init_mean_scale * torch.randn(out_features, in_features))
 
     def quad(self, phi: Tensor) -> Tensor:
         """``phi_n^T S_i phi_n`` for ``phi [N, D]``, returned as ``[N, O]``."""
@@ -94,6 +92,11 @@ class WeightPosterior(nn.Module):
     def diagonal(self) -> Tensor:
         """The diagonal of ``S_i``, ``[O, D]``."""
         return self.covariance().diagonal(dim1=-2, dim2=-1)
+
+    def row_covariance(self) -> RowCovariance:
+        """The covariances ``S_i [D, D]`` by structure and parameters, as the kernels in
+        :mod:`vitorch.kernels.vbll_regression` take them."""
+        raise NotImplementedError
 
     def distribution(self):
         """``q(W)`` as a vitorch family with batch shape ``[O]`` and event shape ``[D]``."""
@@ -116,16 +119,14 @@ class WeightPosterior(nn.Module):
         """``(quad(phi) [N, O], trace() [O])`` together; dense forms share one factor."""
         return self.quad(phi), self.trace()
 
-    def kl_to_isotropic(self, prior_variance: float, trace: Tensor | None = None) -> Tensor:
+    def kl_to_isotropic(self, prior_variance: float | Tensor, trace: Tensor | None = None) -> Tensor:
         """``KL(q(w_i) || N(0, v I))`` for every row, ``[O]``.
 
         ``KL = 1/2 [tr(S)/v + m^T m / v - D + D log v - log|S|]``; pass ``trace`` if
-        it is already at hand (from :meth:`quad_and_trace`).
+        it is already at hand (from :meth:`quad_and_trace`).  ``v`` is a float or a 0-d tensor.
         """
-        v = float(prior_variance)
-        d = self.in_features
         trace = self.trace() if trace is None else trace
-        return 0.5 * ((trace + self.mean.pow(2).sum(-1)) / v - self.log_det()) + 0.5 * d * (math.log(v) - 1)
+        return gaussian_rows_kl(self.mean, trace, self.log_det(), prior_variance)
 
     def _set_mean(self, mean: Tensor) -> None:
         with torch.no_grad():
@@ -154,6 +155,9 @@ class Diagonal(WeightPosterior):
 
     def variance(self) -> Tensor:
         return self.log_var.exp()
+
+    def row_covariance(self) -> RowCovariance:
+        return RowCovariance("diagonal", (self.log_var,))
 
     def quad(self, phi: Tensor) -> Tensor:
         return phi.pow(2) @ self.variance().mT
@@ -219,6 +223,9 @@ class LowRank(WeightPosterior):
         """A ``covariance`` factory for the heads: ``VBLLRegression(D, covariance=LowRank.with_rank(4))``."""
         return functools.partial(cls, rank=rank)
 
+    def row_covariance(self) -> RowCovariance:
+        return RowCovariance("low_rank", (self.factor, self.log_diag))
+
     def quad(self, phi: Tensor) -> Tensor:
         proj = torch.einsum("nd,odr->nor", phi, self.factor)
         return proj.pow(2).sum(-1) + phi.pow(2) @ self.log_diag.exp().mT
@@ -245,7 +252,7 @@ class LowRank(WeightPosterior):
 
     def set_posterior(self, mean: Tensor, precision: Tensor) -> None:
         # No closed form for the low-rank KL optimum; start next to the mean-field optimum,
-        # which the heads' fit() then improves by optimization.  The factor is small but
+        # which the heads' solve_posterior() then improves by optimization.  The factor is small but
         # not zero: U = 0 is a stationary point of every objective in U.
         self._set_mean(mean)
         with torch.no_grad():
@@ -255,80 +262,48 @@ class LowRank(WeightPosterior):
 
 
 class _Cholesky(WeightPosterior):
-    """A lower-triangular factor and the mean, stored together in one parameter ``packed``.
+    """A lower-triangular factor ``L_i`` per row: ``L = tril(offdiag, -1) + diag(exp(log_diag))``.
 
-    ``packed [O, D*(D+1) + spare]`` holds per row the matrix ``[F_i | m_i]``: the stored
-    factor ``F_i`` (strict lower triangle: the factor's; diagonal: the log of the
-    factor's diagonal, kept positive by ``exp``; strict upper triangle: unused), the
-    mean as the last column, then ``spare`` entries that the owning head may use (layout
-    in :mod:`._packed`).  One tensor instead of three: on a small network, each
-    parameter tensor costs a dozen operations in every optimizer step.  ``raw``,
-    ``mean`` and :meth:`spare_entries` are views, so in-place edits write through.
+    Parameters: ``mean [O, D]``, ``offdiag [O, D, D]`` (its strict lower triangle is the
+    factor's; its diagonal and upper triangle are not read and get a zero gradient) and
+    ``log_diag [O, D]``, the log of the factor's diagonal, kept positive by ``exp``.
     """
 
     # log L_jj = _LOG_DIAG_PER_LOG_VARIANCE * log(init_variance): +1/2 for a factor of the
     # covariance, -1/2 for a factor of the precision.
     _LOG_DIAG_PER_LOG_VARIANCE: float
+    _KIND: str
 
-    def __init__(
-        self,
-        out_features: int,
-        in_features: int,
-        init_variance: float = 1.0,
-        init_mean_scale: float = 0.0,
-        *,
-        spare: int = 0,
-    ):
-        if isinstance(spare, bool) or not isinstance(spare, int) or spare < 0:
-            raise ValueError(f"{type(self).__name__}: spare must be a non-negative integer; got {spare!r}")
-        self.num_spare = spare
+    def __init__(self, out_features: int, in_features: int, init_variance: float = 1.0, init_mean_scale: float = 0.0):
         super().__init__(out_features, in_features, init_variance, init_mean_scale)  # validates init_variance
-        with torch.no_grad():
-            self.log_diag.fill_(self._LOG_DIAG_PER_LOG_VARIANCE * math.log(init_variance))
-
-    def _init_mean(self, mean: Tensor) -> None:
-        o, d = mean.shape
-        self.packed = nn.Parameter(torch.zeros(o, _packed.packed_size(d, self.num_spare)))
-        with torch.no_grad():
-            self.mean.copy_(mean)
-
-    @property
-    def raw(self) -> Tensor:
-        """``[O, D, D]`` stored factors (strict lower triangle, log-diagonal): a view of ``packed``."""
-        return _packed.unpack(self.packed, self.in_features)[1]
-
-    @property
-    def mean(self) -> Tensor:
-        """``[O, D]`` means: a view of ``packed``."""
-        return _packed.unpack(self.packed, self.in_features)[2]
-
-    def spare_entries(self) -> Tensor:
-        """``[O, spare]`` entries kept for the owning head: a view of ``packed``."""
-        return _packed.unpack(self.packed, self.in_features)[3]
-
-    @property
-    def log_diag(self) -> Tensor:
-        """``[O, D]`` log-diagonal of the factor: a view of ``packed`` (in-place edits write through)."""
-        return self.raw.diagonal(dim1=-2, dim2=-1)
+        self.offdiag = nn.Parameter(torch.zeros(out_features, in_features, in_features))
+        log_l = self._LOG_DIAG_PER_LOG_VARIANCE * math.log(init_variance)
+        self.log_diag = nn.Parameter(torch.full((out_features, in_features), log_l))
 
     def tril(self) -> Tensor:
         """The lower-triangular factor with positive diagonal, ``[O, D, D]``."""
-        return self.raw.tril(-1) + torch.diag_embed(self.log_diag.exp())
+        return self.offdiag.tril(-1) + torch.diag_embed(self.log_diag.exp())
+
+    def row_covariance(self) -> RowCovariance:
+        return RowCovariance(self._KIND, (self.offdiag, self.log_diag))
 
     def _set_tril(self, tril: Tensor) -> None:
         with torch.no_grad():
-            self.raw.copy_(tril.tril(-1))
+            self.offdiag.copy_(tril.tril(-1))
             self.log_diag.copy_(tril.diagonal(dim1=-2, dim2=-1).log())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _legacy.unpack_posterior(state_dict, prefix, self.in_features)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class Dense(_Cholesky):
     """Dense rows through a Cholesky factor of the covariance, ``S_i = L_i L_i^T``.
 
-    One parameter, ``packed [O, D*(D+1) + spare]``, viewed as ``raw [O, D, D]`` (strict
-    lower triangle of ``L``, log of its diagonal), ``mean [O, D]`` and the spare entries.
-    ``log |S_i| = 2 sum_j log L_jj`` and ``tr S_i = ||L_i||_F^2`` need no factorization.
-    Args as :class:`WeightPosterior`, and ``spare``: per-row entries kept for the owning
-    head (0 by default).
+    Parameters: ``mean [O, D]``, ``offdiag [O, D, D]`` (strict lower triangle of ``L``) and
+    ``log_diag [O, D]`` (log of its diagonal), so ``L = tril(offdiag, -1) +
+    diag(exp(log_diag))``.  ``log |S_i| = 2 sum_j log L_jj`` and ``tr S_i = ||L_i||_F^2``
+    need no factorization.  Args as :class:`WeightPosterior`.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
@@ -336,6 +311,7 @@ class Dense(_Cholesky):
     """
 
     _LOG_DIAG_PER_LOG_VARIANCE = 0.5
+    _KIND = "scale_tril"
 
     def quad(self, phi: Tensor) -> Tensor:
         # phi^T L L^T phi = ||L^T phi||^2
@@ -369,9 +345,8 @@ class DensePrecision(_Cholesky):
 
     Closed-form (batch or recursive) Bayesian updates act on the precision, so this
     form is exact and cheap to set from them; ``quad`` costs a triangular solve.
-    Storage as :class:`Dense`: ``packed [O, D*(D+1) + spare]``, viewed as ``raw [O, D,
-    D]`` for the precision's factor, ``mean [O, D]`` and the spare entries.  Args as
-    :class:`WeightPosterior`.
+    Parameters as :class:`Dense` (``mean``, ``offdiag``, ``log_diag``), here for the
+    precision's factor.  Args as :class:`WeightPosterior`.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
@@ -379,6 +354,7 @@ class DensePrecision(_Cholesky):
     """
 
     _LOG_DIAG_PER_LOG_VARIANCE = -0.5
+    _KIND = "precision_tril"
 
     def _solve(self, rhs: Tensor) -> Tensor:
         return torch.linalg.solve_triangular(self.tril(), rhs, upper=False)

@@ -51,8 +51,6 @@ class VBLLDenseNoiseRegression(VBLLRegression):
         regression with a full noise covariance and its Wishart regularizer.
     """
 
-    _packs_noise = False
-
     def _init_noise(self, log_v: Tensor) -> None:
         raw = torch.diag_embed(0.5 * log_v)
         if self.learn_noise:
@@ -70,15 +68,21 @@ class VBLLDenseNoiseRegression(VBLLRegression):
 
     @property
     def noise_variance(self) -> Tensor:
+        """``[O]`` the diagonal of ``Sigma``."""
         return self.noise_scale_tril().pow(2).sum(-1)
+
+    @property
+    def log_noise_variance(self) -> Tensor:
+        """``[O]`` the log of the diagonal of ``Sigma`` (derived from ``noise_raw``)."""
+        return self.noise_variance.log()
 
     def _noise_parameter(self) -> Tensor:
         return self.noise_raw
 
     def _tune(self, phi: Tensor, y: Tensor, max_iters: int, tol: float) -> None:
         raise ValueError(
-            "VBLLDenseNoiseRegression: fit(tune=True) tunes a diagonal noise; use VBLLRegression, "
-            "or fit with tune=False (the dense noise is then learned by its closed-form update)"
+            "VBLLDenseNoiseRegression: solve_posterior(tune=True) tunes a diagonal noise; use VBLLRegression, "
+            "or solve_posterior with tune=False (the dense noise is then learned by its closed-form update)"
         )
 
     def log_evidence(self, phi: Tensor, y: Tensor) -> Tensor:
@@ -91,13 +95,23 @@ class VBLLDenseNoiseRegression(VBLLRegression):
         inv = torch.linalg.solve_triangular(tril, eye, upper=False)
         return tril, inv.pow(2).sum(0), 2 * self.noise_raw.diagonal().sum()
 
-    def _data_terms(self, phi: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def terms(self, phi: Tensor, y: Tensor, noise_prior: bool = True) -> tuple[Tensor, Tensor]:
+        """``(E_q log N(y_n | W phi_n, Sigma) [N], penalty [])`` with the dense ``Sigma`` (inputs unchecked).
+
+        ``penalty = KL(q(W) || p(W))``, minus ``log p(Sigma)`` with ``noise_prior`` and a learned noise.
+
+        Args:
+            phi: ``[N, D]`` features.
+            y: ``[N, O]`` targets.
+            noise_prior: include ``-log p(Sigma)`` in the penalty.
+        """
         tril, prec_diag, log_det = self._noise_parts()
         resid = y - phi @ self.weights.mean.mT  # [N, O]
         u = torch.linalg.solve_triangular(tril, resid.mT, upper=False)  # [O, N]
         quad, trace = self.weights.quad_and_trace(phi)
         expected = -0.5 * (u.pow(2).sum(0) + quad @ prec_diag + log_det + self.out_features * _LOG_2PI)
-        return expected, self.weights.kl_to_isotropic(self.prior_scale**2, trace).sum()
+        kl = self.weights.kl_to_isotropic(self.prior_variance, trace).sum()
+        return expected, kl - self.noise_log_prior() if noise_prior else kl
 
     def noise_log_prior(self) -> Tensor:
         """``log IW(Sigma | psi I, nu)`` up to a constant: ``-(nu+O+1)/2 log|Sigma| - psi/2 tr(Sigma^{-1})``."""
@@ -106,12 +120,6 @@ class VBLLDenseNoiseRegression(VBLLRegression):
         _, prec_diag, log_det = self._noise_parts()
         a = 0.5 * (self.wishart_dof + self.out_features + 1)
         return -(a * log_det + 0.5 * self.wishart_scale * prec_diag.sum())
-
-    def loss(self, phi: Tensor, y: Tensor, num_data: int) -> Tensor:
-        phi, y = self._check(phi, y)
-        _checks.num_data(type(self).__name__, num_data, phi.shape[0])
-        expected, kl = self._data_terms(phi, y)
-        return -(expected.mean() + (self.noise_log_prior() - kl) / num_data)
 
     def predictive(self, phi: Tensor) -> Distribution:
         """``N(M phi, Sigma + diag(phi^T S_i phi))``: ``Normal [N]`` if ``O = 1``, else ``MultivariateNormal``."""
@@ -131,11 +139,10 @@ class VBLLDenseNoiseRegression(VBLLRegression):
         lam = torch.cholesky_inverse(tril)
         gram = phi.mT @ phi
         eye_d = torch.eye(d, dtype=phi.dtype, device=phi.device)
-        precision = gram * prec_diag[:, None, None] + eye_d / self.prior_scale**2  # [O, D, D]
-        system = (
-            torch.kron(lam.contiguous(), gram.contiguous())
-            + torch.eye(o * d, dtype=phi.dtype, device=phi.device) / self.prior_scale**2
-        )
+        prior_var = self.prior_variance.to(phi)
+        precision = gram * prec_diag[:, None, None] + eye_d / prior_var  # [O, D, D]
+        eye_od = torch.eye(o * d, dtype=phi.dtype, device=phi.device)
+        system = torch.kron(lam.contiguous(), gram.contiguous()) + eye_od / prior_var
         rhs = (lam @ y.mT @ phi).reshape(-1, 1)
         mean = torch.cholesky_solve(rhs, torch.linalg.cholesky(system)).reshape(o, d)
         self.weights.set_posterior(mean, precision)

@@ -14,7 +14,7 @@ KL(q(mu) || p(mu))``.  The same marginals give the predictive ``softmax_k(log pi
 log N(phi | m_k, Sigma + S_k))`` and a density-based OOD score ``-log sum_k pi_k
 N(phi | m_k, Sigma + S_k)``.
 
-Post hoc, :meth:`VBLLGenerativeClassification.fit` maximizes the *joint* feature
+Post hoc, :meth:`VBLLGenerativeClassification.solve_posterior` maximizes the *joint* feature
 ELBO ``E_q log p(Phi | y, mu) - KL + log p(Sigma)`` by closed-form coordinate ascent
 (a Bayesian linear discriminant analysis), which is the conjugate counterpart of
 training the conditional bound end to end.
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, MultivariateNormal
 
-from . import _checks
+from . import _checks, _legacy
 from ._bound import DeterministicBound
 from .covariance import Diagonal, WeightPosterior
 from .output import LastLayerOutput
@@ -154,8 +154,12 @@ class VBLLGenerativeClassification(DeterministicBound, nn.Module):
         return LastLayerOutput(Categorical(logits=logits), ood_score=-torch.logsumexp(logits, dim=-1))
 
     @torch.no_grad()
-    def fit(self, phi: Tensor, y: Tensor, max_iters: int = 200, tol: float = 1e-10):
-        """Closed-form post hoc fit of ``q(mu)``, ``Sigma`` and the class frequencies; returns ``self``.
+    def solve_posterior(
+        self, phi: Tensor, y: Tensor, max_iters: int = 200, tol: float = 1e-10
+    ) -> VBLLGenerativeClassification:
+        """Closed-form ``q(mu)``, ``Sigma`` and class frequencies on frozen features ``phi [N, D]``, labels ``[N]``.
+
+        Returns ``self``.
 
         Given ``Sigma`` the class-mean posteriors are exact: precision ``n_k / sigma^2 +
         1 / s^2`` per coordinate and mean ``(sum_{n in k} phi_n / sigma^2) / precision``.
@@ -181,3 +185,14 @@ class VBLLGenerativeClassification(DeterministicBound, nn.Module):
             if bool(((self.log_noise_variance - old).abs() < tol).all()):
                 break
         return self
+
+    def fit(self, phi: Tensor, y: Tensor, *args, **kwargs) -> VBLLGenerativeClassification:
+        """Deprecated alias of :meth:`solve_posterior` (``fit`` is :func:`vitorch.fit`'s name).
+
+        Args and shapes as :meth:`solve_posterior`: ``phi [N, D]``, ``y [N]``.
+
+        References:
+            Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024).
+        """
+        _legacy.deprecated_fit(self)
+        return self.solve_posterior(phi, y, *args, **kwargs)

@@ -32,10 +32,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
-from . import _checks
+from ...kernels.vbll_regression import vbll_heteroscedastic_terms
+from . import _checks, _legacy
 from ._bound import DeterministicBound
-from ._fused_heteroscedastic import heteroscedastic_loss
-from ._fused_heteroscedastic_dense import heteroscedastic_dense_loss
 from .covariance import Dense, Diagonal, WeightPosterior
 from .output import LastLayerOutput
 
@@ -55,11 +54,11 @@ class VBLLHeteroscedasticRegression(DeterministicBound, nn.Module):
         noise_variance: initial ``exp(c)``.
         covariance: posterior factory for the mean weights (``Dense`` by default).
         noise_covariance: posterior factory for the log-variance weights (``Diagonal``).
-            With ``Dense`` the offset ``c`` is stored in its spare entry (:attr:`offset`).
         num_quadrature: Gauss-Hermite nodes of the predictive mixture.
 
     Shapes: ``phi [N, D]``, ``y [N, O]`` (``[N]`` when ``O = 1``); mean and log-variance
-    weights ``[O, D]`` each.
+    weights ``[O, D]`` each.  State: ``weights`` (``q(W)``), ``noise_weights`` (``q(U)``)
+    and the offset ``log_noise_offset [O]``.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024) for the
@@ -88,22 +87,11 @@ class VBLLHeteroscedasticRegression(DeterministicBound, nn.Module):
         v = _checks.positive_float(owner, "noise_variance", noise_variance)
         _checks.positive_int(owner, "num_quadrature", num_quadrature)
         self.weights = covariance(out_features, in_features, init_variance=self.prior_scale**2)
-        # With a dense q(U) the offset joins q(U)'s storage as its spare entry (see ``offset``):
-        # the optimizer then visits one tensor per posterior, as for VBLLRegression's noise.
-        self._offset_packed = noise_covariance is Dense
-        spare = {"spare": 1} if self._offset_packed else {}
-        self.noise_weights = noise_covariance(
-            out_features, in_features, init_variance=self.noise_prior_scale**2, **spare
-        )
+        self.noise_weights = noise_covariance(out_features, in_features, init_variance=self.noise_prior_scale**2)
         for name, w in (("covariance", self.weights), ("noise_covariance", self.noise_weights)):
             if not isinstance(w, WeightPosterior):
                 raise ValueError(f"{owner}: {name} must build a WeightPosterior; got {type(w).__name__}")
-        log_v = torch.full((out_features,), math.log(v))
-        if self._offset_packed:
-            with torch.no_grad():
-                self.noise_weights.spare_entries()[:, 0] = log_v
-        else:
-            self.log_noise_offset = nn.Parameter(log_v)
+        self.log_noise_offset = nn.Parameter(torch.full((out_features,), math.log(v)))
         nodes, weights = np.polynomial.hermite.hermgauss(num_quadrature)
         # E_{l ~ N(mu, t)} f(l) = sum_j w_j / sqrt(pi) f(mu + sqrt(2 t) x_j)
         self.register_buffer("_gh_nodes", torch.as_tensor(nodes, dtype=torch.get_default_dtype()))
@@ -117,41 +105,37 @@ class VBLLHeteroscedasticRegression(DeterministicBound, nn.Module):
         y = _checks.targets(owner, y, phi.shape[0], self.out_features, values)
         return phi, y if y.dtype == phi.dtype else y.to(phi.dtype)
 
-    def loss(self, phi: Tensor, y: Tensor, num_data: int) -> Tensor:
-        """Scaled minibatch loss ``-(mean_batch E_q log p(y_n) - KL / N)`` (scalar).
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # state saved by vitorch <= 0.4: packed dense posteriors, the offset in q(U)'s spare entry
+        _legacy.unpack_posterior(state_dict, prefix + "weights.", self.in_features)
+        spare = _legacy.unpack_posterior(state_dict, prefix + "noise_weights.", self.in_features)
+        if spare is not None and spare.shape[1] >= 1:
+            state_dict.setdefault(prefix + "log_noise_offset", spare[:, 0].clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-        The training step's hot path: types and shapes are checked, values are not
-        (a non-finite input gives a non-finite loss, which :func:`vitorch.fit` stops on);
-        with ``Dense`` weights and ``Diagonal`` (the default) or ``Dense`` log-variance
-        weights it is one fused autograd node, tested against the generic path.
+    def terms(self, phi: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(E_q log p(y_n | phi_n, W, U) [B], KL(q(W) || p(W)) + KL(q(U) || p(U)))``.
+
+        The training step's hot path: types and shapes are checked, values are not (a
+        non-finite input gives a non-finite loss, which :func:`vitorch.fit` stops on).
+        Computed by :func:`vitorch.kernels.vbll_heteroscedastic_terms`, which picks the
+        fused backend for a ``Dense`` ``q(W)`` with a ``Diagonal`` or ``Dense`` ``q(U)``.
 
         Args:
-            phi: ``[B, D]`` minibatch features.
-            y: ``[B, O]`` (or ``[B]``) minibatch targets.
-            num_data: N, the size of the training set, which weighs the KL.
+            phi: ``[B, D]`` features.
+            y: ``[B, O]`` (or ``[B]``) targets.
         """
         phi, y = self._check(phi, y, values=False)
-        _checks.num_data(type(self).__name__, num_data, phi.shape[0])
         w, u = self.weights, self.noise_weights
-        if type(w) is Dense and type(u) is Diagonal:
-            return heteroscedastic_loss(
-                phi, y, w.packed, u.mean, u.log_var, self.log_noise_offset, self.prior_scale**2,
-                self.noise_prior_scale**2, num_data,
-            )  # fmt: skip
-        if type(w) is Dense and self._offset_packed:
-            return heteroscedastic_dense_loss(
-                phi, y, w.packed, u.packed, self.prior_scale**2, self.noise_prior_scale**2, num_data
-            )
-        return -(self._expected_log_likelihood(phi, y).mean() - self.kl() / num_data)
+        return vbll_heteroscedastic_terms(
+            phi, y, w.mean, w.row_covariance(), u.mean, u.row_covariance(), self.log_noise_offset,
+            self.prior_scale**2, self.noise_prior_scale**2,
+        )  # fmt: skip
 
     @property
     def offset(self) -> Tensor:
-        """``[O]`` the log-variance offset ``c``.
-
-        With ``noise_covariance=Dense`` a view of the spare entry of ``noise_weights.packed``;
-        otherwise the parameter ``log_noise_offset``.  In-place edits write through either way.
-        """
-        return self.noise_weights.spare_entries()[:, 0] if self._offset_packed else self.log_noise_offset
+        """``[O]`` the log-variance offset ``c`` (the parameter ``log_noise_offset``)."""
+        return self.log_noise_offset
 
     def log_variance_moments(self, phi: Tensor) -> tuple[Tensor, Tensor]:
         """Mean ``mu`` and variance ``t`` of the log noise variance under ``q(U)``, each ``[N, O]``."""

@@ -34,8 +34,8 @@ from ... import estimators as _estimators
 from ... import objectives as _objectives
 from ...loss import LossOutput
 from ...loss import loss as _vt_loss
-from . import _checks, _evidence
-from ._fused import dense_regression_loss
+from ...kernels.vbll_regression import vbll_regression_terms
+from . import _checks, _evidence, _legacy
 from .covariance import Dense, DensePrecision, Diagonal, WeightPosterior
 from .output import LastLayerOutput
 
@@ -59,20 +59,24 @@ class VBLLRegression(nn.Module):
         wishart_scale: ``psi`` of the inverse-Wishart noise prior ``IW(psi I, nu)``.
         wishart_dof: ``nu`` of that prior.
 
+    State: ``weights`` (the posterior's own parameters, e.g. ``mean [O, D]``, ``offdiag
+    [O, D, D]`` and ``log_diag [O, D]`` for ``Dense``), ``log_noise_variance [O]`` (a
+    parameter when learned, else a buffer) and the buffer ``log_prior_scale []`` (which
+    :meth:`solve_posterior` with ``tune=True`` changes).
+
     Example:
         >>> head = VBLLRegression(64, prior_scale=1.0, noise_variance=0.5, learn_noise=False)
-        >>> loss = head.loss(phi, y, num_data=len(train_set))   # minibatch training
-        >>> head(phi).predictive                                 # Normal, batch [N]
-        >>> head.fit(phi_all, y_all, tune=True)                  # refit at the evidence maximum
+        >>> out = head.loss(phi, y, num_data=len(train_set))     # LossOutput: out.loss, out.bound [B]
+        >>> head(phi).predictive                                  # Normal, batch [N]
+        >>> head.solve_posterior(phi_all, y_all, tune=True)       # closed-form refit at the evidence maximum
 
-    With the default ``Dense`` posterior and learned noise, the head trains one
-    parameter tensor, ``weights.packed``: factor, mean and log noise variances are views
-    of it (``weights.raw``, ``weights.mean``, :attr:`log_noise_variance`).
+    To train features and head end to end with :func:`vitorch.fit`, wrap them in
+    :class:`~vitorch.models.last_layer.VBLLModel`.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
         the deterministic regression ELBO and the Wishart noise prior; MacKay,
-        *Bayesian Interpolation* (1992) for the type-II tuning of ``fit(tune=True)``.
+        *Bayesian Interpolation* (1992) for the type-II tuning of ``solve_posterior(tune=True)``.
     """
 
     def __init__(
@@ -91,45 +95,46 @@ class VBLLRegression(nn.Module):
         owner = type(self).__name__
         self.in_features = _checks.positive_int(owner, "in_features", in_features)
         self.out_features = _checks.positive_int(owner, "out_features", out_features)
-        self.prior_scale = _checks.positive_float(owner, "prior_scale", prior_scale)
+        s = _checks.positive_float(owner, "prior_scale", prior_scale)
         self.wishart_scale = _checks.positive_float(owner, "wishart_scale", wishart_scale)
         self.wishart_dof = _checks.positive_float(owner, "wishart_dof", wishart_dof)
         v = _checks.positive_float(owner, "noise_variance", noise_variance)
         self.learn_noise = bool(learn_noise)
-        # A learned noise joins the default posterior's single parameter tensor (see
-        # log_noise_variance): one tensor fewer in every optimizer step.
-        self._noise_packed = self.learn_noise and covariance is Dense and self._packs_noise
-        spare = {"spare": 1} if self._noise_packed else {}
         # q starts at the prior's covariance: the KL term is then zero at initialization.
-        self.weights = covariance(out_features, in_features, init_variance=self.prior_scale**2, **spare)
+        self.weights = covariance(out_features, in_features, init_variance=s**2)
         if not isinstance(self.weights, WeightPosterior):
             raise ValueError(f"{owner}: covariance must build a WeightPosterior; got {type(self.weights).__name__}")
+        # a buffer, not a float: solve_posterior(tune=True) changes it, and state_dict keeps it
+        self.register_buffer("log_prior_scale", torch.tensor(math.log(s)))
         self._init_noise(torch.full((out_features,), math.log(v)))
 
-    # subclasses whose noise is not one log-variance per output keep it out of the weights
-    _packs_noise = True
-
     def _init_noise(self, log_v: Tensor) -> None:
-        if self._noise_packed:
-            with torch.no_grad():
-                self.weights.spare_entries()[:, 0] = log_v
-        elif self.learn_noise:
-            self.log_noise = nn.Parameter(log_v)
+        if self.learn_noise:
+            self.log_noise_variance = nn.Parameter(log_v)
         else:
-            self.register_buffer("log_noise", log_v)
+            self.register_buffer("log_noise_variance", log_v)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # state saved by vitorch <= 0.4: a packed dense posterior (the learned noise in its
+        # spare entry), the noise as ``log_noise``, the prior scale as extra state
+        spare = _legacy.unpack_posterior(state_dict, prefix + "weights.", self.in_features)
+        if spare is not None and spare.shape[1] >= 1:
+            state_dict.setdefault(prefix + "log_noise_variance", spare[:, 0].clone())
+        _legacy.rename(state_dict, prefix + "log_noise", prefix + "log_noise_variance")
+        _legacy.prior_scale_from_extra_state(state_dict, prefix, type(self).__name__)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----- pieces of the objective
 
     @property
-    def log_noise_variance(self) -> Tensor:
-        """``[O]`` log of the diagonal of ``Sigma``.
+    def prior_scale(self) -> Tensor:
+        """``s``, a 0-d tensor (stored as the buffer ``log_prior_scale``)."""
+        return self.log_prior_scale.exp()
 
-        A view of the first spare entry of each row of ``weights.packed`` when the noise
-        is learned with the default ``Dense`` posterior (so that the optimizer updates one
-        tensor for the whole head); otherwise the head's own ``log_noise``, a parameter
-        (learned) or a buffer (fixed).  In-place edits write through either way.
-        """
-        return self.weights.spare_entries()[:, 0] if self._noise_packed else self.log_noise
+    @property
+    def prior_variance(self) -> Tensor:
+        """``s^2``, a 0-d tensor."""
+        return self.log_prior_scale.mul(2).exp()
 
     @property
     def noise_variance(self) -> Tensor:
@@ -137,7 +142,7 @@ class VBLLRegression(nn.Module):
         return self.log_noise_variance.exp()
 
     def _noise_parameter(self) -> Tensor:
-        """The tensor that stores the noise (its changes measure the fit's convergence)."""
+        """The tensor that stores the noise (its changes measure the closed-form solver's convergence)."""
         return self.log_noise_variance
 
     def _check(self, phi: Tensor, y: Tensor | None = None, values: bool = True) -> tuple[Tensor, Tensor | None]:
@@ -148,17 +153,30 @@ class VBLLRegression(nn.Module):
         y = _checks.targets(owner, y, phi.shape[0], self.out_features, values)
         return phi, y if y.dtype == phi.dtype else y.to(phi.dtype)
 
-    def _data_terms(self, phi: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-datum expected log-likelihood ``E_q log N(y_n | W phi_n, Sigma)`` ``[N]``, and ``KL(q || p)``."""
-        resid = y - phi @ self.weights.mean.mT  # [N, O]
-        quad, trace = self.weights.quad_and_trace(phi)  # [N, O], [O]
-        expected = -0.5 * ((resid.pow(2) + quad) / self.noise_variance + self.log_noise_variance).sum(-1)
-        kl = self.weights.kl_to_isotropic(self.prior_scale**2, trace).sum()
-        return expected - 0.5 * self.out_features * _LOG_2PI, kl
+    def terms(self, phi: Tensor, y: Tensor, noise_prior: bool = True) -> tuple[Tensor, Tensor]:
+        """``(E_q log N(y_n | W phi_n, Sigma) [N], penalty [])``, the bound's two parts (inputs unchecked).
+
+        ``penalty = KL(q(W) || p(W)) - log p(Sigma)``: the KL plus, with ``noise_prior`` and a
+        learned noise, minus the inverse-Wishart log prior of the point-estimated noise.
+        Computed by :func:`vitorch.kernels.vbll_regression_terms`, which picks the fused
+        backend for a ``Dense`` posterior.
+
+        Args:
+            phi: ``[N, D]`` features.
+            y: ``[N, O]`` targets.
+            noise_prior: include ``-log p(Sigma)`` in the penalty.
+        """
+        a, psi = (0.5 * (self.wishart_dof + self.out_features + 1), self.wishart_scale) if (
+            noise_prior and self.learn_noise
+        ) else (0.0, 0.0)
+        w = self.weights
+        return vbll_regression_terms(
+            phi, y, w.mean, w.row_covariance(), self.log_noise_variance, self.prior_variance, a, psi
+        )
 
     def kl(self) -> Tensor:
         """``KL(q(W) || p(W))``, a scalar."""
-        return self.weights.kl_to_isotropic(self.prior_scale**2).sum()
+        return self.weights.kl_to_isotropic(self.prior_variance).sum()
 
     def noise_log_prior(self) -> Tensor:
         """``log IW(Sigma | psi I, nu)`` up to a constant: ``sum_i [-(nu+O+1)/2 log sigma_i^2 - psi/(2 sigma_i^2)]``."""
@@ -168,44 +186,38 @@ class VBLLRegression(nn.Module):
         return -(a * self.log_noise_variance + 0.5 * self.wishart_scale / self.noise_variance).sum()
 
     def elbo(self, phi: Tensor, y: Tensor) -> Tensor:
-        """The deterministic ELBO summed over the data, a lower bound on ``log p(Y | Phi, Sigma)``.
+        """The deterministic ELBO summed over the data, a lower bound on ``log p(Y | Phi, Sigma)`` (scalar).
 
         Args:
             phi: ``[N, D]`` features.
             y: ``[N, O]`` targets (``[N]`` when ``O = 1``).
         """
         phi, y = self._check(phi, y)
-        expected, kl = self._data_terms(phi, y)
+        expected, kl = self.terms(phi, y, noise_prior=False)
         return expected.sum() - kl
 
-    def loss(self, phi: Tensor, y: Tensor, num_data: int) -> Tensor:
-        """Scaled minibatch loss ``-(1/B) sum_batch E log p - (log p(Sigma) - KL) / N`` (a scalar).
+    def loss(self, phi: Tensor, y: Tensor, num_data: int) -> LossOutput:
+        """The minibatch bound as a :class:`vitorch.LossOutput` (the model protocol's convention).
+
+        ``bound [B] = E_q log p(y_n | phi_n) - (KL - log p(Sigma)) / N``, each datum's share
+        of the full-data objective ``ELBO + log p(Sigma)``, and ``loss = -mean(bound)``
+        (:meth:`vitorch.LossOutput.from_terms`).
 
         This is the training step's hot path: it checks types and shapes but reads no
         values (a NaN or infinite input gives a non-finite loss, which
-        :func:`vitorch.fit` stops on, naming the step); :meth:`elbo`, :meth:`fit` and
-        :meth:`predictive` reject non-finite inputs with a ``ValueError``.
+        :func:`vitorch.fit` stops on, naming the step); :meth:`elbo`,
+        :meth:`solve_posterior` and :meth:`predictive` reject non-finite inputs with a
+        ``ValueError``.
 
         Args:
             phi: ``[B, D]`` minibatch features.
             y: ``[B, O]`` (or ``[B]``) minibatch targets.
             num_data: N, the size of the training set, which weighs the KL.
-
-        Returns:
-            The scalar loss, ``-(ELBO + log p(Sigma)) / N`` in expectation over minibatches.
         """
         phi, y = self._check(phi, y, values=False)
         _checks.num_data(type(self).__name__, num_data, phi.shape[0])
-        if isinstance(self.weights, Dense):
-            # The default posterior has a fused loss with hand-derived gradients (one
-            # autograd node instead of ~40), tested against the generic path below.
-            a, psi = (
-                (0.5 * (self.wishart_dof + self.out_features + 1), self.wishart_scale) if self.learn_noise else (0, 0)
-            )
-            log_v = None if self._noise_packed else self.log_noise  # None: inside packed
-            return dense_regression_loss(phi, y, self.weights.packed, log_v, self.prior_scale**2, num_data, a, psi)
-        expected, kl = self._data_terms(phi, y)
-        return -(expected.mean() + (self.noise_log_prior() - kl) / num_data)
+        expected, penalty = self.terms(phi, y)
+        return LossOutput.from_terms(expected, penalty, num_data)
 
     # ----- prediction
 
@@ -229,7 +241,7 @@ class VBLLRegression(nn.Module):
         prec_noise = 1.0 / self.noise_variance  # [O]
         eye = torch.eye(self.in_features, dtype=phi.dtype, device=phi.device)
         gram = phi.mT @ phi
-        precision = gram * prec_noise[:, None, None] + eye / self.prior_scale**2  # [O, D, D]
+        precision = gram * prec_noise[:, None, None] + eye / self.prior_variance.to(phi)  # [O, D, D]
         rhs = (phi.mT @ y).mT * prec_noise[:, None]  # [O, D]
         mean = torch.cholesky_solve(rhs.unsqueeze(-1), torch.linalg.cholesky(precision)).squeeze(-1)
         self.weights.set_posterior(mean, precision)
@@ -256,7 +268,7 @@ class VBLLRegression(nn.Module):
 
         opt.step(closure)
 
-    def fit(
+    def solve_posterior(
         self,
         phi: Tensor,
         y: Tensor,
@@ -265,8 +277,8 @@ class VBLLRegression(nn.Module):
         refine_steps: int = 200,
         *,
         tune: bool = False,
-    ):
-        """Post hoc fit on frozen features; returns ``self``.
+    ) -> VBLLRegression:
+        """The optimal ``q(W)`` (and noise) on frozen features, in closed form; returns ``self``.
 
         With fixed noise one closed-form step is exact for ``Dense``, ``DensePrecision``
         and ``Diagonal``; learned noise alternates it with the closed-form noise update
@@ -279,7 +291,7 @@ class VBLLRegression(nn.Module):
         inverse-Wishart prior is not used), found by MacKay's fixed point from the
         current values.  The posterior is then the exact one at those hyperparameters
         (for the dense forms; the KL projection onto ``Diagonal`` / ``LowRank``).  This
-        overwrites ``prior_scale`` and the noise, fixed or learned; both are kept in
+        overwrites ``log_prior_scale`` and the noise, fixed or learned; both are kept in
         ``state_dict``.  Cost: one ``D x D`` eigendecomposition, a few ``[D, O]``
         operations per iteration, and one Cholesky factorization per output.
 
@@ -309,34 +321,36 @@ class VBLLRegression(nn.Module):
             self._refine(phi, y, refine_steps)
         return self
 
+    def fit(self, phi: Tensor, y: Tensor, *args, **kwargs) -> VBLLRegression:
+        """Deprecated alias of :meth:`solve_posterior` (``fit`` is :func:`vitorch.fit`'s name).
+
+        Args and shapes as :meth:`solve_posterior`: ``phi [N, D]``, ``y [N, O]``.
+
+        References:
+            MacKay, *Bayesian Interpolation* (1992).
+        """
+        _legacy.deprecated_fit(self)
+        return self.solve_posterior(phi, y, *args, **kwargs)
+
     @torch.no_grad()
     def _tune(self, phi: Tensor, y: Tensor, max_iters: int, tol: float) -> None:
-        log_s = torch.tensor(math.log(self.prior_scale), dtype=phi.dtype, device=phi.device)
-        log_s, log_v = _evidence.tune(phi, y, log_s, self.log_noise_variance.detach(), max_iters, tol)
-        self.prior_scale = float(log_s.exp())
+        start = (self.log_prior_scale.to(phi), self.log_noise_variance.detach())
+        log_s, log_v = _evidence.tune(phi, y, *start, max_iters, tol)
+        self.log_prior_scale.copy_(log_s)
         self.log_noise_variance.copy_(log_v)
 
     def log_evidence(self, phi: Tensor, y: Tensor) -> Tensor:
         """``log p(Y | Phi)`` at the head's prior scale and noise (no inverse-Wishart term), a scalar.
 
-        The exact marginal likelihood that :meth:`elbo` bounds and that ``fit(...,
-        tune=True)`` maximizes.
+        The exact marginal likelihood that :meth:`elbo` bounds and that
+        ``solve_posterior(..., tune=True)`` maximizes.
 
         Args:
             phi: ``[N, D]`` features.
             y: ``[N, O]`` (or ``[N]``) targets.
         """
         phi, y = self._check(phi, y)
-        log_s = torch.tensor(math.log(self.prior_scale), dtype=phi.dtype, device=phi.device)
-        return _evidence.log_evidence(phi, y, log_s, self.log_noise_variance.to(phi))
-
-    # The prior scale is a Python number (the fused loss caches constants per value);
-    # ``fit(tune=True)`` changes it, so it travels in ``state_dict`` as extra state.
-    def get_extra_state(self) -> dict:
-        return {"prior_scale": self.prior_scale}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.prior_scale = _checks.positive_float(type(self).__name__, "prior_scale", state["prior_scale"])
+        return _evidence.log_evidence(phi, y, self.log_prior_scale.to(phi), self.log_noise_variance.to(phi))
 
     # ----- Monte Carlo variant through vitorch.loss
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Gamma, Independent, StudentT, kl_divergence
 
-from . import _checks
+from . import _checks, _legacy
 from ._bound import DeterministicBound
 from .covariance import Dense, WeightPosterior
 from .output import LastLayerOutput
@@ -127,8 +127,8 @@ class VBLLStudentTRegression(DeterministicBound, nn.Module):
         return LastLayerOutput(self.predictive(phi))
 
     @torch.no_grad()
-    def fit(self, phi: Tensor, y: Tensor) -> VBLLStudentTRegression:
-        """Exact normal-gamma posterior on frozen features (closed form); returns ``self``.
+    def solve_posterior(self, phi: Tensor, y: Tensor) -> VBLLStudentTRegression:
+        """Exact normal-gamma posterior on frozen features ``phi [N, D]``, ``y [N, O]`` (closed form); returns ``self``.
 
         ``P = Phi^T Phi + I / s^2``, ``m = P^{-1} Phi^T y``, ``a = a_0 + N / 2``,
         ``b = b_0 + (y^T y - m^T P m) / 2``.
@@ -144,3 +144,14 @@ class VBLLStudentTRegression(DeterministicBound, nn.Module):
         self.log_concentration.fill_(math.log(self.prior_concentration + 0.5 * n))
         self.log_rate.copy_((self.prior_rate + 0.5 * quad).log())
         return self
+
+    def fit(self, phi: Tensor, y: Tensor, *args, **kwargs) -> VBLLStudentTRegression:
+        """Deprecated alias of :meth:`solve_posterior` (``fit`` is :func:`vitorch.fit`'s name).
+
+        Args and shapes as :meth:`solve_posterior`: ``phi [N, D]``, ``y [N, O]]``.
+
+        References:
+            Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024).
+        """
+        _legacy.deprecated_fit(self)
+        return self.solve_posterior(phi, y, *args, **kwargs)
