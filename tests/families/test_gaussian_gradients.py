@@ -90,7 +90,8 @@ def test_reparameterized_gradient_matches_closed_form(kind, f):
     torch.manual_seed(seed)
     copies = {k: v.expand(N, *v.shape).clone().requires_grad_() for k, v in p.items()}
     z_copies = gc.family(kind, copies).rsample()
-    assert torch.equal(z, z_copies)
+    # The same draws; the folded GEMM and the per-matrix products may round differently.
+    torch.testing.assert_close(z, z_copies, rtol=1e-12, atol=1e-12)
     objective(z_copies).sum().backward()
 
     for name, exact in _analytic_grad(kind, p, a, b).items():

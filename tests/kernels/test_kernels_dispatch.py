@@ -73,6 +73,14 @@ def test_forcing_triton_where_it_cannot_run_lists_every_reason(monkeypatch):
         vk.logsumexp(x, backend="triton")
 
 
+def test_forcing_triton_on_an_op_without_a_triton_backend(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(4, 3, dtype=torch.float32)
+    with pytest.raises(vk.KernelUnavailableError, match="my_op: the triton backend .* no triton backend"):
+        dispatch.choose("my_op", x, backend="triton", dtypes=None, fused=FUSED)
+    assert dispatch.choose("my_op", x, dtypes=None, fused=FUSED) == "fused"
+
+
 def test_missing_triton_raises_with_the_reason(monkeypatch):
     monkeypatch.setattr(dispatch, "_triton", (False, "triton is not importable (ModuleNotFoundError: no triton)"))
     monkeypatch.setenv("TRITON_INTERPRET", "1")

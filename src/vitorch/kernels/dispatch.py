@@ -152,8 +152,12 @@ def _fused_obstacles(
     return list(limits) + _bad_dtypes(tensors, fused, "fused")
 
 
-def _triton_obstacles(tensors: Sequence[Tensor], dtypes: Sequence[torch.dtype], limits: Sequence[str]) -> list[str]:
+def _triton_obstacles(
+    tensors: Sequence[Tensor], dtypes: Sequence[torch.dtype] | None, limits: Sequence[str]
+) -> list[str]:
     """Every reason the Triton kernel cannot run on ``tensors``."""
+    if dtypes is None:
+        return ["the op has no triton backend"]
     reasons = list(limits)
     if any(t.numel() == 0 for t in tensors):
         reasons.append("an input is empty (nothing to launch)")
@@ -174,7 +178,7 @@ def choose(
     op: str,
     *tensors: Tensor,
     backend: str | None = None,
-    dtypes: Sequence[torch.dtype] = KERNEL_DTYPES,
+    dtypes: Sequence[torch.dtype] | None = KERNEL_DTYPES,
     limits: Sequence[str] = (),
     fused: Sequence[torch.dtype] | None = None,
     fused_min_numel: int | None = None,
@@ -187,7 +191,7 @@ def choose(
             dtype matters; every one is checked against the dtype lists).
         backend: ``"auto"``, ``"reference"`` (alias ``"torch"``), ``"fused"``, ``"triton"``,
             or ``None`` for the :func:`backend` context (default ``"auto"``).
-        dtypes: dtypes the Triton kernel accepts.
+        dtypes: dtypes the Triton kernel accepts, or ``None`` if the op has no Triton backend.
         limits: op-specific reasons the fused and Triton backends cannot take this call,
             already evaluated by the op (e.g. ``"D = 4096 exceeds 1024"``).
         fused: dtypes the op's fused-torch backend accepts, or ``None`` if it has none.
