@@ -1,10 +1,11 @@
-"""Fused kernels for the hot loops of multi-sample variational inference, beside torch references.
+"""One home for vitorch's fast code: every op beside its readable torch reference.
 
 Each op lives in ``kernels/<op>/``: ``reference.py`` is readable torch (the
-specification and the CPU path), ``triton.py`` holds the Triton kernels and one
-``torch.autograd.Function`` with a fused backward, imported only when a call is
-dispatched to it.  :mod:`.dispatch` picks the backend per call; see
-``docs/kernels.md``.  Importing this package never imports Triton.
+specification and the CPU path), the optional ``fused.py`` holds plain-torch
+``autograd.Function`` s, and the optional ``triton.py`` the Triton kernels, imported
+only when a call is sent there.  :mod:`.dispatch` picks the backend per call
+(``"auto"`` never picks Triton); see ``docs/kernels.md``.  This package is a leaf: it
+imports nothing from the families, flows, zoos or training, and never imports Triton.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ __all__ = [
     "OPS",
 ]
 
-# Every op: its name -> the subpackage holding reference.py and triton.py (the registry test reads this).
+# Every op: its name -> the subpackage holding reference.py (+ fused.py, triton.py) (the registry test reads this).
 OPS = {
     "diag_normal_rsample_and_log_prob": "gaussian",
     "bernoulli_log_lik": "likelihood",
