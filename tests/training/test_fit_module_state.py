@@ -94,10 +94,10 @@ def test_resume_restores_extra_state_and_buffers_bit_for_bit(make, tmp_path):
     model = make()
     fit(model, data, checkpoint_dir=tmp_path / "full", **options)
     reference = snapshot(model.state_dict())
-    assert "_extra_state" in "".join(reference)
     resumed = interrupted_then_resumed(make, data, tmp_path / "cut", **options)
     assert state_differences(resumed.state_dict(), reference) == []
     if make is Stateful:
+        assert "_extra_state" in reference
         assert resumed.extra["steps"] == 8 and torch.equal(resumed.scratch, torch.arange(3.0))
 
 

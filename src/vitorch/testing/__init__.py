@@ -12,6 +12,7 @@
 This module imports pytest (a development dependency of vitorch).
 """
 
+from .family import FamilyCheckError, check_family
 from .model import ModelTestCase
 
-__all__ = ["ModelTestCase"]
+__all__ = ["check_family", "FamilyCheckError", "ModelTestCase"]
