@@ -8,7 +8,7 @@ Prey u and predators v (Ryder et al., 2018, sec. 5.1; Golightly & Wilkinson, 201
 discretized by Euler-Maruyama with dt = 0.1 from x_0 = (100, 100), theta = (0.5, 0.0025, 0.3);
 both species observed with N(0, 5^2) noise every time unit (simulated, seeded).  The posterior
 q(log theta) q(x | log theta, y) - a full-rank Gaussian and Ryder et al.'s autoregressive
-bridge over the whole path - is fitted by maximizing the ELBO through ``vt.loss``.
+bridge over the whole path - is fitted by maximizing the ELBO: ``ssm.SSMVI`` trained by ``vt.fit``.
 
 Usage: python examples/ssm_lotka_volterra.py [--quick] [--out DIR]
 """
@@ -83,19 +83,15 @@ def main() -> None:
     x_true, y = sde.simulate(torch.tensor(TRUE_THETA), torch.Generator().manual_seed(2018))
 
     guide = ssm.SDEPosterior(sde, y, hidden=(48, 48), state_scale=100.0)
+    estimator = getattr(vt.estimators, args.estimator)
+    vi = ssm.SSMVI(sde, guide, args.particles, estimator=estimator)
     theta_params = [guide.theta_loc, guide.theta_off, guide.theta_diag]
     opt = torch.optim.Adam([{"params": theta_params, "lr": 0.03}, {"params": guide.step.parameters(), "lr": 3e-3}])
     steps = args.steps or (150 if args.quick else 800)
-    estimator = getattr(vt.estimators, args.estimator)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    history = []
-    for _ in range(steps):
-        out = vt.loss(lambda z: sde.log_joint(z, y), guide(), num_particles=args.particles, estimator=estimator)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        sched.step()
-        history.append(out.bound.item())
+    cosine = lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, steps)  # noqa: E731
+    # One observed series: the data set is y[None] [1, J, 2], one sequence per batch.
+    history = vt.fit(vi, y[None], optimizer=opt, scheduler=cosine, steps=steps, batch_size=1, seed=0, progress=False)
+    history = history.column("bound")
 
     with torch.no_grad():
         z = guide().rsample((500,))

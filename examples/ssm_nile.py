@@ -3,10 +3,12 @@
     y_t = mu_t + eps_t,  eps_t ~ N(0, s2_eps);   mu_{t+1} = mu_t + eta_t,  eta_t ~ N(0, s2_eta)
 
 1. Maximum likelihood of (s2_eps, s2_eta) through the exact diffuse Kalman log-likelihood
-   (Durbin & Koopman, 2012, ch. 2 and 7), checked against statsmodels' UnobservedComponents.
+   (Durbin & Koopman, 2012, ch. 2 and 7): ssm.KalmanSSM trained by vt.fit, checked against
+   statsmodels' UnobservedComponents.
 2. The RTS smoother's 95% band for mu_t at the MLE.
 3. A variational posterior (Gaussian Markov chain family, ELBO with sticking-the-landing
-   gradients through vt.loss) fitted to the same model, whose band should cover the smoother's.
+   gradients: ssm.SSMVI trained by vt.fit) fitted to the same model, whose band should cover
+   the smoother's.
 
 Usage: python examples/ssm_nile.py [--quick] [--out DIR]
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 
 import matplotlib
@@ -34,26 +35,30 @@ def local_level(s2_eps: torch.Tensor, s2_eta: torch.Tensor, **init) -> ssm.Linea
     return ssm.LinearGaussianSSM(one, s2_eta.reshape(1, 1), one, s2_eps.reshape(1, 1), torch.zeros(1), **init)
 
 
-def fit_mle(y: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Maximize the diffuse Kalman log-likelihood over log-variances with L-BFGS."""
-    log_var = torch.full((2,), math.log(y.var().item() / 2), requires_grad=True)
-    opt = torch.optim.LBFGS([log_var], max_iter=200, line_search_fn="strong_wolfe", tolerance_grad=1e-10)
+def cosine(steps: int):
+    return lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
 
-    def closure():
-        opt.zero_grad()
-        nll = -local_level(*log_var.exp(), diffuse=True).log_prob(y)
-        nll.backward()
-        return nll
 
-    opt.step(closure)
-    var = log_var.detach().exp()
-    return var, local_level(*var, diffuse=True).log_prob(y).item()
+def fit_mle(y: torch.Tensor, steps: int, lr: float) -> tuple[torch.Tensor, float]:
+    """Maximize the diffuse Kalman log-likelihood over the two variances with vt.fit (Adam).
+
+    ``KalmanSSM`` learns each variance through its log Cholesky factor, so Adam's steps are
+    relative changes; the one series is the data set ``y[None]`` with batch size 1.
+    """
+    one, v0 = torch.ones(1, 1), y.var() / 2
+    model = ssm.KalmanSSM(
+        one, v0 * one, one, v0 * one, torch.zeros(1), diffuse=True, learn=("transition_cov", "emission_cov")
+    )
+    vt.fit(model, y[None], steps=steps, batch_size=1, lr=lr, scheduler=cosine(steps), seed=0, progress=False)
+    exact = model.ssm()
+    var = torch.stack([exact.emission_cov[0, 0], exact.transition_cov[0, 0]]).detach()
+    return var, model.log_prob(y).item()
 
 
 def fit_vi(
     y: torch.Tensor, var: torch.Tensor, steps: int, particles: int
 ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """Fit a Gaussian Markov chain q to the local-level posterior on standardized data.
+    """Fit a Gaussian Markov chain q to the local-level posterior on standardized data with vt.fit.
 
     Returns q's mean and standard deviation per year (original units), the final ELBO
     estimate, and log Z of the (proper, nearly flat) prior used for VI.
@@ -63,18 +68,12 @@ def fit_vi(
     # VI needs a proper prior: x_1 ~ N(0, 1e4) in standardized units is flat to ~1e-4 against the data.
     model = local_level(var[0] / scale**2, var[1] / scale**2, init_cov=torch.full((1, 1), 1e4))
     guide = ssm.MarkovGaussianGuide(ys.shape[0], 1, init_scale=0.5)
-    opt = torch.optim.Adam(guide.parameters(), lr=0.03)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(steps):
-        out = vt.loss(lambda x: model.log_joint(x, ys), guide(), particles, estimator=vt.estimators.stl)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        sched.step()
+    vi = ssm.SSMVI(model, guide, particles, estimator=vt.estimators.stl)
+    vt.fit(vi, ys[None], steps=steps, batch_size=1, lr=0.03, scheduler=cosine(steps), seed=0, progress=False)
     with torch.no_grad():
-        q = guide()
         # q's marginal means and sds are exact for a Gaussian chain (no Monte Carlo).
-        mean = q.mean[:, 0] * scale + loc
+        mean = vi.predict(ys[None])[0, :, 0] * scale + loc
+        q = guide()
         sd = q.marginal_covariances[:, 0, 0].sqrt() * scale
         z, log_q = q.rsample_and_log_prob((4000,))
         elbo = (model.log_joint(z, ys) - log_q).mean().item()
@@ -94,7 +93,7 @@ def main() -> None:
     data = sm.datasets.nile.load_pandas().data
     years, y = data["year"].to_numpy(), torch.tensor(data["volume"].to_numpy())[:, None]
 
-    var, loglik = fit_mle(y)
+    var, loglik = fit_mle(y, *((300, 0.2) if args.quick else (600, 0.1)))
     ref = sm.tsa.UnobservedComponents(y.numpy().ravel(), "local level").fit(disp=False)
     exact_ref = sm.tsa.UnobservedComponents(y.numpy().ravel(), "local level", use_exact_diffuse=True)
     model = local_level(*var, diffuse=True)

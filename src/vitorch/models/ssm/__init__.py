@@ -1,5 +1,14 @@
 """State-space models: exact Kalman inference as the oracle, variational inference for the rest.
 
+Trainable modules follow the zoo protocol (``forward(y) -> LossOutput``, ``predict``;
+one datum is one sequence, a batch is ``y [B, T, obs_dim]``):
+
+* :class:`KalmanSSM` — a linear-Gaussian model with learnable parameters whose bound is
+  its exact Kalman log-likelihood (maximum likelihood through :func:`vitorch.fit`).
+* :class:`SSMVI` — a model and its guide trained by a variational bound.
+
+The parts:
+
 * :class:`LinearGaussianSSM` — Kalman filter (sequential, or parallel by associative
   scan), RTS smoother, FFBS sampling, proper or diffuse initial states, and the
   exact posterior as a variational family (:meth:`LinearGaussianSSM.posterior`).
@@ -15,6 +24,7 @@
 """
 
 from .chain import GaussianMarkovChain, affine_recurrence
+from .exact import KalmanSSM
 from .guides import DMMCombiner, MarkovGaussianGuide, StructuredInferenceNetwork
 from .kalman import FilterResult, kalman_filter, rts_smoother
 from .linear_gaussian import LinearGaussianSSM
@@ -22,8 +32,11 @@ from .model import BernoulliEmission, GaussianEmission, GaussianTransition, Pois
 from .parallel import parallel_kalman_filter, parallel_rts_smoother
 from .path import AutoregressiveGaussianPath
 from .sde import BridgeStep, EulerMaruyamaSDE, SDEJointPosterior, SDEPosterior
+from .vi import SSMVI
 
 __all__ = [
+    "SSMVI",
+    "KalmanSSM",
     "LinearGaussianSSM",
     "GaussianMarkovChain",
     "AutoregressiveGaussianPath",

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._protocol import one_series
 from .chain import GaussianMarkovChain
 from .path import AutoregressiveGaussianPath
 
@@ -38,7 +39,9 @@ class MarkovGaussianGuide(nn.Module):
         init_scale: starting standard deviation of every conditional.
         min_scale: floor on the Cholesky diagonals (keeps ``log q`` finite).
 
-    Calling the module returns a :class:`GaussianMarkovChain` with event ``[T, D]``.
+    Calling the module returns a :class:`GaussianMarkovChain` with event ``[T, D]``: with no
+    argument its batch is ``[]``; called with the series ``y [*B, T, p]`` (``B`` all ones, e.g.
+    ``[1]``), as :class:`SSMVI` calls every guide, its batch is ``[*B]``.
 
     References:
         Archer, Park, Buesing, Cunningham & Paninski, *Black Box Variational Inference for State
@@ -62,9 +65,11 @@ class MarkovGaussianGuide(nn.Module):
         self.trans_off = nn.Parameter(torch.zeros(T - 1, D, D))
         self.trans_diag = nn.Parameter(raw.expand(T - 1, D).clone())
 
-    def forward(self) -> GaussianMarkovChain:
+    def forward(self, y: Tensor | None = None) -> GaussianMarkovChain:
+        """``q(x_{1:T})``; ``y [*B, T, p]``, one series, only sets the batch shape ``[*B]``."""
+        batch = () if y is None else one_series(type(self).__name__, y, self.trans_matrix.shape[0] + 1)
         return GaussianMarkovChain(
-            self.init_loc,
+            self.init_loc.expand(*batch, self.init_loc.shape[-1]),
             _tril(self.init_off, self.init_diag, self.min_scale),
             self.trans_matrix,
             self.trans_offset,

@@ -43,6 +43,7 @@ from torch.nn import functional as F
 
 from ...families.base import Family
 from ...families.gaussian import FullRankNormal
+from ._protocol import one_series
 from .path import AutoregressiveGaussianPath
 
 __all__ = ["EulerMaruyamaSDE", "BridgeStep", "SDEPosterior", "SDEJointPosterior"]
@@ -127,7 +128,8 @@ class EulerMaruyamaSDE(nn.Module):
         return x_prev + self.drift(x_prev, theta) * self.dt, _safe_cholesky(self.diffusion(x_prev, theta) * self.dt)
 
     def log_joint(self, z: Tensor, y: Tensor) -> Tensor:
-        """``log p(u, x_{1:K}, y)`` for ``z [*S, P + K D]`` and ``y [J, p]`` -> ``[*S]``."""
+        """``log p(u, x_{1:K}, y)`` for ``z [*S, P + K D]`` and ``y [J, p]`` (or ``[*B, J, p]``
+        against ``z [*S, *B, P + K D]``) -> ``[*S]`` (``[*S, *B]``)."""
         if y.shape[-2] != self.obs_index.numel():
             raise ValueError(
                 f"EulerMaruyamaSDE.log_joint: y has {y.shape[-2]} rows but there are {self.obs_index.numel()} obs times"
@@ -272,7 +274,10 @@ class SDEPosterior(nn.Module):
         state_scale: typical magnitude of the state, for input normalization.
         init_theta_scale: starting standard deviation of ``q(u)``.
 
-    Calling it returns a :class:`SDEJointPosterior`.
+    Calling it returns a :class:`SDEJointPosterior`: with no argument its batch is ``[]``;
+    called with the observations ``y [*B, J, p]`` (``B`` all ones, e.g. ``[1]``), as
+    :class:`SSMVI` calls every guide, its batch is ``[*B]``.  Those must be the series the
+    guide was built for (checked: the guide conditions on them).
 
     References:
         Ryder, Golightly, McGough & Prangle, *Black-Box Variational Inference for Stochastic
@@ -305,10 +310,18 @@ class SDEPosterior(nn.Module):
         ctx = [k.to(dtype) / K, tau / tau.max().clamp_min(sde.dt), tau, has_next.to(dtype)]
         self.register_buffer("static_context", torch.cat([torch.stack(ctx, -1), y[nxt] * has_next.unsqueeze(-1)], -1))
         self.register_buffer("x0", sde.x0)
+        self.register_buffer("obs", y, persistent=False)  # to check forward's y against
 
     def theta_distribution(self) -> FullRankNormal:
         tril = self.theta_off.tril(-1) + torch.diag_embed(F.softplus(self.theta_diag) + 1e-5)
         return FullRankNormal(self.theta_loc, tril, validate_args=False)
 
-    def forward(self) -> SDEJointPosterior:
-        return SDEJointPosterior(self.theta_distribution(), self.step, self.static_context, self.x0)
+    def forward(self, y: Tensor | None = None) -> SDEJointPosterior:
+        """``q(u) q(x | u, y)``; ``y [*B, J, p]`` must be the guide's own series and sets the batch ``[*B]``."""
+        theta_q = self.theta_distribution()
+        if y is not None:
+            batch = one_series(type(self).__name__, y, self.obs.shape[-2])
+            if y.shape[-1] != self.obs.shape[-1] or not torch.equal(y.reshape(self.obs.shape), self.obs):
+                raise ValueError("SDEPosterior: y differs from the observations this guide was built for")
+            theta_q = theta_q.expand(batch)
+        return SDEJointPosterior(theta_q, self.step, self.static_context, self.x0)
