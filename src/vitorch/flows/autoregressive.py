@@ -72,7 +72,8 @@ class _MaskedAutoregressive(Transform):
 
     def _block_rows(self) -> int:
         # Rows per block (see by_row_blocks): the widest hidden layer near 2 MB and the
-        # conditioner's output near 16 MB in float32, which measured fastest on CPU.
+        # conditioner's output near 16 MB in float32, so intermediates stay cache-sized and
+        # below glibc's 32 MB mmap threshold (no page faults on fresh allocations).
         widest_hidden = max(lin.out_features for lin in list(self.made.net)[0:-1:2])
         return max(64, min(2**19 // widest_hidden, 2**22 // (self.dim * self.transformer.num_params)))
 
