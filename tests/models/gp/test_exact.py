@@ -82,3 +82,19 @@ def test_nan_inputs_and_bad_shapes_raise():
         model.log_marginal_likelihood(x, y[:5])
     with pytest.raises(ValueError, match="noise must be positive"):
         gp.ExactGP(gp.RBF(), noise=-0.1)
+
+
+def test_forward_is_the_log_marginal_likelihood_per_datum_and_bad_kinds_raise():
+    x, y = _data()
+    model = gp.ExactGP(gp.RBF(torch.ones(2)), noise=0.1)
+    out = model((x, y))
+    lml = model.log_marginal_likelihood(x, y)
+    assert out.bound.shape == (30,) and out.log_w is None
+    torch.testing.assert_close(out.bound, (lml / 30).detach().expand(30), rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, -lml / 30, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="X must be a torch.Tensor; got numpy.ndarray"):
+        model((x.numpy(), y))
+    with pytest.raises(TypeError, match="X has dtype torch.float32 but the model computes in torch.float64"):
+        model.predict(x, y, x.float())
+    with pytest.raises(ValueError, match=r"lengthscale has shape \(2,\).*X has D = 3"):
+        model((torch.rand(30, 3), y))

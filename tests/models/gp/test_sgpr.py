@@ -99,3 +99,22 @@ def test_bad_inducing_inputs_raise():
     z[1, 0] = float("nan")
     with pytest.raises(ValueError, match="inducing inputs Z must be finite"):
         gp.SGPR(gp.RBF(), z, noise=0.1)
+
+
+def test_forward_is_the_collapsed_bound_per_datum_and_bad_kinds_raise():
+    x, y = _data()
+    model = gp.SGPR(gp.RBF(torch.ones(2)), x[:6], noise=0.1)
+    out = model((x, y))
+    full = model.full_data_elbo(x, y)
+    torch.testing.assert_close(out.bound, (full / 40).detach().expand(40), rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, -full / 40, rtol=0, atol=0)
+    with pytest.warns(DeprecationWarning, match="renamed full_data_elbo"):
+        assert torch.equal(model.elbo(x, y), full)
+    with pytest.raises(TypeError, match="y must be a torch.Tensor; got numpy.ndarray"):
+        model((x, y.numpy()))
+    with pytest.raises(TypeError, match="X has dtype torch.float32"):
+        model((x.float(), y))
+    with pytest.raises(ValueError, match=r"lengthscale has shape \(2,\).*inducing inputs Z has D = 3"):
+        gp.SGPR(gp.RBF(torch.ones(2)), torch.rand(4, 3), noise=0.1)
+    with pytest.raises(TypeError, match="inducing inputs Z have dtype torch.float32 but the kernel's parameters are"):
+        gp.SGPR(gp.RBF(), x[:4].float(), noise=0.1)

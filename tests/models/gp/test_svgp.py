@@ -166,3 +166,65 @@ def test_sign_of_a_column_of_q_root_does_not_matter():
         q = model.q()
     assert torch.allclose(before, after, rtol=1e-12)
     assert bool((q.scale_tril.diagonal() > 0).all())  # the family always sees a proper Cholesky factor
+
+
+def test_forward_is_the_per_datum_share_of_the_full_data_elbo():
+    x, y = _data()
+    model = _svgp(gp.RBF(0.8), x[:6], 40)
+    with torch.no_grad():
+        model.q_loc.normal_()
+    out = model((x[:8], y[:8]))
+    mean, var = model.predict(x[:8])
+    want = gp.GaussianLikelihood(0.1).expected_log_prob(y[:8], mean, var) - model.kl() / 40
+    assert out.log_w is None and out.z is None
+    torch.testing.assert_close(out.bound, want.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(out.loss, -model.full_data_elbo(x[:8], y[:8]) / 40, rtol=1e-12, atol=0)
+    with pytest.warns(DeprecationWarning, match="renamed full_data_elbo"):
+        old = model.elbo(x[:8], y[:8])
+    assert torch.equal(old, model.full_data_elbo(x[:8], y[:8]))
+
+
+def test_predict_proba_gives_class_probabilities_for_classifiers_only():
+    x, y = _data()
+    clf = gp.SVGP(gp.RBF(), x[:4], gp.BernoulliProbit(), num_data=40)
+    with torch.no_grad():
+        clf.q_loc.normal_()
+        p = clf.predict_proba(x)
+        mean, var = clf.predict(x)
+    torch.testing.assert_close(p, torch.special.ndtr(mean / torch.sqrt(1 + var)), rtol=1e-12, atol=0)
+    assert torch.equal(p, clf.predict_y(x)[0])
+    with pytest.raises(TypeError, match="needs a classification likelihood.*GaussianLikelihood"):
+        _svgp(gp.RBF(), x[:4], 40).predict_proba(x)
+
+
+def test_inputs_of_the_wrong_kind_dtype_or_size_raise_naming_them():
+    x, y = _data()
+    model = _svgp(gp.RBF(torch.ones(2)), x[:4], 40)
+    with pytest.raises(TypeError, match=r"X must be a torch.Tensor; got numpy.ndarray"):
+        model((x.numpy(), y))
+    with pytest.raises(TypeError, match=r"y must be a torch.Tensor; got numpy.ndarray"):
+        model.full_data_elbo(x, y.numpy())
+    with pytest.raises(TypeError, match=r"X has dtype torch.float32 but the model computes in torch.float64"):
+        model.predict(x.float())
+    with pytest.raises(TypeError, match=r"X has dtype torch.int64"):
+        model((x.long(), y))
+    with pytest.raises(TypeError, match=r"batch = \(X \[B, D\], y \[B\]\); got Tensor"):
+        model(x)
+    with pytest.raises(ValueError, match="X is empty"):
+        model((x[:0], y[:0]))
+    # an ARD kernel whose lengthscales do not match the inducing inputs, or the data
+    with pytest.raises(ValueError, match=r"lengthscale has shape \(3,\).*inducing inputs Z has D = 2"):
+        _svgp(gp.RBF(torch.ones(3)), x[:4], 40)
+    with pytest.raises(ValueError, match=r"X has D = 3 columns but the inducing inputs Z have D = 2"):
+        model.predict(torch.rand(5, 3))
+    # a float32 model: float64 data (and float64 inducing inputs) are refused by name
+    torch.set_default_dtype(torch.float32)  # the fixture restores float64
+    k32 = gp.RBF(torch.ones(2))
+    with pytest.raises(TypeError, match=r"inducing inputs Z have dtype torch.float64 but the kernel's .* torch.float32"):
+        gp.SVGP(k32, x[:4], gp.GaussianLikelihood(0.1), num_data=40)
+    m32 = gp.SVGP(k32, x[:4].float(), gp.GaussianLikelihood(0.1), num_data=40)
+    with pytest.raises(TypeError, match=r"X has dtype torch.float64 but the model computes in torch.float32"):
+        m32((x, y.float()))
+    with pytest.raises(TypeError, match=r"y has dtype torch.float64"):
+        m32((x.float(), y))
+    assert m32((x.float(), y.float())).loss.dtype == torch.float32

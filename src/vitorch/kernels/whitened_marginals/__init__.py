@@ -29,8 +29,6 @@ FUSED_DTYPES = (torch.float32, torch.float64)
 
 
 def _limits() -> list[str]:
-    if torch.compiler.is_compiling():  # checked first: the functorch probe is not traceable
-        return ["torch.compile is tracing (Inductor fuses the reference's ops itself)"]
     peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
     if peek is not None and peek() is not None:
         return ["a torch.func transform is active (the fused autograd nodes have no batching rule)"]
@@ -93,7 +91,11 @@ def whitened_marginals(
             f"{_NAME}: expected k_mm [M, M], k_mb [M, B], loc [M], root [M, M]; got "
             f"{tuple(k_mm.shape)}, {tuple(k_mb.shape)}, {tuple(loc.shape)}, {tuple(root.shape)}"
         )
-    choice = dispatch.choose(_NAME, k_mm, k_mb, loc, root, backend=backend, limits=_limits(), fused=FUSED_DTYPES)
+    if torch.compiler.is_compiling():
+        # Inductor fuses the reference's ops itself, and the dispatcher's context is not traceable
+        choice = "reference"
+    else:
+        choice = dispatch.choose(_NAME, k_mm, k_mb, loc, root, backend=backend, limits=_limits(), fused=FUSED_DTYPES)
     if choice == "triton":
         raise dispatch.KernelUnavailableError(f"{_NAME}: the triton backend was forced but the op has none")
     impl = fused if choice == "fused" else reference

@@ -131,7 +131,7 @@ def jittered_cholesky(a: Tensor, name: str = "K", jitter: float = 0.0, max_tries
     )
 
 
-def check_data(owner: str, x, y=None, dtype: torch.dtype | None = None) -> None:
+def check_data(owner: str, x, y=None, dtype: torch.dtype | None = None, width: int | None = None) -> None:
     """Validate inputs ``x [N, D]`` and targets ``y [N]``: tensors, ``N >= 1``, shapes agree, values finite.
 
     Args:
@@ -140,6 +140,7 @@ def check_data(owner: str, x, y=None, dtype: torch.dtype | None = None) -> None:
         y: ``[N]`` targets, or None.
         dtype: the model's floating dtype; a floating ``x`` or ``y`` of another dtype is refused
             (an integer ``y``, e.g. class labels, is accepted).
+        width: the ``D`` of the model's inducing inputs, which ``x`` must share.
 
     Raises:
         TypeError: naming ``X`` or ``y`` if it is not a tensor (e.g. a numpy array) or has the wrong dtype.
@@ -161,6 +162,8 @@ def check_data(owner: str, x, y=None, dtype: torch.dtype | None = None) -> None:
             )
     if x.dim() != 2:
         raise ValueError(f"{owner}: X must have shape [N, D]; got {tuple(x.shape)}")
+    if width is not None and x.shape[-1] != width:
+        raise ValueError(f"{owner}: X has D = {x.shape[-1]} columns but the inducing inputs Z have D = {width}")
     if x.shape[0] == 0:
         raise ValueError(f"{owner}: X is empty (shape {tuple(x.shape)}); a batch needs at least one row")
     check_finite("X", x, owner)

@@ -124,7 +124,7 @@ class SGPR(nn.Module):
         return self.likelihood.noise
 
     def _terms(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        check_data("SGPR", x, y, dtype=self.inducing.dtype)
+        check_data("SGPR", x, y, dtype=self.inducing.dtype, width=self.inducing.shape[-1])
         sigma = self.noise.sqrt()
         l_mm = jittered_cholesky(self.kernel(self.inducing), "K_mm", jitter=self.jitter)
         a = torch.linalg.solve_triangular(l_mm, self.kernel(self.inducing, x), upper=False) / sigma  # [M, N]
@@ -183,7 +183,7 @@ class SGPR(nn.Module):
 
     def predict(self, x: Tensor, y: Tensor, x_new: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance ``[N*]`` of the latent ``f`` at ``x_new`` under the optimal ``q(u)``."""
-        check_data("SGPR", x_new, dtype=self.inducing.dtype)
+        check_data("SGPR", x_new, dtype=self.inducing.dtype, width=self.inducing.shape[-1])
         t = self._terms(x, y)
         a_new = torch.linalg.solve_triangular(t["l_mm"], self.kernel(self.inducing, x_new), upper=False)
         loc = torch.linalg.solve_triangular(t["l_b"].mT, t["c"].unsqueeze(-1), upper=True).squeeze(-1)

@@ -192,7 +192,7 @@ class SVGP(nn.Module):
         return mean, var.clamp_min(1e-30), l_mm
 
     def _terms(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        check_data("SVGP", x, y, dtype=self.inducing.dtype)
+        check_data("SVGP", x, y, dtype=self.inducing.dtype, width=self.inducing.shape[-1])
         self.likelihood.check_y(y)
         mean, var, l_mm = self._marginals(x)
         return self.likelihood.expected_log_prob(y, mean, var), kl_divergence(self.q(), self.prior(l_mm))
@@ -237,7 +237,7 @@ class SVGP(nn.Module):
     # -- prediction ----------------------------------------------------------------
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance ``[N]`` of the latent ``f`` at ``x [N, D]``."""
-        check_data("SVGP", x, dtype=self.inducing.dtype)
+        check_data("SVGP", x, dtype=self.inducing.dtype, width=self.inducing.shape[-1])
         mean, var, _ = self._marginals(x)
         return mean, var
 
@@ -261,7 +261,7 @@ class SVGP(nn.Module):
 
     def log_predictive(self, x: Tensor, y: Tensor) -> Tensor:
         """``log p(y_n | x_n, data)`` under the approximate posterior, ``[N]``; ``-mean`` is the NLPD."""
-        check_data("SVGP", x, y, dtype=self.inducing.dtype)
+        check_data("SVGP", x, y, dtype=self.inducing.dtype, width=self.inducing.shape[-1])
         self.likelihood.check_y(y)
         return self.likelihood.log_predictive(y, *self.predict(x))
 
@@ -284,7 +284,7 @@ class SVGP(nn.Module):
             raise ValueError("SVGP.natural_gradient_step: needs family=FullRankNormal")
         if not 0 < lr <= 1:
             raise ValueError(f"SVGP.natural_gradient_step: lr must lie in (0, 1]; got {lr}")
-        check_data("SVGP", x, y, dtype=self.inducing.dtype)
+        check_data("SVGP", x, y, dtype=self.inducing.dtype, width=self.inducing.shape[-1])
         l_mm = self._chol_kmm()
         a = torch.linalg.solve_triangular(l_mm, self.kernel(self.inducing, x), upper=False)
         m = a.shape[0]
