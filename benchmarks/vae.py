@@ -8,9 +8,10 @@ sequence of minibatches for every contestant; medians of interleaved calls give
 ``ratio = peer_s / vitorch_s`` (> 1: vitorch is faster).
 
 Cases: VAE (ELBO, K=1), IWAE K=5 and K=50, IWAE-DReG K=50.  vitorch runs ``VAE.mlp``
-as it ships (its tanh through torch's sigmoid kernel, the fused Bernoulli output from
-``2**18`` logits on: :mod:`vitorch.models.vae.fused`); the hand-written model and the
-peers' networks use ``nn.Tanh``.  Each case is timed twice for vitorch: with torch's
+as it ships (its tanh and its Bernoulli output layer through :func:`vitorch.kernels.tanh` and
+:func:`vitorch.kernels.bernoulli_linear_log_prob`, whose dispatcher picks the fused-torch
+backends at the sizes of their documented rules); the hand-written model and the peers'
+networks use ``nn.Tanh``.  Each case is timed twice for vitorch: with torch's
 default Adam, the peers' optimizer (the cost of the model and bound alone), and with the
 fused Adam ``vt.fit`` builds by default (lines ``..., vitorch as fit runs it``, against the
 peers as their users run them; ``vitorch_optimizer``/``peer_optimizer`` name both).

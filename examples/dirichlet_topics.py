@@ -7,8 +7,9 @@ downloaded.
 
 Model: ``theta ~ Dir(0.3)``, words ``x | theta ~ Multinomial(theta @ softmax(B))`` with
 learned topic logits ``B [T, V]``.  Guide: an encoder maps a document's word counts to
-a Dirichlet concentration, ``q(theta | x) = Dir(enc(x))``.  The ELBO is ascended with
-``vt.loss(..., estimator=reparam)`` twice from the same initialization: once with
+a Dirichlet concentration, ``q(theta | x) = Dir(enc(x))``.  The model's ``forward`` returns
+``vt.loss(..., estimator=reparam)`` (the ELBO per document) and ``vt.fit`` ascends it twice
+from the same initialization and data order: once with
 RSVI gradients (``RSVIDirichlet``, boost ``B = 5`` by default, the correction added by
 the estimator; Naesseth et al., 2017) and once with implicit reparameterization gradients
 (``Dirichlet``; Figurnov et al., 2018).
@@ -55,11 +56,21 @@ def make_corpus(n_docs: int, n_topics: int, vocab: int, length: int, gen: torch.
 
 
 class TopicVAE(nn.Module):
-    def __init__(self, vocab: int, n_topics: int, hidden: int = 64):
+    """Counts ``[B, V]`` -> the ELBO's ``LossOutput`` (``bound [B]`` per document, ``loss = -mean(bound)``).
+
+    ``family`` maps concentrations ``[B, T]`` to the guide ``q(theta | x)`` (RSVI or implicit Dirichlet).
+    """
+
+    def __init__(self, vocab: int, n_topics: int, family=Dirichlet, hidden: int = 64):
         super().__init__()
         self.enc = nn.Sequential(nn.Linear(vocab, hidden), nn.Softplus(), nn.Linear(hidden, n_topics))
         self.topic_logits = nn.Parameter(0.1 * torch.randn(n_topics, vocab))
         self.prior = torch.full((n_topics,), PRIOR)
+        self.family = family
+
+    def forward(self, counts):
+        q = self.family(self.concentration(counts))
+        return vt.loss(self.log_joint(counts), q, num_particles=1, estimator=vt.estimators.reparam)
 
     def concentration(self, counts):
         # log1p of the counts: documents of different lengths give comparable encoder inputs.
@@ -82,21 +93,12 @@ class TopicVAE(nn.Module):
 
 
 def train(family, counts, n_topics, steps, batch, lr, seed):
+    """Fit a fresh model with ``vt.fit``; return it and the training ELBO per token at each step."""
     torch.manual_seed(seed)
-    model = TopicVAE(counts.shape[1], n_topics)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(len(counts), (batch,), generator=gen)
-        x = counts[idx]
-        q = family(model.concentration(x))
-        out = vt.loss(model.log_joint(x), q, num_particles=1, estimator=vt.estimators.reparam)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        history.append(out.bound.mean().item() / x.sum(-1).mean().item())  # ELBO per token
-    return model, history
+    model = TopicVAE(counts.shape[1], n_topics, family)
+    history = vt.fit(model, counts, steps=steps, batch_size=batch, lr=lr, seed=seed, progress=False)
+    tokens = counts.sum(-1).mean().item()  # every document has the same length
+    return model, [r["bound"] / tokens for r in history.steps]
 
 
 @torch.no_grad()

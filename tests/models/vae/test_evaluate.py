@@ -106,3 +106,28 @@ def test_active_units_of_a_flow_encoder_use_sample_means():
     means = vae.latent_means(model, x, num_draws=4)
     assert means.shape == (20, 2)
     assert vae.evaluate(model, x, num_particles=3)["active_units"] in (0, 1, 2)
+
+
+def test_evaluate_takes_what_fit_takes_as_eval_data():
+    # Regression: vae.evaluate(model, digits("test"), K) raised "TypeError: 'int' object is not
+    # callable" (ImageData.dim is a property), although fit accepted the same object as eval_data.
+    test = vt.data.digits("test")  # binarized dynamically by default
+    model = vae.VAE.mlp(64, 2, (8,))
+    vt.fit(model, vt.data.digits("train").subset(64), steps=2, batch_size=32, eval_data=test, progress=False)
+
+    def scored(data):
+        torch.manual_seed(3)
+        return vae.evaluate(model, data, num_particles=5)
+
+    got = scored(test)
+    # One binarization, drawn with a fixed seed: repeated evaluations score the same images.
+    assert scored(test) == got
+    fixed = test.tensor(generator=torch.Generator().manual_seed(0))
+    assert scored(fixed) == got
+    # A tuple (x, y) and a Dataset of (x, y) items read x, as fit does.
+    labels = test.labels
+    assert scored((fixed, labels)) == got
+    assert scored(torch.utils.data.TensorDataset(fixed, labels)) == got
+    torch.testing.assert_close(vae.latent_means(model, test), vae.latent_means(model, fixed))
+    with pytest.raises(TypeError, match="got str"):
+        vae.evaluate(model, "test images", num_particles=5)

@@ -153,3 +153,21 @@ def test_dirichlet_latents_live_on_the_simplex():
 def test_prior_must_be_a_distribution():
     with pytest.raises(ValueError, match="prior must have log_prob and sample"):
         vae.vae(8, latent_dim=2, hidden=(4,), prior=object())
+
+
+def test_predict_is_the_expected_reconstruction():
+    # predict(x, K) = (1/K) sum_k E[x | z_k], z_k ~ q(z | x): for a Bernoulli decoder the mean pixel probabilities.
+    model = vae.VAE.mlp(12, 2, (5,))
+    x = torch.bernoulli(torch.full((4, 12), 0.5))
+    torch.manual_seed(0)
+    got = model.predict(x, num_particles=3)
+    torch.manual_seed(0)
+    z = model.encoder(x).sample((3,))
+    torch.testing.assert_close(got, torch.sigmoid(model.decoder(z)).mean(0), rtol=0, atol=0)
+    assert got.shape == x.shape and not got.requires_grad
+    torch.manual_seed(1)
+    a = model.predict((x, torch.zeros(4)))  # an (x, y) batch reads x
+    torch.manual_seed(1)
+    torch.testing.assert_close(a, model.predict(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="num_particles"):
+        model.predict(x, num_particles=0)

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from ..._autocast import full_precision
 from ...families import DiagNormalHead
+from ...families.dirichlet import Dirichlet, RSVIDirichlet
 from ...flows import IAF, ConditionalFlow, ElementwiseAffine
 from ...kernels import bernoulli_linear_log_prob, tanh
 
@@ -382,8 +383,6 @@ class DirichletEncoder(nn.Module):
         _check_sizes(feature_dim=feature_dim, latent_dim=latent_dim)
         if latent_dim < 2:
             raise ValueError(f"a Dirichlet latent needs latent_dim >= 2 components; got {latent_dim}")
-        from ...families.dirichlet import Dirichlet, RSVIDirichlet  # the Gamma machinery loads on use
-
         self.features = features
         self.linear = nn.Linear(feature_dim, latent_dim)
         self.latent_dim = latent_dim
