@@ -32,6 +32,7 @@ References:
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -129,6 +130,25 @@ def _per_particle(weights: Tensor, like: Tensor) -> Tensor:
     return weights.reshape(weights.shape + (1,) * (like.dim() - weights.dim()))
 
 
+def _warn_if_lost(objective: Objective, c_model: Tensor, c_guide: Tensor) -> None:
+    """Warn when a particle the guide weighs got a model weight too small for the precision.
+
+    The guide's gradient is the model's rescaled per particle (see the module notes), so
+    such a particle passes nothing to the guide: PIWAE's guide in float32 with
+    log-weights spread over more than ~87 nats.  Python shows the warning once per place.
+    """
+    info = torch.finfo(c_model.dtype)
+    lost = (c_model.abs() < info.tiny) & (c_guide.abs() > info.eps)
+    if lost.any():
+        warnings.warn(
+            f"{objective.name}: {int(lost.sum())} particle(s) weigh in the guide's bound but their model weight "
+            f"underflows in {c_model.dtype}, so they pass no gradient to the guide (log-weights spread over more "
+            "than the precision's range); use float64 for this model",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
 def _family_name(q: Distribution) -> str:
     base = getattr(q, "base_dist", None)
     return f"{type(q).__name__}({_family_name(base)})" if base is not None else type(q).__name__
@@ -221,7 +241,10 @@ class _Pathwise(Estimator):
         else:
             with torch.no_grad():
                 c_model = _signed(objective.model, grad_weights(objective.model, log_w))
-                ratio = ls.weight_ratio(self.guide_weights(objective, log_w), c_model)
+                c_guide = self.guide_weights(objective, log_w)
+                ratio = ls.weight_ratio(c_guide, c_model)
+            if not torch.compiler.is_compiling():  # a warning cannot be read inside a graph
+                _warn_if_lost(objective, c_model, c_guide)
             surrogate = _weighted_sum(c_model, log_w)
             read, log_q = particles.read, particles.log_q
             if read.requires_grad:  # not under torch.no_grad()

@@ -91,6 +91,8 @@ def check(q: Distribution, num_particles, objective, estimator: Estimator) -> in
         reasons.append(f"estimator must be a vitorch estimator; got {estimator!r}" + _factory_hint(estimator))
     if not isinstance(q, Distribution):
         reasons.append(f"q must be a torch Distribution (a vitorch family); got {type(q).__name__}")
+    elif 0 in q.batch_shape:
+        reasons.append(f"q has an empty batch {tuple(q.batch_shape)}: there is no datum to bound")
     K = _as_count(num_particles)
     if K is None:
         reasons.append(f"num_particles (K) must be an integer >= 1; got {num_particles!r}")

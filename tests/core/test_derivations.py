@@ -7,6 +7,7 @@ two-sided p ~ 2e-7 each).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -186,3 +187,23 @@ def test_loss_value_is_the_bound_and_log_w_is_detached():
         torch.testing.assert_close(out.loss, -objective.sign * objective(out.log_w).mean())
         assert not out.log_w.requires_grad and out.z.requires_grad
         assert torch.isfinite(ls.finite_mean(out.bound))
+
+
+def test_piwae_warns_when_float32_loses_guide_particles():
+    # Log-weights spread over hundreds of nats: model weights underflow in float32 while
+    # PIWAE's group weights of the same particles are O(1).
+    torch.manual_seed(0)
+    m = torch.zeros(64, 4, dtype=torch.float32, requires_grad=True)
+    q = vt.DiagNormal(m, torch.ones(64, 4, dtype=torch.float32))
+    with pytest.warns(RuntimeWarning, match="underflows in torch.float32"):
+        vt.loss(lambda z: -60.0 * z.pow(2).sum(-1), q, 10, O.piwae(5), E.dreg)
+    q64 = vt.DiagNormal(m.double(), torch.ones(64, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vt.loss(lambda z: -60.0 * z.pow(2).sum(-1), q64, 10, O.piwae(5), E.dreg)
+
+
+def test_an_empty_batch_is_refused_by_name():
+    q = vt.DiagNormal(torch.zeros(0, 2), torch.ones(0, 2))
+    with pytest.raises(ValueError, match=r"empty batch \(0,\)"):
+        vt.loss(lambda z: -z.pow(2).sum(-1), q, 3, O.iwae, E.dreg)

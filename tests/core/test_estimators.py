@@ -412,6 +412,7 @@ def test_plain_torch_distributions_work_as_guides(which, estimator):
         assert torch.isfinite(out.loss) and all(torch.isfinite(g).all() for g in got)
 
 
+@pytest.mark.filterwarnings("ignore:.*underflows in torch.float32:RuntimeWarning")
 @pytest.mark.parametrize("estimator", [E.reparam, E.dreg])
 @pytest.mark.parametrize("objective", [O.piwae(5), O.iwae, O.miwae(2)], ids=str)
 def test_float32_spread_log_weights_keep_guide_gradients_finite(objective, estimator):
