@@ -31,7 +31,7 @@ def _slice(elems: Elems, s: slice) -> Elems:
 def _interleave(even: Elems, odd: Elems, n: int) -> Elems:
     out = []
     for a, b in zip(even, odd):
-        # torch.broadcast_shapes is pure Python and shows up in profiles; shapes usually agree.
+        # The halves usually share a shape; broadcast only when they do not.
         shape = a.shape[1:] if a.shape[1:] == b.shape[1:] else torch.broadcast_tensors(a[:1], b[:1])[0].shape[1:]
         full = a.new_empty((n, *shape))
         full[0::2] = a
