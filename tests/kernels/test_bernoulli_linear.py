@@ -168,5 +168,5 @@ def test_autocast_forms_the_density_in_the_data_dtype(monkeypatch):
 
 def test_forcing_triton_raises():
     h, weight, bias, x = _inputs((2,), 3, 4, 5)
-    with pytest.raises(vk.KernelUnavailableError):
+    with pytest.raises(vk.KernelUnavailableError, match="no triton backend"):
         OP(h, weight, bias, x, backend="triton")

@@ -107,12 +107,11 @@ def bernoulli_linear_log_prob(
         bias,
         x,
         backend=backend,
+        dtypes=None,  # no Triton backend
         limits=_limits(h, x),
         fused=FUSED_DTYPES,
         fused_min_numel=FUSED_MIN_NUMEL,
     )
-    if choice == "triton":
-        raise dispatch.KernelUnavailableError(f"{_NAME}: the triton backend was forced but the op has none")
     if choice == "fused":
         return fused.bernoulli_linear_log_prob(h, weight, bias, x)
     return reference.bernoulli_linear_log_prob(h, weight, bias, x)
