@@ -22,7 +22,7 @@ def _data(n=N, d=D, outputs=None, noise=0.6):
 def test_evidence_equals_dense_marginal(outputs):
     phi, y = _data(outputs=outputs)
     s, v = 0.8, 0.5
-    blr = BayesianLinearRegression(D, prior_scale=s, noise_variance=v).fit(phi, y)
+    blr = BayesianLinearRegression(D, prior_scale=s, noise_variance=v).solve_posterior(phi, y)
     cov = s**2 * phi @ phi.T + v * torch.eye(N)
     ys = y.unsqueeze(-1) if outputs is None else y
     expected = MultivariateNormal(torch.zeros(N), cov).log_prob(ys.T).sum()
@@ -33,7 +33,7 @@ def test_evidence_equals_dense_marginal(outputs):
 def test_posterior_and_predictive_equal_direct_formulas():
     phi, y = _data()
     s, v = 1.3, 0.4
-    blr = BayesianLinearRegression(D, prior_scale=s, noise_variance=v).fit(phi, y)
+    blr = BayesianLinearRegression(D, prior_scale=s, noise_variance=v).solve_posterior(phi, y)
     precision = phi.T @ phi / v + torch.eye(D) / s**2
     cov = torch.linalg.inv(precision)
     mean = cov @ phi.T @ y / v
@@ -48,7 +48,7 @@ def test_posterior_and_predictive_equal_direct_formulas():
 
 def test_multi_output_predictive_shape():
     phi, y = _data(outputs=2)
-    pred = BayesianLinearRegression(D).fit(phi, y).predictive(phi[:5])
+    pred = BayesianLinearRegression(D).solve_posterior(phi, y).predictive(phi[:5])
     assert pred.batch_shape == (5,) and pred.event_shape == (2,)
     assert pred.log_prob(y[:5]).shape == (5,)
 
@@ -72,7 +72,7 @@ def test_tune_reaches_a_stationary_point_of_the_evidence():
 
 def test_fitted_model_round_trips_through_state_dict():
     phi, y = _data(outputs=2)
-    blr = BayesianLinearRegression(D, prior_scale=0.7, noise_variance=0.3).fit(phi, y)
+    blr = BayesianLinearRegression(D, prior_scale=0.7, noise_variance=0.3).solve_posterior(phi, y)
     clone = BayesianLinearRegression(D)
     clone.load_state_dict(blr.state_dict())
     x = torch.randn(5, D)
@@ -99,12 +99,12 @@ def test_bad_data():
     blr = BayesianLinearRegression(D)
     phi, y = _data()
     with pytest.raises(ValueError, match="phi must have shape"):
-        blr.fit(phi[:, :2], y)
+        blr.solve_posterior(phi[:, :2], y)
     with pytest.raises(ValueError, match="y must have shape"):
-        blr.fit(phi, y[:-1])
+        blr.solve_posterior(phi, y[:-1])
     bad = phi.clone()
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="phi must be finite"):
         blr.log_evidence(bad, y)
-    with pytest.raises(ValueError, match="call fit"):
+    with pytest.raises(ValueError, match="call solve_posterior"):
         blr.predictive(phi)

@@ -84,10 +84,10 @@ def test_generative_bound_below_monte_carlo_expected_log_likelihood():
 def test_generative_fit_is_the_conjugate_posterior_of_the_class_means():
     phi, y = _data(n=40)
     s, v = 1.7, 0.6
-    head = VBLLGenerativeClassification(D, C, prior_scale=s, noise_variance=v, learn_noise=False).fit(phi, y)
+    head = VBLLGenerativeClassification(D, C, prior_scale=s, noise_variance=v, learn_noise=False).solve_posterior(phi, y)
     # each feature coordinate is a Bayesian linear regression on the one-hot class design
     onehot = torch.nn.functional.one_hot(y, C).to(phi.dtype)
-    blr = BayesianLinearRegression(C, prior_scale=s, noise_variance=v).fit(onehot, phi)
+    blr = BayesianLinearRegression(C, prior_scale=s, noise_variance=v).solve_posterior(onehot, phi)
     torch.testing.assert_close(head.means.mean, blr.posterior_mean, rtol=1e-10, atol=1e-12)
     cov = blr.posterior_covariance().diagonal()[:, None].expand(C, D)
     torch.testing.assert_close(head.means.covariance().diagonal(dim1=-2, dim2=-1), cov, rtol=1e-10, atol=1e-12)
@@ -109,12 +109,12 @@ def test_training_improves_fit_and_flags_far_away_inputs():
     phi, y = _data(n=200)
     disc = VBLLClassification(D, C)
     before = disc.elbo(phi, y).detach()
-    disc.fit(phi, y)
+    disc.solve_posterior(phi, y)
     assert disc.elbo(phi, y) > before
     objective = disc.elbo(phi, y) + disc.noise_log_prior()
     grads = torch.autograd.grad(objective, list(disc.parameters()))
     assert max(float(g.abs().max()) for g in grads) < 1e-3 * N  # L-BFGS reached a stationary point
-    gen = VBLLGenerativeClassification(D, C).fit(phi, y)
+    gen = VBLLGenerativeClassification(D, C).solve_posterior(phi, y)
     far = 8 * torch.randn(100, D)
     for head in (disc, gen):
         out = head(phi)

@@ -39,8 +39,8 @@ def _head(cov=Dense, out=1, learn=False, **kw):
 @pytest.mark.parametrize("outputs", [None, 3])
 def test_closed_form_elbo_equals_log_evidence(cov, outputs):
     phi, y = _data(outputs)
-    blr = BayesianLinearRegression(D, prior_scale=S, noise_variance=V).fit(phi, y)
-    head = _head(cov, 1 if outputs is None else outputs).fit(phi, y)
+    blr = BayesianLinearRegression(D, prior_scale=S, noise_variance=V).solve_posterior(phi, y)
+    head = _head(cov, 1 if outputs is None else outputs).solve_posterior(phi, y)
     # ELBO = log Z - KL(q || posterior) and q is the posterior: equality to rounding
     torch.testing.assert_close(head.elbo(phi, y), blr.log_evidence(phi, y), rtol=1e-10, atol=0)
     torch.testing.assert_close(head.weights.mean.T, blr.posterior_mean, rtol=1e-9, atol=1e-12)
@@ -55,7 +55,7 @@ def test_closed_form_elbo_equals_log_evidence(cov, outputs):
 @pytest.mark.parametrize("cov", [Dense, DensePrecision, LowRank.with_rank(D - 1)])
 def test_gradient_training_converges_to_the_exact_posterior(cov):
     phi, y = _data()
-    blr = BayesianLinearRegression(D, prior_scale=S, noise_variance=V).fit(phi, y)
+    blr = BayesianLinearRegression(D, prior_scale=S, noise_variance=V).solve_posterior(phi, y)
     head = _head(cov)
     opt = torch.optim.LBFGS(
         head.parameters(), max_iter=400, line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=0
@@ -63,7 +63,7 @@ def test_gradient_training_converges_to_the_exact_posterior(cov):
 
     def closure():
         opt.zero_grad()
-        value = head.loss(phi, y, num_data=N)
+        value = head.loss(phi, y, num_data=N).loss
         value.backward()
         return value
 
@@ -77,7 +77,7 @@ def test_gradient_training_converges_to_the_exact_posterior(cov):
 
 def test_mean_field_fit_is_the_kl_optimum_and_strictly_below_the_evidence():
     phi, y = _data()
-    head = _head(Diagonal).fit(phi, y)
+    head = _head(Diagonal).solve_posterior(phi, y)
     elbo = head.elbo(phi, y)
     grads = torch.autograd.grad(elbo, list(head.weights.parameters()))
     assert max(float(g.abs().max()) for g in grads) < 1e-8  # stationary (closed form)
@@ -129,16 +129,16 @@ def test_kl_and_covariance_match_torch(cov):
 
 def test_learned_noise_fit_is_stationary_and_loss_is_the_scaled_objective():
     phi, y = _data(outputs=2)
-    head = _head(Dense, out=2, learn=True).fit(phi, y)
+    head = _head(Dense, out=2, learn=True).solve_posterior(phi, y)
     objective = head.elbo(phi, y) + head.noise_log_prior()
     grads = torch.autograd.grad(objective, list(head.parameters()))
     assert max(float(g.abs().max()) for g in grads) < 1e-6  # coordinate ascent to tol 1e-10
-    torch.testing.assert_close(head.loss(phi, y, N), -objective / N, rtol=1e-12, atol=0)
+    torch.testing.assert_close(head.loss(phi, y, N).loss, -objective / N, rtol=1e-12, atol=0)
 
 
 def test_monte_carlo_objectives_through_vt_loss():
     phi, y = _data()
-    head = _head(Dense).fit(phi, y)
+    head = _head(Dense).solve_posterior(phi, y)
     log_z = BayesianLinearRegression(D, prior_scale=S, noise_variance=V).log_evidence(phi, y)
     # at the exact posterior every log-weight equals log Z, so every bound is exact
     for objective in (vt.objectives.elbo, vt.objectives.iwae):
@@ -155,7 +155,7 @@ def test_monte_carlo_objectives_through_vt_loss():
     assert abs(float(log_w.mean() - head.elbo(phi, y).detach())) < Z * float(se)
     # and its gradient (reparameterized and sticking-the-landing alike) is the deterministic one on average
     head.zero_grad()
-    head.loss(phi, y, N).backward()
+    head.loss(phi, y, N).loss.backward()
     exact = [p.grad.clone() for p in head.parameters()]
     for estimator in (vt.estimators.reparam, vt.estimators.stl):
         draws = []
@@ -215,4 +215,4 @@ def test_bad_data():
         head.predictive(phi.masked_fill(phi > 1, float("nan")))
     # the training step's loss reads no values (no per-step reduction and read back):
     # a non-finite target shows as a non-finite loss, which vt.fit stops on
-    assert not torch.isfinite(head.loss(phi, bad, num_data=N))
+    assert not torch.isfinite(head.loss(phi, bad, num_data=N).loss)

@@ -33,8 +33,9 @@ def test_regression_heads(sizes, cov, cls):
     assert head.weights.quad(phi).shape == (n, o)
     elbo = head.elbo(phi, y)
     assert elbo.shape == () and torch.isfinite(elbo)
-    loss = head.loss(phi, y, num_data=n + 3)
-    loss.backward()
+    out = head.loss(phi, y, num_data=n + 3)
+    assert out.loss.shape == () and out.bound.shape == (n,) and not out.bound.requires_grad
+    out.loss.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in head.parameters())
     pred = head(phi).predictive
     if o == 1:
@@ -56,7 +57,9 @@ def test_classification_heads(sizes, cov, generative):
     assert bound.shape == (n,) and torch.isfinite(bound).all()
     if not generative:  # Jensen's bound on a log-probability is <= 0
         assert bool((bound <= 1e-12).all())
-    head.loss(phi, y, num_data=n).backward()
+    out = head.loss(phi, y, num_data=n)
+    assert out.bound.shape == (n,)
+    out.loss.backward()
     out = head(phi)
     assert out.predictive.probs.shape == (n, c) and out.ood_score.shape == (n,)
     torch.testing.assert_close(out.predictive.probs.sum(-1), torch.ones(n))

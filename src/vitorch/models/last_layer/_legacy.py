@@ -10,7 +10,7 @@ with a dense ``q(U)`` its log-variance offset.  ``VBLLRegression`` saved its pri
 extra state ``{"prior_scale": s}`` and a noise it did not pack as ``log_noise``.  These
 functions rewrite such keys into today's (``mean``, ``offdiag``, ``log_diag``,
 ``log_noise_variance``, ``log_prior_scale``, ``log_noise_offset``) inside a module's
-``_load_from_state_dict``, with one warning per load.
+``_load_from_state_dict`` and return the keys they converted; :func:`warn` then says so once.
 """
 
 from __future__ import annotations
@@ -23,17 +23,19 @@ from torch import Tensor
 
 from . import _checks
 
-__all__ = ["unpack_posterior", "rename", "prior_scale_from_extra_state", "deprecated_fit"]
+__all__ = ["unpack_posterior", "rename", "prior_scale_from_extra_state", "warn", "deprecated_fit"]
 
 
-def _warn(key: str) -> None:
-    warnings.warn(
-        f"loading a vitorch <= 0.4 VBLL state_dict (key {key!r}); its entries were converted to the current "
-        "parameters (mean, offdiag, log_diag, log_noise_variance, log_prior_scale, log_noise_offset). "
-        "Save the model again to store the new keys.",
-        UserWarning,
-        stacklevel=4,
-    )
+def warn(keys: list[str]) -> None:
+    """One warning naming the converted ``keys`` (none if the list is empty)."""
+    if keys:
+        warnings.warn(
+            f"loading a vitorch <= 0.4 VBLL state_dict: converted {keys} to the current parameters (mean, "
+            "offdiag, log_diag, log_noise_variance, log_prior_scale, log_noise_offset); save the model again "
+            "to store the new keys",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def unpack_posterior(state_dict: dict, prefix: str, d: int) -> Tensor | None:
@@ -45,7 +47,6 @@ def unpack_posterior(state_dict: dict, prefix: str, d: int) -> Tensor | None:
     packed = state_dict.pop(key, None)
     if packed is None:
         return None
-    _warn(key)
     size = d * (d + 1)
     if packed.dim() != 2 or packed.shape[1] < size:
         raise ValueError(f"{key}: expected a [O, {size} + S] packed posterior for D = {d}; got {tuple(packed.shape)}")
@@ -57,24 +58,25 @@ def unpack_posterior(state_dict: dict, prefix: str, d: int) -> Tensor | None:
     return packed[:, size:]
 
 
-def rename(state_dict: dict, old: str, new: str) -> None:
-    """Move ``state_dict[old]`` to ``new`` (with the warning) when only the old key is present."""
+def rename(state_dict: dict, old: str, new: str) -> bool:
+    """Move ``state_dict[old]`` to ``new`` when only the old key is present; whether it did."""
     if old in state_dict and new not in state_dict:
-        _warn(old)
         state_dict[new] = state_dict.pop(old)
+        return True
+    return False
 
 
-def prior_scale_from_extra_state(state_dict: dict, prefix: str, owner: str) -> None:
-    """Turn ``_extra_state = {"prior_scale": s}`` into the buffer ``log_prior_scale = log s``."""
+def prior_scale_from_extra_state(state_dict: dict, prefix: str, owner: str) -> bool:
+    """Turn ``_extra_state = {"prior_scale": s}`` into the buffer ``log_prior_scale = log s``; whether it did."""
     key = prefix + "_extra_state"
     if key not in state_dict:
-        return
-    _warn(key)
+        return False
     extra = state_dict.pop(key)
     if not isinstance(extra, dict) or "prior_scale" not in extra:
         raise ValueError(f"{owner}: {key} must be a dict with 'prior_scale'; got {extra!r}")
     s = _checks.positive_float(owner, "prior_scale", extra["prior_scale"])
     state_dict[prefix + "log_prior_scale"] = torch.tensor(math.log(s), dtype=torch.float64)
+    return True
 
 
 def deprecated_fit(head) -> None:

@@ -293,7 +293,8 @@ class _Cholesky(WeightPosterior):
             self.log_diag.copy_(tril.diagonal(dim1=-2, dim2=-1).log())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        _legacy.unpack_posterior(state_dict, prefix, self.in_features)
+        if _legacy.unpack_posterior(state_dict, prefix, self.in_features) is not None:
+            _legacy.warn([prefix + "packed"])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -107,10 +107,12 @@ class VBLLHeteroscedasticRegression(DeterministicBound, nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # state saved by vitorch <= 0.4: packed dense posteriors, the offset in q(U)'s spare entry
+        converted = [prefix + k for k in ("weights.packed", "noise_weights.packed") if prefix + k in state_dict]
         _legacy.unpack_posterior(state_dict, prefix + "weights.", self.in_features)
         spare = _legacy.unpack_posterior(state_dict, prefix + "noise_weights.", self.in_features)
         if spare is not None and spare.shape[1] >= 1:
             state_dict.setdefault(prefix + "log_noise_offset", spare[:, 0].clone())
+        _legacy.warn(converted)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def terms(self, phi: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

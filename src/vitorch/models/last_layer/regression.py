@@ -117,11 +117,14 @@ class VBLLRegression(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # state saved by vitorch <= 0.4: a packed dense posterior (the learned noise in its
         # spare entry), the noise as ``log_noise``, the prior scale as extra state
+        converted = [k for k in (prefix + "weights.packed", prefix + "log_noise") if k in state_dict]
         spare = _legacy.unpack_posterior(state_dict, prefix + "weights.", self.in_features)
         if spare is not None and spare.shape[1] >= 1:
             state_dict.setdefault(prefix + "log_noise_variance", spare[:, 0].clone())
         _legacy.rename(state_dict, prefix + "log_noise", prefix + "log_noise_variance")
-        _legacy.prior_scale_from_extra_state(state_dict, prefix, type(self).__name__)
+        if _legacy.prior_scale_from_extra_state(state_dict, prefix, type(self).__name__):
+            converted.append(prefix + "_extra_state")
+        _legacy.warn(converted)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----- pieces of the objective
