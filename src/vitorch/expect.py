@@ -21,9 +21,7 @@ from .loss import _as_count, _checked
 __all__ = ["expect"]
 
 
-def expect(
-    f: Callable[[Tensor], Tensor], q: Distribution, num_particles: int = 1, estimator=reparam
-) -> Tensor:
+def expect(f: Callable[[Tensor], Tensor], q: Distribution, num_particles: int = 1, estimator=reparam) -> Tensor:
     """Monte Carlo estimate of ``E_q[f(z)]``, ``[*batch]``, with the estimator's gradient.
 
     Args:
@@ -67,4 +65,3 @@ def expect(
     # to come from outside the draw to stay unbiased.
     score_term = (values.detach() * (log_q - log_q.detach())).mean(0)
     return values.mean(0) + score_term
-

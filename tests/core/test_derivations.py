@@ -62,7 +62,9 @@ def _grads(objective, estimator, K=4, seed=5):
     B = 3
     m = torch.randn(B, 2, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
     theta = torch.tensor([0.3, -0.2], requires_grad=True)
-    out = vt.loss(lg.log_joint(torch.ones(B, 2), theta), vt.DiagNormal(m, 0.8 * torch.ones(B, 2)), K, objective, estimator)
+    out = vt.loss(
+        lg.log_joint(torch.ones(B, 2), theta), vt.DiagNormal(m, 0.8 * torch.ones(B, 2)), K, objective, estimator
+    )
     return (out.loss, *torch.autograd.grad(out.loss, [m, theta]))
 
 

@@ -296,6 +296,7 @@ def test_all_neg_inf_log_weights_give_zero_not_nan(objective, estimator):
     m = torch.zeros(B, D, requires_grad=True)
     theta = torch.zeros(D, requires_grad=True)
     dead = torch.tensor([False, True, False])
+
     def log_joint(z):  # datum 1 lies outside the model's support
         lp = lg.log_joint(torch.zeros(B, D), theta)(z)
         return torch.where(dead, -torch.inf, lp)
@@ -324,7 +325,10 @@ def test_invalid_pairs_list_every_reason_before_sampling():
     q = vt.DiagNormal(torch.zeros(D), torch.ones(D))
     for kwargs, needle in [
         (dict(num_particles=0), "K"),
-        (dict(num_particles=4, objective=O.iwae, estimator=E.stl), "stl is unbiased only for a mean of per-particle terms"),
+        (
+            dict(num_particles=4, objective=O.iwae, estimator=E.stl),
+            "stl is unbiased only for a mean of per-particle terms",
+        ),
         (dict(num_particles=1, estimator=E.vimco), "K >= 2"),
         (dict(num_particles=2, estimator=E.score), "score is a factory"),
         (dict(num_particles=2, objective=O.miwae), "miwae is a factory"),

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import vitorch as vt
-from vitorch import _logspace as ls
 
 from conftest import Z
 from core import lingauss as lg
