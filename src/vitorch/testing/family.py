@@ -50,7 +50,12 @@ _P_FAIL = 2e-7
 
 
 class FamilyCheckError(AssertionError):
-    """A family failed one check of :func:`check_family`; the message names the check and why."""
+    """A family failed one check of :func:`check_family`; the message names the check, the family,
+    the dtype and why (e.g. two shapes, or two values and the allowed difference).
+
+    References:
+        Roeder, Wu & Duvenaud, *Sticking the Landing* (NeurIPS 2017): the stopped-parameter check.
+    """
 
 
 @contextmanager
@@ -344,6 +349,11 @@ def check_family(
     Raises:
         FamilyCheckError: an ``AssertionError`` naming the check, the family, the dtype and why.
         TypeError: if ``make_family`` returns something else than the three forms above.
+
+    References:
+        Roeder, Wu & Duvenaud, *Sticking the Landing* (NeurIPS 2017): the stopped log-density and its gradient.
+        Papamakarios et al., *Normalizing Flows for Probabilistic Modeling and Inference* (JMLR 2021).
+        Dunn, *Multiple Comparisons Among Means* (JASA 1961): the Bonferroni bound of the mean check.
 
     Example:
         >>> def make():

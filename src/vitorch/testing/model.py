@@ -91,6 +91,11 @@ class ModelTestCase:
     :meth:`test_bound_respects_exact_log_evidence`, :meth:`test_fit_three_steps`,
     :meth:`test_checkpoint_resume_is_bit_identical`, :meth:`test_restore_best_restores_every_state`,
     :meth:`test_state_dict_round_trip`, :meth:`test_has_predict`.
+
+    References:
+        Blei, Kucukelbir & McAuliffe, *Variational Inference: A Review for Statisticians* (JASA 2017):
+        the bound below the log evidence.
+        Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (ICLR 2016).
     """
 
     batch_size: int = 8
