@@ -84,7 +84,9 @@ def test_generative_bound_below_monte_carlo_expected_log_likelihood():
 def test_generative_fit_is_the_conjugate_posterior_of_the_class_means():
     phi, y = _data(n=40)
     s, v = 1.7, 0.6
-    head = VBLLGenerativeClassification(D, C, prior_scale=s, noise_variance=v, learn_noise=False).solve_posterior(phi, y)
+    head = VBLLGenerativeClassification(D, C, prior_scale=s, noise_variance=v, learn_noise=False).solve_posterior(
+        phi, y
+    )
     # each feature coordinate is a Bayesian linear regression on the one-hot class design
     onehot = torch.nn.functional.one_hot(y, C).to(phi.dtype)
     blr = BayesianLinearRegression(C, prior_scale=s, noise_variance=v).solve_posterior(onehot, phi)

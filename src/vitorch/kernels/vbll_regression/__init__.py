@@ -107,7 +107,9 @@ def vbll_regression_terms(
         limits=_limits(cov=(cov, ("scale_tril",))), fused=FUSED_DTYPES, fused_min_numel=FUSED_MIN_NUMEL,
     )  # fmt: skip
     if choice == "triton":
-        raise dispatch.KernelUnavailableError("vbll_regression_terms: the triton backend was forced but the op has none")
+        raise dispatch.KernelUnavailableError(
+            "vbll_regression_terms: the triton backend was forced but the op has none"
+        )
     if choice == "fused":
         offdiag, log_diag = cov.params
         return fused.RegressionTerms.apply(

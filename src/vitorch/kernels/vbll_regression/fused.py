@@ -83,7 +83,7 @@ def _phi_grad(g: Tensor, work: Tensor) -> Tensor:
 
 
 class RegressionTerms(torch.autograd.Function):
-    """Homoscedastic terms, dense ``q(W)``: ``(expected_log_lik [B], penalty [])`` as :func:`.reference.regression_terms`.
+    """Homoscedastic terms, dense ``q(W)``: ``(expected_log_lik [B], penalty [])``, as in :mod:`.reference`.
 
     Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``offdiag [O, D, D]``, ``log_diag
     [O, D]``, ``log_v [O]``, ``prior_var`` (float or 0-d tensor), ``wishart_a``, ``wishart_psi``.
@@ -218,7 +218,9 @@ class HeteroscedasticDenseTerms(torch.autograd.Function):
         b, o = y.shape
         d = phi.shape[-1]
         keep, strict = _masks(d, phi.dtype, phi.device)
-        work = _pack(torch.cat([offdiag, u_offdiag]), torch.cat([log_diag, u_log_diag]), torch.cat([mean, u_mean]), keep)
+        work = _pack(
+            torch.cat([offdiag, u_offdiag]), torch.cat([log_diag, u_log_diag]), torch.cat([mean, u_mean]), keep
+        )
         prod = torch.bmm(phi.expand(2 * o, b, d), work)  # [2O, B, D+1]
         err, pu = prod[:o], prod[o:]  # [P | Phi m] -> E = [P | -r];  [P^u | Phi u]
         err[..., d].sub_(y.mT)

@@ -48,7 +48,9 @@ class DeterministicBound:
         return self._per_datum(phi, y).sum() - self.kl()
 
     def loss(self, phi: Tensor, y: Tensor, num_data: int) -> LossOutput:
-        """The minibatch bound as a :class:`vitorch.LossOutput`: ``bound [B] = t_n - penalty / N``, ``loss = -mean(bound)``.
+        """The minibatch bound as a :class:`vitorch.LossOutput` (:meth:`vitorch.LossOutput.from_terms`).
+
+        ``bound [B] = t_n - penalty / N`` and ``loss = -mean(bound)``.
 
         Args:
             phi: ``[B, D]`` minibatch features.

@@ -81,4 +81,3 @@ class VBLLModel(nn.Module):
         y = y.to(dtype) if y.is_floating_point() else y
         self.head.solve_posterior(phi, y, **kwargs)
         return self
-

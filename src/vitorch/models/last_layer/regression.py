@@ -32,9 +32,9 @@ from torch.distributions import Distribution, Independent, Normal
 
 from ... import estimators as _estimators
 from ... import objectives as _objectives
+from ...kernels.vbll_regression import vbll_regression_terms
 from ...loss import LossOutput
 from ...loss import loss as _vt_loss
-from ...kernels.vbll_regression import vbll_regression_terms
 from . import _checks, _evidence, _legacy
 from .covariance import Dense, DensePrecision, Diagonal, WeightPosterior
 from .output import LastLayerOutput
@@ -169,9 +169,11 @@ class VBLLRegression(nn.Module):
             y: ``[N, O]`` targets.
             noise_prior: include ``-log p(Sigma)`` in the penalty.
         """
-        a, psi = (0.5 * (self.wishart_dof + self.out_features + 1), self.wishart_scale) if (
-            noise_prior and self.learn_noise
-        ) else (0.0, 0.0)
+        a, psi = (
+            (0.5 * (self.wishart_dof + self.out_features + 1), self.wishart_scale)
+            if (noise_prior and self.learn_noise)
+            else (0.0, 0.0)
+        )
         w = self.weights
         return vbll_regression_terms(
             phi, y, w.mean, w.row_covariance(), self.log_noise_variance, self.prior_variance, a, psi
