@@ -113,8 +113,8 @@ class StructuredInferenceNetwork(nn.Module):
 
     Example:
         >>> guide = StructuredInferenceNetwork(obs_dim=1, state_dim=2)
-        >>> out = vt.loss(lambda x: model.log_joint(x, y), guide(y), num_particles=8,
-        ...               objective=vt.objectives.iwae, estimator=vt.estimators.dreg)
+        >>> vi = SSMVI(model, guide, num_particles=8, objective=vt.objectives.iwae, estimator=vt.estimators.dreg)
+        >>> out = vi(y)                                   # y [B, T, 1] -> LossOutput, bound [B]
 
     References:
         Krishnan, Shalit & Sontag, *Structured Inference Networks for Nonlinear State Space Models*

@@ -10,7 +10,7 @@ Transitions and emissions are called once on the whole path (time is a batch
 dimension of the returned distribution), so :meth:`StateSpaceModel.log_joint`
 costs one vectorized call each, not a loop over time.  Any of the three may be an
 ``nn.Module``; their parameters then belong to the model and are learned jointly
-with the guide through :func:`vitorch.loss`.
+with the guide: ``vt.fit(SSMVI(model, guide, ...), y)``.
 
 The helpers below build the usual pieces: Gaussian transitions and emissions
 (affine or through any function), Poisson counts with a log-rate and Bernoulli
@@ -159,7 +159,8 @@ class StateSpaceModel(nn.Module):
         >>> model = StateSpaceModel(lambda: Independent(Normal(torch.zeros(1), 1.0), 1),
         ...                         GaussianTransition(torch.eye(1) * 0.9, 0.3),
         ...                         PoissonEmission(torch.eye(1)))
-        >>> log_joint = lambda x: model.log_joint(x, y)     # x [K, *B, T, D] -> [K, *B]
+        >>> model.log_joint(x, y)                 # x [K, *B, T, D], y [*B, T, p] -> [K, *B]
+        >>> vt.fit(SSMVI(model, StructuredInferenceNetwork(1, 1)), y, steps=1000)   # y [N, T, 1]
 
     References:
         Durbin & Koopman, *Time Series Analysis by State Space Methods* (2nd ed., OUP 2012).

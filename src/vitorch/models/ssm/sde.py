@@ -17,7 +17,7 @@ the next observation, ``loc = x + ((y_next - x) / tau + d_alpha) dt`` and
 the last observation, the model's own Euler step instead), so an untrained guide
 already heads for the data — a choice of ours that makes training far shorter; the
 family is Ryder et al.'s either way.  The bridge needs ``obs_matrix = I``; with
-another ``H`` the base is the Euler step.  The latent vector handed to :func:`vitorch.loss` is
+another ``H`` the base is the Euler step.  The latent (what :class:`SSMVI` draws from the guide) is
 ``z = [u, vec(x_{1:K})]``, event ``[P + K D]``; :meth:`EulerMaruyamaSDE.split`
 takes it apart.
 
