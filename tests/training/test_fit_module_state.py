@@ -27,11 +27,12 @@ class Interrupt(Exception):
 
 class Stateful(nn.Module):
     """Least squares plus every kind of state: extra state (a dict with a counter and a list),
-    a persistent buffer updated in forward (a running mean of the loss, as BatchNorm's statistics),
-    an integer buffer and a non-persistent buffer."""
+    BatchNorm's running statistics, a persistent buffer updated in forward (a running mean of
+    the loss), an integer buffer and a non-persistent buffer."""
 
     def __init__(self, d: int = 3):
         super().__init__()
+        self.norm = nn.BatchNorm1d(d)  # running statistics and an integer counter, versioned in _metadata
         self.lin = nn.Linear(d, 1)
         self.register_buffer("running_loss", torch.zeros(()))
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
@@ -40,7 +41,7 @@ class Stateful(nn.Module):
 
     def forward(self, batch):
         x, y = batch
-        loss = (self.lin(x).squeeze(-1) - y).pow(2).mean() * self.extra["scale"]
+        loss = (self.lin(self.norm(x)).squeeze(-1) - y).pow(2).mean() * self.extra["scale"]
         if self.training:
             with torch.no_grad():
                 self.running_loss.mul_(0.9).add_(0.1 * loss.detach())

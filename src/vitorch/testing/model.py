@@ -131,6 +131,7 @@ class ModelTestCase:
 
     def _data(self):
         data = self.make_data()
+        data = tuple(data) if isinstance(data, list) else data
         if not (
             isinstance(data, Tensor) or (isinstance(data, tuple) and data and all(isinstance(t, Tensor) for t in data))
         ):

@@ -59,7 +59,11 @@ def copy_state(obj, device: torch.device | None = None):
         obj = obj.detach()
         return obj.to(device, copy=True) if device is not None else obj.clone()
     if isinstance(obj, dict):
-        return type(obj)((k, copy_state(v, device)) for k, v in obj.items())
+        out = type(obj)((k, copy_state(v, device)) for k, v in obj.items())
+        metadata = getattr(obj, "_metadata", None)  # module versions, read by load_state_dict
+        if metadata is not None:
+            out._metadata = copy.deepcopy(metadata)
+        return out
     if isinstance(obj, (list, tuple)):
         return type(obj)(copy_state(v, device) for v in obj)
     return copy.deepcopy(obj)
