@@ -4,7 +4,7 @@ Each op in ``kernels/<op>/`` has up to three backends:
 
 * ``"reference"`` (``reference.py``): readable torch, the specification and the CPU path.
   Every op has one; it runs on every device and dtype.
-* ``"fused"`` (``fused.py``): hand-written ``torch.autograd.Function``\\ s in plain torch
+* ``"fused"`` (``fused.py``): hand-written ``torch.autograd.Function`` classes in plain torch
   whose backward reuses what the forward computed. An op declares it by passing
   ``fused=`` (the dtypes it supports) to :func:`choose`.
 * ``"triton"`` (``triton.py``): Triton kernels, imported only when a call is sent there.
