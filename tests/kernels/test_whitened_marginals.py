@@ -98,7 +98,9 @@ def test_auto_takes_fused_for_float_and_reference_elsewhere():
         assert mean.grad_fn.name() != "WhitenedMarginalsBackward"
     # torch.func transforms take the reference (the fused nodes have no batching rule)
     grad = torch.func.grad(lambda l: vk.whitened_marginals(k_mm, k_mb, l, root)[0].sum())(loc.detach())
-    torch.testing.assert_close(grad, torch.linalg.solve_triangular(torch.linalg.cholesky(k_mm), k_mb, upper=False).sum(-1))
+    torch.testing.assert_close(
+        grad, torch.linalg.solve_triangular(torch.linalg.cholesky(k_mm), k_mb, upper=False).sum(-1)
+    )
 
 
 def test_the_cholesky_callable_is_used_by_both_backends():

@@ -80,13 +80,7 @@ def whitened_marginals(
         Murray, *Differentiation of the Cholesky decomposition* (arXiv:1602.07527, 2016).
     """
     m = k_mm.shape[-1]
-    if (
-        k_mm.shape != (m, m)
-        or k_mb.dim() != 2
-        or k_mb.shape[0] != m
-        or loc.shape != (m,)
-        or root.shape != (m, m)
-    ):
+    if k_mm.shape != (m, m) or k_mb.dim() != 2 or k_mb.shape[0] != m or loc.shape != (m,) or root.shape != (m, m):
         raise ValueError(
             f"{_NAME}: expected k_mm [M, M], k_mb [M, B], loc [M], root [M, M]; got "
             f"{tuple(k_mm.shape)}, {tuple(k_mb.shape)}, {tuple(loc.shape)}, {tuple(root.shape)}"

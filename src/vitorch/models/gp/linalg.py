@@ -180,7 +180,11 @@ def unpack_batch(owner: str, batch) -> tuple[Tensor, Tensor]:
         TypeError: naming ``batch`` if it is not a pair.
     """
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        got = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__
+        got = (
+            f"a {type(batch).__name__} of length {len(batch)}"
+            if isinstance(batch, (tuple, list))
+            else type(batch).__name__
+        )
         raise TypeError(f"{owner}: forward(batch) takes batch = (X [B, D], y [B]); got {got}")
     return batch[0], batch[1]
 
