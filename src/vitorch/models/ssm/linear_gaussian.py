@@ -208,7 +208,10 @@ class LinearGaussianSSM:
         S = (W.mT @ W).sum(0)
         b = (W.mT @ w0.unsqueeze(-1)).sum(0).squeeze(-1)
         L, info = torch.linalg.cholesky_ex(S)
-        if not bool((info == 0).all()):
+        # Rounding can leave a rank-deficient S with a tiny positive pivot instead of a failed
+        # factorization: a squared pivot below r * eps * max(diag S) counts as zero.
+        tiny = S.shape[-1] * torch.finfo(S.dtype).eps * S.diagonal(dim1=-2, dim2=-1).amax(-1, keepdim=True)
+        if not bool((info == 0).all()) or bool((L.diagonal(dim1=-2, dim2=-1).pow(2) <= tiny).any()):
             raise ValueError(
                 "LinearGaussianSSM: the data do not identify the diffuse initial state (singular Gram matrix)"
             )
