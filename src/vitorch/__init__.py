@@ -13,6 +13,7 @@ from ._autocast import full_precision
 from ._version import __version__
 from .families import (
     Beta,
+    ConditionalFlow,
     DiagNormal,
     DiagNormalHead,
     Dirichlet,
@@ -64,6 +65,7 @@ __all__ = [
     "FullRankNormal",
     "LowRankNormal",
     "Flow",
+    "ConditionalFlow",
     "Gamma",
     "Beta",
     "Dirichlet",
