@@ -5,13 +5,18 @@ The variational posterior over inducing values is a vitorch family
 and its KL to the prior is the core's closed form, so the GP zoo carries the
 families over to function space.
 
+Every trainable model (``ExactGP``, ``SGPR``, ``SVGP``) follows the model protocol:
+``model((X, y))`` returns a :class:`vitorch.LossOutput` whose ``bound`` is each datum's
+share of the full-data bound and whose ``loss`` is ``-mean(bound)``, so :func:`vitorch.fit`
+trains it; predictions go through ``predict``.
+
 Example:
     >>> from vitorch.models import gp
     >>> k = gp.RBF(lengthscale=1.0, variance=1.0)
     >>> gp.ExactGP(k, noise=0.1).log_marginal_likelihood(X, y)
-    >>> gp.SGPR(k, Z, noise=0.1).elbo(X, y)
+    >>> gp.SGPR(k, Z, noise=0.1).full_data_elbo(X, y)
     >>> model = gp.SVGP(k, Z, likelihood=gp.GaussianLikelihood(noise=0.1), num_data=N)
-    >>> model.elbo(X_batch, y_batch); model.predict(X_test)
+    >>> vt.fit(model, (X, y), epochs=10, batch_size=256); model.predict(X_test)
 """
 
 from .exact import ExactGP
