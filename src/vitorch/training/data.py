@@ -24,7 +24,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-__all__ = ["make_loader", "make_eval_loader", "epoch_sampler", "loader_generators", "to_device"]
+__all__ = ["make_loader", "make_eval_loader", "no_data", "epoch_sampler", "loader_generators", "to_device"]
 
 
 class _TensorRows(Dataset):
@@ -59,6 +59,27 @@ def _identity(batch):
     return batch
 
 
+class _Steps(Dataset):
+    """``steps`` empty batches (``None``): the data of a model with only global latents."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, idx):
+        return None
+
+
+def no_data(steps: int) -> DataLoader:
+    """A loader of ``steps`` batches that are all ``None``, for ``fit(model, None, steps=...)``.
+
+    One epoch is the whole run, so no per-epoch work repeats every step.
+    """
+    return DataLoader(_Steps(steps), batch_size=None)
+
+
 def _as_tensors(data, name: str) -> tuple[tuple[Tensor, ...], bool] | None:
     if isinstance(data, Tensor):
         tensors, single = (data,), True
@@ -86,7 +107,9 @@ def make_loader(
     function and workers.  ``batch_size`` is per process.
     """
     if isinstance(data, DataLoader):
-        return data if world == 1 else _distributed_copy(data, seed=seed, rank=rank, world=world)
+        # Each rank runs every data-free step with its own particles.
+        no_data = isinstance(data.dataset, _Steps)
+        return data if world == 1 or no_data else _distributed_copy(data, seed=seed, rank=rank, world=world)
     tensors = _as_tensors(data, "data")
     if tensors is not None:
         ds = _TensorRows(*tensors)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .data import no_data
 from .history import History
 from .loop import Run, StepContext
 from .options import FitOptions
@@ -27,7 +28,7 @@ def fit(
     data,
     *,
     optimizer: torch.optim.Optimizer | Callable | None = None,
-    lr: float = 1e-3,
+    lr: float | None = None,
     scheduler=None,
     scheduler_interval: str = "step",
     epochs: int | None = None,
@@ -71,11 +72,14 @@ def fit(
             decoders are submodules and train with it.
         data: a ``DataLoader`` (used as given; rebuilt around a ``DistributedSampler``
             under DDP), a ``Dataset``, a tensor ``[N, ...]`` (batches are tensors) or a
-            tuple of tensors sharing the first dimension (batches are tuples).
+            tuple of tensors sharing the first dimension (batches are tuples); or
+            ``None`` for a model without data batches (a global posterior such as
+            ``vt.model.VI``): ``steps`` calls of ``forward(None)``, which needs ``steps``.
         optimizer: an optimizer over the model's parameters, or a factory
             ``params -> Optimizer``; default ``Adam(lr=lr)`` with torch's fused kernel
             (:func:`~vitorch.training.fused_adam`).
-        lr: learning rate of the default optimizer.
+        lr: learning rate of the default optimizer; default the model's ``default_lr``
+            attribute if it has one (``vt.model.VI`` does), else ``1e-3``.
         scheduler: an LR scheduler or a factory ``optimizer -> scheduler``;
             ``ReduceLROnPlateau`` is stepped with the monitored metric after each evaluation.
         scheduler_interval: step the scheduler every ``"step"`` or every ``"epoch"``.
@@ -155,5 +159,11 @@ def fit(
         Prechelt, *Early Stopping - But When?* (Neural Networks: Tricks of the Trade, 1998).
         Micikevicius et al., *Mixed Precision Training* (ICLR 2018): ``autocast_dtype``.
     """
+    if lr is None:
+        lr = getattr(model, "default_lr", None) or 1e-3
+    if data is None:
+        if steps is None or epochs is not None:
+            raise ValueError("fit with data=None (no data batches) needs steps=, and takes no epochs=")
+        data = no_data(steps)
     options = {k: v for k, v in locals().items() if k not in ("model", "data")}
     return Run(model, data, FitOptions(**options)).train()
