@@ -22,6 +22,8 @@ DOCS = ROOT / "docs"
 # Public modules that must each have a mkdocstrings directive on some API page.
 PUBLIC_MODULES = [
     "vitorch.loss",
+    "vitorch.expect",
+    "vitorch.testing",
     "vitorch.objectives",
     "vitorch.estimators",
     "vitorch.mmd",
@@ -43,7 +45,7 @@ PUBLIC_MODULES = [
 ]
 
 # Pages whose code blocks starting with an import are complete programs.
-SNIPPET_PAGES = ["index.md", *(f"concepts/{p.name}" for p in sorted((DOCS / "concepts").glob("*.md")))]
+SNIPPET_PAGES = ["index.md", "training.md", *(f"concepts/{p.name}" for p in sorted((DOCS / "concepts").glob("*.md")))]
 
 
 def _nav_pages() -> set[str]:

@@ -34,6 +34,7 @@ import pytest
 # lazy ``vitorch.models``, through its ``_EXPORTS`` table and subpackages.
 PACKAGES = [
     "vitorch",
+    "vitorch.testing",
     "vitorch.families",
     "vitorch.flows",
     "vitorch.objectives",

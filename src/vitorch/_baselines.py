@@ -43,6 +43,10 @@ class MovingAverageBaseline(_Counts):
 
     A module so that its state is saved with the model and resumes exactly.  It keeps
     one scalar (shape ``[]``) and predicts it for every datum, ``[*batch]``.
+
+    References:
+        Williams, *Simple Statistical Gradient-Following Algorithms for Connectionist
+        Reinforcement Learning* (Machine Learning, 1992); Ranganath et al. (2014).
     """
 
     def __init__(self, decay: float = 0.9):
@@ -81,6 +85,10 @@ class LearnedBaseline(_Counts):
     Its regression loss ``mean((O - b)^2)`` over the usable data is added to the
     surrogate with zero value, so one ``backward`` trains it too: include its
     parameters in the optimizer.
+
+    References:
+        Mnih & Gregor, *Neural Variational Inference and Learning in Belief Networks*
+        (ICML 2014): the input-dependent baseline fitted to the learning signal.
     """
 
     def __init__(self, net: nn.Module | None = None):

@@ -26,7 +26,11 @@ __all__ = ["grad_weights", "dreg_weights", "learning_signal"]
 
 
 def grad_weights(objective: Objective, log_w: Tensor) -> Tensor:
-    """``dO / d log_w_k``, detached ``[K, *batch]``: each particle's weight in the pathwise gradient."""
+    """``dO / d log_w_k``, detached ``[K, *batch]``: each particle's weight in the pathwise gradient.
+
+    References:
+        Burda, Grosse & Salakhutdinov (2016), eq. 14: for IWAE the normalized weights.
+    """
     closed = getattr(objective, "grad_coefficients", None)
     if closed is not None:
         return closed(log_w.detach())
@@ -68,6 +72,9 @@ def learning_signal(objective: Objective, log_w: Tensor, baseline: Tensor | floa
     ``O - b`` for a bound that couples its particles (every particle gets the datum's
     value); an objective may give its own (the ELBO: each particle's log-weight).  A
     datum whose bound sits at the floor -1e30 (every weight zero) gets no signal.
+
+    References:
+        Ranganath, Gerrish & Blei (2014); Mnih & Rezende (2016), eq. 5.
     """
     closed = getattr(objective, "learning_signal", None)
     if closed is not None:

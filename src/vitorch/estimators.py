@@ -78,6 +78,9 @@ class Particles(NamedTuple):
         log_q: ``[K, *batch]`` log-density of the particles (at stopped parameters for
             STL and DReG; detached particles for score estimators).
         correction: ``[K, *batch]`` an RSVI acceptance log-density, or ``None``.
+
+    References:
+        Naesseth, Ruiz, Linderman & Blei (2017) for the acceptance correction.
     """
 
     z: Tensor

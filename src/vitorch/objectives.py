@@ -115,8 +115,14 @@ class _Callable(Objective):
 def as_objective(objective) -> Objective:
     """``objective`` itself, or a plain callable ``log_w -> bound`` wrapped as a lower bound.
 
+    The callable maps ``log_w [K, *batch]`` to ``[*batch]`` and must treat each datum on
+    its own (the estimators differentiate it per particle).
+
     Raises:
         TypeError: if ``objective`` is neither an :class:`Objective` nor callable.
+
+    References:
+        Tucker et al. (2019): the estimators need only the bound's value and derivatives.
     """
     if isinstance(objective, Objective):
         return objective

@@ -168,15 +168,9 @@ def test_family_passes_check_family(name):
     assert len(results) == 14  # seven checks in two dtypes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="FullRankNormal.rsample multiplies by the whole scale_tril (strict upper triangle included) while "
-    "log_prob solves with its lower triangle only, so a leaf factor's upper entries get a gradient from the "
-    "draw but not from the density (rsample_and_log_prob's gradient differs from log_prob's); "
-    "reported to the families' owner",
-)
 def test_full_rank_normal_with_a_leaf_factor():
+    # Only the lower triangle is the factor: a leaf's upper entries get no gradient from
+    # the draw either, so rsample_and_log_prob's gradient equals log_prob's.
     check_family(full_rank_normal_leaf_factor, dtypes=(torch.float64,), checks=("rsample_and_log_prob",))
 
 

@@ -182,9 +182,12 @@ class FullRankNormal(Family):
                 f"FullRankNormal: batch shapes do not broadcast: loc {tuple(loc.shape)}, "
                 f"scale_tril {tuple(scale_tril.shape)}"
             ) from None
-        self._loc, self._scale_tril = loc, scale_tril  # unbroadcast, for cheap products
+        # Only the lower triangle is the factor: log_prob's triangular solve reads no more, so the
+        # draw must not either, or a factor trained as a leaf gets upper-triangle gradients from
+        # rsample alone and drifts away from what log_prob evaluates.
+        self._loc, self._scale_tril = loc, scale_tril.tril()  # unbroadcast, for cheap products
         self.loc = loc.expand(*batch_shape, d)
-        self.scale_tril = scale_tril.expand(*batch_shape, d, d)
+        self.scale_tril = self._scale_tril.expand(*batch_shape, d, d)
         self._init_checked(batch_shape, loc.shape[-1:], validate_args, loc=loc, scale_tril=scale_tril)
 
     def expand(self, batch_shape, _instance=None):

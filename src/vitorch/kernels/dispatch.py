@@ -149,7 +149,16 @@ def _fused_obstacles(
     """Every reason the fused-torch backend cannot run on ``tensors`` (size is not one: it is a preference)."""
     if fused is None:
         return ["the op has no fused backend"]
-    return list(limits) + _bad_dtypes(tensors, fused, "fused")
+    reasons = list(limits) + _bad_dtypes(tensors, fused, "fused")
+    if _functorch_active():
+        reasons.append("a torch.func transform is active (a hand-written autograd node has no batching rule)")
+    return reasons
+
+
+def _functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (vmap, grad, jacrev...) is running."""
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
 
 
 def _triton_obstacles(
@@ -198,6 +207,11 @@ def choose(
         fused_min_numel: the op's size rule: ``"auto"`` picks the fused backend only when
             the largest input has at least this many elements (``None``: any size).
 
+    Inside ``torch.compile`` the context is not read (it cannot be traced) and ``"auto"``
+    means the reference, whose ops Inductor fuses itself; under a ``torch.func``
+    transform the fused backend is unavailable (a hand-written autograd node has no
+    batching rule).  Ops therefore call this function and nothing else.
+
     Returns:
         The backend to run. ``"auto"`` never returns ``"triton"``.
 
@@ -205,7 +219,12 @@ def choose(
         KernelUnavailableError: a backend was forced and cannot run here, with every reason.
         ValueError: on an unknown backend name.
     """
-    name = _check_name(backend)
+    if torch.compiler.is_compiling():
+        # Traced by torch.compile: the backend context (a ContextVar) cannot be traced, and
+        # Inductor fuses the reference's ops itself, so "auto" means the reference here.
+        name = _check_name(backend or "reference")
+    else:
+        name = _check_name(backend)
     if name == "reference":
         return "reference"
     if name == "auto":

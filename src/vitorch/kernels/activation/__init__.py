@@ -23,18 +23,6 @@ FUSED_MIN_NUMEL = 1 << 16
 FUSED_DTYPES = (torch.float32, torch.float64)
 
 
-def _functorch_active() -> bool:
-    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
-
-
-def _limits() -> list[str]:
-    limits = []
-    if _functorch_active():
-        limits.append("a torch.func transform is active (the fused autograd node has no batching rule)")
-    return limits
-
-
 def tanh(x: Tensor, *, backend: str | None = None) -> Tensor:
     """``tanh(x)`` elementwise, any shape.
 
@@ -64,16 +52,11 @@ def tanh(x: Tensor, *, backend: str | None = None) -> Tensor:
     References:
         Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (ICLR 2016).
     """
-    if torch.compiler.is_compiling():
-        # Traced by torch.compile: the reference, whose ops Inductor fuses itself (and the
-        # dispatcher's backend context is not traceable).
-        return reference.tanh(x)
     choice = dispatch.choose(
         "tanh",
         x,
         backend=backend,
         dtypes=None,  # no Triton backend
-        limits=_limits(),
         fused=FUSED_DTYPES,
         fused_min_numel=FUSED_MIN_NUMEL,
     )

@@ -29,16 +29,9 @@ FUSED_MIN_NUMEL = 1 << 18
 FUSED_DTYPES = (torch.float32, torch.float64)
 
 
-def _functorch_active() -> bool:
-    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
-
-
 def _limits(h: Tensor, x: Tensor) -> list[str]:
     """Why the fused backend cannot take this call (each an obstacle, not a preference)."""
     limits = []
-    if _functorch_active():
-        limits.append("a torch.func transform is active (the fused autograd node has no batching rule)")
     if torch.is_autocast_enabled(h.device.type):
         limits.append("autocast is enabled (the fused forward would form the density in the low precision)")
     if x.requires_grad:
@@ -96,10 +89,6 @@ def bernoulli_linear_log_prob(
     autocast = torch.is_autocast_enabled(h.device.type)
     if not autocast and not (h.dtype == weight.dtype == bias.dtype == x.dtype):
         raise ValueError(f"{_NAME}: dtypes differ: h {h.dtype}, weight {weight.dtype}, bias {bias.dtype}, x {x.dtype}")
-    if torch.compiler.is_compiling():
-        # Traced by torch.compile: the reference, whose ops Inductor fuses itself (and the
-        # dispatcher's backend context is not traceable).
-        return reference.bernoulli_linear_log_prob(h, weight, bias, x)
     choice = dispatch.choose(
         _NAME,
         h,

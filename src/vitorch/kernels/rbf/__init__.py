@@ -22,13 +22,6 @@ _NAME = "rbf_cross"
 FUSED_DTYPES = (torch.float32, torch.float64)
 
 
-def _limits() -> list[str]:
-    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    if peek is not None and peek() is not None:
-        return ["a torch.func transform is active (the fused autograd nodes have no batching rule)"]
-    return []
-
-
 def rbf_cross(a: Tensor, b: Tensor, log_var: Tensor, *, backend: str | None = None) -> Tensor:
     """``exp(log_var - |a_i - b_j|^2 / 2)`` for inputs already divided by the lengthscales.
 
@@ -54,13 +47,7 @@ def rbf_cross(a: Tensor, b: Tensor, log_var: Tensor, *, backend: str | None = No
         raise ValueError(f"{_NAME}: a and b must be [M, D] and [B, D]; got {tuple(a.shape)} and {tuple(b.shape)}")
     if log_var.dim() != 0:
         raise ValueError(f"{_NAME}: log_var must be a scalar tensor; got shape {tuple(log_var.shape)}")
-    if torch.compiler.is_compiling():
-        # Inductor fuses the reference's ops itself, and the dispatcher's context is not traceable
-        choice = "reference"
-    else:
-        choice = dispatch.choose(_NAME, a, b, log_var, backend=backend, limits=_limits(), fused=FUSED_DTYPES)
-    if choice == "triton":
-        raise dispatch.KernelUnavailableError(f"{_NAME}: the triton backend was forced but the op has none")
+    choice = dispatch.choose(_NAME, a, b, log_var, backend=backend, dtypes=None, fused=FUSED_DTYPES)
     if choice == "fused":
         return fused.rbf_cross(a, b, log_var)
     return reference.rbf_cross(a, b, log_var)

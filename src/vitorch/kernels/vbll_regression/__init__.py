@@ -111,9 +111,9 @@ def vbll_regression_terms(
             "vbll_regression_terms: the triton backend was forced but the op has none"
         )
     if choice == "fused":
-        offdiag, log_diag = cov.params
+        (raw,) = cov.params
         return fused.RegressionTerms.apply(
-            phi, y, mean, offdiag, log_diag, log_noise_variance, prior_variance, wishart_a, wishart_psi
+            phi, y, mean, raw, log_noise_variance, prior_variance, wishart_a, wishart_psi
         )
     return reference.regression_terms(phi, y, mean, cov, log_noise_variance, prior_variance, wishart_a, wishart_psi)
 
@@ -173,17 +173,16 @@ def vbll_heteroscedastic_terms(
             "vbll_heteroscedastic_terms: the triton backend was forced but the op has none"
         )
     if choice == "fused":
-        offdiag, log_diag = cov.params
+        (raw,) = cov.params
         if noise_cov.kind == "diagonal":
             (u_log_var,) = noise_cov.params
             return fused.HeteroscedasticTerms.apply(
-                phi, y, mean, offdiag, log_diag, noise_mean, u_log_var, offset, prior_variance, noise_prior_variance
+                phi, y, mean, raw, noise_mean, u_log_var, offset, prior_variance, noise_prior_variance
             )
-        u_offdiag, u_log_diag = noise_cov.params
+        (u_raw,) = noise_cov.params
         return fused.HeteroscedasticDenseTerms.apply(
-            phi, y, mean, offdiag, log_diag, noise_mean, u_offdiag, u_log_diag, offset, prior_variance,
-            noise_prior_variance,
-        )  # fmt: skip
+            phi, y, mean, raw, noise_mean, u_raw, offset, prior_variance, noise_prior_variance
+        )
     return reference.heteroscedastic_terms(
         phi, y, mean, cov, noise_mean, noise_cov, offset, prior_variance, noise_prior_variance
     )

@@ -5,8 +5,9 @@ for ``q(W)`` with a Cholesky factor of the covariance (``"scale_tril"``).  A tra
 of a small head is bound by per-operation overhead, and autograd through the reference
 takes some forty small operations forward and as many backward; these take a handful.
 
-The factor and the mean are packed here, per call, into ``W_i = [L_i | m_i]`` (``D x
-(D+1)``; the model stores them apart): one product then gives ``Phi W_i = [P_i | Phi m_i]``
+The factor ``L_i = tril(R_i, -1) + diag(exp(l_i))`` (``R_i`` the stored raw factor, ``l_i`` its
+diagonal) and the mean are packed here, per call, into ``W_i = [L_i | m_i]`` (``D x (D+1)``;
+the model stores them apart): one product then gives ``Phi W_i = [P_i | Phi m_i]``
 with ``P_i = Phi L_i``, and one product ``Phi^T G_i`` returns both blocks' gradients.
 With ``E_i = [P_i | -r_i]`` (``r = y - Phi M^T``) the squared norm of row ``n`` of ``E_i``
 is ``r_ni^2 + phi_n^T S_i phi_n``, and ``||W_i||^2 = ||L_i||_F^2 + ||m_i||^2``.  For upstream
@@ -15,7 +16,7 @@ gradients ``g [B]`` (of the expected log-likelihood) and ``h`` (of the penalty),
 
     G_i     = diag(g * w_i) E_i                 (rows scaled)
     d/dW_i  = Phi^T G_i + h W_i / s^2          (columns: d/dL_i, then d/dm_i)
-    d/dF_i  = tril(d/dL_i, -1),   d/dl_i = diag(d/dL_i) exp(l_i) - h
+    d/dR_i  = tril(d/dL_i, -1) + diag(diag(d/dL_i) exp(l_i) - h)
     d/dPhi  = sum_i G_i W_i^T (+ the log-variance's terms),   d/dy = -(last column of G)^T.
 
 Homoscedastic: ``w_ni = -1/v_i``.  Heteroscedastic (``e = exp(-mu + t/2)``, ``A = e ||E||^2``):
@@ -46,95 +47,101 @@ _LOG_2PI = math.log(2 * math.pi)
 @functools.lru_cache(maxsize=32)
 def _masks(d: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """``keep [D, D+1]``: ones on the strict lower triangle and the mean column, the entries of
-    ``[F | m]`` that ``W`` keeps (its diagonal is then written with ``exp(l)``); ``strict [D, D]``:
-    the strict lower triangle, the entries of ``offdiag`` that get a gradient.  A product with a
-    cached mask stands in for ``tril``, which on CPU opens a parallel region even for small matrices."""
-    strict = torch.ones(d, d, dtype=dtype, device=device).tril_(-1)
-    keep = torch.cat([strict, torch.ones(d, 1, dtype=dtype, device=device)], -1)
-    return keep, strict
+    ``[R | m]`` that ``W`` keeps (its diagonal is then written with ``exp(l)``); ``lower [D, D]``:
+    the lower triangle, the entries of ``R`` that are read (and get a gradient).  A product with
+    a cached mask stands in for ``tril``, which on CPU opens a parallel region even for small
+    matrices."""
+    lower = torch.ones(d, d, dtype=dtype, device=device).tril_()
+    keep = torch.cat([lower.tril(-1), torch.ones(d, 1, dtype=dtype, device=device)], -1)
+    return keep, lower
 
 
 def _log(x: Tensor | float) -> Tensor | float:
     return x.log() if isinstance(x, Tensor) else math.log(x)
 
 
-def _pack(offdiag: Tensor, log_diag: Tensor, mean: Tensor, keep: Tensor) -> Tensor:
-    """``W = [L | m]``, ``[O, D, D+1]``, a fresh tensor."""
-    work = torch.cat([offdiag, mean.unsqueeze(-1)], -1).mul_(keep)
-    torch.exp(log_diag, out=work.diagonal(dim1=-2, dim2=-1))
+def _pack(raw: Tensor, mean: Tensor, keep: Tensor) -> Tensor:
+    """``W = [L | m]``, ``[O, D, D+1]``, a fresh tensor, from the raw factor ``R [O, D, D]`` and the mean."""
+    work = torch.cat([raw, mean.unsqueeze(-1)], -1).mul_(keep)
+    torch.exp(raw.diagonal(dim1=-2, dim2=-1), out=work.diagonal(dim1=-2, dim2=-1))
     return work
 
 
-def _unpack_grad(g_work: Tensor, work: Tensor, strict: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``d/dW [O, D, D+1]`` -> ``(d/doffdiag [O, D, D], d/dlog_diag [O, D], d/dmean [O, D])``.
+def _unpack_grad(g_work: Tensor, work: Tensor, lower: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """``d/dW [O, D, D+1]`` -> ``(d/dR [O, D, D], d/dmean [O, D])``.
 
     ``h`` is the penalty's upstream gradient: the KL's ``-log|L|`` gives ``-h`` per log-diagonal entry.
     """
     d = work.shape[-2]
-    g_factor = g_work[..., :d]
-    g_offdiag = g_factor * strict
-    g_log_diag = torch.addcmul(h.neg(), g_factor.diagonal(dim1=-2, dim2=-1), work.diagonal(dim1=-2, dim2=-1))
-    return g_offdiag, g_log_diag, g_work[..., d].contiguous()
+    g_raw = g_work[..., :d] * lower
+    g_raw.diagonal(dim1=-2, dim2=-1).mul_(work.diagonal(dim1=-2, dim2=-1)).sub_(h)
+    return g_raw, g_work[..., d].contiguous()
 
 
 def _phi_grad(g: Tensor, work: Tensor) -> Tensor:
     """``sum_i G_i W_i^T``, ``[B, D]``."""
-    return torch.mm(g[0], work[0].mT) if g.shape[0] == 1 else torch.matmul(g, work.mT).sum(0)
+    if g.shape[0] == 1:
+        return torch.mm(g[0], work[0].mT)
+    if g.shape[0] == 2:
+        return torch.mm(g[0], work[0].mT).addmm_(g[1], work[1].mT)
+    return torch.matmul(g, work.mT).sum(0)
 
 
 class RegressionTerms(torch.autograd.Function):
     """Homoscedastic terms, dense ``q(W)``: ``(expected_log_lik [B], penalty [])``, as in :mod:`.reference`.
 
-    Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``offdiag [O, D, D]``, ``log_diag
-    [O, D]``, ``log_v [O]``, ``prior_var`` (float or 0-d tensor), ``wishart_a``, ``wishart_psi``.
+    Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``raw [O, D, D]`` (the raw factor of
+    :class:`.reference.RowCovariance`), ``log_v [O]``, ``prior_var`` (float or 0-d tensor),
+    ``wishart_a``, ``wishart_psi``.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024), Sec. 3.1.
     """
 
     @staticmethod
-    def forward(ctx, phi, y, mean, offdiag, log_diag, log_v, prior_var, wishart_a, wishart_psi):
+    def forward(ctx, phi, y, mean, raw, log_v, prior_var, wishart_a, wishart_psi):
         b, o = y.shape
         d = phi.shape[-1]
-        keep, strict = _masks(d, phi.dtype, phi.device)
-        work = _pack(offdiag, log_diag, mean, keep)
+        keep, lower = _masks(d, phi.dtype, phi.device)
+        work = _pack(raw, mean, keep)
         err = torch.bmm(phi.expand(o, b, d), work)  # [P | Phi m]; subtracting y gives E = [P | -r]
         err[..., d].sub_(y.mT)
         sq = (err * err).sum(-1)  # [O, B]: r^2 + phi^T S phi
         prec = log_v.neg().exp()  # [O]
         expected = torch.matmul(prec, sq).mul_(-0.5).sub_(0.5 * (log_v.sum() + o * _LOG_2PI))
         flat = work.view(-1)
-        penalty = torch.dot(flat, flat) * (0.5 / prior_var) - log_diag.sum() + 0.5 * o * d * (_log(prior_var) - 1)
+        log_det = raw.diagonal(dim1=-2, dim2=-1).sum()  # sum of log L_jj: half of sum log|S_i|
+        penalty = torch.dot(flat, flat) * (0.5 / prior_var) - log_det + 0.5 * o * d * (_log(prior_var) - 1)
         if wishart_a or wishart_psi:
             penalty = penalty + (wishart_a * log_v + (0.5 * wishart_psi) * prec).sum()
         ctx.save_for_backward(phi, work, err, sq, prec)
-        ctx.consts = (prior_var, wishart_a, wishart_psi, strict)
+        ctx.consts = (prior_var, wishart_a, wishart_psi, lower)
         return expected, penalty
 
     @staticmethod
     def backward(ctx, g, h):
         phi, work, err, sq, prec = ctx.saved_tensors
-        prior_var, wishart_a, wishart_psi, strict = ctx.consts
+        prior_var, wishart_a, wishart_psi, lower = ctx.consts
         scale = torch.outer(prec, g).neg_()  # [O, B]: -g_n / v_i
         g_err = err * scale.unsqueeze(-1)
         g_work = torch.bmm(phi.mT.expand(work.shape[0], -1, -1), g_err).addcmul_(work, h / prior_var)
-        g_offdiag, g_log_diag, g_mean = _unpack_grad(g_work, work, strict, h)
+        g_raw, g_mean = _unpack_grad(g_work, work, lower, h)
         g_log_v = None
-        if ctx.needs_input_grad[5]:
+        if ctx.needs_input_grad[4]:
             # d expected_n / d log v_i = (||E_in||^2 / v_i - 1) / 2; the IW term adds h (a - psi / (2 v_i))
             g_log_v = torch.addcmul(g.sum().mul(-0.5), prec, torch.mv(sq, g), value=0.5)
             if wishart_a or wishart_psi:
                 g_log_v = g_log_v + h * (wishart_a - (0.5 * wishart_psi) * prec)
         g_phi = _phi_grad(g_err, work) if ctx.needs_input_grad[0] else None
         g_y = g_err[..., -1].mT.neg() if ctx.needs_input_grad[1] else None
-        return g_phi, g_y, g_mean, g_offdiag, g_log_diag, g_log_v, None, None, None
+        return g_phi, g_y, g_mean, g_raw, g_log_v, None, None, None
 
 
 class HeteroscedasticTerms(torch.autograd.Function):
     """Heteroscedastic terms, dense ``q(W)`` and diagonal ``q(U)``, as :func:`.reference.heteroscedastic_terms`.
 
-    Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``offdiag [O, D, D]``, ``log_diag
-    [O, D]``, ``u_mean [O, D]``, ``u_log_var [O, D]``, ``offset [O]``, ``prior_var``, ``u_prior_var``.
+    Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``raw [O, D, D]``, ``u_mean [O, D]``,
+    ``u_log_var [O, D]``, ``offset [O]``, ``prior_var``, ``u_prior_var``.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024);
@@ -142,11 +149,11 @@ class HeteroscedasticTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, phi, y, mean, offdiag, log_diag, u_mean, u_log_var, offset, prior_var, u_prior_var):
+    def forward(ctx, phi, y, mean, raw, u_mean, u_log_var, offset, prior_var, u_prior_var):
         b, o = y.shape
         d = phi.shape[-1]
-        keep, strict = _masks(d, phi.dtype, phi.device)
-        work = _pack(offdiag, log_diag, mean, keep)
+        keep, lower = _masks(d, phi.dtype, phi.device)
+        work = _pack(raw, mean, keep)
         err = torch.bmm(phi.expand(o, b, d), work)
         err[..., d].sub_(y.mT)
         u_var = u_log_var.exp()  # [O, D]
@@ -158,22 +165,22 @@ class HeteroscedasticTerms(torch.autograd.Function):
         expected = torch.add(mu, a).sum(-1).add_(o * _LOG_2PI).mul_(-0.5)
         flat = work.view(-1)
         const = 0.5 * o * d * (_log(prior_var) + _log(u_prior_var) - 2)
-        kl_w = torch.dot(flat, flat) * (0.5 / prior_var) - log_diag.sum()
+        kl_w = torch.dot(flat, flat) * (0.5 / prior_var) - raw.diagonal(dim1=-2, dim2=-1).sum()
         kl_u = (u_var.sum() + (u_mean * u_mean).sum()) * (0.5 / u_prior_var) - 0.5 * u_log_var.sum()
         ctx.save_for_backward(phi, u_mean, work, err, u_var, phi_sq, e, a)
-        ctx.consts = (prior_var, u_prior_var, strict)
+        ctx.consts = (prior_var, u_prior_var, lower)
         return expected, kl_w + kl_u + const
 
     @staticmethod
     def backward(ctx, g, h):
         phi, u_mean, work, err, u_var, phi_sq, e, a = ctx.saved_tensors
-        prior_var, u_prior_var, strict = ctx.consts
+        prior_var, u_prior_var, lower = ctx.consts
         gc = g.unsqueeze(-1)  # [B, 1]
         g_mu = torch.sub(a, 1.0).mul_(gc).mul_(0.5)  # g (A - 1) / 2, [B, O]
         g_t = torch.mul(a, gc).mul_(-0.25)  # -g A / 4
         g_err = err * torch.mul(e, gc).neg_().mT.unsqueeze(-1)  # -g e E, [O, B, D+1]
         g_work = torch.bmm(phi.mT.expand(work.shape[0], -1, -1), g_err).addcmul_(work, h / prior_var)
-        g_offdiag, g_log_diag, g_mean = _unpack_grad(g_work, work, strict, h)
+        g_raw, g_mean = _unpack_grad(g_work, work, lower, h)
         h_u = h / u_prior_var
         g_u_mean = torch.addmm(u_mean * h_u, g_mu.mT, phi)
         g_offset = g_mu.sum(0)
@@ -183,7 +190,7 @@ class HeteroscedasticTerms(torch.autograd.Function):
             g_phi = torch.addmm(_phi_grad(g_err, work), g_mu, u_mean).addcmul_(phi, g_t @ u_var, value=2.0)
         if ctx.needs_input_grad[1]:
             g_y = g_err[..., -1].mT.neg()
-        return g_phi, g_y, g_mean, g_offdiag, g_log_diag, g_u_mean, g_u_log_var, g_offset, None, None
+        return g_phi, g_y, g_mean, g_raw, g_u_mean, g_u_log_var, g_offset, None, None
 
 
 def _decay(o: int, prior_var, u_prior_var, like: Tensor) -> Tensor:
@@ -203,10 +210,10 @@ def _cached_decay(o, prior_var, u_prior_var, dtype, device) -> Tensor:
 class HeteroscedasticDenseTerms(torch.autograd.Function):
     """Heteroscedastic terms, dense ``q(W)`` and dense ``q(U)``, as :func:`.reference.heteroscedastic_terms`.
 
-    Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``offdiag [O, D, D]``, ``log_diag
-    [O, D]``, ``u_mean [O, D]``, ``u_offdiag [O, D, D]``, ``u_log_diag [O, D]``, ``offset [O]``,
-    ``prior_var``, ``u_prior_var``.  The blocks ``[L_i | m_i]`` (rows ``0..O-1``) and
-    ``[L^u_i | u_i]`` (rows ``O..2O-1``) are stacked, so one product serves both posteriors.
+    Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``raw [O, D, D]``, ``u_mean [O, D]``,
+    ``u_raw [O, D, D]``, ``offset [O]``, ``prior_var``, ``u_prior_var``.  The blocks ``[L_i | m_i]``
+    (rows ``0..O-1``) and ``[L^u_i | u_i]`` (rows ``O..2O-1``) are stacked, so one product serves
+    both posteriors.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024);
@@ -214,13 +221,12 @@ class HeteroscedasticDenseTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, phi, y, mean, offdiag, log_diag, u_mean, u_offdiag, u_log_diag, offset, prior_var, u_prior_var):
+    def forward(ctx, phi, y, mean, raw, u_mean, u_raw, offset, prior_var, u_prior_var):
         b, o = y.shape
         d = phi.shape[-1]
-        keep, strict = _masks(d, phi.dtype, phi.device)
-        work = _pack(
-            torch.cat([offdiag, u_offdiag]), torch.cat([log_diag, u_log_diag]), torch.cat([mean, u_mean]), keep
-        )
+        keep, lower = _masks(d, phi.dtype, phi.device)
+        raws = torch.cat([raw, u_raw])
+        work = _pack(raws, torch.cat([mean, u_mean]), keep)
         prod = torch.bmm(phi.expand(2 * o, b, d), work)  # [2O, B, D+1]
         err, pu = prod[:o], prod[o:]  # [P | Phi m] -> E = [P | -r];  [P^u | Phi u]
         err[..., d].sub_(y.mT)
@@ -233,15 +239,15 @@ class HeteroscedasticDenseTerms(torch.autograd.Function):
         decay = _decay(o, prior_var, u_prior_var, phi)
         const = 0.5 * o * d * (_log(prior_var) + _log(u_prior_var) - 2)
         # (||W||^2 / s^2 + ||W^u||^2 / s_u^2) / 2 - sum l - sum l^u: both KLs in one weighted sum
-        penalty = (work * work).mul_(decay).sum().mul(0.5) - log_diag.sum() - u_log_diag.sum() + const
+        penalty = (work * work).mul_(decay).sum().mul(0.5) - raws.diagonal(dim1=-2, dim2=-1).sum() + const
         ctx.save_for_backward(phi, work, prod, e, a, decay)
-        ctx.consts = (strict,)
+        ctx.consts = (lower,)
         return expected, penalty
 
     @staticmethod
     def backward(ctx, g, h):
         phi, work, prod, e, a, decay = ctx.saved_tensors
-        (strict,) = ctx.consts
+        (lower,) = ctx.consts
         o, d = e.shape[0], phi.shape[-1]
         g_prod = torch.empty_like(prod)  # stacked [G; G^u], [2O, B, D+1]
         ga = a * g  # g A, [O, B]
@@ -249,11 +255,8 @@ class HeteroscedasticDenseTerms(torch.autograd.Function):
         torch.mul(prod[o:], ga.mul(-0.5).unsqueeze(-1), out=g_prod[o:])  # 2 P^u (-g A / 4)
         torch.sub(ga, g, out=g_prod[o:, :, d]).mul_(0.5)  # d/dmu = g (A - 1) / 2
         g_work = torch.bmm(phi.mT.expand(2 * o, -1, -1), g_prod).addcmul_(work, decay * h)
-        g_offdiag, g_log_diag, g_mean = _unpack_grad(g_work, work, strict, h)
+        g_raw, g_mean = _unpack_grad(g_work, work, lower, h)
         g_offset = g_prod[o:, :, d].sum(-1)
         g_phi = _phi_grad(g_prod, work) if ctx.needs_input_grad[0] else None
         g_y = g_prod[:o, :, d].mT.neg() if ctx.needs_input_grad[1] else None
-        return (
-            g_phi, g_y, g_mean[:o], g_offdiag[:o], g_log_diag[:o], g_mean[o:], g_offdiag[o:], g_log_diag[o:],
-            g_offset, None, None,
-        )  # fmt: skip
+        return g_phi, g_y, g_mean[:o], g_raw[:o], g_mean[o:], g_raw[o:], g_offset, None, None

@@ -41,10 +41,10 @@ class RowCovariance(NamedTuple):
 
     ``kind`` and ``params``:
 
-    * ``"scale_tril"``: ``(offdiag [O, D, D], log_diag [O, D])``, ``S = L L^T`` with
-      ``L = tril(offdiag, -1) + diag(exp(log_diag))`` (the diagonal and upper triangle of
-      ``offdiag`` are not read);
-    * ``"precision_tril"``: the same parameters for a factor of the precision, ``S = (L L^T)^{-1}``;
+    * ``"scale_tril"``: ``(raw [O, D, D],)``, the raw Cholesky factor of ``S = L L^T``:
+      ``L = tril(raw, -1) + diag(exp(diag(raw)))`` (strict lower triangle as stored, diagonal
+      on the log scale; the strict upper triangle is not read);
+    * ``"precision_tril"``: the same for a factor of the precision, ``S = (L L^T)^{-1}``;
     * ``"diagonal"``: ``(log_var [O, D],)``, ``S = diag(exp(log_var))``;
     * ``"low_rank"``: ``(factor [O, D, R], log_diag [O, D])``, ``S = U U^T + diag(exp(log_diag))``.
 
@@ -57,8 +57,10 @@ class RowCovariance(NamedTuple):
     params: tuple[Tensor, ...]
 
 
-def _tril(offdiag: Tensor, log_diag: Tensor) -> Tensor:
-    return offdiag.tril(-1) + torch.diag_embed(log_diag.exp())
+def _tril(raw: Tensor) -> tuple[Tensor, Tensor]:
+    """``(L, log diag L)`` from the raw factor."""
+    log_diag = raw.diagonal(dim1=-2, dim2=-1)
+    return raw.tril(-1) + torch.diag_embed(log_diag.exp()), log_diag
 
 
 def quad_trace_log_det(cov: RowCovariance, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -68,13 +70,11 @@ def quad_trace_log_det(cov: RowCovariance, phi: Tensor) -> tuple[Tensor, Tensor,
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024), Sec. 3.1.
     """
     if cov.kind == "scale_tril":
-        offdiag, log_diag = cov.params
-        tril = _tril(offdiag, log_diag)
+        tril, log_diag = _tril(*cov.params)
         # phi^T L L^T phi = ||L^T phi||^2
         return torch.matmul(phi, tril).pow(2).sum(-1).mT, tril.pow(2).sum((-2, -1)), 2 * log_diag.sum(-1)
     if cov.kind == "precision_tril":
-        offdiag, log_diag = cov.params
-        tril = _tril(offdiag, log_diag)
+        tril, log_diag = _tril(*cov.params)
         o, d = log_diag.shape
         # phi^T (L L^T)^{-1} phi = ||L^{-1} phi||^2; tr S = ||L^{-1}||_F^2
         cols = torch.linalg.solve_triangular(tril, phi.mT.expand(o, d, phi.shape[0]), upper=False)

@@ -28,13 +28,6 @@ _NAME = "whitened_marginals"
 FUSED_DTYPES = (torch.float32, torch.float64)
 
 
-def _limits() -> list[str]:
-    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    if peek is not None and peek() is not None:
-        return ["a torch.func transform is active (the fused autograd nodes have no batching rule)"]
-    return []
-
-
 def whitened_marginals(
     k_mm: Tensor,
     k_mb: Tensor,
@@ -85,12 +78,6 @@ def whitened_marginals(
             f"{_NAME}: expected k_mm [M, M], k_mb [M, B], loc [M], root [M, M]; got "
             f"{tuple(k_mm.shape)}, {tuple(k_mb.shape)}, {tuple(loc.shape)}, {tuple(root.shape)}"
         )
-    if torch.compiler.is_compiling():
-        # Inductor fuses the reference's ops itself, and the dispatcher's context is not traceable
-        choice = "reference"
-    else:
-        choice = dispatch.choose(_NAME, k_mm, k_mb, loc, root, backend=backend, limits=_limits(), fused=FUSED_DTYPES)
-    if choice == "triton":
-        raise dispatch.KernelUnavailableError(f"{_NAME}: the triton backend was forced but the op has none")
+    choice = dispatch.choose(_NAME, k_mm, k_mb, loc, root, backend=backend, dtypes=None, fused=FUSED_DTYPES)
     impl = fused if choice == "fused" else reference
     return impl.whitened_marginals(k_mm, k_mb, loc, root, cholesky, whitened)
