@@ -41,7 +41,7 @@ from torch.distributions import Distribution
 from . import _logspace as ls
 from ._baselines import LearnedBaseline, MovingAverageBaseline
 from ._weights import _per_particle, _signed, _warn_if_lost, _weighted_sum, dreg_weights, grad_weights, learning_signal
-from .families.base import stopped
+from .families.base import rsample_and_stopped_log_prob
 from .objectives import Objective
 
 __all__ = [
@@ -137,16 +137,17 @@ class _Pathwise(Estimator):
         if getattr(q, "has_correction", False):
             z, log_q, correction = q.rsample_with_correction(shape)
             return Particles(z, z, log_q, correction)
-        if not self.stop_q:
+        if self.stop_q:
+            # log q at stopped parameters, its value read from the noise where the family can
+            # (exact for an ill-conditioned factor, unlike a solve on the rounded z).  Its
+            # gradient reaches z directly, not through ``read``: surrogate() rescales it with a
+            # hook on log_q, as for the other pathwise estimators.
+            z, log_q = rsample_and_stopped_log_prob(q, shape)
+        else:
             fused = getattr(q, "rsample_and_log_prob", None)
             z, log_q = fused(shape) if fused is not None else _rsample_then_log_prob(q, shape)
-            read = z.view_as(z) if self._reweights(objective) else z
-            return Particles(z, read, log_q, None)
-        z = q.rsample(shape)
         read = z.view_as(z) if self._reweights(objective) else z
-        sq = stopped(q)
-        sq._validate_args = False  # the particles came from q itself
-        return Particles(z, read, sq.log_prob(read), None)
+        return Particles(z, read, log_q, None)
 
     def surrogate(self, objective, particles, log_p, log_w, context=None):
         if not self._reweights(objective):
@@ -163,7 +164,7 @@ class _Pathwise(Estimator):
             read, log_q = particles.read, particles.log_q
             if read.requires_grad:  # not under torch.no_grad()
                 read.register_hook(lambda g: g * _per_particle(ratio, g))
-            if not self.stop_q and log_q.requires_grad:
+            if log_q.requires_grad:  # stopped or not, every path from log_q is the guide's
                 log_q.register_hook(lambda g: g * ratio)
         if particles.correction is not None:
             # RSVI: the acceptance density's score, weighted by the learning signal.

@@ -123,12 +123,32 @@ def _factory_hint(x) -> str:
 
 
 def _checked(log_p: Tensor, z: Tensor, num_particles: int, batch_shape: torch.Size) -> Tensor:
-    """``log_p``, after checking it is ``[K, *batch]``."""
+    """``log_p``, after checking it is ``[K, *batch]`` and never ``+inf``.
+
+    A log-joint of ``+inf`` is always a bug in the model (a density that is infinite
+    at a point, such as a scale of zero): the log-space reductions would clamp it to
+    ``1e30`` and train on a finite loss of about ``-1e30``, so it raises here, naming
+    the datum.
+    """
     expected = torch.Size([num_particles]) + batch_shape
     if not isinstance(log_p, Tensor) or log_p.shape != expected:
         got = tuple(log_p.shape) if isinstance(log_p, Tensor) else type(log_p).__name__
         raise ValueError(
             f"log_joint must map z {tuple(z.shape)} to log-densities of shape {tuple(expected)} "
             f"([K, *batch]); got {got}"
+        )
+    # Reading the flag is a host sync, which inside torch.compile (compile_step traces with
+    # fullgraph=True) would be a graph break, i.e. an error.  A compiled step turns +inf into NaN
+    # instead, which the bound and the loss carry to fit's non-finite guard.
+    if torch.compiler.is_compiling():
+        return torch.where(torch.isposinf(log_p), torch.nan, log_p)
+    posinf = torch.isposinf(log_p.detach())
+    if bool(posinf.any()):
+        k, *datum = (int(i) for i in posinf.nonzero()[0])
+        where = f"datum {tuple(datum) if len(datum) != 1 else datum[0]}" if datum else "the datum"
+        raise ValueError(
+            f"log_joint returned +inf for {where} (particle {k} of {num_particles}; "
+            f"{int(posinf.any(0).sum())} datum(s) in all): a log-density of +inf is a bug in the model, "
+            "e.g. a likelihood with a zero scale or a density evaluated at a pole"
         )
     return log_p

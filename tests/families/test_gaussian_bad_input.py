@@ -21,7 +21,8 @@ from vitorch.families import (
 )
 
 NAN, INF = math.nan, math.inf
-ONES = torch.ones(3)
+ONES = torch.ones(3, dtype=torch.float64)
+ZEROS = torch.zeros(3, dtype=torch.float64)
 
 
 def _vec(*values):
@@ -44,66 +45,66 @@ def _factor(value):
 # (constructor arguments, regex the message must match): each message names the
 # parameter and the constraint it breaks.
 BAD_PARAMETERS = {
-    "diag scale zero": (DiagNormal, (torch.zeros(3), _vec(1, 0, 1)), r"parameter scale .*PositiveFinite"),
-    "diag scale negative": (DiagNormal, (torch.zeros(3), _vec(1, -2, 1)), r"parameter scale .*PositiveFinite"),
-    "diag scale inf": (DiagNormal, (torch.zeros(3), _vec(1, INF, 1)), r"parameter scale .*PositiveFinite"),
-    "diag scale nan": (DiagNormal, (torch.zeros(3), _vec(1, NAN, 1)), r"parameter scale .*PositiveFinite"),
+    "diag scale zero": (DiagNormal, (ZEROS, _vec(1, 0, 1)), r"parameter scale .*PositiveFinite"),
+    "diag scale negative": (DiagNormal, (ZEROS, _vec(1, -2, 1)), r"parameter scale .*PositiveFinite"),
+    "diag scale inf": (DiagNormal, (ZEROS, _vec(1, INF, 1)), r"parameter scale .*PositiveFinite"),
+    "diag scale nan": (DiagNormal, (ZEROS, _vec(1, NAN, 1)), r"parameter scale .*PositiveFinite"),
     "diag loc nan": (DiagNormal, (_vec(0, NAN, 0), ONES), r"parameter loc .*FiniteReal"),
     "diag loc inf": (DiagNormal, (_vec(0, -INF, 0), ONES), r"parameter loc .*FiniteReal"),
     "full upper triangle": (
         FullRankNormal,
-        (torch.zeros(3), _tril(upper=0.5)),
+        (ZEROS, _tril(upper=0.5)),
         r"parameter scale_tril .*lower triangular",
     ),
     "full zero diagonal": (
         FullRankNormal,
-        (torch.zeros(3), _tril(diag=0.0)),
+        (ZEROS, _tril(diag=0.0)),
         r"parameter scale_tril .*positive diagonal",
     ),
     "full negative diagonal": (
         FullRankNormal,
-        (torch.zeros(3), _tril(diag=-1.0)),
+        (ZEROS, _tril(diag=-1.0)),
         r"parameter scale_tril .*positive diagonal",
     ),
-    "full inf entry": (FullRankNormal, (torch.zeros(3), _tril(diag=INF)), r"parameter scale_tril .*finite"),
-    "full nan entry": (FullRankNormal, (torch.zeros(3), _tril(diag=NAN)), r"parameter scale_tril .*LowerCholesky"),
+    "full inf entry": (FullRankNormal, (ZEROS, _tril(diag=INF)), r"parameter scale_tril .*finite"),
+    "full nan entry": (FullRankNormal, (ZEROS, _tril(diag=NAN)), r"parameter scale_tril .*LowerCholesky"),
     "full loc nan": (FullRankNormal, (_vec(NAN, 0, 0), _tril()), r"parameter loc .*FiniteReal"),
     "lowrank cov_diag zero": (
         LowRankNormal,
-        (torch.zeros(3), _factor(1), _vec(1, 0, 1)),
+        (ZEROS, _factor(1), _vec(1, 0, 1)),
         r"parameter cov_diag .*PositiveFinite",
     ),
     "lowrank cov_diag inf": (
         LowRankNormal,
-        (torch.zeros(3), _factor(1), _vec(1, INF, 1)),
+        (ZEROS, _factor(1), _vec(1, INF, 1)),
         r"parameter cov_diag .*PositiveFinite",
     ),
     "lowrank cov_diag nan": (
         LowRankNormal,
-        (torch.zeros(3), _factor(1), _vec(NAN, 1, 1)),
+        (ZEROS, _factor(1), _vec(NAN, 1, 1)),
         r"parameter cov_diag .*PositiveFinite",
     ),
     "lowrank cov_factor nan": (
         LowRankNormal,
-        (torch.zeros(3), _factor(NAN), ONES),
+        (ZEROS, _factor(NAN), ONES),
         r"parameter cov_factor .*FiniteReal",
     ),
     "lowrank cov_factor inf": (
         LowRankNormal,
-        (torch.zeros(3), _factor(INF), ONES),
+        (ZEROS, _factor(INF), ONES),
         r"parameter cov_factor .*FiniteReal",
     ),
     "lowrank loc nan": (LowRankNormal, (_vec(0, 0, NAN), _factor(1), ONES), r"parameter loc .*FiniteReal"),
     # One bad member of a batch, and a bad factor shared by a batch of means.
     "full one bad matrix in a batch": (
         FullRankNormal,
-        (torch.zeros(3), torch.stack([_tril(), _tril(upper=0.5), _tril()])),
+        (ZEROS, torch.stack([_tril(), _tril(upper=0.5), _tril()])),
         r"parameter scale_tril .*lower triangular",
     ),
-    "full bad shared factor": (FullRankNormal, (torch.zeros(4, 3), _tril(diag=-1.0)), r"parameter scale_tril"),
+    "full bad shared factor": (FullRankNormal, (torch.zeros(4, 3, dtype=torch.float64), _tril(diag=-1.0)), r"parameter scale_tril"),
     "diag one bad scale in a batch": (
         DiagNormal,
-        (torch.zeros(3), torch.stack([ONES, _vec(1, 1, -1)])),
+        (ZEROS, torch.stack([ONES, _vec(1, 1, -1)])),
         r"parameter scale .*PositiveFinite.*-1\.0",
     ),
 }

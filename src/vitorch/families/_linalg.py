@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
 
 def _apply(op: Callable[[Tensor, Tensor], Tensor], m: Tensor, x: Tensor) -> Tensor:
     """``op(m, columns)`` for ``m [*Bm, D, E]`` and ``x [*Bx, E]``, returning ``[*broadcast(Bx, Bm), D]``.
@@ -64,5 +66,18 @@ def _solve_lower(tril: Tensor, cols: Tensor) -> Tensor:
 
 
 def tril_solve(tril: Tensor, x: Tensor) -> Tensor:
-    """``L^{-1} x`` for lower-triangular ``L [*Bm, D, D]`` and ``x [*Bx, D]``, broadcasting as :func:`matvec`."""
-    return _apply(_solve_lower, tril, x)
+    """``L^{-1} x`` for lower-triangular ``L [*Bm, D, D]`` and ``x [*Bx, D]``, broadcasting as :func:`matvec`.
+
+    Half precision is solved in float32 (torch has no half triangular solve on the CPU)
+    and rounded back; ``x`` takes ``L``'s dtype.
+    """
+    if tril.dtype in _LOW_PRECISION:
+        return _apply(_solve_lower, tril.float(), x.float()).to(tril.dtype)
+    return _apply(_solve_lower, tril, x.to(tril.dtype))
+
+
+def cholesky(m: Tensor) -> Tensor:
+    """``torch.linalg.cholesky(m)``, in float32 for half precision (rounded back)."""
+    if m.dtype in _LOW_PRECISION:
+        return torch.linalg.cholesky(m.float()).to(m.dtype)
+    return torch.linalg.cholesky(m)

@@ -24,10 +24,10 @@ from torch import Tensor
 from torch.distributions import constraints, register_kl
 
 from . import _rsvi
-from .base import Family, broadcast_params
+from .base import Family, as_params, broadcast_params, cast_value
 from .constraints import positive_finite
 from .dirichlet import dirichlet_kl
-from .gamma import as_param, implicit_log_standard_gamma
+from .gamma import implicit_log_standard_gamma
 
 __all__ = ["Beta", "RSVIBeta"]
 
@@ -45,8 +45,9 @@ class _BetaBase(Family):
     has_rsample = True
 
     def __init__(self, concentration1: Tensor, concentration0: Tensor, validate_args: bool | None = None):
-        concentration1 = as_param(concentration1)
-        concentration0 = as_param(concentration0, concentration1)
+        concentration1, concentration0 = as_params(
+            type(self).__name__, concentration1=concentration1, concentration0=concentration0
+        )
         self.concentration1, self.concentration0 = broadcast_params(
             concentration1=concentration1, concentration0=concentration0
         )
@@ -86,7 +87,7 @@ class _BetaBase(Family):
         """``log Beta(z; a, b) = lgamma(a + b) - lgamma(a) - lgamma(b) + (a-1) log z + (b-1) log(1-z)``."""
         if self._validate_args:
             self._validate_sample(value)
-        return self._log_q(value)
+        return self._log_q(cast_value(value, self.concentration1.dtype))
 
     def _log_q(self, z: Tensor) -> Tensor:
         a, b = self.concentration1, self.concentration0

@@ -3,6 +3,12 @@
 torch's ``positive`` accepts ``inf`` and ``real`` accepts ``±inf``; a variational
 parameter that is infinite is always a bug upstream, so vitorch's families check
 finiteness as well.  NaN fails every check here.
+
+The same holds for the *supports*: an infinite value handed to ``log_prob`` is a bug
+upstream too, so every family's support excludes ``±inf`` and ``log_prob(inf)``
+raises the support's ``ValueError`` (when validating) instead of returning ``-inf``
+for one family and NaN for another.  :class:`Vector` is torch's ``independent(c, 1)``
+without its reshape, so that empty values (zero samples) pass the check.
 """
 
 from __future__ import annotations
@@ -40,9 +46,41 @@ class _LowerCholeskyFinite(constraints.Constraint):
         return "LowerCholesky(lower triangular, finite, positive diagonal)"
 
 
+class Vector(constraints.Constraint):
+    """``base`` in every coordinate of the last dimension (a support with event shape ``[D]``)."""
+
+    def __init__(self, base: constraints.Constraint):
+        self.base = base
+        super().__init__()
+
+    @property
+    def is_discrete(self):
+        return self.base.is_discrete
+
+    @property
+    def event_dim(self):
+        return self.base.event_dim + 1
+
+    def check(self, value):
+        return self.base.check(value).all(-1)
+
+    def __repr__(self):
+        return f"Vector({self.base!r})"
+
+
 finite_real = _FiniteReal()
 positive_finite = _PositiveFinite()
 finite_real_vector = constraints.independent(finite_real, 1)
 positive_finite_vector = constraints.independent(positive_finite, 1)
 finite_real_matrix = constraints.independent(finite_real, 2)
 lower_cholesky_finite = _LowerCholeskyFinite()
+real_vector_support = Vector(finite_real)  # the support of the Gaussian families: finite vectors
+
+
+def finite_support(c: constraints.Constraint) -> constraints.Constraint:
+    """``c`` without its infinite points, for torch's ``real`` and ``positive``; other constraints unchanged."""
+    if c is constraints.real:
+        return finite_real
+    if c is constraints.positive:
+        return positive_finite
+    return c

@@ -28,9 +28,9 @@ from torch import Tensor
 from torch.distributions import constraints, register_kl
 
 from . import _rsvi
-from .base import Family
+from .base import Family, as_params, cast_value
 from .constraints import positive_finite_vector
-from .gamma import as_param, clamp_tiny, implicit_log_standard_gamma
+from .gamma import clamp_tiny, implicit_log_standard_gamma
 
 __all__ = ["Dirichlet", "RSVIDirichlet", "dirichlet_log_prob", "dirichlet_kl"]
 
@@ -49,7 +49,7 @@ class _DirichletBase(Family):
     has_rsample = True
 
     def __init__(self, concentration: Tensor, validate_args: bool | None = None):
-        concentration = as_param(concentration)
+        (concentration,) = as_params(type(self).__name__, concentration=concentration)
         if concentration.dim() < 1:
             raise ValueError(
                 f"{type(self).__name__}: concentration must have at least 1 dimension ([*batch, K]); "
@@ -88,7 +88,7 @@ class _DirichletBase(Family):
         """``[*sample, *batch]`` log-density; ``value`` is ``[*sample, *batch, K]`` on the simplex."""
         if self._validate_args:
             self._validate_sample(value)
-        return dirichlet_log_prob(self.concentration, value)
+        return dirichlet_log_prob(self.concentration, cast_value(value, self.concentration.dtype))
 
     def entropy(self) -> Tensor:
         a = self.concentration

@@ -32,6 +32,7 @@ from torch.distributions import Distribution, constraints
 from torch.func import functional_call
 
 from .base import Family, stopped
+from .constraints import Vector, finite_support
 from .gaussian import DiagNormal
 from .transform import Transform
 
@@ -118,6 +119,8 @@ class Flow(Family):
                     f"Flow: context {tuple(context.shape)} does not broadcast with the base's batch shape "
                     f"{tuple(base.batch_shape)}"
                 ) from None
+        if d == 0:
+            raise ValueError("Flow: the base has an event of size 0 (event shape (0,)); a family needs at least one coordinate")
         self.base = base
         self.transforms = transforms
         self.context = context
@@ -130,8 +133,9 @@ class Flow(Family):
 
     @property
     def support(self):
+        # Finite values only, as every family's support (see .constraints).
         codomain = self.transforms[-1].codomain if self.transforms else constraints.real
-        return constraints.independent(codomain, 1)
+        return Vector(finite_support(codomain))
 
     def _call(self, t: Transform, method: str, v: Tensor, **kwargs):
         if self._stop:

@@ -34,21 +34,13 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
-from torch.distributions import constraints, register_kl
+from torch.distributions import register_kl
 
 from . import _rsvi
-from .base import Family, broadcast_params
+from .base import LOW_PRECISION, Family, as_params, broadcast_params, cast_value
 from .constraints import positive_finite
 
 __all__ = ["Gamma", "RSVIGamma", "implicit_dlogx", "implicit_log_standard_gamma"]
-
-
-def as_param(x, like: Tensor | None = None) -> Tensor:
-    """``x`` as a tensor in ``like``'s (or the default) floating dtype."""
-    if isinstance(x, Tensor):
-        return x
-    dtype = like.dtype if like is not None else torch.get_default_dtype()
-    return torch.as_tensor(x, dtype=dtype)
 
 
 def clamp_tiny(z: Tensor) -> Tensor:
@@ -110,7 +102,13 @@ class _ImplicitLogGamma(Function):
 
 
 def implicit_log_standard_gamma(alpha: Tensor) -> Tensor:
-    """``[*shape]`` reparameterized ``log x``, ``x ~ Gamma(alpha, 1)``, with implicit gradients in ``alpha``."""
+    """``[*shape]`` reparameterized ``log x``, ``x ~ Gamma(alpha, 1)``, with implicit gradients in ``alpha``.
+
+    Half-precision ``alpha`` is drawn and differentiated in float32 (torch has no half
+    Gamma sampler on the CPU) and ``log x`` rounded back.
+    """
+    if alpha.dtype in LOW_PRECISION:
+        return _ImplicitLogGamma.apply(alpha.float()).to(alpha.dtype)
     return _ImplicitLogGamma.apply(alpha)
 
 
@@ -118,12 +116,11 @@ class _GammaBase(Family):
     """Density, moments and parameter handling shared by the two Gamma families."""
 
     arg_constraints = {"concentration": positive_finite, "rate": positive_finite}
-    support = constraints.positive
+    support = positive_finite  # log_prob(inf) is a bug upstream, as for every family (see .constraints)
     has_rsample = True
 
     def __init__(self, concentration: Tensor, rate: Tensor, validate_args: bool | None = None):
-        concentration = as_param(concentration)
-        rate = as_param(rate, concentration)
+        concentration, rate = as_params(type(self).__name__, concentration=concentration, rate=rate)
         self.concentration, self.rate = broadcast_params(concentration=concentration, rate=rate)
         self._init_checked(
             self.concentration.shape, torch.Size(), validate_args, concentration=concentration, rate=rate
@@ -159,6 +156,7 @@ class _GammaBase(Family):
         """``log q(z) = a log b - lgamma(a) + (a - 1) log z - b z``; ``[*sample, *batch]``."""
         if self._validate_args:
             self._validate_sample(value)
+        value = cast_value(value, self.concentration.dtype)
         a, b = self.concentration, self.rate
         return torch.xlogy(a, b) - torch.lgamma(a) + torch.xlogy(a - 1, value) - b * value
 
@@ -169,6 +167,7 @@ class _GammaBase(Family):
     def cdf(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
+        value = cast_value(value, self.concentration.dtype)
         return torch.special.gammainc(self.concentration, self.rate * value)
 
     def _log_q(self, z: Tensor) -> Tensor:

@@ -4,7 +4,15 @@ All three have event shape ``[D]`` and reparameterize ``z = loc + A eps`` with
 ``eps ~ N(0, I)`` (Kingma & Welling, 2014; Rezende et al., 2014).  Their
 ``rsample_and_log_prob`` reads log q from the noise, ``-||eps||^2 / 2 - log|det A|
 - D log(2 pi) / 2``, which skips the solve that ``log_prob(z)`` would need (the
-low-rank family, whose noise has ``R + D`` dimensions, still evaluates it).
+low-rank family, whose noise has ``R + D`` dimensions, still evaluates it, on the
+exact ``z - loc``).  ``rsample_and_stopped_log_prob`` (what STL and DReG read) does
+the same at stopped parameters: its value comes from the noise and its gradient
+through ``z`` is the solve's, so an ill-conditioned factor cannot spoil it.
+
+``log_prob(z)`` on a given ``z`` must solve ``A u = z - loc``; where rounding ``z`` to
+the working precision moves it by more than 1% of the smallest conditional standard
+deviation (an ill-conditioned Cholesky factor, or a low-rank factor that dwarfs the
+diagonal) the families warn once that ``log_prob`` is unreliable.
 
 References:
     Kingma & Welling, Auto-Encoding Variational Bayes (2014).
@@ -15,27 +23,50 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
-from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
 from .. import kernels
 from . import _linalg
-from .base import Family, broadcast_params
-from .constraints import finite_real_matrix, finite_real_vector, lower_cholesky_finite, positive_finite_vector
+from .base import LOW_PRECISION, Family, as_params, broadcast_params, cast_value
+from .constraints import (
+    finite_real_matrix,
+    finite_real_vector,
+    lower_cholesky_finite,
+    positive_finite_vector,
+    real_vector_support,
+)
 
 __all__ = ["DiagNormal", "FullRankNormal", "LowRankNormal"]
 
 _LOG_2PI = math.log(2 * math.pi)
+# log_prob is flagged unreliable when rounding z moves it by more than this fraction of
+# the smallest conditional standard deviation (see _warn_if_unreliable).
+_RELIABLE = 1e-2
 
 
-def _as_tensor(x, like: Tensor | None = None) -> Tensor:
-    if isinstance(x, Tensor):
-        return x
-    dtype = like.dtype if like is not None else torch.get_default_dtype()
-    return torch.as_tensor(x, dtype=dtype)
+def _warn_if_unreliable(family: str, ratio: Tensor, what: str) -> None:
+    """Warn (Python shows it once per place) when ``eps * ratio`` exceeds :data:`_RELIABLE`.
+
+    ``ratio`` is a cheap lower bound on how many smallest conditional standard
+    deviations the working precision's unit holds; the check reads one value, so it
+    is skipped inside a compiled graph (where a host read would break it).
+    """
+    if torch.compiler.is_compiling() or ratio.numel() == 0:
+        return
+    eps = torch.finfo(ratio.dtype).eps
+    if bool((ratio.max() * eps > _RELIABLE).item()):
+        warnings.warn(
+            f"{family}.log_prob is unreliable in {ratio.dtype}: {what}, so rounding z to the dtype moves it by "
+            f"more than {_RELIABLE:.0%} of the smallest conditional standard deviation and log q(z) and its "
+            "gradient lose their accuracy. rsample_and_log_prob and the stopped draws of STL and DReG read log q "
+            "from the noise and are unaffected; otherwise use float64 or a better-conditioned parametrization",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _keep_validation(old: Family, new: Family) -> Family:
@@ -70,21 +101,20 @@ class DiagNormal(Family):
     """
 
     arg_constraints = {"loc": finite_real_vector, "scale": positive_finite_vector}
-    support = constraints.real_vector
+    support = real_vector_support
     has_rsample = True
 
     def __init__(self, loc: Tensor, scale: Tensor, validate_args: bool | None = None):
         if validate_args is False and isinstance(loc, Tensor) and isinstance(scale, Tensor):
             shape = loc.shape
-            if shape == scale.shape and shape:
+            if shape == scale.shape and shape and 0 not in shape and loc.dtype == scale.dtype and loc.is_floating_point():
                 # An amortized encoder builds one every training step: with nothing to
                 # convert, broadcast or check, set torch's Distribution fields directly
                 # (what _init_checked would set).
                 self.loc, self.scale = loc, scale
                 self._batch_shape, self._event_shape, self._validate_args = shape[:-1], shape[-1:], False
                 return
-        loc = _as_tensor(loc)
-        scale = _as_tensor(scale, loc)
+        loc, scale = as_params("DiagNormal", loc=loc, scale=scale)
         _event_check("loc", loc, 1, "DiagNormal")
         self.loc, self.scale = broadcast_params(loc=loc, scale=scale)
         self._init_checked(self.loc.shape[:-1], self.loc.shape[-1:], validate_args, loc=loc, scale=scale)
@@ -129,9 +159,14 @@ class DiagNormal(Family):
         # (the torch reference unless another is forced).
         return kernels.diag_normal_rsample_and_log_prob(self.loc, self.scale, sample_shape)
 
+    def rsample_and_stopped_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
+        # The same kernel, with log q at stopped parameters (STL, DReG).
+        return kernels.diag_normal_rsample_and_log_prob(self.loc, self.scale, sample_shape, stop_log_q=True)
+
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
+        value = cast_value(value, self.loc.dtype)
         u = (value - self.loc) / self.scale
         d = self.loc.shape[-1]
         return -0.5 * u.pow(2).sum(-1) - (self.scale.log().sum(-1) + 0.5 * d * _LOG_2PI)
@@ -151,7 +186,11 @@ class FullRankNormal(Family):
         validate_args: check parameters and ``log_prob`` inputs.
 
     ``log_prob`` costs one triangular solve, ``O(D^2)`` per sample;
-    ``rsample_and_log_prob`` costs one triangular product.
+    ``rsample_and_log_prob`` costs one triangular product, and
+    ``rsample_and_stopped_log_prob`` one product and one solve (of zeros, whose
+    derivative is the solve's), its value read from the noise.  ``log_prob`` on a
+    given ``z`` warns once when the factor's conditioning makes it unreliable
+    (see the module notes).  In half precision the solve runs in float32.
 
     References:
         Titsias & Lázaro-Gredilla, *Doubly Stochastic Variational Bayes for non-Conjugate Inference*
@@ -161,12 +200,11 @@ class FullRankNormal(Family):
     """
 
     arg_constraints = {"loc": finite_real_vector, "scale_tril": lower_cholesky_finite}
-    support = constraints.real_vector
+    support = real_vector_support
     has_rsample = True
 
     def __init__(self, loc: Tensor, scale_tril: Tensor, validate_args: bool | None = None):
-        loc = _as_tensor(loc)
-        scale_tril = _as_tensor(scale_tril, loc)
+        loc, scale_tril = as_params("FullRankNormal", loc=loc, scale_tril=scale_tril)
         _event_check("loc", loc, 1, "FullRankNormal")
         _event_check("scale_tril", scale_tril, 2, "FullRankNormal")
         d = loc.shape[-1]
@@ -218,8 +256,9 @@ class FullRankNormal(Family):
         d = self.event_shape[0]
         return (self._scale_tril @ self._scale_tril.mT).expand(*self.batch_shape, d, d)
 
-    def _half_log_det(self) -> Tensor:
-        return self._scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1).expand(self.batch_shape)
+    def _half_log_det(self, tril: Tensor | None = None) -> Tensor:
+        tril = self._scale_tril if tril is None else tril
+        return tril.diagonal(dim1=-2, dim2=-1).log().sum(-1).expand(self.batch_shape)
 
     def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
@@ -232,9 +271,45 @@ class FullRankNormal(Family):
         log_q = -0.5 * eps.pow(2).sum(-1) - (self._half_log_det() + 0.5 * d * _LOG_2PI)
         return z, log_q
 
+    def rsample_and_stopped_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
+        """``(z, log q(z))`` with log q at stopped parameters, read from the noise.
+
+        ``u = L^{-1} (z - loc)`` at stopped ``loc, L`` is written ``eps + L^{-1} (z - sg(z))``:
+        its value is ``eps`` exactly and its derivative in ``z`` is ``L^{-1}``, as the
+        solve's, to every order.  Solving on the rounded ``z`` instead amplifies the
+        rounding by ``||L^{-1}||``, which for an ill-conditioned factor (as Adam's noisy
+        updates can make one in high dimension) leaves no correct digit.
+
+        Returns:
+            ``z [*sample, *batch, D]`` and ``log_q [*sample, *batch]``.
+
+        References:
+            Roeder, Wu & Duvenaud, *Sticking the Landing* (NeurIPS 2017).
+        """
+        eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
+        z = self._loc + _linalg.matvec(self._scale_tril, eps)
+        tril = self._scale_tril.detach()
+        u = eps + _linalg.tril_solve(tril, z - z.detach())
+        d = self.event_shape[0]
+        return z, -0.5 * u.pow(2).sum(-1) - (self._half_log_det(tril) + 0.5 * d * _LOG_2PI)
+
+    def _check_conditioning(self) -> None:
+        # max|loc| + max row norm of L is at most ||z|| to a factor; min diag L is at least the
+        # smallest singular value; so the ratio underestimates the amplification of rounding.
+        if getattr(self, "_conditioning_checked", False):
+            return
+        self._conditioning_checked = True
+        tril = self._scale_tril.detach()
+        scale = self._loc.detach().abs().amax(-1) + tril.pow(2).sum(-1).sqrt().amax(-1)
+        smallest = tril.diagonal(dim1=-2, dim2=-1).amin(-1)
+        what = "scale_tril is ill-conditioned (max|loc| + max row norm over min diagonal entry is too large)"
+        _warn_if_unreliable("FullRankNormal", scale / smallest, what)
+
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
+        value = cast_value(value, self.loc.dtype)
+        self._check_conditioning()
         d = self.event_shape[0]
         u = _linalg.tril_solve(self._scale_tril, value - self.loc)
         return -0.5 * u.pow(2).sum(-1) - (self._half_log_det() + 0.5 * d * _LOG_2PI)
@@ -258,7 +333,11 @@ class LowRankNormal(Family):
     ``O(D R)`` per sample plus one ``O(R^3)`` factorization per distinct factor.
     The Woodbury Mahalanobis term is a difference of two quadratic forms, so it
     loses about ``log10(max(W W^T) / min(cov_diag))`` digits; when that ratio nears
-    ``1 / eps`` of the dtype, use :class:`FullRankNormal`.
+    ``1 / eps`` of the dtype, use :class:`FullRankNormal` (``log_prob`` warns once when
+    it passes ``0.01 / eps``).  ``rsample_and_log_prob`` and
+    ``rsample_and_stopped_log_prob`` evaluate it on the exact ``z - loc`` of the draw,
+    so a large ``loc`` costs them no digits.  In half precision the capacitance and
+    its solves run in float32.
 
     References:
         Rezende, Mohamed & Wierstra, *Stochastic Backpropagation and Approximate Inference in Deep
@@ -272,13 +351,11 @@ class LowRankNormal(Family):
         "cov_factor": finite_real_matrix,
         "cov_diag": positive_finite_vector,
     }
-    support = constraints.real_vector
+    support = real_vector_support
     has_rsample = True
 
     def __init__(self, loc: Tensor, cov_factor: Tensor, cov_diag: Tensor, validate_args: bool | None = None):
-        loc = _as_tensor(loc)
-        cov_factor = _as_tensor(cov_factor, loc)
-        cov_diag = _as_tensor(cov_diag, loc)
+        loc, cov_factor, cov_diag = as_params("LowRankNormal", loc=loc, cov_factor=cov_factor, cov_diag=cov_diag)
         _event_check("loc", loc, 1, "LowRankNormal")
         _event_check("cov_factor", cov_factor, 2, "LowRankNormal")
         _event_check("cov_diag", cov_diag, 1, "LowRankNormal")
@@ -342,38 +419,75 @@ class LowRankNormal(Family):
         # Factorize each distinct covariance once, then broadcast.
         d = self.event_shape[0]
         cov = self._cov_factor @ self._cov_factor.mT + torch.diag_embed(self._cov_diag)
-        return torch.linalg.cholesky(cov).expand(*self.batch_shape, d, d)
+        return _linalg.cholesky(cov).expand(*self.batch_shape, d, d)
+
+    def _work(self) -> tuple[Tensor, Tensor]:
+        """``(W, d)`` in the working precision: float32 for half-precision parameters."""
+        w, cov_diag = self._cov_factor, self._cov_diag
+        if w.dtype in LOW_PRECISION:
+            return w.float(), cov_diag.float()
+        return w, cov_diag
 
     @lazy_property
     def _capacitance_tril(self) -> Tensor:
         # C = I + W^T D^{-1} W; its Cholesky gives both the Woodbury solve and log|Sigma|.
-        w = self._cov_factor
-        wt_dinv = w.mT / self._cov_diag.unsqueeze(-2)
+        w, cov_diag = self._work()
+        wt_dinv = w.mT / cov_diag.unsqueeze(-2)
         cap = wt_dinv @ w
         cap = cap + torch.eye(self.rank, dtype=cap.dtype, device=cap.device)
         return torch.linalg.cholesky(cap)
 
     def _log_det(self) -> Tensor:
+        """``log|Sigma|`` ``[*batch]`` in the working precision."""
         half = self._capacitance_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        return (2 * half + self._cov_diag.log().sum(-1)).expand(self.batch_shape)
+        return (2 * half + self._work()[1].log().sum(-1)).expand(self.batch_shape)
 
-    def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
+    def _noise(self, sample_shape) -> Tensor:
+        """``W eps_w + sqrt(d) eps_d`` ``[*sample, *batch, D]``: ``z - loc`` of a draw, without ``loc``'s rounding."""
         shape = self._extended_shape(sample_shape)
         eps_w = torch.randn(*shape[:-1], self.rank, dtype=self.loc.dtype, device=self.loc.device)
         eps_d = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
-        return self.loc + _linalg.matvec(self._cov_factor, eps_w) + self.cov_diag.sqrt() * eps_d
+        return _linalg.matvec(self._cov_factor, eps_w) + self.cov_diag.sqrt() * eps_d
+
+    def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
+        return self.loc + self._noise(sample_shape)
+
+    def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
+        # log q(loc + x) depends on x = z - loc alone, so evaluate it on x (the total derivative
+        # in loc is zero either way) and skip the support check a draw does not need.
+        x = self._noise(sample_shape)
+        return self.loc + x, self._centered_log_prob(x)
+
+    def rsample_and_stopped_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
+        """``(z, log q(z))`` at stopped parameters, on the exact ``x = z - loc`` (gradient only through ``z``)."""
+        x = self._noise(sample_shape)
+        z = self.loc + x
+        s = self.detach()
+        return z, s._centered_log_prob(x.detach() + (z - z.detach()))
+
+    def _centered_log_prob(self, x: Tensor) -> Tensor:
+        """``log q(loc + x)`` for ``x [*sample, *batch, D]``, by Woodbury and the determinant lemma."""
+        dtype = x.dtype
+        w, cov_diag = self._work()
+        x = x.to(w.dtype)
+        x_over_d = x / cov_diag
+        wt_x = _linalg.matvec(w.mT, x_over_d)
+        y = _linalg.tril_solve(self._capacitance_tril, wt_x)
+        mahalanobis = (x * x_over_d).sum(-1) - y.pow(2).sum(-1)
+        d = self.event_shape[0]
+        return (-0.5 * (mahalanobis + self._log_det() + d * _LOG_2PI)).to(dtype)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        x = value - self.loc
-        x_over_d = x / self.cov_diag
-        wt_x = _linalg.matvec(self._cov_factor.mT, x_over_d)
-        y = _linalg.tril_solve(self._capacitance_tril, wt_x)
-        mahalanobis = (x * x_over_d).sum(-1) - y.pow(2).sum(-1)
-        d = self.event_shape[0]
-        return -0.5 * (mahalanobis + self._log_det() + d * _LOG_2PI)
+        if not getattr(self, "_conditioning_checked", False):
+            self._conditioning_checked = True
+            w, cov_diag = self._cov_factor.detach(), self._cov_diag.detach()
+            ratio = w.pow(2).sum(-1).amax(-1) / cov_diag.amin(-1)
+            what = "cov_factor W dwarfs cov_diag d (max(W W^T) / min(d) is too large for the Woodbury identity)"
+            _warn_if_unreliable("LowRankNormal", ratio, what)
+        return self._centered_log_prob(cast_value(value, self.loc.dtype) - self.loc)
 
     def entropy(self) -> Tensor:
         d = self.event_shape[0]
-        return 0.5 * (self._log_det() + d * (1 + _LOG_2PI))
+        return (0.5 * (self._log_det() + d * (1 + _LOG_2PI))).to(self.loc.dtype)
