@@ -26,6 +26,7 @@ from .guides import (
     Standardize,
     default_flow,
 )
+from .hierarchical import HierarchicalModel, HierarchicalVI, StructuredGuide
 from .laplace import AutoLaplace
 from .mode import find_map, neg_hessian
 from .model import Model
@@ -47,6 +48,9 @@ __all__ = [
     "Standardize",
     "default_flow",
     "VI",
+    "HierarchicalModel",
+    "StructuredGuide",
+    "HierarchicalVI",
     "Posterior",
     "Summary",
     "summarize",
