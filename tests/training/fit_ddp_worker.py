@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from fit_models import Regression, TinyVAE, gaussian_data, regression_data
+from fit_models import Regression, RegressionBound, TinyVAE, gaussian_data, regression_data
 
 from vitorch.training import fit
 
@@ -21,6 +21,20 @@ N, PER_RANK = 16, 4  # 16 rows; batches of 4 per rank, 8 across the two ranks
 
 class Stop(Exception):
     pass
+
+
+class LocalVAE(TinyVAE):
+    """TinyVAE that remembers each training step's loss and mean bound on this rank's batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.local = []
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.training:
+            self.local.append((out.loss.item(), out.bound.mean().item()))
+        return out
 
 
 def init_model(cls=Regression, seed: int = 0):
@@ -61,6 +75,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         hist = fit(model, data, **options)
         result["fit"] = [p.detach().clone() for p in model.parameters()]
         result["evals"] = hist.evals
+        result["fit_losses"] = [r["loss"] for r in hist.steps]
 
         # 3. interrupted at step 5 on both ranks, resumed from step-3 on both ranks.
         def interrupt(ctx):
@@ -82,11 +97,17 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         # (fit rebuilds it around a DistributedSampler): DDP keeps the ranks' parameters
         # equal, while each rank draws its own particles.
         torch.manual_seed(5)  # the same seed on both ranks on purpose
-        model = TinyVAE()
+        model = LocalVAE()
         loader = torch.utils.data.DataLoader(gaussian_data(16), batch_size=4, shuffle=True)
         hist = fit(model, loader, epochs=2, progress=False)
         result["vae"] = [p.detach().clone() for p in model.parameters()]
-        result["vae_loss"] = [r["loss"] for r in hist.steps]
+        result["vae_logged"] = [(r["loss"], r["bound"]) for r in hist.steps]
+        result["vae_local"] = model.local
+
+        # 5. a deterministic model with a bound: rank 0 logs the global loss and bound.
+        model = init_model(RegressionBound)
+        hist = fit(model, regression_data(N, seed=1), steps=3, batch_size=PER_RANK, seed=7, lr=0.05, progress=False)
+        result["bound_logged"] = [(r["loss"], r["bound"], r.get("impossible_data")) for r in hist.steps]
         torch.save(result, out / f"rank{rank}.pt")
         dist.barrier()  # both ranks done with every collective before the group goes away
     finally:

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from fit_ddp_worker import PER_RANK, N, fit_options, init_model, worker
+from fit_models import RegressionBound, regression_data
 
 from vitorch.training import fit
 
@@ -76,6 +77,8 @@ def test_two_process_fit_equals_one_process_fit_on_the_union(two_ranks):
         # held-out metrics are exact sums over both shards, so they match too
         for a, b in zip(rank["evals"], hist.evals):
             assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-10)
+        # and so do the logged training losses: the global loss, not each rank's shard's
+        assert rank["fit_losses"] == pytest.approx([r["loss"] for r in hist.steps], rel=1e-10)
     assert N % (2 * PER_RANK) == 0  # no padding by DistributedSampler in this comparison
     # only rank 0 wrote, and it wrote once per checkpoint step (3 and 6)
     assert sorted(p.name for p in (out / "ck").iterdir()) == ["step-000000003.pt", "step-000000006.pt"]
@@ -94,6 +97,22 @@ def test_ranks_stay_in_sync_and_draw_their_own_particles(two_ranks):
     for a, b in zip(r0["vae"], r1["vae"]):
         assert torch.equal(a, b)
     # 16 rows shared by 2 ranks in batches of 4: 2 steps per epoch on each rank
-    assert len(r0["vae_loss"]) == len(r1["vae_loss"]) == 4
-    # same seed on both ranks, different data shards and particles: losses differ
-    assert all(a != b for a, b in zip(r0["vae_loss"], r1["vae_loss"]))
+    assert len(r0["vae_local"]) == len(r1["vae_local"]) == 4
+    # same seed on both ranks, different data shards and particles: the ranks' own losses differ
+    assert all(a[0] != b[0] for a, b in zip(r0["vae_local"], r1["vae_local"]))
+    # what both log is the global loss and bound: the mean over the two equal-sized batches
+    for logged in (r0["vae_logged"], r1["vae_logged"]):
+        for (loss, bound), a, b in zip(logged, r0["vae_local"], r1["vae_local"]):
+            assert loss == pytest.approx((a[0] + b[0]) / 2, rel=1e-12)
+            assert bound == pytest.approx((a[1] + b[1]) / 2, rel=1e-12)
+
+
+def test_rank_zero_logs_the_global_loss_and_bound(two_ranks):
+    # Before, rank 0 logged its own shard's loss and bound (half of each step's batch).
+    _, ranks = two_ranks
+    model = init_model(RegressionBound)
+    hist = fit(model, regression_data(N, seed=1), steps=3, batch_size=2 * PER_RANK, seed=7, lr=0.05, progress=False)
+    want = [(r["loss"], r["bound"], r["impossible_data"]) for r in hist.steps]
+    for rank in ranks:
+        for got, ref in zip(rank["bound_logged"], want):
+            assert got == pytest.approx(ref, rel=1e-10)

@@ -9,7 +9,17 @@ loading never unpickles arbitrary objects.  It carries two checks:
   ``_extra_state`` of a module with ``get_extra_state``), so a checkpoint from another
   model is refused with the differences listed;
 * ``digest``: a SHA-256 of everything else in canonical order, so a truncated or
-  edited file is refused rather than silently resumed.
+  corrupted file is refused rather than silently resumed.  The digest is unkeyed: it
+  detects accidents, not tampering (whoever can edit the file can recompute it).  The
+  security boundary is ``weights_only=True``, which never runs code from the file.
+
+Since format 2 a checkpoint also stores the run's configuration (``config``), which
+:mod:`vitorch.training.resume` compares with the resuming run.  Format-1 files still
+load; resuming from one warns that the configuration cannot be checked.
+
+A checkpoint reaches the disk before it takes its name: the temporary file is fsynced,
+renamed over the final name (``os.replace``, atomic), and the directory fsynced, so a
+crash or power loss leaves either the previous checkpoint or the new one, whole.
 """
 
 from __future__ import annotations
@@ -23,9 +33,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .files import fsync_directory
+
 __all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint", "fingerprint", "copy_state", "FORMAT"]
 
-FORMAT = "vitorch.fit/1"
+FORMAT = "vitorch.fit/2"
+_READABLE = ("vitorch.fit/1", FORMAT)  # format 1: no "config" entry
 _REQUIRED = ("format", "fingerprint", "digest", "model", "optimizer", "scheduler", "rng", "data", "loop", "history")
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
@@ -105,7 +118,8 @@ def save_checkpoint(payload: dict, directory: str | Path, step: int, keep: int |
             ``fingerprint`` and ``digest`` are added here.
         directory: created if missing.
         step: the optimizer step the state follows.
-        keep: how many checkpoints to keep (oldest removed first); ``None`` keeps all.
+        keep: how many checkpoints to keep (oldest removed first, only after the new
+            one is on disk); ``None`` keeps all.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -113,8 +127,16 @@ def save_checkpoint(payload: dict, directory: str | Path, step: int, keep: int |
     payload["digest"] = _digest(payload)
     path = directory / f"step-{step:09d}.pt"
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    try:
+        with tmp.open("wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(directory)  # the rename itself survives a power loss
     if keep is not None:
         for old in _listing(directory)[:-keep]:
             old.unlink()
@@ -151,8 +173,8 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
 
     Raises:
         ValueError: if the file is truncated or not a checkpoint, holds objects
-            ``weights_only`` refuses, misses entries, fails its digest (tampered), or
-            belongs to a model with other parameters (the differences are listed).
+            ``weights_only`` refuses, misses entries, fails its digest (corrupted or
+            edited), or belongs to a model with other parameters (the differences are listed).
 
     References:
         PyTorch documentation, ``torch.load(weights_only=True)``:
@@ -175,10 +197,14 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise ValueError(f"checkpoint {path} is not a vitorch.fit checkpoint: missing entries {missing}")
-    if payload["format"] != FORMAT:
-        raise ValueError(f"checkpoint {path} has format {payload['format']!r}; this version reads {FORMAT!r}")
+    if payload["format"] not in _READABLE:
+        raise ValueError(f"checkpoint {path} has format {payload['format']!r}; this version reads {list(_READABLE)}")
+    if payload["format"] == FORMAT and "config" not in payload:
+        raise ValueError(f"checkpoint {path} is not a vitorch.fit checkpoint: missing entries ['config']")
     if payload["digest"] != _digest(payload):
-        raise ValueError(f"checkpoint {path} fails its SHA-256 digest: it was modified after it was written")
+        raise ValueError(
+            f"checkpoint {path} fails its SHA-256 digest: it was corrupted or modified after it was written"
+        )
     _check_model(path, payload, model)
     return payload
 

@@ -24,7 +24,15 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-__all__ = ["make_loader", "make_eval_loader", "no_data", "epoch_sampler", "loader_generators", "to_device"]
+__all__ = [
+    "make_loader",
+    "make_eval_loader",
+    "no_data",
+    "is_no_data",
+    "epoch_sampler",
+    "loader_generators",
+    "to_device",
+]
 
 
 class _TensorRows(Dataset):
@@ -78,6 +86,11 @@ def no_data(steps: int) -> DataLoader:
     One epoch is the whole run, so no per-epoch work repeats every step.
     """
     return DataLoader(_Steps(steps), batch_size=None)
+
+
+def is_no_data(loader: DataLoader) -> bool:
+    """Whether ``loader`` is :func:`no_data`'s (its length is the step count, not a data set's)."""
+    return isinstance(loader.dataset, _Steps)
 
 
 def _as_tensors(data, name: str) -> tuple[tuple[Tensor, ...], bool] | None:

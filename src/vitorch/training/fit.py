@@ -53,8 +53,9 @@ def fit(
     max_consecutive_skips: int = 10,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
-    keep_checkpoints: int | None = None,
+    keep_checkpoints: int | None = 3,
     resume: str | Path | None = None,
+    resume_overrides: Sequence[str] = (),
     log_dir: str | Path | None = None,
     progress: bool | None = None,
     callbacks: Sequence[Callable[[StepContext], object]] = (),
@@ -107,20 +108,36 @@ def fit(
         clip_grad_norm: clip the gradients' total 2-norm to this before each step (the
             pre-clipping norm is logged as ``grad_norm`` every step).
         clip_grad_value: clip every gradient entry to ``[-v, v]`` before each step.
-        on_nonfinite: ``"raise"`` stops with :class:`NonFiniteError` naming the step
-            and every parameter with a NaN/inf gradient; ``"skip"`` drops the step
-            (no optimizer or scheduler step) and counts it.
+        on_nonfinite: what a NaN/inf loss or gradient, a batch with impossible data
+            (a datum whose bound is not finite: every particle impossible puts it at
+            the ``-1e30`` floor, counted as ``impossible_data`` in the step record) and a
+            non-finite evaluation do.  ``"raise"`` stops with :class:`NonFiniteError`
+            naming the step and every parameter with a NaN/inf gradient; ``"skip"``
+            drops the step (no optimizer or scheduler step) or sets the evaluation
+            aside (no early stopping, ``restore_best`` or plateau step on it) and
+            counts it.  An optimizer step that leaves a parameter non-finite (or with
+            an entry whose square overflows) always raises, naming that step.
         max_consecutive_skips: with ``"skip"``, raise after more than this many
-            non-finite steps in a row.
+            non-finite steps (or evaluations) in a row.
         checkpoint_dir: where ``step-N.pt`` files go, one at the end of the run and
             one every ``checkpoint_every`` steps.  A checkpoint holds the model,
             optimizer, scheduler, the RNG states of torch/CUDA/numpy/Python on every
             rank, the data order, the counters, the early-stopping state and the history.
         checkpoint_every: write a checkpoint every this many steps.
-        keep_checkpoints: keep only the newest this many checkpoints (default all).
+        keep_checkpoints: keep only the newest this many checkpoints (default 3;
+            ``None`` keeps all).
         resume: a checkpoint file or directory (its newest).  The same call with
             ``resume`` continues exactly where the checkpoint left off; on CPU the
-            parameters equal those of an uninterrupted run bit for bit.
+            parameters equal those of an uninterrupted run bit for bit.  A run whose
+            configuration differs (batch size, data length, shuffle, drop_last, seed,
+            number of processes, optimizer type or hyper-parameters, scheduler,
+            clipping, autocast dtype) is refused with every difference listed.
+        resume_overrides: names of settings that may differ on resume and then take
+            this run's value: optimizer hyper-parameters (``"lr"``, ``"weight_decay"``,
+            ...), ``"clip_grad_norm"``, ``"clip_grad_value"``, ``"autocast_dtype"``,
+            ``"num_workers"``; and, only from a checkpoint at an epoch boundary,
+            ``"batch_size"``, ``"data_length"``, ``"shuffle"``, ``"drop_last"``, ``"seed"``
+            (see :mod:`vitorch.training.resume`).
         log_dir: write ``steps.csv``, ``evals.csv`` and ``history.json`` there (at
             each checkpoint and at the end).
         progress: a tqdm bar with the loss and bound; default only on a terminal.
@@ -142,9 +159,11 @@ def fit(
         :class:`History` with one record per step and per evaluation.
 
     Raises:
-        ValueError: for bad options (every problem listed), data of the wrong kind, or
-            a checkpoint that is unreadable, tampered with or from another model.
-        NonFiniteError: on a NaN/inf loss or gradient (see ``on_nonfinite``).
+        ValueError: for bad options (every problem listed), data of the wrong kind, a
+            checkpoint that is unreadable, corrupted or from another model, or a resumed
+            run whose configuration differs (every difference listed).
+        NonFiniteError: on a NaN/inf loss, gradient or evaluation, or impossible data
+            (see ``on_nonfinite``), and on an update that makes the parameters diverge.
 
     Example:
         >>> history = vt.fit(vae, x_train, epochs=10, batch_size=128, eval_data=x_test,

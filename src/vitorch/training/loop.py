@@ -8,6 +8,7 @@ after all of that, so a resumed run replays nothing and repeats nothing.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -19,13 +20,26 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
 from . import distributed as ddp
-from .checkpoint import copy_state, load_checkpoint, save_checkpoint
+from .checkpoint import copy_state, load_checkpoint
 from .compile import Autocast, fused_adam
-from .data import epoch_sampler, loader_generators, make_eval_loader, make_loader, to_device
-from .guard import NonFiniteError, describe_nonfinite, evaluate, nonfinite_flags, nonfinite_parameters, split_output
+from .data import epoch_sampler, is_no_data, loader_generators, make_eval_loader, make_loader, to_device
+from .evaluation import evaluate, unusable_evaluation
+from .guard import (
+    NonFiniteError,
+    add_step_note,
+    describe_divergence,
+    describe_nonfinite,
+    divergent_parameters,
+    nonfinite_parameters,
+    parameter_norm,
+    split_output,
+    step_statistics,
+)
 from .history import History
 from .options import FitOptions
+from .resume import optimizer_config, run_config
 from .rng import capture_rng, generator_states, restore_generators, restore_rng
+from .state import RunState, loader_length
 
 __all__ = ["Run", "StepContext"]
 
@@ -58,7 +72,7 @@ class StepContext:
     stop: bool = field(default=False)
 
 
-class Run:
+class Run(RunState):
     """One call of :func:`fit`: the set-up, the state a checkpoint holds, and the loop."""
 
     def __init__(self, model: nn.Module, data, opt: FitOptions):
@@ -72,7 +86,9 @@ class Run:
         self.topo = ddp.setup(opt.distributed)
         payload = load_checkpoint(opt.resume, model) if opt.resume is not None else None
         if payload is not None:
-            self.seed = int(payload["loop"]["seed"])
+            # An explicit seed that differs from the checkpoint's is refused by the
+            # configuration check, unless resume_overrides allows it at an epoch boundary.
+            self.seed = int(payload["loop"]["seed"]) if opt.seed is None else int(opt.seed)
         else:
             seed = opt.seed if opt.seed is not None else int(torch.randint(2**62, ()).item())
             self.seed = ddp.broadcast_int(seed, self.topo, self.device)
@@ -92,12 +108,17 @@ class Run:
         )
         self.generators = loader_generators(self.loader)
         self.optimizer = _make_optimizer(opt, self.params)
+        optimizer_cfg = optimizer_config(self.optimizer)  # before a scheduler moves lr
         self.scheduler = opt.scheduler(self.optimizer) if _is_factory(opt.scheduler) else opt.scheduler
+        self.config = run_config(
+            opt, self.loader, optimizer_cfg, self.scheduler, self.seed, self.topo.world, is_no_data(self.loader)
+        )
         # Counters and the state a checkpoint restores.
         self.step = self.epoch = self.batch = 0
-        self.bad_evals = self.consecutive_skips = 0
+        self.bad_evals = self.consecutive_skips = self.eval_skips = 0
         self.history, self.best_state = History(), None
         self.epoch_start: dict | None = None
+        self.finish_epoch = False
         self.resume_rng = self._restore(payload) if payload is not None else None
         self.eval_loader = None
         if opt.eval_data is not None:
@@ -107,7 +128,7 @@ class Run:
                 rank=self.topo.rank,
                 world=self.topo.world,
             )
-        self.eval_every = opt.eval_every or (_length(self.loader) if self.eval_loader is not None else None)
+        self.eval_every = opt.eval_every or (loader_length(self.loader) if self.eval_loader is not None else None)
         if self.eval_loader is not None and not self.eval_every:
             raise ValueError("eval_every is required when the training data has no length")
         wrapped = ddp.wrap(model, self.topo, self.device)
@@ -121,61 +142,6 @@ class Run:
                 options["options"] = {"fallback_random": True, **dict(options.get("options") or {})}
             wrapped = torch.compile(wrapped, **options)
         self.forward = wrapped
-
-    # ----- checkpoints -------------------------------------------------------------
-
-    def _restore(self, payload: dict) -> dict:
-        loop = payload["loop"]
-        if int(loop["world"]) != self.topo.world:
-            raise ValueError(
-                f"resume: the checkpoint was written by {loop['world']} process(es), this run has "
-                f"{self.topo.world}; resume with the same number of processes"
-            )
-        if bool(payload["scheduler"]) != (self.scheduler is not None):
-            raise ValueError("resume: pass a scheduler exactly when the checkpointed run had one")
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(payload["scheduler"])
-        self.step, self.epoch, self.batch = int(loop["step"]), int(loop["epoch"]), int(loop["batch"])
-        self.bad_evals, self.consecutive_skips = int(loop["bad_evals"]), int(loop["consecutive_skips"])
-        self.history = History.from_state_dict(payload["history"])
-        self.history.stop_reason = None
-        best = payload["best_model"]
-        self.best_state = copy_state(best, self.device) if best else None
-        data = payload["data"][self.topo.rank]
-        self.epoch_start = data if data["rng"] else None
-        return payload["rng"][self.topo.rank]
-
-    def _checkpoint(self) -> None:
-        opt = self.opt
-        epoch_start = self.epoch_start if self.batch > 0 and self.epoch_start is not None else {"rng": {}, "gens": []}
-        rngs = ddp.gather_objects(capture_rng(), self.topo)
-        datas = ddp.gather_objects(epoch_start, self.topo)
-        self.saved_step = self.step  # on every rank: the final-checkpoint decision must agree
-        if not self.topo.is_main:
-            return
-        payload = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
-            "rng": rngs,
-            "data": datas,
-            "loop": {
-                "step": self.step,
-                "epoch": self.epoch,
-                "batch": self.batch,
-                "seed": self.seed,
-                "bad_evals": self.bad_evals,
-                "consecutive_skips": self.consecutive_skips,
-                "world": self.topo.world,
-            },
-            "history": self.history.state_dict(),
-            "best_model": self.best_state or {},
-        }
-        save_checkpoint(payload, opt.checkpoint_dir, self.step, keep=opt.keep_checkpoints)
-        if opt.log_dir is not None:
-            self.history.write(opt.log_dir)
 
     # ----- the loop ----------------------------------------------------------------
 
@@ -204,7 +170,7 @@ class Run:
         return self.history
 
     def _total(self) -> int | None:
-        n = _length(self.loader)
+        n = loader_length(self.loader)
         by_epochs = self.opt.epochs * n if (self.opt.epochs is not None and n) else None
         totals = [t for t in (self.opt.steps, by_epochs) if t is not None]
         return min(totals) if totals else None
@@ -217,6 +183,12 @@ class Run:
         if opt.steps is not None and self.step >= opt.steps:
             return "steps"
         resuming = self.resume_rng is not None
+        if resuming and self.finish_epoch:
+            # Resumed at the end of an epoch with other data (resume_overrides): nothing of
+            # the old order is owed, so the epoch ends without replaying it.
+            restore_rng(self.resume_rng)
+            self.resume_rng, self.finish_epoch = None, False
+            return self._end_epoch()
         if resuming and self.batch > 0 and self.epoch_start is not None:
             # Replay the epoch's start so the sampler and workers draw the same order,
             # skip the batches already trained on, then continue from the saved state.
@@ -241,9 +213,12 @@ class Run:
             reason = self._step(batch)
             if reason is not None:
                 return reason
+        return self._end_epoch()
+
+    def _end_epoch(self) -> None:
         self.epoch += 1
         self.batch = 0
-        if self.scheduler is not None and opt.scheduler_interval == "epoch" and not self._plateau():
+        if self.scheduler is not None and self.opt.scheduler_interval == "epoch" and not self._plateau():
             self.scheduler.step()
         return None
 
@@ -255,22 +230,31 @@ class Run:
         self.step += 1
         self.batch += 1
         self.optimizer.zero_grad(set_to_none=True)
-        loss, bound = split_output(self.forward(to_device(batch, self.device)))
-        loss.backward()
-        check = nonfinite_flags(loss, self.params)
-        flags = ddp.all_reduce(check[:2].clone(), topo, op="max")  # every rank must take the same branch
-        bound_mean = bound.detach().mean().to(torch.float64) if bound is not None else check.new_tensor(float("nan"))
-        stats = torch.cat([torch.stack([loss.detach().to(torch.float64), bound_mean]), flags, check[2:]])
-        loss_v, bound_v, loss_bad, grad_bad, grad_norm = stats.tolist()  # the step's only host sync
+        try:
+            loss, bound = split_output(self.forward(to_device(batch, self.device)))
+            loss.backward()
+        except Exception as err:
+            # A divergent update can surface here, as a family's validation error one step later.
+            add_step_note(err, self.step, self.epoch, self.batch, "the model's forward or backward")
+            raise
+        summable, norm = step_statistics(loss, bound, self.params)
+        # Every rank must take the same branch, and rank 0 logs the global loss and bound:
+        # one all-reduce of (loss, bound sum, data, impossible data, flags).
+        summable = ddp.all_reduce(summable, topo)
+        stats = torch.cat([summable, norm[None]]).tolist()  # the step's only host sync before the update
+        loss_sum, bound_sum, count, impossible, loss_bad, grad_bad, grad_norm = stats
+        loss_v, impossible = loss_sum / topo.world, int(impossible)
         record = {"step": self.step, "epoch": self.epoch, "loss": loss_v}
         if bound is not None:
-            record["bound"] = bound_v
+            record["bound"] = bound_sum / count if count else math.nan
+            record["impossible_data"] = impossible
+            self.history.impossible_data += impossible
         record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         record["grad_norm"] = grad_norm
         # An alarm with no bad entry is a squared norm that overflowed on finite gradients.
         bad_params = nonfinite_parameters(self.model) if grad_bad else []
-        if loss_bad or bad_params:
-            message = describe_nonfinite(bad_params, loss_v, self.step, self.epoch, self.batch)
+        if loss_bad or bad_params or impossible:
+            message = describe_nonfinite(bad_params, loss_v, self.step, self.epoch, self.batch, impossible, int(count))
             if opt.on_nonfinite == "raise":
                 raise NonFiniteError(message)
             self.optimizer.zero_grad(set_to_none=True)
@@ -289,8 +273,15 @@ class Run:
             if opt.clip_grad_norm is not None and opt.clip_grad_value is not None:
                 nn.utils.clip_grad_norm_(self.params, opt.clip_grad_norm)  # the norm changed: recompute
             elif opt.clip_grad_norm is not None:  # reuse the norm the guard computed
-                nn.utils.clip_grads_with_norm_(self.params, opt.clip_grad_norm, check[2].to(self.params[0].dtype))
+                nn.utils.clip_grads_with_norm_(self.params, opt.clip_grad_norm, norm.to(self.params[0].dtype))
             self.optimizer.step()
+            # Parameters are equal on every rank (DDP), so each rank decides alike without a collective.
+            if not math.isfinite(parameter_norm(self.params).item()):
+                bad = divergent_parameters(self.model)
+                if bad:
+                    raise NonFiniteError(
+                        describe_divergence(bad, self.step, self.epoch, self.batch, record["lr"], grad_norm)
+                    )
             if self.scheduler is not None and opt.scheduler_interval == "step" and not self._plateau():
                 self.scheduler.step()
             record["skipped"] = 0
@@ -317,7 +308,7 @@ class Run:
 
     def _evaluate(self) -> tuple[dict, str | None]:
         opt = self.opt
-        metrics = evaluate(
+        metrics, impossible, count = evaluate(
             self.model, self.eval_loader, self.topo, self.device, opt.eval_fn, lambda b: to_device(b, self.device)
         )
         monitor = opt.monitor or next((m for m in ("bound", "loss") if m in metrics), None)
@@ -325,8 +316,29 @@ class Run:
             monitor = next(iter(metrics))  # a custom eval_fn with one metric: watch that one
         if monitor not in metrics:
             raise ValueError(f"monitor {monitor!r} is not among the evaluation metrics {sorted(metrics)}")
+        record = {"step": self.step, "epoch": self.epoch, **metrics}
+        if impossible:
+            record["impossible_data"] = impossible
+        self.history.evals.append(record)
+        if not self.bar.disable:
+            self.bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.6g}" for k, v in metrics.items()))
+        problem = unusable_evaluation(metrics, impossible, count, self.step, self.epoch)
+        if problem is not None:
+            # NaN never compares greater: such a value would freeze "best" for ever. It takes no
+            # part in early stopping, restore_best or ReduceLROnPlateau.
+            if opt.on_nonfinite == "raise":
+                raise NonFiniteError(problem)
+            record["skipped"] = 1
+            self.history.skipped_evals += 1
+            self.eval_skips += 1
+            if self.eval_skips > opt.max_consecutive_skips:
+                raise NonFiniteError(
+                    f"{self.eval_skips} consecutive non-finite evaluations (max_consecutive_skips="
+                    f"{opt.max_consecutive_skips}); the last: {problem}"
+                )
+            return metrics, None
+        self.eval_skips = 0
         value = metrics[monitor]
-        self.history.evals.append({"step": self.step, "epoch": self.epoch, **metrics})
         if self.scheduler is not None and self._plateau():
             self.scheduler.step(value)
         mode = opt.mode or ("min" if "loss" in monitor else "max")
@@ -340,8 +352,6 @@ class Run:
                 self.best_state = copy_state(self.model.state_dict())
         else:
             self.bad_evals += 1
-        if not self.bar.disable:
-            self.bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.6g}" for k, v in metrics.items()))
         stop = opt.patience is not None and self.bad_evals >= opt.patience
         return metrics, ("early_stopping" if stop else None)
 
@@ -361,10 +371,3 @@ def _make_optimizer(opt: FitOptions, params: list) -> torch.optim.Optimizer:
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"optimizer factory returned {type(optimizer).__name__}, not a torch Optimizer")
     return optimizer
-
-
-def _length(loader) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None

@@ -48,6 +48,7 @@ class FitOptions:
     checkpoint_every: int | None
     keep_checkpoints: int | None
     resume: str | Path | None
+    resume_overrides: Sequence[str]
     log_dir: str | Path | None
     progress: bool | None
     callbacks: Sequence[Callable]
@@ -106,8 +107,16 @@ class FitOptions:
                 reasons.append("restore_best needs eval_data")
         if self.eval_fn is not None and not callable(self.eval_fn):
             reasons.append(f"eval_fn must be callable; got {type(self.eval_fn).__name__}")
-        if self.checkpoint_dir is None and (self.checkpoint_every is not None or self.keep_checkpoints is not None):
-            reasons.append("checkpoint_every and keep_checkpoints need checkpoint_dir")
+        # keep_checkpoints has a default (3), so only checkpoint_every asks for a directory.
+        if self.checkpoint_dir is None and self.checkpoint_every is not None:
+            reasons.append("checkpoint_every needs checkpoint_dir")
+        overrides = self.resume_overrides
+        if isinstance(overrides, str) or not isinstance(overrides, Sequence):
+            reasons.append(f"resume_overrides must be a tuple of setting names, e.g. ('lr',); got {overrides!r}")
+        elif not all(isinstance(n, str) for n in overrides):
+            reasons.append(f"resume_overrides must hold setting names (strings); got {overrides!r}")
+        elif overrides and self.resume is None:
+            reasons.append("resume_overrides needs resume")
         if not isinstance(self.callbacks, Sequence) or not all(callable(c) for c in self.callbacks):
             reasons.append("callbacks must be a sequence of callables")
         if not isinstance(self.compile, (bool, Mapping)):
