@@ -174,7 +174,7 @@ def main():
     laplace = Posterior(model, AutoGuide(model, "laplace")(), num_samples)
     print(f"laplace: k-hat {laplace.khat.item():.2f} (a Gaussian at the mode of the unconstrained density)")
 
-    reference = nuts_reference(200 if args.quick else 2000, 300 if args.quick else 10_000, args.seed)
+    reference = nuts_reference(200 if args.quick else 1000, 300 if args.quick else 4000, args.seed)
     if reference is None:
         reference = psis_reference(model, results["full"]["guide"](), 2000 if args.quick else 100_000)
     ref, ref_label = reference
