@@ -41,7 +41,7 @@ def test_single_output_refit_equals_blr_tuned_and_fitted(cov, learn):
     phi, y, head, _ = _tuned(cov=cov, learn=learn)
     blr = BayesianLinearRegression(D, prior_scale=5.0, noise_variance=3.0).tune(phi, y)
     # the same fixed point from the same start, stopped at 1e-10 in the log-hyperparameters
-    torch.testing.assert_close(head.prior_scale, blr.prior_scale, rtol=1e-8, atol=0)
+    torch.testing.assert_close(torch.tensor(head.prior_scale), blr.prior_scale, rtol=1e-8, atol=0)
     torch.testing.assert_close(head.noise_variance, blr.noise_variance.reshape(1), rtol=1e-8, atol=0)
     # posterior and predictive at those hyperparameters: BLR's, to float64 round-off
     torch.testing.assert_close(head.weights.mean[0], blr.posterior_mean[:, 0], rtol=1e-6, atol=1e-9)
@@ -57,7 +57,7 @@ def test_single_output_refit_equals_blr_tuned_and_fitted(cov, learn):
 
 def test_multi_output_evidence_is_a_sum_of_blrs_and_the_refit_is_exact_per_row():
     phi, y, head, before = _tuned(outputs=3)
-    s, v = float(head.prior_scale), head.noise_variance.detach()
+    s, v = head.prior_scale, head.noise_variance.detach()
     assert len(set(v.tolist())) == 3  # one noise per output, not a shared one
     blrs = [
         BayesianLinearRegression(D, prior_scale=s, noise_variance=float(v[i])).solve_posterior(phi, y[:, i])
@@ -78,7 +78,7 @@ def test_multi_output_evidence_is_a_sum_of_blrs_and_the_refit_is_exact_per_row()
 def test_tuned_evidence_is_a_stationary_maximum(outputs):
     phi, y, head, before = _tuned(outputs)
     y2 = y if outputs else y[:, None]
-    log_s = head.log_prior_scale.detach().clone().requires_grad_(True)
+    log_s = torch.tensor(head.prior_scale).log().requires_grad_(True)
     log_v = head.log_noise_variance.detach().clone().requires_grad_(True)
     ev = log_evidence(phi, y2, log_s, log_v)
     grads = torch.autograd.grad(ev, (log_s, log_v))
@@ -111,10 +111,13 @@ def test_every_parameterization_tunes_to_the_same_evidence_maximum(cov):
 def test_tuned_prior_scale_round_trips_through_state_dict():
     phi, y, head, _ = _tuned()
     clone = VBLLRegression(D, 1, prior_scale=1.0, noise_variance=1.0)
-    assert "log_prior_scale" in head.state_dict() and "_extra_state" not in head.state_dict()
     clone.load_state_dict(head.state_dict())
     assert clone.prior_scale == head.prior_scale
     assert torch.equal(clone.elbo(phi, y), head.elbo(phi, y))
+    with pytest.raises(ValueError, match="prior_scale"):
+        clone.load_state_dict({**head.state_dict(), "_extra_state": {"prior_scale": -1.0}})
+    with pytest.raises(ValueError, match="extra state must be a dict"):
+        clone.load_state_dict({**head.state_dict(), "_extra_state": 0.5})
 
 
 def test_bad_input():

@@ -5,9 +5,9 @@ Backends: ``"reference"`` (:mod:`.reference`, autograd through readable torch, e
 hand-derived gradients, for a ``"scale_tril"`` ``q(W)`` and, in the heteroscedastic op, a
 ``"diagonal"`` or ``"scale_tril"`` ``q(U)``; float32 and float64).  The size rule:
 ``"auto"`` picks ``"fused"`` wherever it applies, at every size, since it does the
-reference's products in fewer passes; it does not apply while ``torch.compile`` traces
-(Inductor fuses the reference itself) or under a ``torch.func`` transform (the node has
-no batching rule).
+reference's products in fewer passes.  It applies to Python-number prior variances (a
+tensor goes to the reference), and, by the dispatcher's rule, neither while
+``torch.compile`` traces nor under a ``torch.func`` transform.
 
 References:
     Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024).
@@ -29,18 +29,11 @@ FUSED_DTYPES = (torch.float32, torch.float64)
 FUSED_MIN_NUMEL = None
 
 
-def _functorch_active() -> bool:
-    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
-
-
-def _limits(**covariances: tuple[RowCovariance, tuple[str, ...]]) -> list[str]:
-    """Why the fused backend cannot take this call; ``covariances``: name -> (its structure, the kinds fused takes)."""
-    if torch.compiler.is_compiling():  # checked first: the functorch probe is not traceable
-        return ["torch.compile is tracing (Inductor fuses the reference's ops itself)"]
+def _limits(prior_variances: tuple, **covariances: tuple[RowCovariance, tuple[str, ...]]) -> list[str]:
+    """Why the fused backend cannot take this call (``covariances``: name -> (its structure, the kinds fused takes))."""
     limits = []
-    if _functorch_active():
-        limits.append("a torch.func transform is active (the fused autograd node has no batching rule)")
+    if any(isinstance(v, Tensor) for v in prior_variances):
+        limits.append("a prior variance is a tensor (the fused backend caches its constants per number)")
     for name, (cov, kinds) in covariances.items():
         if not isinstance(cov, RowCovariance) or cov.kind not in kinds:
             kind = cov.kind if isinstance(cov, RowCovariance) else type(cov).__name__
@@ -85,7 +78,7 @@ def vbll_regression_terms(
         mean: ``[O, D]`` posterior means.
         cov: ``q(W)``'s row covariances (:class:`RowCovariance`).
         log_noise_variance: ``[O]`` log noise variances.
-        prior_variance: ``s^2``, a float or a 0-d tensor.
+        prior_variance: ``s^2``, a number (or a 0-d tensor, which the reference takes).
         wishart_a: ``(nu + O + 1) / 2`` of a learned noise's inverse-Wishart prior, else 0.
         wishart_psi: ``psi`` of that prior, else 0.
         backend: ``"auto"``, ``"reference"``, ``"fused"``, or ``None`` for the
@@ -102,14 +95,11 @@ def vbll_regression_terms(
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024), Sec. 3.1.
     """
     _check_shapes("vbll_regression_terms", phi, y, mean=mean)
+    limits = _limits((prior_variance,), cov=(cov, ("scale_tril",)))
     choice = dispatch.choose(
-        "vbll_regression_terms", phi, y, mean, *cov.params, log_noise_variance, backend=backend,
-        limits=_limits(cov=(cov, ("scale_tril",))), fused=FUSED_DTYPES, fused_min_numel=FUSED_MIN_NUMEL,
+        "vbll_regression_terms", phi, y, mean, *cov.params, log_noise_variance, backend=backend, dtypes=None,
+        limits=limits, fused=FUSED_DTYPES, fused_min_numel=FUSED_MIN_NUMEL,
     )  # fmt: skip
-    if choice == "triton":
-        raise dispatch.KernelUnavailableError(
-            "vbll_regression_terms: the triton backend was forced but the op has none"
-        )
     if choice == "fused":
         (raw,) = cov.params
         return fused.RegressionTerms.apply(
@@ -163,15 +153,13 @@ def vbll_heteroscedastic_terms(
         Regression* (ICML 2011).
     """
     _check_shapes("vbll_heteroscedastic_terms", phi, y, mean=mean, noise_mean=noise_mean)
-    limits = _limits(cov=(cov, ("scale_tril",)), noise_cov=(noise_cov, ("diagonal", "scale_tril")))
+    limits = _limits(
+        (prior_variance, noise_prior_variance), cov=(cov, ("scale_tril",)), noise_cov=(noise_cov, ("diagonal", "scale_tril"))
+    )
     choice = dispatch.choose(
         "vbll_heteroscedastic_terms", phi, y, mean, *cov.params, noise_mean, *noise_cov.params, offset,
-        backend=backend, limits=limits, fused=FUSED_DTYPES, fused_min_numel=FUSED_MIN_NUMEL,
+        backend=backend, dtypes=None, limits=limits, fused=FUSED_DTYPES, fused_min_numel=FUSED_MIN_NUMEL,
     )  # fmt: skip
-    if choice == "triton":
-        raise dispatch.KernelUnavailableError(
-            "vbll_heteroscedastic_terms: the triton backend was forced but the op has none"
-        )
     if choice == "fused":
         (raw,) = cov.params
         if noise_cov.kind == "diagonal":

@@ -19,11 +19,15 @@ gradients ``g [B]`` (of the expected log-likelihood) and ``h`` (of the penalty),
     d/dR_i  = tril(d/dL_i, -1) + diag(diag(d/dL_i) exp(l_i) - h)
     d/dPhi  = sum_i G_i W_i^T (+ the log-variance's terms),   d/dy = -(last column of G)^T.
 
+The code carries ``-G`` (the rows scaled by ``-g w``), which saves a negation per step.
 Homoscedastic: ``w_ni = -1/v_i``.  Heteroscedastic (``e = exp(-mu + t/2)``, ``A = e ||E||^2``):
 ``w = -e``, ``d/dmu = g (A - 1) / 2`` and ``d/dt = -g A / 4``; with a dense ``q(U)`` its
 block ``[L^u_i | u_i]`` is stacked under ``W`` and ``d/dP^u = 2 P^u d/dt``.
 
-Tested against :mod:`.reference` for values and gradients (``gradcheck`` in float64).
+The prior variances are Python numbers: each configuration's constants (the penalty's
+coefficients, masks) are made once as tensors and cached, so that no Python number is
+wrapped into a tensor on every call.  Tested against :mod:`.reference` for values and
+gradients (``gradcheck`` in float64).
 
 References:
     Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024);
@@ -56,8 +60,11 @@ def _masks(d: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Te
     return keep, lower
 
 
-def _log(x: Tensor | float) -> Tensor | float:
-    return x.log() if isinstance(x, Tensor) else math.log(x)
+@functools.lru_cache(maxsize=64)
+def _consts(coef: tuple[float, ...], scalars: tuple[float, ...], dtype, device) -> tuple[Tensor, ...]:
+    """``(coef tensor, one, *scalars as 0-d tensors)`` for one configuration."""
+    as_tensor = functools.partial(torch.tensor, dtype=dtype, device=device)
+    return (as_tensor(coef), as_tensor(1.0), *(as_tensor(v) for v in scalars))
 
 
 def _pack(raw: Tensor, mean: Tensor, keep: Tensor) -> Tensor:
@@ -91,7 +98,7 @@ class RegressionTerms(torch.autograd.Function):
     """Homoscedastic terms, dense ``q(W)``: ``(expected_log_lik [B], penalty [])``, as in :mod:`.reference`.
 
     Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``raw [O, D, D]`` (the raw factor of
-    :class:`.reference.RowCovariance`), ``log_v [O]``, ``prior_var`` (float or 0-d tensor),
+    :class:`.reference.RowCovariance`), ``log_v [O]``, and the numbers ``prior_var``,
     ``wishart_a``, ``wishart_psi``.
 
     References:
@@ -103,37 +110,36 @@ class RegressionTerms(torch.autograd.Function):
         b, o = y.shape
         d = phi.shape[-1]
         keep, lower = _masks(d, phi.dtype, phi.device)
+        # penalty = coef . [||W||^2, sum l, sum log v, sum 1/v, 1]
+        coef = (0.5 / prior_var, -1.0, wishart_a, 0.5 * wishart_psi, 0.5 * o * d * (math.log(prior_var) - 1))
+        coef, one, c0, inv_var = _consts(coef, (-0.5 * o * _LOG_2PI, 1.0 / prior_var), phi.dtype, phi.device)
         work = _pack(raw, mean, keep)
         err = torch.bmm(phi.expand(o, b, d), work)  # [P | Phi m]; subtracting y gives E = [P | -r]
         err[..., d].sub_(y.mT)
         sq = (err * err).sum(-1)  # [O, B]: r^2 + phi^T S phi
-        prec = log_v.neg().exp()  # [O]
-        expected = torch.matmul(prec, sq).mul_(-0.5).sub_(0.5 * (log_v.sum() + o * _LOG_2PI))
+        prec = log_v.neg().exp_()  # [O]
+        log_v_sum = log_v.sum()
+        expected = torch.addmv(torch.add(c0, log_v_sum, alpha=-0.5), sq.mT, prec, alpha=-0.5)
         flat = work.view(-1)
-        log_det = raw.diagonal(dim1=-2, dim2=-1).sum()  # sum of log L_jj: half of sum log|S_i|
-        penalty = torch.dot(flat, flat) * (0.5 / prior_var) - log_det + 0.5 * o * d * (_log(prior_var) - 1)
-        if wishart_a or wishart_psi:
-            penalty = penalty + (wishart_a * log_v + (0.5 * wishart_psi) * prec).sum()
+        terms = torch.stack([torch.dot(flat, flat), raw.diagonal(dim1=-2, dim2=-1).sum(), log_v_sum, prec.sum(), one])
         ctx.save_for_backward(phi, work, err, sq, prec)
-        ctx.consts = (prior_var, wishart_a, wishart_psi, lower)
-        return expected, penalty
+        ctx.consts = (wishart_a, wishart_psi, inv_var, lower)
+        return expected, torch.dot(terms, coef)
 
     @staticmethod
     def backward(ctx, g, h):
         phi, work, err, sq, prec = ctx.saved_tensors
-        prior_var, wishart_a, wishart_psi, lower = ctx.consts
-        scale = torch.outer(prec, g).neg_()  # [O, B]: -g_n / v_i
-        g_err = err * scale.unsqueeze(-1)
-        g_work = torch.bmm(phi.mT.expand(work.shape[0], -1, -1), g_err).addcmul_(work, h / prior_var)
+        wishart_a, wishart_psi, inv_var, lower = ctx.consts
+        neg_g_err = err * torch.outer(prec, g).unsqueeze(-1)  # -G: rows scaled by g_n / v_i
+        g_work = torch.baddbmm(work * (h * inv_var), phi.mT.expand(work.shape[0], -1, -1), neg_g_err, alpha=-1.0)
         g_raw, g_mean = _unpack_grad(g_work, work, lower, h)
         g_log_v = None
         if ctx.needs_input_grad[4]:
-            # d expected_n / d log v_i = (||E_in||^2 / v_i - 1) / 2; the IW term adds h (a - psi / (2 v_i))
-            g_log_v = torch.addcmul(g.sum().mul(-0.5), prec, torch.mv(sq, g), value=0.5)
-            if wishart_a or wishart_psi:
-                g_log_v = g_log_v + h * (wishart_a - (0.5 * wishart_psi) * prec)
-        g_phi = _phi_grad(g_err, work) if ctx.needs_input_grad[0] else None
-        g_y = g_err[..., -1].mT.neg() if ctx.needs_input_grad[1] else None
+            # d/dlog v_i = 1/v_i (sum_n g_n ||E_in||^2 - psi h) / 2 + a h - sum_n g_n / 2
+            base = torch.sub(h * wishart_a, g.sum(), alpha=0.5)
+            g_log_v = torch.addcmul(base, prec, torch.mv(sq, g).sub_(h, alpha=wishart_psi), value=0.5)
+        g_phi = _phi_grad(neg_g_err, work).neg_() if ctx.needs_input_grad[0] else None
+        g_y = neg_g_err[..., -1].mT if ctx.needs_input_grad[1] else None
         return g_phi, g_y, g_mean, g_raw, g_log_v, None, None, None
 
 
@@ -141,7 +147,7 @@ class HeteroscedasticTerms(torch.autograd.Function):
     """Heteroscedastic terms, dense ``q(W)`` and diagonal ``q(U)``, as :func:`.reference.heteroscedastic_terms`.
 
     Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``raw [O, D, D]``, ``u_mean [O, D]``,
-    ``u_log_var [O, D]``, ``offset [O]``, ``prior_var``, ``u_prior_var``.
+    ``u_log_var [O, D]``, ``offset [O]``, and the numbers ``prior_var``, ``u_prior_var``.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024);
@@ -153,6 +159,11 @@ class HeteroscedasticTerms(torch.autograd.Function):
         b, o = y.shape
         d = phi.shape[-1]
         keep, lower = _masks(d, phi.dtype, phi.device)
+        # penalty = coef . [||W||^2, sum l, sum exp(V), ||U||^2, sum V, 1]
+        const = 0.5 * o * d * (math.log(prior_var) + math.log(u_prior_var) - 2)
+        coef = (0.5 / prior_var, -1.0, 0.5 / u_prior_var, 0.5 / u_prior_var, -0.5, const)
+        scalars = (-0.5 * o * _LOG_2PI, 1.0 / prior_var, 1.0 / u_prior_var)
+        coef, one, c0, inv_var, inv_u_var = _consts(coef, scalars, phi.dtype, phi.device)
         work = _pack(raw, mean, keep)
         err = torch.bmm(phi.expand(o, b, d), work)
         err[..., d].sub_(y.mT)
@@ -162,47 +173,40 @@ class HeteroscedasticTerms(torch.autograd.Function):
         t = phi_sq @ u_var.mT  # [B, O]
         e = torch.exp(torch.add(t, mu, alpha=-2.0).mul_(0.5))  # exp(-mu + t/2)
         a = (err * err).sum(-1).mT.mul(e)  # A = e (r^2 + phi^T S phi), [B, O]
-        expected = torch.add(mu, a).sum(-1).add_(o * _LOG_2PI).mul_(-0.5)
-        flat = work.view(-1)
-        const = 0.5 * o * d * (_log(prior_var) + _log(u_prior_var) - 2)
-        kl_w = torch.dot(flat, flat) * (0.5 / prior_var) - raw.diagonal(dim1=-2, dim2=-1).sum()
-        kl_u = (u_var.sum() + (u_mean * u_mean).sum()) * (0.5 / u_prior_var) - 0.5 * u_log_var.sum()
+        expected = torch.add(c0, torch.add(mu, a).sum(-1), alpha=-0.5)
+        flat, u_flat = work.view(-1), u_mean.reshape(-1)
+        terms = [torch.dot(flat, flat), raw.diagonal(dim1=-2, dim2=-1).sum(), u_var.sum(), torch.dot(u_flat, u_flat)]
+        terms = torch.stack([*terms, u_log_var.sum(), one])
         ctx.save_for_backward(phi, u_mean, work, err, u_var, phi_sq, e, a)
-        ctx.consts = (prior_var, u_prior_var, lower)
-        return expected, kl_w + kl_u + const
+        ctx.consts = (inv_var, inv_u_var, lower)
+        return expected, torch.dot(terms, coef)
 
     @staticmethod
     def backward(ctx, g, h):
         phi, u_mean, work, err, u_var, phi_sq, e, a = ctx.saved_tensors
-        prior_var, u_prior_var, lower = ctx.consts
+        inv_var, inv_u_var, lower = ctx.consts
         gc = g.unsqueeze(-1)  # [B, 1]
         g_mu = torch.sub(a, 1.0).mul_(gc).mul_(0.5)  # g (A - 1) / 2, [B, O]
         g_t = torch.mul(a, gc).mul_(-0.25)  # -g A / 4
-        g_err = err * torch.mul(e, gc).neg_().mT.unsqueeze(-1)  # -g e E, [O, B, D+1]
-        g_work = torch.bmm(phi.mT.expand(work.shape[0], -1, -1), g_err).addcmul_(work, h / prior_var)
+        neg_g_err = err * torch.mul(e, gc).mT.unsqueeze(-1)  # -G = g e E, [O, B, D+1]
+        g_work = torch.baddbmm(work * (h * inv_var), phi.mT.expand(work.shape[0], -1, -1), neg_g_err, alpha=-1.0)
         g_raw, g_mean = _unpack_grad(g_work, work, lower, h)
-        h_u = h / u_prior_var
+        h_u = h * inv_u_var
         g_u_mean = torch.addmm(u_mean * h_u, g_mu.mT, phi)
         g_offset = g_mu.sum(0)
-        g_u_log_var = (g_t.mT @ phi_sq).add_(0.5 * h_u).mul_(u_var).sub_(0.5 * h)
+        g_u_log_var = (g_t.mT @ phi_sq).add_(h_u, alpha=0.5).mul_(u_var).sub_(h, alpha=0.5)
         g_phi = g_y = None
         if ctx.needs_input_grad[0]:
-            g_phi = torch.addmm(_phi_grad(g_err, work), g_mu, u_mean).addcmul_(phi, g_t @ u_var, value=2.0)
+            back = _phi_grad(neg_g_err, work)
+            g_phi = torch.addmm(back, g_mu, u_mean, beta=-1.0).addcmul_(phi, g_t @ u_var, value=2.0)
         if ctx.needs_input_grad[1]:
-            g_y = g_err[..., -1].mT.neg()
+            g_y = neg_g_err[..., -1].mT
         return g_phi, g_y, g_mean, g_raw, g_u_mean, g_u_log_var, g_offset, None, None
 
 
-def _decay(o: int, prior_var, u_prior_var, like: Tensor) -> Tensor:
-    """``[2O, 1, 1]``: ``1 / s^2`` for the ``O`` blocks of ``W``, then ``1 / s_u^2`` for those of ``U``."""
-    if isinstance(prior_var, Tensor) or isinstance(u_prior_var, Tensor):
-        pair = torch.stack([torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in (prior_var, u_prior_var)])
-        return pair.reciprocal().repeat_interleave(o).view(2 * o, 1, 1)
-    return _cached_decay(o, float(prior_var), float(u_prior_var), like.dtype, like.device)
-
-
 @functools.lru_cache(maxsize=32)
-def _cached_decay(o, prior_var, u_prior_var, dtype, device) -> Tensor:
+def _decay(o: int, prior_var: float, u_prior_var: float, dtype, device) -> Tensor:
+    """``[2O, 1, 1]``: ``1 / s^2`` for the ``O`` blocks of ``W``, then ``1 / s_u^2`` for those of ``U``."""
     values = [1.0 / prior_var] * o + [1.0 / u_prior_var] * o
     return torch.tensor(values, dtype=dtype).to(device).view(2 * o, 1, 1)
 
@@ -211,9 +215,9 @@ class HeteroscedasticDenseTerms(torch.autograd.Function):
     """Heteroscedastic terms, dense ``q(W)`` and dense ``q(U)``, as :func:`.reference.heteroscedastic_terms`.
 
     Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``raw [O, D, D]``, ``u_mean [O, D]``,
-    ``u_raw [O, D, D]``, ``offset [O]``, ``prior_var``, ``u_prior_var``.  The blocks ``[L_i | m_i]``
-    (rows ``0..O-1``) and ``[L^u_i | u_i]`` (rows ``O..2O-1``) are stacked, so one product serves
-    both posteriors.
+    ``u_raw [O, D, D]``, ``offset [O]``, and the numbers ``prior_var``, ``u_prior_var``.  The
+    blocks ``[L_i | m_i]`` (rows ``0..O-1``) and ``[L^u_i | u_i]`` (rows ``O..2O-1``) are stacked,
+    so one product serves both posteriors.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024);
@@ -225,6 +229,10 @@ class HeteroscedasticDenseTerms(torch.autograd.Function):
         b, o = y.shape
         d = phi.shape[-1]
         keep, lower = _masks(d, phi.dtype, phi.device)
+        # penalty = coef . [sum_k ||W_k||^2 / s_k^2, sum l + sum l^u, 1]
+        const = 0.5 * o * d * (math.log(prior_var) + math.log(u_prior_var) - 2)
+        coef, one, c0 = _consts((0.5, -1.0, const), (-0.5 * o * _LOG_2PI,), phi.dtype, phi.device)
+        decay = _decay(o, prior_var, u_prior_var, phi.dtype, phi.device)
         raws = torch.cat([raw, u_raw])
         work = _pack(raws, torch.cat([mean, u_mean]), keep)
         prod = torch.bmm(phi.expand(2 * o, b, d), work)  # [2O, B, D+1]
@@ -235,28 +243,25 @@ class HeteroscedasticDenseTerms(torch.autograd.Function):
         t = (p_u * p_u).sum(-1)
         e = torch.exp(torch.add(t, mu, alpha=-2.0).mul_(0.5))  # exp(-mu + t/2), [O, B]
         a = (err * err).sum(-1).mul_(e)  # A, [O, B]
-        expected = torch.add(mu, a).sum(0).add_(o * _LOG_2PI).mul_(-0.5)
-        decay = _decay(o, prior_var, u_prior_var, phi)
-        const = 0.5 * o * d * (_log(prior_var) + _log(u_prior_var) - 2)
-        # (||W||^2 / s^2 + ||W^u||^2 / s_u^2) / 2 - sum l - sum l^u: both KLs in one weighted sum
-        penalty = (work * work).mul_(decay).sum().mul(0.5) - raws.diagonal(dim1=-2, dim2=-1).sum() + const
+        expected = torch.add(c0, torch.add(mu, a).sum(0), alpha=-0.5)
+        terms = torch.stack([(work * work).mul_(decay).sum(), raws.diagonal(dim1=-2, dim2=-1).sum(), one])
         ctx.save_for_backward(phi, work, prod, e, a, decay)
         ctx.consts = (lower,)
-        return expected, penalty
+        return expected, torch.dot(terms, coef)
 
     @staticmethod
     def backward(ctx, g, h):
         phi, work, prod, e, a, decay = ctx.saved_tensors
         (lower,) = ctx.consts
         o, d = e.shape[0], phi.shape[-1]
-        g_prod = torch.empty_like(prod)  # stacked [G; G^u], [2O, B, D+1]
+        neg_g = torch.empty_like(prod)  # stacked -[G; G^u], [2O, B, D+1]
         ga = a * g  # g A, [O, B]
-        torch.mul(prod[:o], torch.mul(e, g).neg_().unsqueeze(-1), out=g_prod[:o])  # -g e E
-        torch.mul(prod[o:], ga.mul(-0.5).unsqueeze(-1), out=g_prod[o:])  # 2 P^u (-g A / 4)
-        torch.sub(ga, g, out=g_prod[o:, :, d]).mul_(0.5)  # d/dmu = g (A - 1) / 2
-        g_work = torch.bmm(phi.mT.expand(2 * o, -1, -1), g_prod).addcmul_(work, decay * h)
+        torch.mul(prod[:o], torch.mul(e, g).unsqueeze(-1), out=neg_g[:o])  # g e E
+        torch.mul(prod[o:], ga.mul(0.5).unsqueeze(-1), out=neg_g[o:])  # -2 P^u d/dt, d/dt = -g A / 4
+        torch.sub(g, ga, out=neg_g[o:, :, d]).mul_(0.5)  # -d/dmu = g (1 - A) / 2
+        g_work = torch.baddbmm(work * (decay * h), phi.mT.expand(2 * o, -1, -1), neg_g, alpha=-1.0)
         g_raw, g_mean = _unpack_grad(g_work, work, lower, h)
-        g_offset = g_prod[o:, :, d].sum(-1)
-        g_phi = _phi_grad(g_prod, work) if ctx.needs_input_grad[0] else None
-        g_y = g_prod[:o, :, d].mT.neg() if ctx.needs_input_grad[1] else None
+        g_offset = neg_g[o:, :, d].sum(-1).neg_()
+        g_phi = _phi_grad(neg_g, work).neg_() if ctx.needs_input_grad[0] else None
+        g_y = neg_g[:o, :, d].mT if ctx.needs_input_grad[1] else None
         return g_phi, g_y, g_mean[:o], g_raw[:o], g_mean[o:], g_raw[o:], g_offset, None, None

@@ -6,24 +6,19 @@ one parameter ``packed [O, D*(D+1) + S]``: per row the ``D x (D+1)`` matrix ``[F
 row-major (``F_i``: strict lower triangle of the factor, its log-diagonal on the diagonal),
 then ``S`` spare entries, where :class:`~vitorch.models.last_layer.VBLLRegression` kept its
 learned log noise variance and :class:`~vitorch.models.last_layer.VBLLHeteroscedasticRegression`
-with a dense ``q(U)`` its log-variance offset.  ``VBLLRegression`` saved its prior scale as
-extra state ``{"prior_scale": s}`` and a noise it did not pack as ``log_noise``.  These
-functions rewrite such keys into today's (``mean``, ``offdiag``, ``log_diag``,
-``log_noise_variance``, ``log_prior_scale``, ``log_noise_offset``) inside a module's
+with a dense ``q(U)`` its log-variance offset; ``VBLLRegression`` saved a noise it did not
+pack as ``log_noise``.  These functions rewrite such keys into today's (``mean``,
+``raw_tril``, ``log_noise_variance``, ``log_noise_offset``) inside a module's
 ``_load_from_state_dict`` and return the keys they converted; :func:`warn` then says so once.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 
-import torch
 from torch import Tensor
 
-from . import _checks
-
-__all__ = ["unpack_posterior", "rename", "prior_scale_from_extra_state", "warn", "deprecated_fit"]
+__all__ = ["unpack_posterior", "rename", "warn", "deprecated_fit"]
 
 
 def warn(keys: list[str]) -> None:
@@ -31,7 +26,7 @@ def warn(keys: list[str]) -> None:
     if keys:
         warnings.warn(
             f"loading a vitorch <= 0.4 VBLL state_dict: converted {keys} to the current parameters (mean, "
-            "offdiag, log_diag, log_noise_variance, log_prior_scale, log_noise_offset); save the model again "
+            "raw_tril, log_noise_variance, log_noise_offset); save the model again "
             "to store the new keys",
             UserWarning,
             stacklevel=4,
@@ -39,7 +34,7 @@ def warn(keys: list[str]) -> None:
 
 
 def unpack_posterior(state_dict: dict, prefix: str, d: int) -> Tensor | None:
-    """Replace ``prefix + "packed"`` by ``mean``, ``offdiag`` and ``log_diag``; return the spare entries ``[O, S]``.
+    """Replace ``prefix + "packed"`` by ``mean`` and ``raw_tril``; return the spare entries ``[O, S]``.
 
     Returns ``None`` (and changes nothing) when the key is absent.
     """
@@ -53,8 +48,7 @@ def unpack_posterior(state_dict: dict, prefix: str, d: int) -> Tensor | None:
     matrix = packed[:, :size].reshape(-1, d, d + 1)
     raw = matrix[..., :d]
     state_dict[prefix + "mean"] = matrix[..., d].clone()
-    state_dict[prefix + "offdiag"] = raw.tril(-1)
-    state_dict[prefix + "log_diag"] = raw.diagonal(dim1=-2, dim2=-1).clone()
+    state_dict[prefix + "raw_tril"] = raw.tril()  # the unused upper triangle: zeros
     return packed[:, size:]
 
 
@@ -64,19 +58,6 @@ def rename(state_dict: dict, old: str, new: str) -> bool:
         state_dict[new] = state_dict.pop(old)
         return True
     return False
-
-
-def prior_scale_from_extra_state(state_dict: dict, prefix: str, owner: str) -> bool:
-    """Turn ``_extra_state = {"prior_scale": s}`` into the buffer ``log_prior_scale = log s``; whether it did."""
-    key = prefix + "_extra_state"
-    if key not in state_dict:
-        return False
-    extra = state_dict.pop(key)
-    if not isinstance(extra, dict) or "prior_scale" not in extra:
-        raise ValueError(f"{owner}: {key} must be a dict with 'prior_scale'; got {extra!r}")
-    s = _checks.positive_float(owner, "prior_scale", extra["prior_scale"])
-    state_dict[prefix + "log_prior_scale"] = torch.tensor(math.log(s), dtype=torch.float64)
-    return True
 
 
 def deprecated_fit(head) -> None:

@@ -262,11 +262,12 @@ class LowRank(WeightPosterior):
 
 
 class _Cholesky(WeightPosterior):
-    """A lower-triangular factor ``L_i`` per row: ``L = tril(offdiag, -1) + diag(exp(log_diag))``.
+    """A lower-triangular factor ``L_i`` per row, from one unconstrained matrix ``raw_tril``.
 
-    Parameters: ``mean [O, D]``, ``offdiag [O, D, D]`` (its strict lower triangle is the
-    factor's; its diagonal and upper triangle are not read and get a zero gradient) and
-    ``log_diag [O, D]``, the log of the factor's diagonal, kept positive by ``exp``.
+    ``L = tril(raw_tril, -1) + diag(exp(diag(raw_tril)))``: the strict lower triangle of
+    ``raw_tril [O, D, D]`` is the factor's, its diagonal is the log of the factor's diagonal
+    (kept positive by ``exp``), and its strict upper triangle is not read (a zero gradient).
+    Parameters: ``mean [O, D]`` and ``raw_tril [O, D, D]``.
     """
 
     # log L_jj = _LOG_DIAG_PER_LOG_VARIANCE * log(init_variance): +1/2 for a factor of the
@@ -276,20 +277,25 @@ class _Cholesky(WeightPosterior):
 
     def __init__(self, out_features: int, in_features: int, init_variance: float = 1.0, init_mean_scale: float = 0.0):
         super().__init__(out_features, in_features, init_variance, init_mean_scale)  # validates init_variance
-        self.offdiag = nn.Parameter(torch.zeros(out_features, in_features, in_features))
-        log_l = self._LOG_DIAG_PER_LOG_VARIANCE * math.log(init_variance)
-        self.log_diag = nn.Parameter(torch.full((out_features, in_features), log_l))
+        raw = torch.zeros(out_features, in_features, in_features)
+        raw.diagonal(dim1=-2, dim2=-1).fill_(self._LOG_DIAG_PER_LOG_VARIANCE * math.log(init_variance))
+        self.raw_tril = nn.Parameter(raw)
+
+    @property
+    def log_diag(self) -> Tensor:
+        """``[O, D]`` log of the factor's diagonal: a view of ``raw_tril`` (in-place edits write through)."""
+        return self.raw_tril.diagonal(dim1=-2, dim2=-1)
 
     def tril(self) -> Tensor:
         """The lower-triangular factor with positive diagonal, ``[O, D, D]``."""
-        return self.offdiag.tril(-1) + torch.diag_embed(self.log_diag.exp())
+        return self.raw_tril.tril(-1) + torch.diag_embed(self.log_diag.exp())
 
     def row_covariance(self) -> RowCovariance:
-        return RowCovariance(self._KIND, (self.offdiag, self.log_diag))
+        return RowCovariance(self._KIND, (self.raw_tril,))
 
     def _set_tril(self, tril: Tensor) -> None:
         with torch.no_grad():
-            self.offdiag.copy_(tril.tril(-1))
+            self.raw_tril.copy_(tril.tril(-1))
             self.log_diag.copy_(tril.diagonal(dim1=-2, dim2=-1).log())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -301,10 +307,11 @@ class _Cholesky(WeightPosterior):
 class Dense(_Cholesky):
     """Dense rows through a Cholesky factor of the covariance, ``S_i = L_i L_i^T``.
 
-    Parameters: ``mean [O, D]``, ``offdiag [O, D, D]`` (strict lower triangle of ``L``) and
-    ``log_diag [O, D]`` (log of its diagonal), so ``L = tril(offdiag, -1) +
-    diag(exp(log_diag))``.  ``log |S_i| = 2 sum_j log L_jj`` and ``tr S_i = ||L_i||_F^2``
-    need no factorization.  Args as :class:`WeightPosterior`.
+    Parameters: ``mean [O, D]`` and ``raw_tril [O, D, D]``, the factor's strict lower triangle
+    with the log of its diagonal on the diagonal: ``L = tril(raw_tril, -1) +
+    diag(exp(diag(raw_tril)))`` (``log_diag`` is a view of that diagonal).  ``log |S_i| = 2
+    sum_j log L_jj`` and ``tr S_i = ||L_i||_F^2`` need no factorization.  Args as
+    :class:`WeightPosterior`.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
@@ -346,8 +353,8 @@ class DensePrecision(_Cholesky):
 
     Closed-form (batch or recursive) Bayesian updates act on the precision, so this
     form is exact and cheap to set from them; ``quad`` costs a triangular solve.
-    Parameters as :class:`Dense` (``mean``, ``offdiag``, ``log_diag``), here for the
-    precision's factor.  Args as :class:`WeightPosterior`.
+    Parameters as :class:`Dense` (``mean``, ``raw_tril``), here for the precision's factor.
+    Args as :class:`WeightPosterior`.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):

@@ -139,7 +139,7 @@ class VBLLDenseNoiseRegression(VBLLRegression):
         lam = torch.cholesky_inverse(tril)
         gram = phi.mT @ phi
         eye_d = torch.eye(d, dtype=phi.dtype, device=phi.device)
-        prior_var = self.prior_variance.to(phi)
+        prior_var = self.prior_variance
         precision = gram * prec_diag[:, None, None] + eye_d / prior_var  # [O, D, D]
         eye_od = torch.eye(o * d, dtype=phi.dtype, device=phi.device)
         system = torch.kron(lam.contiguous(), gram.contiguous()) + eye_od / prior_var

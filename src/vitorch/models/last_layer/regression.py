@@ -59,10 +59,10 @@ class VBLLRegression(nn.Module):
         wishart_scale: ``psi`` of the inverse-Wishart noise prior ``IW(psi I, nu)``.
         wishart_dof: ``nu`` of that prior.
 
-    State: ``weights`` (the posterior's own parameters, e.g. ``mean [O, D]``, ``offdiag
-    [O, D, D]`` and ``log_diag [O, D]`` for ``Dense``), ``log_noise_variance [O]`` (a
-    parameter when learned, else a buffer) and the buffer ``log_prior_scale []`` (which
-    :meth:`solve_posterior` with ``tune=True`` changes).
+    State: ``weights`` (the posterior's own parameters, e.g. ``mean [O, D]`` and the raw
+    Cholesky factor ``raw_tril [O, D, D]`` for ``Dense``), ``log_noise_variance [O]`` (a
+    parameter when learned, else a buffer) and the number ``prior_scale`` (which
+    :meth:`solve_posterior` with ``tune=True`` changes; kept in ``state_dict`` as extra state).
 
     Example:
         >>> head = VBLLRegression(64, prior_scale=1.0, noise_variance=0.5, learn_noise=False)
@@ -95,17 +95,15 @@ class VBLLRegression(nn.Module):
         owner = type(self).__name__
         self.in_features = _checks.positive_int(owner, "in_features", in_features)
         self.out_features = _checks.positive_int(owner, "out_features", out_features)
-        s = _checks.positive_float(owner, "prior_scale", prior_scale)
+        self.prior_scale = _checks.positive_float(owner, "prior_scale", prior_scale)
         self.wishart_scale = _checks.positive_float(owner, "wishart_scale", wishart_scale)
         self.wishart_dof = _checks.positive_float(owner, "wishart_dof", wishart_dof)
         v = _checks.positive_float(owner, "noise_variance", noise_variance)
         self.learn_noise = bool(learn_noise)
         # q starts at the prior's covariance: the KL term is then zero at initialization.
-        self.weights = covariance(out_features, in_features, init_variance=s**2)
+        self.weights = covariance(out_features, in_features, init_variance=self.prior_scale**2)
         if not isinstance(self.weights, WeightPosterior):
             raise ValueError(f"{owner}: covariance must build a WeightPosterior; got {type(self.weights).__name__}")
-        # a buffer, not a float: solve_posterior(tune=True) changes it, and state_dict keeps it
-        self.register_buffer("log_prior_scale", torch.tensor(math.log(s)))
         self._init_noise(torch.full((out_features,), math.log(v)))
 
     def _init_noise(self, log_v: Tensor) -> None:
@@ -116,28 +114,31 @@ class VBLLRegression(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # state saved by vitorch <= 0.4: a packed dense posterior (the learned noise in its
-        # spare entry), the noise as ``log_noise``, the prior scale as extra state
+        # spare entry), or a noise it did not pack as ``log_noise``
         converted = [k for k in (prefix + "weights.packed", prefix + "log_noise") if k in state_dict]
         spare = _legacy.unpack_posterior(state_dict, prefix + "weights.", self.in_features)
         if spare is not None and spare.shape[1] >= 1:
             state_dict.setdefault(prefix + "log_noise_variance", spare[:, 0].clone())
         _legacy.rename(state_dict, prefix + "log_noise", prefix + "log_noise_variance")
-        if _legacy.prior_scale_from_extra_state(state_dict, prefix, type(self).__name__):
-            converted.append(prefix + "_extra_state")
         _legacy.warn(converted)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----- pieces of the objective
 
-    @property
-    def prior_scale(self) -> Tensor:
-        """``s``, a 0-d tensor (stored as the buffer ``log_prior_scale``)."""
-        return self.log_prior_scale.exp()
+    # The prior scale is a number (the fused kernel caches its constants per value);
+    # ``solve_posterior(tune=True)`` changes it, so it travels in ``state_dict`` as extra state.
+    def get_extra_state(self) -> dict:
+        return {"prior_scale": self.prior_scale}
+
+    def set_extra_state(self, state: dict) -> None:
+        if not isinstance(state, dict) or "prior_scale" not in state:
+            raise ValueError(f"{type(self).__name__}: extra state must be a dict with 'prior_scale'; got {state!r}")
+        self.prior_scale = _checks.positive_float(type(self).__name__, "prior_scale", state["prior_scale"])
 
     @property
-    def prior_variance(self) -> Tensor:
-        """``s^2``, a 0-d tensor."""
-        return self.log_prior_scale.mul(2).exp()
+    def prior_variance(self) -> float:
+        """``s^2``."""
+        return self.prior_scale**2
 
     @property
     def noise_variance(self) -> Tensor:
@@ -246,7 +247,7 @@ class VBLLRegression(nn.Module):
         prec_noise = 1.0 / self.noise_variance  # [O]
         eye = torch.eye(self.in_features, dtype=phi.dtype, device=phi.device)
         gram = phi.mT @ phi
-        precision = gram * prec_noise[:, None, None] + eye / self.prior_variance.to(phi)  # [O, D, D]
+        precision = gram * prec_noise[:, None, None] + eye / self.prior_variance  # [O, D, D]
         rhs = (phi.mT @ y).mT * prec_noise[:, None]  # [O, D]
         mean = torch.cholesky_solve(rhs.unsqueeze(-1), torch.linalg.cholesky(precision)).squeeze(-1)
         self.weights.set_posterior(mean, precision)
@@ -296,7 +297,7 @@ class VBLLRegression(nn.Module):
         inverse-Wishart prior is not used), found by MacKay's fixed point from the
         current values.  The posterior is then the exact one at those hyperparameters
         (for the dense forms; the KL projection onto ``Diagonal`` / ``LowRank``).  This
-        overwrites ``log_prior_scale`` and the noise, fixed or learned; both are kept in
+        overwrites ``prior_scale`` and the noise, fixed or learned; both are kept in
         ``state_dict``.  Cost: one ``D x D`` eigendecomposition, a few ``[D, O]``
         operations per iteration, and one Cholesky factorization per output.
 
@@ -339,9 +340,9 @@ class VBLLRegression(nn.Module):
 
     @torch.no_grad()
     def _tune(self, phi: Tensor, y: Tensor, max_iters: int, tol: float) -> None:
-        start = (self.log_prior_scale.to(phi), self.log_noise_variance.detach())
-        log_s, log_v = _evidence.tune(phi, y, *start, max_iters, tol)
-        self.log_prior_scale.copy_(log_s)
+        log_s = torch.tensor(math.log(self.prior_scale), dtype=phi.dtype, device=phi.device)
+        log_s, log_v = _evidence.tune(phi, y, log_s, self.log_noise_variance.detach(), max_iters, tol)
+        self.prior_scale = float(log_s.exp())
         self.log_noise_variance.copy_(log_v)
 
     def log_evidence(self, phi: Tensor, y: Tensor) -> Tensor:
@@ -355,7 +356,8 @@ class VBLLRegression(nn.Module):
             y: ``[N, O]`` (or ``[N]``) targets.
         """
         phi, y = self._check(phi, y)
-        return _evidence.log_evidence(phi, y, self.log_prior_scale.to(phi), self.log_noise_variance.to(phi))
+        log_s = torch.tensor(math.log(self.prior_scale), dtype=phi.dtype, device=phi.device)
+        return _evidence.log_evidence(phi, y, log_s, self.log_noise_variance.to(phi))
 
     # ----- Monte Carlo variant through vitorch.loss
 
