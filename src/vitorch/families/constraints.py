@@ -46,6 +46,26 @@ class _LowerCholeskyFinite(constraints.Constraint):
         return "LowerCholesky(lower triangular, finite, positive diagonal)"
 
 
+class _Simplex(constraints.Constraint):
+    """torch's simplex with a tolerance on the sum that grows with the precision's unit.
+
+    torch's fixed ``1e-6`` rejects a float16 Dirichlet's own draws, whose sum is one only
+    to about ``K`` half-precision units.
+    """
+
+    event_dim = 1
+
+    def check(self, value):
+        tol = 1e-6
+        if value.is_floating_point():
+            tol = max(tol, value.shape[-1] * torch.finfo(value.dtype).eps)
+        total = value.sum(-1, dtype=torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else None)
+        return (value >= 0).all(-1) & ((total - 1).abs() <= tol)
+
+    def __repr__(self):
+        return "Simplex()"
+
+
 class Vector(constraints.Constraint):
     """``base`` in every coordinate of the last dimension (a support with event shape ``[D]``)."""
 
@@ -75,6 +95,7 @@ positive_finite_vector = constraints.independent(positive_finite, 1)
 finite_real_matrix = constraints.independent(finite_real, 2)
 lower_cholesky_finite = _LowerCholeskyFinite()
 real_vector_support = Vector(finite_real)  # the support of the Gaussian families: finite vectors
+simplex = _Simplex()
 
 
 def finite_support(c: constraints.Constraint) -> constraints.Constraint:
