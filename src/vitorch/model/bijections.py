@@ -246,6 +246,10 @@ def bijection_for(
         ValueError: if the shape cannot hold the constraint (a simplex of shape ``()``, a
             non-square Cholesky factor) or no bijection is known for the constraint.
         TypeError: if ``transform`` is not a bijective torch ``Transform``.
+
+    References:
+        Kucukelbir et al., *Automatic Differentiation Variational Inference* (JMLR 2017), sec. 2.3;
+        Stan Development Team, *Stan Reference Manual*, "Constraint transforms" (2024).
     """
     shape = torch.Size(shape)
     if transform is not None:

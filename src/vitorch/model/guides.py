@@ -311,6 +311,9 @@ def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
 class AutoFlow(AutoGuide):
     """A normalizing flow: standard normal base -> ``transforms`` -> :class:`Standardize`.
 
+    Calling it returns a :class:`~vitorch.Flow` with batch shape ``()`` and event ``[D]``:
+    ``z = loc + scale * T(x)``, ``x ~ N(0, I_D)``.
+
     Args:
         transforms: :class:`~vitorch.flows.Transform` s of dimension ``D`` acting in
             standardized units (default :func:`default_flow`: four affine couplings).

@@ -106,6 +106,11 @@ def find_map(
 
 
 def neg_hessian(model: Model, z: Tensor) -> Tensor:
-    """``-grad^2 log_density(z)``, ``[D, D]`` (symmetrized), by double backward."""
+    """``-grad^2 log_density(z)`` at ``z [D]``: ``[D, D]`` (symmetrized), by double backward.
+
+    References:
+        Tierney & Kadane, *Accurate Approximations for Posterior Moments and Marginal
+        Densities* (JASA 1986): the Hessian that sets the Laplace approximation's covariance.
+    """
     h = torch.autograd.functional.hessian(_objective(model), z.detach())
     return 0.5 * (h + h.mT)
