@@ -37,6 +37,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
@@ -275,6 +276,17 @@ class SVGP(nn.Module):
         ``(Lambda m)* = s A (y - m(X)) / sigma^2`` and ``s = num_data / |b|`` (Hensman et
         al., 2013, sec. 3).  ``lr = 1`` on the whole data set gives the optimal q.
 
+        Under an initialized ``torch.distributed`` process group of more than one process
+        (DDP), the batch's sufficient statistics ``A A^T``, ``A (y - m(X))`` and ``|b|`` are
+        summed over all processes with one ``all_reduce``, so every rank takes the step one
+        process takes on the union of the ranks' batches and the ranks' q stay identical.
+        Every rank must then call it (a collective), each with its own batch.
+
+        Args:
+            x: ``[B, D]`` batch inputs (this rank's, under DDP).
+            y: ``[B]`` batch targets.
+            lr: step size in ``(0, 1]``.
+
         Raises:
             ValueError: for a non-Gaussian likelihood, a diagonal family or ``lr`` outside ``(0, 1]``.
         """
@@ -289,9 +301,10 @@ class SVGP(nn.Module):
         a = torch.linalg.solve_triangular(l_mm, self.kernel(self.inducing, x), upper=False)
         m = a.shape[0]
         eye = torch.eye(m, dtype=a.dtype, device=a.device)
-        prec_scale = (self.num_data / x.shape[0]) / self.likelihood.noise
-        lam_target = eye + prec_scale * (a @ a.mT)
-        eta_target = prec_scale * (a @ (y - self.mean(x)))
+        a_at, a_r, count = _summed_over_ranks(a @ a.mT, a @ (y - self.mean(x)), x.shape[0])
+        prec_scale = (self.num_data / count) / self.likelihood.noise
+        lam_target = eye + prec_scale * a_at
+        eta_target = prec_scale * a_r
         # current q in whitened coordinates: natural parameters transform linearly under u = L v
         loc, tril = self.q_loc, self._q_tril()
         if not self.whiten:
@@ -307,3 +320,14 @@ class SVGP(nn.Module):
         if not self.whiten:
             new_loc, new_tril = l_mm @ new_loc, l_mm @ new_tril
         self._set_q_params(new_loc, new_tril)
+
+
+def _summed_over_ranks(a_at: Tensor, a_r: Tensor, count: int) -> tuple[Tensor, Tensor, float]:
+    """``(sum A A^T [M, M], sum A r [M], total batch size)`` over every process of an initialized
+    group (one ``all_reduce`` of the packed statistics); the inputs themselves in one process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return a_at, a_r, count
+    m = a_r.shape[0]
+    packed = torch.cat([a_at.reshape(-1), a_r, a_r.new_tensor([count])])
+    dist.all_reduce(packed)
+    return packed[: m * m].reshape(m, m), packed[m * m : m * m + m], float(packed[-1])
