@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from fit_models import Regression, regression_data
+from fit_models import Floored, Regression, floored_data, regression_data
 from torch import nn
 
 import vitorch as vt
@@ -60,33 +60,6 @@ def test_consecutive_skipped_evaluations_give_up():
     with pytest.raises(NonFiniteError, match="3 consecutive non-finite evaluations"):
         fit(Regression(), regression_data(16), eval_fn=scripted_eval([1.0] + [math.nan] * 7), on_nonfinite="skip",
             max_consecutive_skips=2, **eval_options(patience=None))  # fmt: skip
-
-
-class Floored(nn.Module):
-    """``N(x | mu, 1)`` with a diagonal-Normal guide through ``vt.loss``; a datum whose first
-    coordinate exceeds 100 is outside the model's support: every particle has log-weight
-    -inf and its bound sits at the -1e30 floor."""
-
-    def __init__(self, d: int = 2):
-        super().__init__()
-        self.loc = nn.Parameter(torch.zeros(d))
-        self.raw_scale = nn.Parameter(torch.zeros(d))
-
-    def forward(self, x):
-        q = vt.DiagNormal(self.loc.expand_as(x), nn.functional.softplus(self.raw_scale).expand_as(x) + 0.1)
-        outside = x[:, 0] > 100
-
-        def log_joint(z):
-            log_p = (-0.5 * (x - z).pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)
-            return log_p.masked_fill(outside, -math.inf)
-
-        return vt.loss(log_joint, q, num_particles=3)
-
-
-def floored_data(n: int = 16, bad=()):
-    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
-    x[list(bad), 0] = 1e3
-    return x
 
 
 def test_the_floor_is_what_the_loss_gives_an_impossible_datum():

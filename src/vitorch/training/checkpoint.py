@@ -28,6 +28,7 @@ import copy
 import hashlib
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -182,11 +183,25 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict:
         Paszke et al., *PyTorch: An Imperative Style, High-Performance Deep Learning Library* (NeurIPS 2019).
     """
     path = find_checkpoint(path)
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its directory is at the end
+        raise ValueError(
+            f"cannot read checkpoint {path}: it is not a complete torch.save archive (the file is truncated, "
+            "corrupted or not a vitorch.fit checkpoint)"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (FileNotFoundError, PermissionError):
         raise
     except Exception as err:  # the zip, pickle and OS layers each raise their own kind
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused is not None:
+            # torch's own text suggests weights_only=False "if you trust the source": vitorch.fit
+            # never writes such objects, so this file was altered or is not one of its checkpoints.
+            raise ValueError(
+                f"checkpoint {path} holds a Python object ({refused.group(1)}) that torch.load(weights_only=True) "
+                "refuses to unpickle; vitorch.fit checkpoints hold only tensors, numbers, strings and containers, "
+                "so it was not written by vitorch.fit or was altered, and it is not loaded"
+            ) from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"cannot read checkpoint {path}: {first} (the file is truncated, corrupted or not a "
