@@ -20,7 +20,7 @@ from .logweights import logsumexp, normalized_weights
 from .mmd import mmd
 from .planar import planar_stack
 from .rbf import rbf_cross
-from .vbll_regression import vbll_heteroscedastic_terms, vbll_regression_terms
+from .vbll_regression import vbll_heteroscedastic_bound, vbll_regression_bound
 from .whitened_marginals import whitened_marginals
 
 __all__ = [
@@ -40,8 +40,8 @@ __all__ = [
     "tanh",
     "rbf_cross",
     "whitened_marginals",
-    "vbll_regression_terms",
-    "vbll_heteroscedastic_terms",
+    "vbll_regression_bound",
+    "vbll_heteroscedastic_bound",
     "OPS",
 ]
 
@@ -59,6 +59,6 @@ OPS = {
     "tanh": "activation",
     "rbf_cross": "rbf",
     "whitened_marginals": "whitened_marginals",
-    "vbll_regression_terms": "vbll_regression",
-    "vbll_heteroscedastic_terms": "vbll_regression",
+    "vbll_regression_bound": "vbll_regression",
+    "vbll_heteroscedastic_bound": "vbll_regression",
 }

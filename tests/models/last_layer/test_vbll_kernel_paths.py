@@ -40,7 +40,7 @@ def _generic_regression(head, phi, y, num_data):
     resid = y - phi @ w.mean.mT
     v = head.log_noise_variance
     expected = -0.5 * ((resid.pow(2) + quad) / v.exp() + v + math.log(2 * math.pi)).sum(-1)
-    kl = w.kl_to_isotropic(head.prior_variance, trace).sum()
+    kl = w.kl_to_isotropic(head.prior_scale**2, trace).sum()
     return -(expected.mean() + (head.noise_log_prior() - kl) / num_data)
 
 
@@ -79,7 +79,7 @@ def test_heteroscedastic_loss_matches_the_posterior_maths(covs, o):
 
 def test_default_heads_take_the_fused_backend(monkeypatch):
     taken = []
-    for name in ("RegressionTerms", "HeteroscedasticTerms", "HeteroscedasticDenseTerms"):
+    for name in ("RegressionBound", "HeteroscedasticBound", "HeteroscedasticDenseBound"):
         cls = getattr(vk.vbll_regression.fused, name)
         monkeypatch.setattr(cls, "apply", lambda *a, _f=cls.apply, _n=name: taken.append(_n) or _f(*a))
     phi, y = torch.randn(5, 4), torch.randn(5)
@@ -87,7 +87,7 @@ def test_default_heads_take_the_fused_backend(monkeypatch):
     VBLLRegression(4, covariance=Diagonal).loss(phi, y, 10)
     VBLLHeteroscedasticRegression(4).loss(phi, y, 10)
     VBLLHeteroscedasticRegression(4, noise_covariance=Dense).loss(phi, y, 10)
-    assert taken == ["RegressionTerms", "HeteroscedasticTerms", "HeteroscedasticDenseTerms"]
+    assert taken == ["RegressionBound", "HeteroscedasticBound", "HeteroscedasticDenseBound"]
     with vk.backend("reference"):
         VBLLRegression(4).loss(phi, y, 10)
     assert len(taken) == 3

@@ -1,13 +1,17 @@
-"""VBLL regression bounds: ``(expected_log_lik [B], penalty [])`` for the homoscedastic and heteroscedastic heads.
+"""VBLL regression bounds: ``(bound [B], loss [])`` for the homoscedastic and heteroscedastic heads.
+
+For a minibatch of ``B`` out of ``N`` data, ``bound_n = E_q log p(y_n | phi_n, ...) -
+penalty / N`` (each datum's share of the full-data bound) and ``loss = -mean(bound)``: what
+:meth:`vitorch.LossOutput.from_terms` builds from the expected log-likelihoods and the
+penalty of :mod:`.reference` (``*_terms``), computed in one call.
 
 Backends: ``"reference"`` (:mod:`.reference`, autograd through readable torch, every
 :class:`RowCovariance` structure) and ``"fused"`` (:mod:`.fused`, one autograd node with
 hand-derived gradients, for a ``"scale_tril"`` ``q(W)`` and, in the heteroscedastic op, a
-``"diagonal"`` or ``"scale_tril"`` ``q(U)``; float32 and float64).  The size rule:
-``"auto"`` picks ``"fused"`` wherever it applies, at every size, since it does the
-reference's products in fewer passes.  It applies to Python-number prior variances (a
-tensor goes to the reference), and, by the dispatcher's rule, neither while
-``torch.compile`` traces nor under a ``torch.func`` transform.
+``"diagonal"`` or ``"scale_tril"`` ``q(U)``; float32 and float64; prior variances given as
+numbers).  The size rule: ``"auto"`` picks ``"fused"`` wherever it applies, at every size,
+since it does the reference's products in fewer passes (and, by the dispatcher's rule,
+neither while ``torch.compile`` traces nor under a ``torch.func`` transform).
 
 References:
     Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024).
@@ -22,15 +26,21 @@ from .. import dispatch
 from . import fused, reference
 from .reference import RowCovariance
 
-__all__ = ["vbll_regression_terms", "vbll_heteroscedastic_terms", "RowCovariance", "FUSED_DTYPES"]
+__all__ = ["vbll_regression_bound", "vbll_heteroscedastic_bound", "RowCovariance", "FUSED_DTYPES"]
 
 FUSED_DTYPES = (torch.float32, torch.float64)
 # The size rule: none (see the module docstring).
 FUSED_MIN_NUMEL = None
 
 
+_W_KINDS, _U_KINDS = ("scale_tril",), ("diagonal", "scale_tril")
+
+
 def _limits(prior_variances: tuple, **covariances: tuple[RowCovariance, tuple[str, ...]]) -> list[str]:
-    """Why the fused backend cannot take this call (``covariances``: name -> (its structure, the kinds fused takes))."""
+    """Why the fused backend cannot take this call (``covariances``: name -> (its structure, the kinds fused takes)).
+
+    Called only when the fast test in the op finds a reason (a training step builds no strings).
+    """
     limits = []
     if any(isinstance(v, Tensor) for v in prior_variances):
         limits.append("a prior variance is a tensor (the fused backend caches its constants per number)")
@@ -41,36 +51,39 @@ def _limits(prior_variances: tuple, **covariances: tuple[RowCovariance, tuple[st
     return limits
 
 
-def _check_shapes(op: str, phi: Tensor, y: Tensor, **rows: Tensor) -> None:
-    """Shapes and dtypes only (no values are read): ``phi [B, D]``, ``y [B, O]``, each ``rows`` tensor ``[O, D]``."""
-    if phi.dim() != 2 or y.dim() != 2 or y.shape[0] != phi.shape[0]:
-        raise ValueError(f"{op}: phi must be [B, D] and y [B, O]; got {tuple(phi.shape)} and {tuple(y.shape)}")
+def _check(op: str, phi: Tensor, y: Tensor, num_data: int, **rows: Tensor) -> None:
+    """Shapes, dtypes and ``num_data`` (no values are read): ``phi [B, D]``, ``y [B, O]``, ``rows`` ``[O, D]``."""
+    if phi.dim() != 2 or y.dim() != 2 or y.shape[0] != phi.shape[0] or phi.shape[0] == 0:
+        raise ValueError(f"{op}: phi must be [B, D] and y [B, O] with B > 0; got {tuple(phi.shape)}, {tuple(y.shape)}")
     if y.dtype != phi.dtype:
         raise ValueError(f"{op}: y must have phi's dtype {phi.dtype}; got {y.dtype}")
-    expected = (y.shape[1], phi.shape[1])
+    o, d = y.shape[1], phi.shape[1]
     for name, t in rows.items():
-        if tuple(t.shape) != expected:
-            raise ValueError(f"{op}: {name} must be [O, D] = {list(expected)}; got {tuple(t.shape)}")
+        if t.dim() != 2 or t.shape[0] != o or t.shape[1] != d:
+            raise ValueError(f"{op}: {name} must be [O, D] = [{o}, {d}]; got {tuple(t.shape)}")
+    if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
+        raise ValueError(f"{op}: num_data must be a positive integer; got {num_data!r}")
 
 
-def vbll_regression_terms(
+def vbll_regression_bound(
     phi: Tensor,
     y: Tensor,
     mean: Tensor,
     cov: RowCovariance,
     log_noise_variance: Tensor,
-    prior_variance: Tensor | float,
+    prior_variance: float | Tensor,
+    num_data: int,
     wishart_a: float = 0.0,
     wishart_psi: float = 0.0,
     *,
     backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Homoscedastic VBLL regression: per-datum ``E_q log N(y_n | W phi_n, diag(v))`` and the penalty.
+    """Homoscedastic VBLL regression: the per-datum bound and the minibatch loss.
 
-    ``penalty = KL(q(W) || N(0, s^2 I)) + sum_i (a log v_i + psi / (2 v_i))`` (the second sum is
-    minus the inverse-Wishart log prior of a learned noise; pass ``a = psi = 0`` for a fixed
-    one), so ``sum_n expected_log_lik_n - penalty`` is the bound on the full data
-    (:func:`.reference.regression_terms` states it in full).
+    ``bound_n = E_q log N(y_n | W phi_n, diag(v)) - penalty / N`` with ``penalty =
+    KL(q(W) || N(0, s^2 I)) + sum_i (a log v_i + psi / (2 v_i))`` (the second sum is minus
+    the inverse-Wishart log prior of a learned noise; ``a = psi = 0`` for a fixed one), and
+    ``loss = -mean(bound)``; :func:`.reference.regression_terms` states the terms in full.
 
     Args:
         phi: ``[B, D]`` features.
@@ -78,37 +91,49 @@ def vbll_regression_terms(
         mean: ``[O, D]`` posterior means.
         cov: ``q(W)``'s row covariances (:class:`RowCovariance`).
         log_noise_variance: ``[O]`` log noise variances.
-        prior_variance: ``s^2``, a number (or a 0-d tensor, which the reference takes).
+        prior_variance: ``s^2``, a number (a 0-d tensor goes to the reference).
+        num_data: N, the size of the data set the batch was drawn from.
         wishart_a: ``(nu + O + 1) / 2`` of a learned noise's inverse-Wishart prior, else 0.
         wishart_psi: ``psi`` of that prior, else 0.
         backend: ``"auto"``, ``"reference"``, ``"fused"``, or ``None`` for the
             :func:`vitorch.kernels.backend` context.
 
     Returns:
-        ``(expected_log_lik [B], penalty [])``.
+        ``(bound [B], loss [])``, both differentiable.
 
     Raises:
-        ValueError: on inconsistent shapes.
+        ValueError: on inconsistent shapes, an empty batch or a bad ``num_data``.
         KernelUnavailableError: if a forced backend cannot run here (every reason listed).
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024), Sec. 3.1.
     """
-    _check_shapes("vbll_regression_terms", phi, y, mean=mean)
-    limits = _limits((prior_variance,), cov=(cov, ("scale_tril",)))
+    _check("vbll_regression_bound", phi, y, num_data, mean=mean)
+    limits = ()
+    if cov.kind not in _W_KINDS or isinstance(prior_variance, Tensor):
+        limits = _limits((prior_variance,), cov=(cov, _W_KINDS))
+    # the dtype of the features decides (the others must match it for either backend)
     choice = dispatch.choose(
-        "vbll_regression_terms", phi, y, mean, *cov.params, log_noise_variance, backend=backend, dtypes=None,
-        limits=limits, fused=FUSED_DTYPES, fused_min_numel=FUSED_MIN_NUMEL,
-    )  # fmt: skip
+        "vbll_regression_bound",
+        phi,
+        mean,
+        backend=backend,
+        dtypes=None,
+        limits=limits,
+        fused=FUSED_DTYPES,
+        fused_min_numel=FUSED_MIN_NUMEL,
+    )
     if choice == "fused":
         (raw,) = cov.params
-        return fused.RegressionTerms.apply(
-            phi, y, mean, raw, log_noise_variance, prior_variance, wishart_a, wishart_psi
+        return fused.RegressionBound.apply(
+            phi, y, mean, raw, log_noise_variance, prior_variance, num_data, wishart_a, wishart_psi
         )
-    return reference.regression_terms(phi, y, mean, cov, log_noise_variance, prior_variance, wishart_a, wishart_psi)
+    return reference.regression_bound(
+        phi, y, mean, cov, log_noise_variance, prior_variance, num_data, wishart_a, wishart_psi
+    )
 
 
-def vbll_heteroscedastic_terms(
+def vbll_heteroscedastic_bound(
     phi: Tensor,
     y: Tensor,
     mean: Tensor,
@@ -116,17 +141,18 @@ def vbll_heteroscedastic_terms(
     noise_mean: Tensor,
     noise_cov: RowCovariance,
     offset: Tensor,
-    prior_variance: Tensor | float,
-    noise_prior_variance: Tensor | float,
+    prior_variance: float | Tensor,
+    noise_prior_variance: float | Tensor,
+    num_data: int,
     *,
     backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Heteroscedastic VBLL regression (log-variance ``u_i^T phi + c_i``, ``q(U)`` Gaussian): the terms.
+    """Heteroscedastic VBLL regression (log-variance ``u_i^T phi + c_i``, Gaussian ``q(U)``): bound and loss.
 
-    ``expected_log_lik_n = -1/2 sum_i [log 2 pi + mu_ni + exp(-mu_ni + t_ni / 2) ((y_ni -
-    m_i^T phi_n)^2 + phi_n^T S_i phi_n)]`` with the log-variance's moments ``mu``, ``t``
-    under ``q(U)`` (exact), and ``penalty = KL(q(W) || p(W)) + KL(q(U) || p(U))``
-    (:func:`.reference.heteroscedastic_terms`).
+    ``bound_n = -1/2 sum_i [log 2 pi + mu_ni + exp(-mu_ni + t_ni / 2) ((y_ni - m_i^T phi_n)^2 +
+    phi_n^T S_i phi_n)] - penalty / N``, exact, with the log-variance's moments ``mu``, ``t``
+    under ``q(U)`` and ``penalty = KL(q(W) || p(W)) + KL(q(U) || p(U))``; ``loss =
+    -mean(bound)`` (:func:`.reference.heteroscedastic_terms`).
 
     Args:
         phi: ``[B, D]`` features.
@@ -136,15 +162,16 @@ def vbll_heteroscedastic_terms(
         noise_mean: ``[O, D]`` means of ``q(U)``.
         noise_cov: ``q(U)``'s row covariances.
         offset: ``[O]`` the log-variance offset ``c``.
-        prior_variance: ``s^2``.
-        noise_prior_variance: ``s_u^2``.
+        prior_variance: ``s^2``, a number (a 0-d tensor goes to the reference).
+        noise_prior_variance: ``s_u^2``, likewise.
+        num_data: N, the size of the data set the batch was drawn from.
         backend: ``"auto"``, ``"reference"``, ``"fused"``, or ``None`` for the context.
 
     Returns:
-        ``(expected_log_lik [B], penalty [])``.
+        ``(bound [B], loss [])``, both differentiable.
 
     Raises:
-        ValueError: on inconsistent shapes.
+        ValueError: on inconsistent shapes, an empty batch or a bad ``num_data``.
         KernelUnavailableError: if a forced backend cannot run here (every reason listed).
 
     References:
@@ -152,25 +179,31 @@ def vbll_heteroscedastic_terms(
         Lázaro-Gredilla & Titsias, *Variational Heteroscedastic Gaussian Process
         Regression* (ICML 2011).
     """
-    _check_shapes("vbll_heteroscedastic_terms", phi, y, mean=mean, noise_mean=noise_mean)
-    limits = _limits(
-        (prior_variance, noise_prior_variance), cov=(cov, ("scale_tril",)), noise_cov=(noise_cov, ("diagonal", "scale_tril"))
-    )
+    _check("vbll_heteroscedastic_bound", phi, y, num_data, mean=mean, noise_mean=noise_mean)
+    limits = ()
+    if (
+        cov.kind not in _W_KINDS
+        or noise_cov.kind not in _U_KINDS
+        or isinstance(prior_variance, Tensor)
+        or isinstance(noise_prior_variance, Tensor)
+    ):
+        limits = _limits((prior_variance, noise_prior_variance), cov=(cov, _W_KINDS), noise_cov=(noise_cov, _U_KINDS))
     choice = dispatch.choose(
-        "vbll_heteroscedastic_terms", phi, y, mean, *cov.params, noise_mean, *noise_cov.params, offset,
-        backend=backend, dtypes=None, limits=limits, fused=FUSED_DTYPES, fused_min_numel=FUSED_MIN_NUMEL,
-    )  # fmt: skip
+        "vbll_heteroscedastic_bound",
+        phi,
+        mean,
+        noise_mean,
+        backend=backend,
+        dtypes=None,
+        limits=limits,
+        fused=FUSED_DTYPES,
+        fused_min_numel=FUSED_MIN_NUMEL,
+    )
     if choice == "fused":
         (raw,) = cov.params
-        if noise_cov.kind == "diagonal":
-            (u_log_var,) = noise_cov.params
-            return fused.HeteroscedasticTerms.apply(
-                phi, y, mean, raw, noise_mean, u_log_var, offset, prior_variance, noise_prior_variance
-            )
-        (u_raw,) = noise_cov.params
-        return fused.HeteroscedasticDenseTerms.apply(
-            phi, y, mean, raw, noise_mean, u_raw, offset, prior_variance, noise_prior_variance
-        )
-    return reference.heteroscedastic_terms(
-        phi, y, mean, cov, noise_mean, noise_cov, offset, prior_variance, noise_prior_variance
+        fn = fused.HeteroscedasticBound if noise_cov.kind == "diagonal" else fused.HeteroscedasticDenseBound
+        (u_param,) = noise_cov.params
+        return fn.apply(phi, y, mean, raw, noise_mean, u_param, offset, prior_variance, noise_prior_variance, num_data)
+    return reference.heteroscedastic_bound(
+        phi, y, mean, cov, noise_mean, noise_cov, offset, prior_variance, noise_prior_variance, num_data
     )

@@ -1,9 +1,12 @@
 """VBLL regression bounds as single autograd nodes with hand-derived gradients (the fused-torch backend).
 
-Each Function returns what :mod:`.reference` returns, ``(expected_log_lik [B], penalty [])``,
-for ``q(W)`` with a Cholesky factor of the covariance (``"scale_tril"``).  A training step
-of a small head is bound by per-operation overhead, and autograd through the reference
-takes some forty small operations forward and as many backward; these take a handful.
+Each Function returns what :mod:`.reference`'s ``*_bound`` functions return, ``(bound [B],
+loss [])`` with ``bound = expected_log_lik - penalty / N`` and ``loss = -mean(bound)``, for
+``q(W)`` with a Cholesky factor of the covariance (``"scale_tril"``).  A training step of a
+small head is bound by per-operation overhead, and autograd through the reference takes
+some forty small operations forward and as many backward; these take a handful, and a
+step that back-propagates ``loss`` alone (``bound`` is reported detached) scales every
+datum alike, which the backward exploits.
 
 The factor ``L_i = tril(R_i, -1) + diag(exp(l_i))`` (``R_i`` the stored raw factor, ``l_i`` its
 diagonal) and the mean are packed here, per call, into ``W_i = [L_i | m_i]`` (``D x (D+1)``;
@@ -12,7 +15,8 @@ with ``P_i = Phi L_i``, and one product ``Phi^T G_i`` returns both blocks' gradi
 With ``E_i = [P_i | -r_i]`` (``r = y - Phi M^T``) the squared norm of row ``n`` of ``E_i``
 is ``r_ni^2 + phi_n^T S_i phi_n``, and ``||W_i||^2 = ||L_i||_F^2 + ||m_i||^2``.  For upstream
 gradients ``g [B]`` (of the expected log-likelihood) and ``h`` (of the penalty), with
-``w_ni`` the derivative of ``expected_log_lik_n`` by ``||E_in||^2`` times ``2``:
+``w_ni`` the derivative of ``expected_log_lik_n`` by ``||E_in||^2`` times ``2`` (from the
+outputs' gradients, ``g = g_bound - g_loss / B`` and ``h = (g_loss - sum_n g_bound_n) / N``):
 
     G_i     = diag(g * w_i) E_i                 (rows scaled)
     d/dW_i  = Phi^T G_i + h W_i / s^2          (columns: d/dL_i, then d/dm_i)
@@ -24,9 +28,9 @@ Homoscedastic: ``w_ni = -1/v_i``.  Heteroscedastic (``e = exp(-mu + t/2)``, ``A 
 ``w = -e``, ``d/dmu = g (A - 1) / 2`` and ``d/dt = -g A / 4``; with a dense ``q(U)`` its
 block ``[L^u_i | u_i]`` is stacked under ``W`` and ``d/dP^u = 2 P^u d/dt``.
 
-The prior variances are Python numbers: each configuration's constants (the penalty's
-coefficients, masks) are made once as tensors and cached, so that no Python number is
-wrapped into a tensor on every call.  Tested against :mod:`.reference` for values and
+The prior variances and ``N`` are Python numbers: each configuration's constants (the
+penalty's coefficients, masks) are made once as tensors and cached, so that no Python
+number is wrapped into a tensor on every call.  Tested against :mod:`.reference` for values and
 gradients (``gradcheck`` in float64).
 
 References:
@@ -43,12 +47,11 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["RegressionTerms", "HeteroscedasticTerms", "HeteroscedasticDenseTerms"]
+__all__ = ["RegressionBound", "HeteroscedasticBound", "HeteroscedasticDenseBound"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
-@functools.lru_cache(maxsize=32)
 def _masks(d: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """``keep [D, D+1]``: ones on the strict lower triangle and the mean column, the entries of
     ``[R | m]`` that ``W`` keeps (its diagonal is then written with ``exp(l)``); ``lower [D, D]``:
@@ -60,11 +63,42 @@ def _masks(d: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Te
     return keep, lower
 
 
+def _tensors(dtype: torch.dtype, device: torch.device, *values) -> tuple[Tensor, ...]:
+    return tuple(torch.tensor(v, dtype=dtype, device=device) for v in values)
+
+
 @functools.lru_cache(maxsize=64)
-def _consts(coef: tuple[float, ...], scalars: tuple[float, ...], dtype, device) -> tuple[Tensor, ...]:
-    """``(coef tensor, one, *scalars as 0-d tensors)`` for one configuration."""
-    as_tensor = functools.partial(torch.tensor, dtype=dtype, device=device)
-    return (as_tensor(coef), as_tensor(1.0), *(as_tensor(v) for v in scalars))
+def _regression_consts(o, d, prior_var, num_data, wishart_a, wishart_psi, dtype, device) -> tuple[Tensor, ...]:
+    """``(keep, lower, coef, one, c0, inv_var)``; ``penalty / N = coef . [||W||^2, sum l, sum log v, sum 1/v, 1]``."""
+    coef = [0.5 / prior_var, -1.0, wishart_a, 0.5 * wishart_psi, 0.5 * o * d * (math.log(prior_var) - 1)]
+    coef = [c / num_data for c in coef]
+    return (*_masks(d, dtype, device), *_tensors(dtype, device, coef, 1.0, -0.5 * o * _LOG_2PI, 1.0 / prior_var))
+
+
+@functools.lru_cache(maxsize=64)
+def _heteroscedastic_consts(o, d, prior_var, u_prior_var, num_data, dtype, device) -> tuple[Tensor, ...]:
+    """``(keep, lower, coef, one, c0, inv_var, inv_u_var)``; ``penalty / N = coef . [||W||^2, sum l,
+    sum exp(V), ||U||^2, sum V, 1]``."""
+    const = 0.5 * o * d * (math.log(prior_var) + math.log(u_prior_var) - 2)
+    coef = [0.5 / prior_var, -1.0, 0.5 / u_prior_var, 0.5 / u_prior_var, -0.5, const]
+    coef = [c / num_data for c in coef]
+    values = (coef, 1.0, -0.5 * o * _LOG_2PI, 1.0 / prior_var, 1.0 / u_prior_var)
+    return (*_masks(d, dtype, device), *_tensors(dtype, device, *values))
+
+
+@functools.lru_cache(maxsize=64)
+def _heteroscedastic_dense_consts(o, d, prior_var, u_prior_var, num_data, dtype, device) -> tuple[Tensor, ...]:
+    """``(keep, lower, coef, one, c0, decay)``; ``penalty / N = coef . [sum_k ||W_k||^2 / s_k^2, sum l
+    + sum l^u, 1]``; ``decay [2O, 1, 1]``: ``1 / s^2`` for the ``O`` blocks of ``W``, then
+    ``1 / s_u^2`` for those of ``U``."""
+    const = 0.5 * o * d * (math.log(prior_var) + math.log(u_prior_var) - 2)
+    coef = [0.5 / num_data, -1.0 / num_data, const / num_data]
+    decay = torch.tensor([1.0 / prior_var] * o + [1.0 / u_prior_var] * o, dtype=dtype, device=device)
+    return (
+        *_masks(d, dtype, device),
+        *_tensors(dtype, device, coef, 1.0, -0.5 * o * _LOG_2PI),
+        decay.view(2 * o, 1, 1),
+    )
 
 
 def _pack(raw: Tensor, mean: Tensor, keep: Tensor) -> Tensor:
@@ -72,6 +106,24 @@ def _pack(raw: Tensor, mean: Tensor, keep: Tensor) -> Tensor:
     work = torch.cat([raw, mean.unsqueeze(-1)], -1).mul_(keep)
     torch.exp(raw.diagonal(dim1=-2, dim2=-1), out=work.diagonal(dim1=-2, dim2=-1))
     return work
+
+
+def _outputs(expected: Tensor, penalty_over_n: Tensor) -> tuple[Tensor, Tensor]:
+    """``(bound, loss)`` from the expected log-likelihoods and ``penalty / N``."""
+    return torch.sub(expected, penalty_over_n), torch.sub(penalty_over_n, expected.mean())
+
+
+def _upstream(g_bound: Tensor | None, g_loss: Tensor | None, b: int, num_data: int) -> tuple[Tensor, Tensor]:
+    """``(g, h)``: the gradients by ``expected_log_lik`` and by the penalty.
+
+    ``g`` is ``[B]``, or 0-d when every datum has the same (``loss`` alone back-propagated).
+    """
+    if g_bound is None:
+        return g_loss * (-1.0 / b), g_loss * (1.0 / num_data)
+    total = g_bound.sum()
+    if g_loss is None:
+        return g_bound, total * (-1.0 / num_data)
+    return g_bound - g_loss / b, (g_loss - total) / num_data
 
 
 def _unpack_grad(g_work: Tensor, work: Tensor, lower: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -94,25 +146,23 @@ def _phi_grad(g: Tensor, work: Tensor) -> Tensor:
     return torch.matmul(g, work.mT).sum(0)
 
 
-class RegressionTerms(torch.autograd.Function):
-    """Homoscedastic terms, dense ``q(W)``: ``(expected_log_lik [B], penalty [])``, as in :mod:`.reference`.
+class RegressionBound(torch.autograd.Function):
+    """Homoscedastic bound, dense ``q(W)``: ``(bound [B], loss [])`` as :func:`.reference.regression_bound`.
 
     Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``raw [O, D, D]`` (the raw factor of
     :class:`.reference.RowCovariance`), ``log_v [O]``, and the numbers ``prior_var``,
-    ``wishart_a``, ``wishart_psi``.
+    ``num_data``, ``wishart_a``, ``wishart_psi``.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024), Sec. 3.1.
     """
 
     @staticmethod
-    def forward(ctx, phi, y, mean, raw, log_v, prior_var, wishart_a, wishart_psi):
+    def forward(ctx, phi, y, mean, raw, log_v, prior_var, num_data, wishart_a, wishart_psi):
         b, o = y.shape
         d = phi.shape[-1]
-        keep, lower = _masks(d, phi.dtype, phi.device)
-        # penalty = coef . [||W||^2, sum l, sum log v, sum 1/v, 1]
-        coef = (0.5 / prior_var, -1.0, wishart_a, 0.5 * wishart_psi, 0.5 * o * d * (math.log(prior_var) - 1))
-        coef, one, c0, inv_var = _consts(coef, (-0.5 * o * _LOG_2PI, 1.0 / prior_var), phi.dtype, phi.device)
+        consts = _regression_consts(o, d, prior_var, num_data, wishart_a, wishart_psi, phi.dtype, phi.device)
+        keep, lower, coef, one, c0, inv_var = consts
         work = _pack(raw, mean, keep)
         err = torch.bmm(phi.expand(o, b, d), work)  # [P | Phi m]; subtracting y gives E = [P | -r]
         err[..., d].sub_(y.mT)
@@ -123,31 +173,41 @@ class RegressionTerms(torch.autograd.Function):
         flat = work.view(-1)
         terms = torch.stack([torch.dot(flat, flat), raw.diagonal(dim1=-2, dim2=-1).sum(), log_v_sum, prec.sum(), one])
         ctx.save_for_backward(phi, work, err, sq, prec)
-        ctx.consts = (wishart_a, wishart_psi, inv_var, lower)
-        return expected, torch.dot(terms, coef)
+        ctx.consts = (num_data, wishart_a, wishart_psi, inv_var, lower)
+        ctx.set_materialize_grads(False)
+        return _outputs(expected, torch.dot(terms, coef))
 
     @staticmethod
-    def backward(ctx, g, h):
+    def backward(ctx, g_bound, g_loss):
+        if g_bound is None and g_loss is None:
+            return (None, None, None, None, None, None, None, None, None)
         phi, work, err, sq, prec = ctx.saved_tensors
-        wishart_a, wishart_psi, inv_var, lower = ctx.consts
-        neg_g_err = err * torch.outer(prec, g).unsqueeze(-1)  # -G: rows scaled by g_n / v_i
-        g_work = torch.baddbmm(work * (h * inv_var), phi.mT.expand(work.shape[0], -1, -1), neg_g_err, alpha=-1.0)
+        num_data, wishart_a, wishart_psi, inv_var, lower = ctx.consts
+        o, b = sq.shape
+        g, h = _upstream(g_bound, g_loss, b, num_data)
+        scale = prec * g if g.dim() == 0 else torch.outer(prec, g)  # -G's row scales: g_n / v_i
+        neg_g_err = err * scale.view(o, -1, 1)
+        g_work = torch.baddbmm(work * (h * inv_var), phi.mT.expand(o, -1, -1), neg_g_err, alpha=-1.0)
         g_raw, g_mean = _unpack_grad(g_work, work, lower, h)
         g_log_v = None
         if ctx.needs_input_grad[4]:
             # d/dlog v_i = 1/v_i (sum_n g_n ||E_in||^2 - psi h) / 2 + a h - sum_n g_n / 2
-            base = torch.sub(h * wishart_a, g.sum(), alpha=0.5)
-            g_log_v = torch.addcmul(base, prec, torch.mv(sq, g).sub_(h, alpha=wishart_psi), value=0.5)
+            if g.dim() == 0:
+                data, g_sum = sq.sum(-1).mul_(g), g * b
+            else:
+                data, g_sum = torch.mv(sq, g), g.sum()
+            base = torch.sub(h * wishart_a, g_sum, alpha=0.5)
+            g_log_v = torch.addcmul(base, prec, data.sub_(h, alpha=wishart_psi), value=0.5)
         g_phi = _phi_grad(neg_g_err, work).neg_() if ctx.needs_input_grad[0] else None
         g_y = neg_g_err[..., -1].mT if ctx.needs_input_grad[1] else None
-        return g_phi, g_y, g_mean, g_raw, g_log_v, None, None, None
+        return g_phi, g_y, g_mean, g_raw, g_log_v, None, None, None, None
 
 
-class HeteroscedasticTerms(torch.autograd.Function):
-    """Heteroscedastic terms, dense ``q(W)`` and diagonal ``q(U)``, as :func:`.reference.heteroscedastic_terms`.
+class HeteroscedasticBound(torch.autograd.Function):
+    """Heteroscedastic bound, dense ``q(W)`` and diagonal ``q(U)``, as :func:`.reference.heteroscedastic_bound`.
 
     Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``raw [O, D, D]``, ``u_mean [O, D]``,
-    ``u_log_var [O, D]``, ``offset [O]``, and the numbers ``prior_var``, ``u_prior_var``.
+    ``u_log_var [O, D]``, ``offset [O]``, and the numbers ``prior_var``, ``u_prior_var``, ``num_data``.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024);
@@ -155,15 +215,11 @@ class HeteroscedasticTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, phi, y, mean, raw, u_mean, u_log_var, offset, prior_var, u_prior_var):
+    def forward(ctx, phi, y, mean, raw, u_mean, u_log_var, offset, prior_var, u_prior_var, num_data):
         b, o = y.shape
         d = phi.shape[-1]
-        keep, lower = _masks(d, phi.dtype, phi.device)
-        # penalty = coef . [||W||^2, sum l, sum exp(V), ||U||^2, sum V, 1]
-        const = 0.5 * o * d * (math.log(prior_var) + math.log(u_prior_var) - 2)
-        coef = (0.5 / prior_var, -1.0, 0.5 / u_prior_var, 0.5 / u_prior_var, -0.5, const)
-        scalars = (-0.5 * o * _LOG_2PI, 1.0 / prior_var, 1.0 / u_prior_var)
-        coef, one, c0, inv_var, inv_u_var = _consts(coef, scalars, phi.dtype, phi.device)
+        consts = _heteroscedastic_consts(o, d, prior_var, u_prior_var, num_data, phi.dtype, phi.device)
+        keep, lower, coef, one, c0, inv_var, inv_u_var = consts
         work = _pack(raw, mean, keep)
         err = torch.bmm(phi.expand(o, b, d), work)
         err[..., d].sub_(y.mT)
@@ -178,18 +234,23 @@ class HeteroscedasticTerms(torch.autograd.Function):
         terms = [torch.dot(flat, flat), raw.diagonal(dim1=-2, dim2=-1).sum(), u_var.sum(), torch.dot(u_flat, u_flat)]
         terms = torch.stack([*terms, u_log_var.sum(), one])
         ctx.save_for_backward(phi, u_mean, work, err, u_var, phi_sq, e, a)
-        ctx.consts = (inv_var, inv_u_var, lower)
-        return expected, torch.dot(terms, coef)
+        ctx.consts = (num_data, inv_var, inv_u_var, lower)
+        ctx.set_materialize_grads(False)
+        return _outputs(expected, torch.dot(terms, coef))
 
     @staticmethod
-    def backward(ctx, g, h):
+    def backward(ctx, g_bound, g_loss):
+        if g_bound is None and g_loss is None:
+            return (None, None, None, None, None, None, None, None, None, None)
         phi, u_mean, work, err, u_var, phi_sq, e, a = ctx.saved_tensors
-        inv_var, inv_u_var, lower = ctx.consts
-        gc = g.unsqueeze(-1)  # [B, 1]
+        num_data, inv_var, inv_u_var, lower = ctx.consts
+        b, o = a.shape
+        g, h = _upstream(g_bound, g_loss, b, num_data)
+        gc = g if g.dim() == 0 else g.unsqueeze(-1)  # per datum: [B, 1]
         g_mu = torch.sub(a, 1.0).mul_(gc).mul_(0.5)  # g (A - 1) / 2, [B, O]
         g_t = torch.mul(a, gc).mul_(-0.25)  # -g A / 4
         neg_g_err = err * torch.mul(e, gc).mT.unsqueeze(-1)  # -G = g e E, [O, B, D+1]
-        g_work = torch.baddbmm(work * (h * inv_var), phi.mT.expand(work.shape[0], -1, -1), neg_g_err, alpha=-1.0)
+        g_work = torch.baddbmm(work * (h * inv_var), phi.mT.expand(o, -1, -1), neg_g_err, alpha=-1.0)
         g_raw, g_mean = _unpack_grad(g_work, work, lower, h)
         h_u = h * inv_u_var
         g_u_mean = torch.addmm(u_mean * h_u, g_mu.mT, phi)
@@ -201,23 +262,16 @@ class HeteroscedasticTerms(torch.autograd.Function):
             g_phi = torch.addmm(back, g_mu, u_mean, beta=-1.0).addcmul_(phi, g_t @ u_var, value=2.0)
         if ctx.needs_input_grad[1]:
             g_y = neg_g_err[..., -1].mT
-        return g_phi, g_y, g_mean, g_raw, g_u_mean, g_u_log_var, g_offset, None, None
+        return g_phi, g_y, g_mean, g_raw, g_u_mean, g_u_log_var, g_offset, None, None, None
 
 
-@functools.lru_cache(maxsize=32)
-def _decay(o: int, prior_var: float, u_prior_var: float, dtype, device) -> Tensor:
-    """``[2O, 1, 1]``: ``1 / s^2`` for the ``O`` blocks of ``W``, then ``1 / s_u^2`` for those of ``U``."""
-    values = [1.0 / prior_var] * o + [1.0 / u_prior_var] * o
-    return torch.tensor(values, dtype=dtype).to(device).view(2 * o, 1, 1)
-
-
-class HeteroscedasticDenseTerms(torch.autograd.Function):
-    """Heteroscedastic terms, dense ``q(W)`` and dense ``q(U)``, as :func:`.reference.heteroscedastic_terms`.
+class HeteroscedasticDenseBound(torch.autograd.Function):
+    """Heteroscedastic bound, dense ``q(W)`` and dense ``q(U)``, as :func:`.reference.heteroscedastic_bound`.
 
     Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``raw [O, D, D]``, ``u_mean [O, D]``,
-    ``u_raw [O, D, D]``, ``offset [O]``, and the numbers ``prior_var``, ``u_prior_var``.  The
-    blocks ``[L_i | m_i]`` (rows ``0..O-1``) and ``[L^u_i | u_i]`` (rows ``O..2O-1``) are stacked,
-    so one product serves both posteriors.
+    ``u_raw [O, D, D]``, ``offset [O]``, and the numbers ``prior_var``, ``u_prior_var``,
+    ``num_data``.  The blocks ``[L_i | m_i]`` (rows ``0..O-1``) and ``[L^u_i | u_i]`` (rows
+    ``O..2O-1``) are stacked, so one product serves both posteriors.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024);
@@ -225,14 +279,11 @@ class HeteroscedasticDenseTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, phi, y, mean, raw, u_mean, u_raw, offset, prior_var, u_prior_var):
+    def forward(ctx, phi, y, mean, raw, u_mean, u_raw, offset, prior_var, u_prior_var, num_data):
         b, o = y.shape
         d = phi.shape[-1]
-        keep, lower = _masks(d, phi.dtype, phi.device)
-        # penalty = coef . [sum_k ||W_k||^2 / s_k^2, sum l + sum l^u, 1]
-        const = 0.5 * o * d * (math.log(prior_var) + math.log(u_prior_var) - 2)
-        coef, one, c0 = _consts((0.5, -1.0, const), (-0.5 * o * _LOG_2PI,), phi.dtype, phi.device)
-        decay = _decay(o, prior_var, u_prior_var, phi.dtype, phi.device)
+        consts = _heteroscedastic_dense_consts(o, d, prior_var, u_prior_var, num_data, phi.dtype, phi.device)
+        keep, lower, coef, one, c0, decay = consts
         raws = torch.cat([raw, u_raw])
         work = _pack(raws, torch.cat([mean, u_mean]), keep)
         prod = torch.bmm(phi.expand(2 * o, b, d), work)  # [2O, B, D+1]
@@ -246,14 +297,19 @@ class HeteroscedasticDenseTerms(torch.autograd.Function):
         expected = torch.add(c0, torch.add(mu, a).sum(0), alpha=-0.5)
         terms = torch.stack([(work * work).mul_(decay).sum(), raws.diagonal(dim1=-2, dim2=-1).sum(), one])
         ctx.save_for_backward(phi, work, prod, e, a, decay)
-        ctx.consts = (lower,)
-        return expected, torch.dot(terms, coef)
+        ctx.consts = (num_data, lower)
+        ctx.set_materialize_grads(False)
+        return _outputs(expected, torch.dot(terms, coef))
 
     @staticmethod
-    def backward(ctx, g, h):
+    def backward(ctx, g_bound, g_loss):
+        if g_bound is None and g_loss is None:
+            return (None, None, None, None, None, None, None, None, None, None)
         phi, work, prod, e, a, decay = ctx.saved_tensors
-        (lower,) = ctx.consts
-        o, d = e.shape[0], phi.shape[-1]
+        num_data, lower = ctx.consts
+        o, b = e.shape
+        d = phi.shape[-1]
+        g, h = _upstream(g_bound, g_loss, b, num_data)
         neg_g = torch.empty_like(prod)  # stacked -[G; G^u], [2O, B, D+1]
         ga = a * g  # g A, [O, B]
         torch.mul(prod[:o], torch.mul(e, g).unsqueeze(-1), out=neg_g[:o])  # g e E
@@ -264,4 +320,4 @@ class HeteroscedasticDenseTerms(torch.autograd.Function):
         g_offset = neg_g[o:, :, d].sum(-1).neg_()
         g_phi = _phi_grad(neg_g, work).neg_() if ctx.needs_input_grad[0] else None
         g_y = neg_g[:o, :, d].mT if ctx.needs_input_grad[1] else None
-        return g_phi, g_y, g_mean[:o], g_raw[:o], g_mean[o:], g_raw[o:], g_offset, None, None
+        return g_phi, g_y, g_mean[:o], g_raw[:o], g_mean[o:], g_raw[o:], g_offset, None, None, None

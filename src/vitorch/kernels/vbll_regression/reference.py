@@ -8,10 +8,11 @@ For a minibatch ``phi [B, D]``, ``y [B, O]`` its deterministic bound splits into
 * ``penalty []``: ``KL(q || p)`` of the global latents, minus the log prior density of any
   point-estimated noise parameter (its regularizer; zero when the noise is fixed),
 
-so that ``sum_n expected_log_lik_n - penalty`` is the full-data bound, and
-``expected_log_lik - penalty / N`` each datum's share of it
-(:meth:`vitorch.LossOutput.from_terms`).  This module is the specification and the
-CPU path; :mod:`.fused` computes the same values with hand-derived gradients.
+so that ``sum_n expected_log_lik_n - penalty`` is the full-data bound.  For a minibatch
+of a data set of ``N``, :func:`bound_and_loss` then gives ``bound [B] = expected_log_lik
+- penalty / N`` (each datum's share of the full-data bound) and ``loss = -mean(bound)``,
+exactly as :meth:`vitorch.LossOutput.from_terms` does.  This module is the specification
+and the CPU path; :mod:`.fused` computes the same values with hand-derived gradients.
 
 A row covariance is named by its structure (:class:`RowCovariance`), so that this
 module reads nothing from the model classes that store it.
@@ -30,7 +31,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["RowCovariance", "quad_trace_log_det", "gaussian_rows_kl", "regression_terms", "heteroscedastic_terms"]
+__all__ = [
+    "RowCovariance",
+    "quad_trace_log_det",
+    "gaussian_rows_kl",
+    "regression_terms",
+    "heteroscedastic_terms",
+    "bound_and_loss",
+    "regression_bound",
+    "heteroscedastic_bound",
+]
 
 _LOG_2PI = math.log(2 * math.pi)
 KINDS = ("scale_tril", "precision_tril", "diagonal", "low_rank")
@@ -198,3 +208,40 @@ def heteroscedastic_terms(
     kl = gaussian_rows_kl(mean, trace, log_det, prior_variance).sum()
     kl_u = gaussian_rows_kl(noise_mean, trace_u, log_det_u, noise_prior_variance).sum()
     return expected, kl + kl_u
+
+
+def bound_and_loss(expected_log_lik: Tensor, penalty: Tensor, num_data: int) -> tuple[Tensor, Tensor]:
+    """``(bound [B], loss [])`` with ``bound = expected_log_lik - penalty / N`` and ``loss = -mean(bound)``.
+
+    What :meth:`vitorch.LossOutput.from_terms` computes from the same terms.
+
+    References:
+        Hoffman, Blei, Wang & Paisley, *Stochastic Variational Inference* (JMLR 2013): the
+        minibatch estimate of a global-latent ELBO.
+    """
+    bound = expected_log_lik - penalty / num_data
+    return bound, -bound.mean()
+
+
+def regression_bound(phi, y, mean, cov, log_noise_variance, prior_variance, num_data, wishart_a=0.0, wishart_psi=0.0):
+    """:func:`bound_and_loss` of :func:`regression_terms`: ``(bound [B], loss [])``.
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024), Sec. 3.1.
+    """
+    terms = regression_terms(phi, y, mean, cov, log_noise_variance, prior_variance, wishart_a, wishart_psi)
+    return bound_and_loss(*terms, num_data)
+
+
+def heteroscedastic_bound(
+    phi, y, mean, cov, noise_mean, noise_cov, offset, prior_variance, noise_prior_variance, num_data
+):
+    """:func:`bound_and_loss` of :func:`heteroscedastic_terms`: ``(bound [B], loss [])``.
+
+    References:
+        Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024).
+    """
+    terms = heteroscedastic_terms(
+        phi, y, mean, cov, noise_mean, noise_cov, offset, prior_variance, noise_prior_variance
+    )
+    return bound_and_loss(*terms, num_data)

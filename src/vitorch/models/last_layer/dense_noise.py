@@ -26,6 +26,7 @@ from torch.distributions import Distribution, MultivariateNormal, Normal
 
 from ... import estimators as _estimators
 from ... import objectives as _objectives
+from ...kernels.vbll_regression.reference import bound_and_loss
 from ...loss import LossOutput
 from ...loss import loss as _vt_loss
 from . import _checks
@@ -95,23 +96,16 @@ class VBLLDenseNoiseRegression(VBLLRegression):
         inv = torch.linalg.solve_triangular(tril, eye, upper=False)
         return tril, inv.pow(2).sum(0), 2 * self.noise_raw.diagonal().sum()
 
-    def terms(self, phi: Tensor, y: Tensor, noise_prior: bool = True) -> tuple[Tensor, Tensor]:
-        """``(E_q log N(y_n | W phi_n, Sigma) [N], penalty [])`` with the dense ``Sigma`` (inputs unchecked).
-
-        ``penalty = KL(q(W) || p(W))``, minus ``log p(Sigma)`` with ``noise_prior`` and a learned noise.
-
-        Args:
-            phi: ``[N, D]`` features.
-            y: ``[N, O]`` targets.
-            noise_prior: include ``-log p(Sigma)`` in the penalty.
-        """
+    def _bound(self, phi: Tensor, y: Tensor, num_data: int, noise_prior: bool) -> tuple[Tensor, Tensor]:
+        """``(bound [B], loss [])`` with the dense ``Sigma``: ``E_q log N(y_n | W phi_n, Sigma) - penalty / N``,
+        ``penalty = KL(q(W) || p(W))`` minus ``log p(Sigma)`` with ``noise_prior`` and a learned noise."""
         tril, prec_diag, log_det = self._noise_parts()
         resid = y - phi @ self.weights.mean.mT  # [N, O]
         u = torch.linalg.solve_triangular(tril, resid.mT, upper=False)  # [O, N]
         quad, trace = self.weights.quad_and_trace(phi)
         expected = -0.5 * (u.pow(2).sum(0) + quad @ prec_diag + log_det + self.out_features * _LOG_2PI)
-        kl = self.weights.kl_to_isotropic(self.prior_variance, trace).sum()
-        return expected, kl - self.noise_log_prior() if noise_prior else kl
+        kl = self.weights.kl_to_isotropic(self.prior_scale**2, trace).sum()
+        return bound_and_loss(expected, kl - self.noise_log_prior() if noise_prior else kl, num_data)
 
     def noise_log_prior(self) -> Tensor:
         """``log IW(Sigma | psi I, nu)`` up to a constant: ``-(nu+O+1)/2 log|Sigma| - psi/2 tr(Sigma^{-1})``."""
@@ -139,7 +133,7 @@ class VBLLDenseNoiseRegression(VBLLRegression):
         lam = torch.cholesky_inverse(tril)
         gram = phi.mT @ phi
         eye_d = torch.eye(d, dtype=phi.dtype, device=phi.device)
-        prior_var = self.prior_variance
+        prior_var = self.prior_scale**2
         precision = gram * prec_diag[:, None, None] + eye_d / prior_var  # [O, D, D]
         eye_od = torch.eye(o * d, dtype=phi.dtype, device=phi.device)
         system = torch.kron(lam.contiguous(), gram.contiguous()) + eye_od / prior_var

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
-from ...kernels.vbll_regression import vbll_heteroscedastic_terms
+from ...kernels.vbll_regression import vbll_heteroscedastic_bound
+from ...loss import LossOutput
 from . import _checks, _legacy
 from ._bound import DeterministicBound
 from .covariance import Dense, Diagonal, WeightPosterior
@@ -115,24 +116,29 @@ class VBLLHeteroscedasticRegression(DeterministicBound, nn.Module):
         _legacy.warn(converted)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def terms(self, phi: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """``(E_q log p(y_n | phi_n, W, U) [B], KL(q(W) || p(W)) + KL(q(U) || p(U)))``.
+    def loss(self, phi: Tensor, y: Tensor, num_data: int) -> LossOutput:
+        """The minibatch bound as a :class:`vitorch.LossOutput`: ``bound [B]``, ``loss = -mean(bound)``.
 
-        The training step's hot path: types and shapes are checked, values are not (a
-        non-finite input gives a non-finite loss, which :func:`vitorch.fit` stops on).
-        Computed by :func:`vitorch.kernels.vbll_heteroscedastic_terms`, which picks the
-        fused backend for a ``Dense`` ``q(W)`` with a ``Diagonal`` or ``Dense`` ``q(U)``.
+        ``bound_n = E_q log p(y_n | phi_n, W, U) - (KL(q(W) || p(W)) + KL(q(U) || p(U))) / N``,
+        what :meth:`vitorch.LossOutput.from_terms` makes of those terms, computed by
+        :func:`vitorch.kernels.vbll_heteroscedastic_bound` (the fused backend for a ``Dense``
+        ``q(W)`` with a ``Diagonal`` or ``Dense`` ``q(U)``).  The training step's hot path:
+        types and shapes are checked, values are not (a non-finite input gives a non-finite
+        loss, which :func:`vitorch.fit` stops on).
 
         Args:
             phi: ``[B, D]`` features.
             y: ``[B, O]`` (or ``[B]``) targets.
+            num_data: N, the size of the training set, which weighs the KL.
         """
         phi, y = self._check(phi, y, values=False)
+        _checks.num_data(type(self).__name__, num_data, phi.shape[0])
         w, u = self.weights, self.noise_weights
-        return vbll_heteroscedastic_terms(
+        bound, loss = vbll_heteroscedastic_bound(
             phi, y, w.mean, w.row_covariance(), u.mean, u.row_covariance(), self.log_noise_offset,
-            self.prior_scale**2, self.noise_prior_scale**2,
+            self.prior_scale**2, self.noise_prior_scale**2, num_data,
         )  # fmt: skip
+        return LossOutput(loss, bound)
 
     @property
     def offset(self) -> Tensor:

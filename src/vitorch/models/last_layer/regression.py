@@ -32,7 +32,7 @@ from torch.distributions import Distribution, Independent, Normal
 
 from ... import estimators as _estimators
 from ... import objectives as _objectives
-from ...kernels.vbll_regression import vbll_regression_terms
+from ...kernels.vbll_regression import vbll_regression_bound
 from ...loss import LossOutput
 from ...loss import loss as _vt_loss
 from . import _checks, _evidence, _legacy
@@ -136,11 +136,6 @@ class VBLLRegression(nn.Module):
         self.prior_scale = _checks.positive_float(type(self).__name__, "prior_scale", state["prior_scale"])
 
     @property
-    def prior_variance(self) -> float:
-        """``s^2``."""
-        return self.prior_scale**2
-
-    @property
     def noise_variance(self) -> Tensor:
         """``[O]`` diagonal of ``Sigma``."""
         return self.log_noise_variance.exp()
@@ -157,32 +152,21 @@ class VBLLRegression(nn.Module):
         y = _checks.targets(owner, y, phi.shape[0], self.out_features, values)
         return phi, y if y.dtype == phi.dtype else y.to(phi.dtype)
 
-    def terms(self, phi: Tensor, y: Tensor, noise_prior: bool = True) -> tuple[Tensor, Tensor]:
-        """``(E_q log N(y_n | W phi_n, Sigma) [N], penalty [])``, the bound's two parts (inputs unchecked).
-
-        ``penalty = KL(q(W) || p(W)) - log p(Sigma)``: the KL plus, with ``noise_prior`` and a
-        learned noise, minus the inverse-Wishart log prior of the point-estimated noise.
-        Computed by :func:`vitorch.kernels.vbll_regression_terms`, which picks the fused
-        backend for a ``Dense`` posterior.
-
-        Args:
-            phi: ``[N, D]`` features.
-            y: ``[N, O]`` targets.
-            noise_prior: include ``-log p(Sigma)`` in the penalty.
-        """
-        a, psi = (
-            (0.5 * (self.wishart_dof + self.out_features + 1), self.wishart_scale)
-            if (noise_prior and self.learn_noise)
-            else (0.0, 0.0)
-        )
+    def _bound(self, phi: Tensor, y: Tensor, num_data: int, noise_prior: bool) -> tuple[Tensor, Tensor]:
+        """``(bound [B], loss [])`` with ``penalty = KL(q(W) || p(W)) - log p(Sigma)`` (the noise's
+        log prior only with ``noise_prior`` and a learned noise), by
+        :func:`vitorch.kernels.vbll_regression_bound`, which picks the fused backend for ``Dense``."""
+        a, psi = (0.0, 0.0)
+        if noise_prior and self.learn_noise:
+            a, psi = 0.5 * (self.wishart_dof + self.out_features + 1), self.wishart_scale
         w = self.weights
-        return vbll_regression_terms(
-            phi, y, w.mean, w.row_covariance(), self.log_noise_variance, self.prior_variance, a, psi
+        return vbll_regression_bound(
+            phi, y, w.mean, w.row_covariance(), self.log_noise_variance, self.prior_scale**2, num_data, a, psi
         )
 
     def kl(self) -> Tensor:
         """``KL(q(W) || p(W))``, a scalar."""
-        return self.weights.kl_to_isotropic(self.prior_variance).sum()
+        return self.weights.kl_to_isotropic(self.prior_scale**2).sum()
 
     def noise_log_prior(self) -> Tensor:
         """``log IW(Sigma | psi I, nu)`` up to a constant: ``sum_i [-(nu+O+1)/2 log sigma_i^2 - psi/(2 sigma_i^2)]``."""
@@ -199,15 +183,15 @@ class VBLLRegression(nn.Module):
             y: ``[N, O]`` targets (``[N]`` when ``O = 1``).
         """
         phi, y = self._check(phi, y)
-        expected, kl = self.terms(phi, y, noise_prior=False)
-        return expected.sum() - kl
+        # with N = the batch, sum_n bound_n = sum_n E log p(y_n) - KL
+        return self._bound(phi, y, phi.shape[0], noise_prior=False)[0].sum()
 
     def loss(self, phi: Tensor, y: Tensor, num_data: int) -> LossOutput:
         """The minibatch bound as a :class:`vitorch.LossOutput` (the model protocol's convention).
 
         ``bound [B] = E_q log p(y_n | phi_n) - (KL - log p(Sigma)) / N``, each datum's share
-        of the full-data objective ``ELBO + log p(Sigma)``, and ``loss = -mean(bound)``
-        (:meth:`vitorch.LossOutput.from_terms`).
+        of the full-data objective ``ELBO + log p(Sigma)``, and ``loss = -mean(bound)``: what
+        :meth:`vitorch.LossOutput.from_terms` makes of those terms, computed by one kernel call.
 
         This is the training step's hot path: it checks types and shapes but reads no
         values (a NaN or infinite input gives a non-finite loss, which
@@ -222,8 +206,8 @@ class VBLLRegression(nn.Module):
         """
         phi, y = self._check(phi, y, values=False)
         _checks.num_data(type(self).__name__, num_data, phi.shape[0])
-        expected, penalty = self.terms(phi, y)
-        return LossOutput.from_terms(expected, penalty, num_data)
+        bound, loss = self._bound(phi, y, num_data, noise_prior=True)
+        return LossOutput(loss, bound)
 
     # ----- prediction
 
@@ -247,7 +231,7 @@ class VBLLRegression(nn.Module):
         prec_noise = 1.0 / self.noise_variance  # [O]
         eye = torch.eye(self.in_features, dtype=phi.dtype, device=phi.device)
         gram = phi.mT @ phi
-        precision = gram * prec_noise[:, None, None] + eye / self.prior_variance  # [O, D, D]
+        precision = gram * prec_noise[:, None, None] + eye / self.prior_scale**2  # [O, D, D]
         rhs = (phi.mT @ y).mT * prec_noise[:, None]  # [O, D]
         mean = torch.cholesky_solve(rhs.unsqueeze(-1), torch.linalg.cholesky(precision)).squeeze(-1)
         self.weights.set_posterior(mean, precision)
