@@ -110,6 +110,10 @@ class CompiledStep:
     def __call__(self, batch):
         """Zero the gradients, run the compiled forward on ``batch``, back-propagate, update.
 
+        A bare step, with no host synchronization: unlike :func:`vitorch.fit` it does not
+        check the loss, gradients, bound or parameters for NaN/inf (check ``out.loss``
+        yourself every few steps, or train with ``fit(..., compile=True)``).
+
         Args:
             batch: what ``model`` takes, e.g. ``x [B, *event]``.
 

@@ -95,8 +95,9 @@ def unusable_evaluation(metrics: dict[str, float], impossible: int, count: int, 
     reasons = [f"{name} = {value}" for name, value in metrics.items() if not math.isfinite(value)]
     if impossible:
         reasons.append(
-            f"{impossible} of {count} held-out data have no finite bound (every particle impossible, so the bound "
-            f"sits at the -{LOG_WEIGHT_LIMIT:g} floor, or a +inf log-joint)"
+            f"{impossible} of {count} held-out data have no finite bound (every particle impossible, so the "
+            f"bound sits at the clamp's floor, -{LOG_WEIGHT_LIMIT:g} or the lowest value of a half dtype, or a "
+            "+inf log-joint)"
         )
     if not reasons:
         return None

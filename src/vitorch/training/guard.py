@@ -140,8 +140,9 @@ def describe_nonfinite(
     if impossible:
         head += (
             f"; {impossible} of {data} data have no finite bound (every particle impossible, log-weight -inf, "
-            f"so the bound sits at the -{LOG_WEIGHT_LIMIT:g} floor; or a +inf log-joint): check the data "
-            "against the likelihood's support and the guide's support against the prior's"
+            f"so the bound sits at the clamp's floor, -{LOG_WEIGHT_LIMIT:g} or the lowest value of a half dtype; "
+            "or a +inf log-joint): check the data against the likelihood's support and the guide's support "
+            "against the prior's"
         )
     if bad:
         return head + "; non-finite gradients in: " + ", ".join(bad)
