@@ -10,7 +10,12 @@ budget (Adam, lr 1e-3, batch 64):
 * ``g_vbll``: the generative VBLL head trained end to end (OOD score: negative
   feature log-density under the class-conditional Gaussians);
 * ``softmax + post hoc vbll`` / ``g_vbll``: the discriminative head (L-BFGS) and the
-  generative head (closed form) fitted on the frozen features of the softmax network.
+  generative head (closed form) fitted on the frozen features of the softmax network
+  (``solve_posterior``).
+
+Every network trains through :func:`vitorch.fit`: the VBLL models are
+:class:`~vitorch.models.last_layer.VBLLModel` (``model((x, y))`` returns the head's
+:class:`vitorch.LossOutput`), the softmax network a module whose forward returns its loss.
 
 Reported on the in-distribution test set: accuracy, NLL and expected calibration
 error (15 bins), with a reliability diagram per model (``reliability_<model>.png``);
@@ -32,7 +37,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vitorch.models.last_layer import VBLLClassification, VBLLGenerativeClassification, metrics
+import vitorch as vt
+from vitorch.models.last_layer import VBLLClassification, VBLLGenerativeClassification, VBLLModel, metrics
 
 WIDTH = 64
 NUM_IN = 8  # digits 0..7 are in distribution; 8 and 9 are out of distribution
@@ -57,22 +63,20 @@ def features(d_in: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, WIDTH), nn.ELU(), nn.Linear(WIDTH, WIDTH), nn.ELU())
 
 
-def train(params, loss_fn, x, y, steps, seed, batch=64, lr=1e-3):
-    opt = torch.optim.Adam(params, lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(y), (batch,), generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x[idx], y[idx]).backward()
-        opt.step()
+def train(model, x, y, steps, seed, batch=64, lr=1e-3):
+    """``steps`` Adam steps on shuffled minibatches of ``(x, y)`` by :func:`vitorch.fit`."""
+    vt.fit(model, (x, y), steps=steps, batch_size=batch, lr=lr, seed=seed, progress=False)
 
 
 class Softmax(nn.Module):
+    """A deterministic softmax classifier: ``forward((x, y))`` is the cross-entropy."""
+
     def __init__(self, d_in):
         super().__init__()
         self.features, self.head = features(d_in), nn.Linear(WIDTH, NUM_IN)
 
-    def loss(self, x, y):
+    def forward(self, batch):
+        x, y = batch
         return F.cross_entropy(self.head(self.features(x)), y)
 
     def predict(self, x):
@@ -80,41 +84,36 @@ class Softmax(nn.Module):
         return probs, 1 - probs.max(-1).values
 
 
-class Bayesian(nn.Module):
-    """A feature network with a VBLL head (discriminative or generative)."""
-
-    def __init__(self, d_in, head, n):
-        super().__init__()
-        self.features, self.head, self.n = features(d_in), head, n
-
-    def loss(self, x, y):
-        return self.head.loss(self.features(x), y, self.n)
-
-    def predict(self, x):
-        out = self.head(self.features(x))
+def scores(model, x):
+    """``(class probabilities [N, C], OOD score [N])`` from a softmax network or a VBLL model."""
+    out = model.predict(x)
+    if isinstance(model, VBLLModel):  # the head's LastLayerOutput: predictive and its own OOD score
         return out.predictive.probs, out.ood_score
+    return out
 
 
-class PostHoc(nn.Module):
-    """A VBLL head fitted on a trained network's frozen features (closed form or a few L-BFGS steps)."""
+class Float64Features(nn.Module):
+    """A trained network's features, in float64 for a head fitted in float64."""
 
-    def __init__(self, net, head, x, y):
+    def __init__(self, features):
         super().__init__()
-        self.features = net.features
-        with torch.no_grad():
-            phi = net.features(x).double()
-        self.head = head.double().fit(phi, y)
+        self.features = features
 
-    def predict(self, x):
-        out = self.head(self.features(x).double())
-        return out.predictive.probs, out.ood_score
+    def forward(self, x):
+        return self.features(x).double()
+
+
+def post_hoc(net, head, x, y):
+    """A VBLL head fitted (``solve_posterior``, float64) on a trained network's frozen features."""
+    model = VBLLModel(Float64Features(net.features), head.double(), num_data=len(y))
+    return model.solve_posterior(x, y)
 
 
 def evaluate(model, x_te, y_te, x_ood, out_dir, name):
     """In-distribution accuracy, NLL, ECE; OOD AUROC by the model's own score and by ``1 - max_k p_k``."""
     with torch.no_grad():
-        probs, score_in = model.predict(x_te)
-        probs_ood, score_out = model.predict(x_ood)
+        probs, score_in = scores(model, x_te)
+        probs_ood, score_out = scores(model, x_ood)
     probs = probs.double()
     nll = float(-probs.gather(-1, y_te[:, None]).clamp_min(1e-300).log().mean())
     ece = metrics.reliability_diagram(probs, y_te, out_dir / f"reliability_{name}.png", title=name)
@@ -143,19 +142,19 @@ def main():
     torch.manual_seed(0)
     models = {
         "softmax": Softmax(d),
-        "vbll": Bayesian(d, VBLLClassification(WIDTH, NUM_IN), n),
-        "g_vbll": Bayesian(d, VBLLGenerativeClassification(WIDTH, NUM_IN), n),
+        "vbll": VBLLModel(features(d), VBLLClassification(WIDTH, NUM_IN), num_data=n),
+        "g_vbll": VBLLModel(features(d), VBLLGenerativeClassification(WIDTH, NUM_IN), num_data=n),
     }
     results = {}
     for name, model in models.items():
-        train(model.parameters(), model.loss, x_tr, y_tr, steps, seed=1)
+        train(model, x_tr, y_tr, steps, seed=1)
         results[name] = evaluate(model, x_te, y_te, x_ood, out_dir, name)
-    post_hoc = {
+    heads = {
         "softmax + post hoc vbll": VBLLClassification(WIDTH, NUM_IN),
         "softmax + post hoc g_vbll": VBLLGenerativeClassification(WIDTH, NUM_IN),
     }
-    for name, head in post_hoc.items():
-        model = PostHoc(models["softmax"], head, x_tr, y_tr)
+    for name, head in heads.items():
+        model = post_hoc(models["softmax"], head, x_tr, y_tr)
         results[name] = evaluate(model, x_te, y_te, x_ood, out_dir, name.replace(" + ", "_").replace(" ", "_"))
     for name, r in results.items():
         print(f"{name:>26}: " + "  ".join(f"{k} {v:.4f}" for k, v in r.items()))

@@ -6,7 +6,7 @@
    shows both predictive bands (mean +- 2 sd) out to ``|x| = 6``.
 2. scikit-learn's diabetes set (442 x 10, standardized; 80/20 splits): a VBLL
    head, and the same head refit after training at the evidence maximum
-   (``fit(phi, y, tune=True)`` on the trained features), against a deterministic
+   (``solve_posterior(x, y, tune=True)`` on the trained features), against a deterministic
    network (MSE, noise variance from the training residuals), a deep ensemble of five
    Gaussian networks (Lakshminarayanan et al., 2017) and ``BayesianRidge``.  Test NLL
    and RMSE are per standardized target.
@@ -14,6 +14,10 @@
    ELBO against the Monte Carlo ELBO (K = 1, reparameterized; K = 8, sticking the landing) through
    :func:`vitorch.loss`, all from the same start; ``objectives.png`` shows the
    ELBO per step against the exact log evidence, their common ceiling.
+
+Every model, VBLL or not, trains through :func:`vitorch.fit`: a VBLL model is a
+:class:`~vitorch.models.last_layer.VBLLModel` (features and head; ``model((x, y))`` returns
+the :class:`vitorch.LossOutput`), a baseline a module whose forward returns its scalar loss.
 
     python examples/vbll_regression.py [--quick] [--out outputs/vbll_regression]
 
@@ -37,6 +41,7 @@ import vitorch as vt
 from vitorch.models.last_layer import (
     BayesianLinearRegression,
     VBLLHeteroscedasticRegression,
+    VBLLModel,
     VBLLRegression,
     metrics,
 )
@@ -50,15 +55,39 @@ def mlp(d_in: int, out: int | None = None) -> nn.Sequential:
     return nn.Sequential(*layers, *([nn.Linear(WIDTH, out)] if out else []))
 
 
-def train(params, loss_fn, x, y, steps, batch=32, lr=1e-3, seed=0):
-    """Adam on minibatches; ``loss_fn(xb, yb)`` returns the scalar to minimize."""
-    opt = torch.optim.Adam(params, lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(y), (min(batch, len(y)),), generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x[idx], y[idx]).backward()
-        opt.step()
+def train(model, x, y, steps, batch=32, lr=1e-3, seed=0, callbacks=()):
+    """``steps`` Adam steps on shuffled minibatches of ``(x, y)`` by :func:`vitorch.fit`."""
+    vt.fit(model, (x, y), steps=steps, batch_size=min(batch, len(y)), lr=lr, seed=seed, progress=False,
+           callbacks=callbacks)  # fmt: skip
+
+
+class GaussianNet(nn.Module):
+    """A network with mean and log-variance outputs: ``forward((x, y))`` is the Gaussian NLL per datum."""
+
+    def __init__(self, d_in):
+        super().__init__()
+        self.net = mlp(d_in, 2)
+
+    def forward(self, batch):
+        x, y = batch
+        mean, log_var = self.net(x).unbind(-1)
+        return 0.5 * ((y - mean).pow(2) / log_var.exp() + log_var + LOG_2PI).mean()
+
+    def predict(self, x):
+        mean, log_var = self.net(x).unbind(-1)
+        return torch.distributions.Normal(mean, (0.5 * log_var).exp())
+
+
+class MSENet(nn.Module):
+    """A deterministic network: ``forward((x, y))`` is the mean squared error."""
+
+    def __init__(self, d_in):
+        super().__init__()
+        self.net = mlp(d_in, 1)
+
+    def forward(self, batch):
+        x, y = batch
+        return (self.net(x).squeeze(-1) - y).pow(2).mean()
 
 
 # ----- 1. heteroscedastic toy
@@ -88,12 +117,12 @@ def toy(out_dir, steps):
     for ax, (name, head) in zip(axes, heads.items()):
         torch.manual_seed(0)
         features = nn.Sequential(nn.Linear(1, WIDTH), nn.Tanh(), nn.Linear(WIDTH, WIDTH), nn.Tanh())
-        params = list(features.parameters()) + list(head.parameters())
-        train(params, lambda xb, yb, f=features, h=head: h.loss(f(xb), yb, len(y)), x, y, steps, batch=64, lr=3e-3)
+        model = VBLLModel(features, head, num_data=len(y))
+        train(model, x, y, steps, batch=64, lr=3e-3)
         with torch.no_grad():
-            pred = head(features(grid)).predictive
+            pred = model.predict(grid).predictive
             mean, sd = pred.mean, pred.variance.sqrt()
-            result[name] = metrics.nll(head(features(x)).predictive, y)
+            result[name] = metrics.nll(model.predict(x).predictive, y)
         ax.scatter(x.squeeze(), y, s=4, c="k", alpha=0.5, label="data")
         ax.plot(grid.squeeze(), mean, c="C0", label="predictive mean")
         ax.fill_between(grid.squeeze(), mean - 2 * sd, mean + 2 * sd, color="C0", alpha=0.25, label="mean +- 2 sd")
@@ -123,53 +152,51 @@ def diabetes(seed):
 
 def fit_vbll(x, y, steps, seed):
     torch.manual_seed(seed)
-    features = mlp(x.shape[1])
     head = VBLLRegression(WIDTH, prior_scale=WIDTH**-0.5, noise_variance=1.0, wishart_scale=1e-2)
-    params = list(features.parameters()) + list(head.parameters())
-    train(params, lambda xb, yb: head.loss(features(xb), yb, len(y)), x, y, steps, seed=seed)
-    return features, head
+    model = VBLLModel(mlp(x.shape[1]), head, num_data=len(y))
+    train(model, x, y, steps, seed=seed)
+    return model
 
 
 def gaussian_net(x, y, steps, seed):
     """A network with mean and log-variance outputs trained by Gaussian NLL."""
     torch.manual_seed(seed)
-    net = mlp(x.shape[1], 2)
-
-    def loss(xb, yb):
-        mean, log_var = net(xb).unbind(-1)
-        return 0.5 * ((yb - mean).pow(2) / log_var.exp() + log_var + LOG_2PI).mean()
-
-    train(net.parameters(), loss, x, y, steps, seed=seed)
+    net = GaussianNet(x.shape[1])
+    train(net, x, y, steps, seed=seed)
     return net
 
 
 def evaluate_diabetes(seed, steps):
     x_tr, y_tr, x_te, y_te = diabetes(seed)
     out = {}
-    features, head = fit_vbll(x_tr, y_tr, steps, seed)
+    model = fit_vbll(x_tr, y_tr, steps, seed)
     with torch.no_grad():
-        pred = head(features(x_te)).predictive
+        pred = model.predict(x_te).predictive
         out["vbll"] = (metrics.nll(pred, y_te), metrics.rmse(pred, y_te))
-        # the same head refit after training, in closed form on the trained features of the
-        # training split, at the prior scale and noise that maximize the exact evidence
-        refit = copy.deepcopy(head).double().fit(features(x_tr).double(), y_tr.double(), tune=True)
-        pred = refit(features(x_te).double()).predictive
+    # the same head refit after training, in closed form on the trained features of the
+    # training split, at the prior scale and noise that maximize the exact evidence (float64)
+    refit = copy.deepcopy(model)
+    refit.head.double()
+    refit.solve_posterior(x_tr, y_tr, tune=True)
+    with torch.no_grad():
+        pred = refit.head(refit.features(x_te).double()).predictive
         out["vbll_refit_tuned"] = (metrics.nll(pred, y_te.double()), metrics.rmse(pred, y_te.double()))
     # deterministic network: MSE training, Gaussian noise at the training residual variance
     torch.manual_seed(seed)
-    net = mlp(x_tr.shape[1], 1)
-    train(net.parameters(), lambda xb, yb: (net(xb).squeeze(-1) - yb).pow(2).mean(), x_tr, y_tr, steps, seed=seed)
+    net = MSENet(x_tr.shape[1])
+    train(net, x_tr, y_tr, steps, seed=seed)
     with torch.no_grad():
-        noise = (net(x_tr).squeeze(-1) - y_tr).pow(2).mean()
-        pred = torch.distributions.Normal(net(x_te).squeeze(-1), noise.sqrt())
+        noise = (net.net(x_tr).squeeze(-1) - y_tr).pow(2).mean()
+        pred = torch.distributions.Normal(net.net(x_te).squeeze(-1), noise.sqrt())
         out["deterministic"] = (metrics.nll(pred, y_te), metrics.rmse(pred, y_te))
     # deep ensemble of five Gaussian networks: a uniform mixture of their predictives
     members = [gaussian_net(x_tr, y_tr, steps, seed=100 * seed + k) for k in range(5)]
     with torch.no_grad():
-        mean, log_var = torch.stack([m(x_te) for m in members], 1).unbind(-1)  # [N, 5]
+        preds = [m.predict(x_te) for m in members]
+        mean, scale = torch.stack([p.mean for p in preds], 1), torch.stack([p.stddev for p in preds], 1)  # [N, 5]
         mix = torch.distributions.MixtureSameFamily(
             torch.distributions.Categorical(logits=torch.zeros_like(mean)),
-            torch.distributions.Normal(mean, (0.5 * log_var).exp()),
+            torch.distributions.Normal(mean, scale),
         )
         out["deep_ensemble_5"] = (metrics.nll(mix, y_te), metrics.rmse(mix, y_te))
     from sklearn.linear_model import BayesianRidge
@@ -177,7 +204,7 @@ def evaluate_diabetes(seed, steps):
     br_mean, br_std = BayesianRidge().fit(x_tr.numpy(), y_tr.numpy()).predict(x_te.numpy(), return_std=True)
     pred = torch.distributions.Normal(torch.as_tensor(br_mean), torch.as_tensor(br_std))
     out["bayesian_ridge"] = (metrics.nll(pred, y_te.double()), metrics.rmse(pred, y_te.double()))
-    return out, (features, head, x_tr, y_tr)
+    return out, (model.features, x_tr, y_tr)
 
 
 # ----- 3. deterministic vs sampled objectives on frozen features
@@ -189,30 +216,30 @@ def objectives(out_dir, trained, steps):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    features, _, x, y = trained
+    features, x, y = trained
     with torch.no_grad():
         phi = features(x).double()
     y = y.double()
     n, noise = len(y), 0.5
     log_z = float(BayesianLinearRegression(WIDTH, WIDTH**-0.5, noise).log_evidence(phi, y))
     runs = {
-        "deterministic": lambda h: h.loss(phi, y, n),
-        "MC ELBO, K=1": lambda h: h.mc_loss(phi, y, n, 1).loss,
-        "MC ELBO, K=8, STL": lambda h: h.mc_loss(phi, y, n, 8, vt.objectives.elbo, vt.estimators.stl).loss,
+        "deterministic": None,  # the head's own closed-form bound: VBLLModel's forward
+        "MC ELBO, K=1": lambda h, p, t: h.mc_loss(p, t, n, 1).loss,
+        "MC ELBO, K=8, STL": lambda h, p, t: h.mc_loss(p, t, n, 8, vt.objectives.elbo, vt.estimators.stl).loss,
     }
     curves, seconds = {}, {}
-    for name, loss_fn in runs.items():
+    for name, objective in runs.items():
         torch.manual_seed(0)
         head = VBLLRegression(WIDTH, prior_scale=WIDTH**-0.5, noise_variance=noise, learn_noise=False).double()
-        opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+        model = VBLLModel(nn.Identity(), head, num_data=n) if objective is None else MonteCarloHead(head, objective)
         trace = []
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            loss_fn(head).backward()
-            opt.step()
+
+        def record(ctx, head=head, trace=trace):
             with torch.no_grad():
                 trace.append(float(head.elbo(phi, y)))
+
+        t0 = time.perf_counter()
+        train(model, phi, y, steps, batch=n, callbacks=[record])  # full batch: every step sees all n
         seconds[name] = time.perf_counter() - t0
         curves[name] = trace
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -227,6 +254,17 @@ def objectives(out_dir, trained, steps):
     fig.savefig(out_dir / "objectives.png", dpi=100)
     plt.close(fig)
     return {name: trace[-1] - log_z for name, trace in curves.items()}, seconds
+
+
+class MonteCarloHead(nn.Module):
+    """A head on fixed features trained on a sampled bound: ``forward((phi, y))`` is ``objective(head, phi, y)``."""
+
+    def __init__(self, head, objective):
+        super().__init__()
+        self.head, self.objective = head, objective
+
+    def forward(self, batch):
+        return self.objective(self.head, *batch)
 
 
 def main():
