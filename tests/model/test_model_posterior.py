@@ -161,5 +161,6 @@ def test_warnings_for_a_poor_guide_and_a_spline_wall():
     with pytest.warns(UserWarning, match="k-hat"):
         Posterior(model, poor, 1000)
     walled = AutoFlow(model, transforms=[vt.flows.MAF(3, vt.flows.RQSpline(bound=0.2))])
-    with pytest.warns(UserWarning, match="spline layer 0"):
+    with pytest.warns(UserWarning) as records:  # the untrained flow also draws a k-hat warning
         Posterior(model, walled(), 200)
+    assert any("spline layer 0" in str(r.message) for r in records)
