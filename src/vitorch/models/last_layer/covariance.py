@@ -353,7 +353,8 @@ class DensePrecision(_Cholesky):
 
     Closed-form (batch or recursive) Bayesian updates act on the precision, so this
     form is exact and cheap to set from them; ``quad`` costs a triangular solve.
-    Parameters as :class:`Dense` (``mean``, ``raw_tril``), here for the precision's factor.
+    Parameters as :class:`Dense` (``mean [O, D]``, ``raw_tril [O, D, D]``), here for the
+    precision's factor.
     Args as :class:`WeightPosterior`.
 
     References:
