@@ -154,6 +154,12 @@ def test_a_format_one_checkpoint_resumes_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="does not record the run's configuration"):
         hist = fit(Regression(), regression_data(40), **dict(options, steps=9, resume=tmp_path))
     assert len(hist.steps) == 9
+    # Overrides still apply: the rate is this run's.
+    format_one(tmp_path)
+    with pytest.warns(UserWarning):
+        hist = fit(Regression(), regression_data(40), **dict(options, steps=10, optimizer=sgd(0.01), resume=tmp_path),
+                   resume_overrides=("lr",))  # fmt: skip
+    assert [r["lr"] for r in hist.steps[-1:]] == [0.01]
     # Without a configuration to compare, another optimizer type still fails clearly, at resume
     # (torch loads the state and fails at the first step with KeyError: 'betas').
     format_one(tmp_path)

@@ -57,7 +57,7 @@ def _plain(value):
         return [_plain(v) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    return repr(value)
+    return f"<{type(value).__qualname__}>"  # its kind, not its repr (which may hold a memory address)
 
 
 def _qualname(obj) -> str:

@@ -53,6 +53,11 @@ class RunState:
             mismatch = optimizer_state_fits(payload["optimizer"], self.optimizer)
             if mismatch is not None:
                 raise ValueError(f"resume: the optimizer state in checkpoint {where} does not fit: {mismatch}")
+            # Nothing to compare with, but named hyper-parameters still take this run's values.
+            groups = payload["optimizer"]["param_groups"]
+            stored = {"hparams": [{**g, "lr": g.get("initial_lr", g.get("lr"))} for g in groups]}
+            names = {k for g in self.config["hparams"] for k in g}
+            hparams = [n for n in self.opt.resume_overrides if n in names]
         else:
             hparams, data = check_config(stored, self.config, self.opt.resume_overrides, at_boundary, where)
             # The checkpointed epoch is complete but the data changed: end it without replaying it.
