@@ -9,7 +9,10 @@ of exactly zero next to any finite one, a datum whose particles all have zero we
 gets the finite bound ``-1e30`` instead of ``-inf`` (so one impossible datum cannot
 make a batch loss infinite), and the replacement's backward (``grad * isfinite(x)``)
 gives such particles a zero gradient.  NaN is kept: it propagates, as a bug should.
-Half-precision inputs are reduced in float32, whose exponent range weights need.
+Half-precision inputs are reduced in float32, whose exponent range weights need, and
+the result is cast back saturating: the floor becomes the dtype's lowest finite value
+(``-65504`` in float16), so half-precision losses stay finite too, and
+:func:`finite_bound` tells that value from an honest bound.
 """
 
 from __future__ import annotations
@@ -39,14 +42,25 @@ def finite_mean(x: Tensor) -> Tensor:
 
 
 def finite_bound(v: Tensor) -> Tensor:
-    """Where a bound value is an honest number, not the clamp's floor/ceiling (nor NaN)."""
-    return v.abs() < 0.1 * LOG_WEIGHT_LIMIT
+    """Where a bound value is an honest number, not the clamp's floor/ceiling (nor NaN).
+
+    In half precision the floor is the saturated ``-finfo.max``, which no honest bound reaches.
+    """
+    limit = min(0.1 * LOG_WEIGHT_LIMIT, torch.finfo(v.dtype).max) if v.is_floating_point() else 0.1 * LOG_WEIGHT_LIMIT
+    return v.abs() < limit
+
+
+def _saturate(out: Tensor, dtype: torch.dtype) -> Tensor:
+    """``out`` (float32) in ``dtype``, values beyond its range set to its largest finite ones, not inf."""
+    if out.dtype == dtype:
+        return out
+    info = torch.finfo(dtype)
+    return out.clamp(info.min, info.max).to(dtype)
 
 
 def logsumexp(x: Tensor, dim: int = 0) -> Tensor:
     """``log sum exp(x)`` along ``dim`` on clamped inputs: finite values, no NaN gradients."""
-    out = torch.logsumexp(clamp(x), dim)
-    return out if out.dtype == x.dtype else out.to(x.dtype)
+    return _saturate(torch.logsumexp(clamp(x), dim), x.dtype)
 
 
 def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
@@ -54,10 +68,22 @@ def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
     return logsumexp(x, dim) - math.log(x.shape[dim])
 
 
+def power_logmeanexp(x: Tensor, t: float, dim: int = 0) -> Tensor:
+    """``(1 / t) log mean exp(t x)`` along ``dim``: the Rényi and χ bounds' reduction.
+
+    The same as ``logmeanexp(t * x, dim) / t``, but a half-precision input is scaled,
+    reduced and divided in float32 and saturated once at the end, so the floor of a
+    datum with no possible particle stays finite for every ``t`` (dividing the
+    saturated ``-65504`` by ``t < 1`` would overflow to ``-inf``).
+    """
+    xs = x.float() if x.dtype in _LOW_PRECISION else x
+    out = (torch.logsumexp(clamp(t * xs), dim) - math.log(x.shape[dim])) / t
+    return _saturate(out, x.dtype)
+
+
 def mean(x: Tensor, dim: int = 0) -> Tensor:
     """Mean of clamped log-weights (the ELBO's reduction)."""
-    out = clamp(x).mean(dim)
-    return out if out.dtype == x.dtype else out.to(x.dtype)
+    return _saturate(clamp(x).mean(dim), x.dtype)
 
 
 def softmax(x: Tensor, dim: int = 0) -> Tensor:

@@ -28,16 +28,18 @@ import torch
 import vitorch as vt
 
 D = 3
+# Explicit, because torch.compile turns torch's default validation off for the whole process.
+V = {"validate_args": True}
 
 
 def _gaussians(dtype=torch.float64, batch=(2,)):
     loc = torch.zeros(*batch, D, dtype=dtype)
     tril = torch.eye(D, dtype=dtype) + 0.3 * torch.ones(D, D, dtype=dtype).tril(-1)
     return {
-        "DiagNormal": lambda: vt.DiagNormal(loc, torch.ones(*batch, D, dtype=dtype)),
-        "FullRankNormal": lambda: vt.FullRankNormal(loc, tril),
+        "DiagNormal": lambda: vt.DiagNormal(loc, torch.ones(*batch, D, dtype=dtype), **V),
+        "FullRankNormal": lambda: vt.FullRankNormal(loc, tril, **V),
         "LowRankNormal": lambda: vt.LowRankNormal(
-            loc, 0.5 * torch.ones(*batch, D, 1, dtype=dtype), torch.ones(*batch, D, dtype=dtype)
+            loc, 0.5 * torch.ones(*batch, D, 1, dtype=dtype), torch.ones(*batch, D, dtype=dtype), **V
         ),
     }
 
@@ -46,12 +48,12 @@ def _positives(dtype=torch.float64, batch=(2,)):
     a = torch.full((*batch, D), 1.5, dtype=dtype)
     b = torch.full((*batch, D), 2.0, dtype=dtype)
     return {
-        "Gamma": lambda: vt.Gamma(a, b),
-        "RSVIGamma": lambda: vt.RSVIGamma(a, b),
-        "Beta": lambda: vt.Beta(a, b),
-        "RSVIBeta": lambda: vt.RSVIBeta(a, b),
-        "Dirichlet": lambda: vt.Dirichlet(a),
-        "RSVIDirichlet": lambda: vt.RSVIDirichlet(a),
+        "Gamma": lambda: vt.Gamma(a, b, **V),
+        "RSVIGamma": lambda: vt.RSVIGamma(a, b, **V),
+        "Beta": lambda: vt.Beta(a, b, **V),
+        "RSVIBeta": lambda: vt.RSVIBeta(a, b, **V),
+        "Dirichlet": lambda: vt.Dirichlet(a, **V),
+        "RSVIDirichlet": lambda: vt.RSVIDirichlet(a, **V),
     }
 
 
@@ -76,7 +78,9 @@ CONSTRUCTORS = {
 
 
 def _valid(shape, dtype):
-    return torch.eye(shape[0], dtype=dtype) if len(shape) == 2 and shape[0] == shape[1] else torch.ones(shape, dtype=dtype)
+    return (
+        torch.eye(shape[0], dtype=dtype) if len(shape) == 2 and shape[0] == shape[1] else torch.ones(shape, dtype=dtype)
+    )
 
 
 @pytest.mark.parametrize("name", list(CONSTRUCTORS))
@@ -94,7 +98,9 @@ def test_mixed_float32_and_float64_parameters_raise_naming_each(name):
     cls, names, shapes = CONSTRUCTORS[name]
     args = [_valid(s, torch.float32) for s in shapes]
     args[-1] = _valid(shapes[-1], torch.float64)
-    pattern = rf"{name}: parameters must share one floating dtype; got {names[0]} torch.float32.*{names[-1]} torch.float64"
+    pattern = (
+        rf"{name}: parameters must share one floating dtype; got {names[0]} torch.float32.*{names[-1]} torch.float64"
+    )
     with pytest.raises(TypeError, match=pattern):
         cls(*args)
 
@@ -206,7 +212,9 @@ def _support_cases():
     cases = {}
     for name, make in _all().items():
         cases[name] = make
-    cases["Flow"] = lambda: vt.Flow(vt.DiagNormal(torch.zeros(D), torch.ones(D)), [vt.flows.ElementwiseAffine(D)])
+    cases["Flow"] = lambda: vt.Flow(
+        vt.DiagNormal(torch.zeros(D), torch.ones(D)), [vt.flows.ElementwiseAffine(D)], validate_args=True
+    )
     return cases
 
 

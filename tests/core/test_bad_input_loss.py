@@ -43,7 +43,9 @@ PAIRS = {
 def test_plus_inf_log_joint_raises_naming_the_datum(pair):
     objective, estimator = PAIRS[pair]
     q = vt.DiagNormal(torch.zeros(5, 2, requires_grad=True), torch.ones(5, 2))
-    with pytest.raises(ValueError, match=r"\+inf for datum 3 \(particle 1 of 4; 1 datum\(s\) in all\).*bug in the model"):
+    with pytest.raises(
+        ValueError, match=r"\+inf for datum 3 \(particle 1 of 4; 1 datum\(s\) in all\).*bug in the model"
+    ):
         vt.loss(_poisoned((3,)), q, 4, objective, estimator)
 
 
@@ -65,11 +67,17 @@ def test_minus_inf_is_still_a_particle_of_zero_weight():
 
 
 def test_compiled_loss_turns_plus_inf_into_nan():
+    # torch.compile turns torch.distributions' default validation off for the whole process
+    # (torch._dynamo.eval_frame's patch()); restore it for the tests that follow.
+    validate = torch.distributions.Distribution._validate_args
     q_loc = torch.zeros(3, 2, requires_grad=True)
+    try:
 
-    @torch.compile(fullgraph=True, backend="eager")
-    def step():
-        q = vt.DiagNormal(q_loc, torch.ones(3, 2), validate_args=False)
-        return vt.loss(_poisoned((0,)), q, 2).loss
+        @torch.compile(fullgraph=True, backend="eager")
+        def step():
+            q = vt.DiagNormal(q_loc, torch.ones(3, 2), validate_args=False)
+            return vt.loss(_poisoned((0,)), q, 2).loss
 
-    assert torch.isnan(step())
+        assert torch.isnan(step())
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)

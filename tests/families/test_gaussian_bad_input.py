@@ -101,7 +101,11 @@ BAD_PARAMETERS = {
         (ZEROS, torch.stack([_tril(), _tril(upper=0.5), _tril()])),
         r"parameter scale_tril .*lower triangular",
     ),
-    "full bad shared factor": (FullRankNormal, (torch.zeros(4, 3, dtype=torch.float64), _tril(diag=-1.0)), r"parameter scale_tril"),
+    "full bad shared factor": (
+        FullRankNormal,
+        (torch.zeros(4, 3, dtype=torch.float64), _tril(diag=-1.0)),
+        r"parameter scale_tril",
+    ),
     "diag one bad scale in a batch": (
         DiagNormal,
         (ZEROS, torch.stack([ONES, _vec(1, 1, -1)])),

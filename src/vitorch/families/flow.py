@@ -120,7 +120,9 @@ class Flow(Family):
                     f"{tuple(base.batch_shape)}"
                 ) from None
         if d == 0:
-            raise ValueError("Flow: the base has an event of size 0 (event shape (0,)); a family needs at least one coordinate")
+            raise ValueError(
+                "Flow: the base has an event of size 0 (event shape (0,)); a family needs at least one coordinate"
+            )
         self.base = base
         self.transforms = transforms
         self.context = context

@@ -107,7 +107,13 @@ class DiagNormal(Family):
     def __init__(self, loc: Tensor, scale: Tensor, validate_args: bool | None = None):
         if validate_args is False and isinstance(loc, Tensor) and isinstance(scale, Tensor):
             shape = loc.shape
-            if shape == scale.shape and shape and 0 not in shape and loc.dtype == scale.dtype and loc.is_floating_point():
+            if (
+                shape == scale.shape
+                and shape
+                and 0 not in shape
+                and loc.dtype == scale.dtype
+                and loc.is_floating_point()
+            ):
                 # An amortized encoder builds one every training step: with nothing to
                 # convert, broadcast or check, set torch's Distribution fields directly
                 # (what _init_checked would set).
