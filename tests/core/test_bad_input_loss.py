@@ -5,7 +5,8 @@ a density that is infinite somewhere (a likelihood with a zero scale) trained on
 finite loss of about ``-2.5e29`` without a word.  Eager calls raise ``ValueError``
 naming the datum and the particle; inside ``torch.compile`` (where reading the flag
 would break the graph) the value becomes NaN, which the loss carries to ``fit``'s
-non-finite guard.  ``-inf`` (a particle outside the model's support) stays legal.
+non-finite guard.  ``-inf`` (a particle outside the model's support) stays legal,
+and a datum whose particles are all impossible keeps a finite loss in float16 too.
 """
 
 from __future__ import annotations
@@ -64,6 +65,24 @@ def test_minus_inf_is_still_a_particle_of_zero_weight():
 
     out = vt.loss(log_joint, q, 4, O.iwae, E.dreg)
     assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("pair", ["elbo/reparam", "iwae/dreg", "iwae/score", "piwae/dreg"])
+def test_an_impossible_datum_keeps_a_half_precision_loss_finite(pair):
+    # The floor -1e30 of a datum with no possible particle overflowed float16 to an inf loss;
+    # it is now float16's lowest finite value, with a zero gradient.
+    objective, estimator = PAIRS[pair]
+    loc = torch.zeros(3, 2, dtype=torch.float16, requires_grad=True)
+    q = vt.DiagNormal(loc, torch.ones(3, 2, dtype=torch.float16))
+
+    def log_joint(z):
+        return torch.where(torch.arange(3) == 1, -math.inf, -0.5 * z.pow(2).sum(-1))
+
+    out = vt.loss(log_joint, q, 4, objective, estimator)
+    assert out.loss.dtype == torch.float16 and torch.isfinite(out.loss)
+    assert out.bound[1] == torch.finfo(torch.float16).min and torch.isfinite(out.bound).all()
+    (g,) = torch.autograd.grad(out.loss, loc)
+    assert torch.isfinite(g).all() and (g[1] == 0).all()
 
 
 def test_compiled_loss_turns_plus_inf_into_nan():
