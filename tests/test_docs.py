@@ -24,6 +24,7 @@ PUBLIC_MODULES = [
     "vitorch.loss",
     "vitorch.expect",
     "vitorch.testing",
+    "vitorch.model",
     "vitorch.objectives",
     "vitorch.estimators",
     "vitorch.mmd",

@@ -35,6 +35,7 @@ import pytest
 PACKAGES = [
     "vitorch",
     "vitorch.testing",
+    "vitorch.model",
     "vitorch.families",
     "vitorch.flows",
     "vitorch.objectives",

@@ -32,6 +32,7 @@ from .families import (
 from .expect import expect
 from .loss import LossOutput, check, loss
 from .training import History, fit
+from .model import VI, AutoGuide, Model, Posterior, Site
 
 # The zoos and data sets load on first use: the core never imports them.
 _LAZY = ("models", "data", "kernels")
@@ -58,6 +59,11 @@ __all__ = [
     "full_precision",
     "LossOutput",
     "fit",
+    "Model",
+    "Site",
+    "AutoGuide",
+    "Posterior",
+    "VI",
     "History",
     "Family",
     "stopped",

@@ -17,6 +17,7 @@ import torch
 from flow_cases import CONDITIONAL, NAMES, WITH_PARAMS, make
 from torch.func import functional_call
 
+import vitorch as vt
 from vitorch.families.flow import Flow
 from vitorch.families.gaussian import DiagNormal
 
@@ -148,3 +149,13 @@ def test_bad_dimension_is_a_value_error(name):
     t = make(name, D)
     with pytest.raises(ValueError, match="must end in"):
         t(torch.randn(4, D + 1))
+
+
+def test_coupling_flows_move_between_dtypes_like_any_module():
+    # Coupling's own method once shadowed nn.Module._apply, so .double() and .to() raised.
+    for flow in (vt.flows.AffineCoupling(4), vt.flows.SplineCoupling(4)):
+        flow = flow.double()
+        assert all(p.dtype == torch.float64 for p in flow.parameters())
+        x = torch.randn(3, 4, dtype=torch.float64)
+        y, ladj = flow.call_and_ladj(x)
+        assert y.dtype == torch.float64 and ladj.shape == (3,)

@@ -84,7 +84,7 @@ class Coupling(Transform):
             x_a = torch.cat([x_a.expand(*shape, -1), context.expand(*shape, -1)], -1)
         return full_precision(self.net(x_a)).unflatten(-1, (len(self.idx_b), self.transformer.num_params))
 
-    def _apply(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _couple(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         v_a, v_b = v.index_select(-1, self.idx_a), v.index_select(-1, self.idx_b)
         params = self._params(v_a, context)
         out_b, ladj = (self.transformer.inverse if inverse else self.transformer)(v_b, params)
@@ -93,11 +93,11 @@ class Coupling(Transform):
 
     def call_and_ladj(self, x, context=None):
         self._check_input(x)
-        return self._apply(x, context, inverse=False)
+        return self._couple(x, context, inverse=False)
 
     def inverse_and_ladj(self, y, context=None):
         self._check_input(y, "y")
-        return self._apply(y, context, inverse=True)
+        return self._couple(y, context, inverse=True)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, transformer={self.transformer!r}, kept={self.idx_a.tolist()}"

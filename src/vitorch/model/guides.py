@@ -294,20 +294,6 @@ def default_flow(
     return out
 
 
-def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """``module`` with floating parameters and buffers in ``dtype``, converted tensor by tensor
-    (``Coupling`` defines its own ``_apply``, so ``nn.Module.to`` cannot walk into it)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.is_floating_point() and p.dtype != dtype:
-                p.data = p.data.to(dtype)
-        for m in module.modules():
-            for name, b in m.named_buffers(recurse=False):
-                if b.is_floating_point() and b.dtype != dtype:
-                    setattr(m, name, b.to(dtype))
-    return module
-
-
 class AutoFlow(AutoGuide):
     """A normalizing flow: standard normal base -> ``transforms`` -> :class:`Standardize`.
 
@@ -351,7 +337,7 @@ class AutoFlow(AutoGuide):
         for i, t in enumerate(transforms):
             if not isinstance(t, Transform) or t.dim != self.dim:
                 raise ValueError(f"AutoFlow: transforms[{i}] must be a vitorch Transform of dim {self.dim}; got {t!r}")
-        self.transforms = _in_dtype(nn.ModuleList(transforms), self._z0.dtype)
+        self.transforms = nn.ModuleList(transforms).to(self._z0.dtype)
         self.standardize = Standardize(self._z0, self.init_scale)
         self.register_buffer("base_loc", torch.zeros_like(self._z0), persistent=False)
         self.register_buffer("base_scale", torch.ones_like(self._z0), persistent=False)
