@@ -231,3 +231,13 @@ def test_log_prob_of_an_infinite_value_raises_the_support_error_in_every_family(
 def test_validate_args_false_skips_the_support_check():
     q = vt.DiagNormal(torch.zeros(D), torch.ones(D), validate_args=False)
     assert q.log_prob(torch.full((D,), math.inf)) == -math.inf
+
+
+@pytest.mark.parametrize("name", list(_support_cases()))
+def test_the_finite_supports_keep_torchs_bijections(name):
+    # biject_to(q.support) maps unconstrained reals into the (now finite-only) support, as before.
+    q = _support_cases()[name]()
+    t = torch.distributions.biject_to(q.support)
+    x = torch.randn(4, *t.inverse_shape(q.event_shape))
+    assert bool(q.support.check(t(x)).all())
+    assert type(torch.distributions.transform_to(q.support)(x)) is torch.Tensor

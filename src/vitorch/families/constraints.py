@@ -8,13 +8,14 @@ The same holds for the *supports*: an infinite value handed to ``log_prob`` is a
 upstream too, so every family's support excludes ``±inf`` and ``log_prob(inf)``
 raises the support's ``ValueError`` (when validating) instead of returning ``-inf``
 for one family and NaN for another.  :class:`Vector` is torch's ``independent(c, 1)``
-without its reshape, so that empty values (zero samples) pass the check.
+without its reshape, so that empty values (zero samples) pass the check.  All are
+registered with torch's ``biject_to`` and ``transform_to`` (as the supports they narrow).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.distributions import constraints
+from torch.distributions import biject_to, constraints, transform_to, transforms
 
 
 class _FiniteReal(constraints.Constraint):
@@ -105,3 +106,37 @@ def finite_support(c: constraints.Constraint) -> constraints.Constraint:
     if c is constraints.positive:
         return positive_finite
     return c
+
+
+# torch's registries, so that biject_to(q.support) / transform_to(q.support) keep working
+# for the families whose supports are defined here (the maps of real, positive and simplex).
+@biject_to.register(_FiniteReal)
+@transform_to.register(_FiniteReal)
+def _to_finite_real(constraint):
+    return transforms.identity_transform
+
+
+@biject_to.register(_PositiveFinite)
+@transform_to.register(_PositiveFinite)
+def _to_positive_finite(constraint):
+    return transforms.ExpTransform()
+
+
+@biject_to.register(_Simplex)
+def _biject_to_simplex(constraint):
+    return transforms.StickBreakingTransform()
+
+
+@transform_to.register(_Simplex)
+def _transform_to_simplex(constraint):
+    return transforms.SoftmaxTransform()
+
+
+@biject_to.register(Vector)
+def _biject_to_vector(constraint):
+    return transforms.IndependentTransform(biject_to(constraint.base), 1)
+
+
+@transform_to.register(Vector)
+def _transform_to_vector(constraint):
+    return transforms.IndependentTransform(transform_to(constraint.base), 1)
