@@ -48,12 +48,13 @@ _LOG_2PI = math.log(2 * math.pi)
 _RELIABLE = 1e-2
 
 
-def _warn_if_unreliable(family: str, ratio: Tensor, what: str) -> None:
+def _warn_if_unreliable(family: str, ratio: Tensor, what: str, stacklevel: int) -> None:
     """Warn (Python shows it once per place) when ``eps * ratio`` exceeds :data:`_RELIABLE`.
 
     ``ratio`` is a cheap lower bound on how many smallest conditional standard
     deviations the working precision's unit holds; the check reads one value, so it
     is skipped inside a compiled graph (where a host read would break it).
+    ``stacklevel`` counts the frames from the caller up to the user's call.
     """
     if torch.compiler.is_compiling() or ratio.numel() == 0:
         return
@@ -65,7 +66,7 @@ def _warn_if_unreliable(family: str, ratio: Tensor, what: str) -> None:
             "gradient lose their accuracy. rsample_and_log_prob and the stopped draws of STL and DReG read log q "
             "from the noise and are unaffected; otherwise use float64 or a better-conditioned parametrization",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=stacklevel + 1,
         )
 
 
@@ -309,7 +310,7 @@ class FullRankNormal(Family):
         scale = self._loc.detach().abs().amax(-1) + tril.pow(2).sum(-1).sqrt().amax(-1)
         smallest = tril.diagonal(dim1=-2, dim2=-1).amin(-1)
         what = "scale_tril is ill-conditioned (max|loc| + max row norm over min diagonal entry is too large)"
-        _warn_if_unreliable("FullRankNormal", scale / smallest, what)
+        _warn_if_unreliable("FullRankNormal", scale / smallest, what, stacklevel=3)  # log_prob's caller
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
@@ -491,7 +492,7 @@ class LowRankNormal(Family):
             w, cov_diag = self._cov_factor.detach(), self._cov_diag.detach()
             ratio = w.pow(2).sum(-1).amax(-1) / cov_diag.amin(-1)
             what = "cov_factor W dwarfs cov_diag d (max(W W^T) / min(d) is too large for the Woodbury identity)"
-            _warn_if_unreliable("LowRankNormal", ratio, what)
+            _warn_if_unreliable("LowRankNormal", ratio, what, stacklevel=2)
         return self._centered_log_prob(cast_value(value, self.loc.dtype) - self.loc)
 
     def entropy(self) -> Tensor:
