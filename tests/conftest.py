@@ -32,9 +32,13 @@ def _seed_and_dtype(request):
     """Seed torch from the test id and run in float64 unless a test says otherwise."""
     torch.manual_seed(seed_from(request.node.nodeid))
     old = torch.get_default_dtype()
+    # torch.compile's first call switches distribution validation off for the whole process
+    # (torch's own choice); a test that compiles must not change what later tests validate.
+    validate = torch.distributions.Distribution._validate_args
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+    torch.distributions.Distribution.set_default_validate_args(validate)
 
 
 @pytest.fixture

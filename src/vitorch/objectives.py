@@ -259,7 +259,7 @@ class _Power(Objective):
         self.t, self.name, self.upper = float(t), name, upper
 
     def __call__(self, log_w: Tensor) -> Tensor:
-        return ls.logmeanexp(self.t * log_w, 0) / self.t
+        return ls.power_logmeanexp(log_w, self.t)
 
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
         return ls.softmax(self.t * log_w, 0)

@@ -169,7 +169,6 @@ PAIRS = [
     for o in (O.elbo, O.iwae, O.miwae(2), O.ciwae(0.3), O.renyi(0.5), O.renyi(2.0), O.cubo(2), O.piwae(2), O.vis())
     for e in (E.reparam, E.stl, E.dreg, E.score(), E.vimco)
 ]
-POWER = ("renyi", "cubo")  # see test_half_precision_floor_of_the_power_bounds
 
 
 def _log_joint(event: tuple[int, ...], poison):
@@ -198,8 +197,6 @@ def _log_joint(event: tuple[int, ...], poison):
 )
 def test_every_objective_and_estimator_gives_a_finite_loss_or_a_clear_error(name, dtype, batch, pair, K, poison):
     objective, estimator = PAIRS[pair]
-    if dtype == "float16" and poison == -math.inf and objective.name.startswith(POWER):
-        poison = None  # the known half-precision floor of these bounds: the strict xfail below
     raw, _ = _params(name, batch, 2, dtype, None, False)
     leaves = {k: v.clone().requires_grad_() for k, v in raw.items()}
     q = _make(name, leaves)
@@ -228,10 +225,6 @@ def test_every_objective_and_estimator_gives_a_finite_loss_or_a_clear_error(name
     assert all(g is None or _all_finite(g) for g in grads)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="objectives._Power divides the saturated float16 floor by t; it needs ls.power_logmeanexp (lead)",
-)
 @pytest.mark.parametrize("objective", [O.renyi(0.5), O.cubo(2)], ids=str)
 def test_half_precision_floor_of_the_power_bounds(objective):
     # A datum with every particle impossible: the floor must stay finite and be recognized as the floor.
@@ -267,7 +260,6 @@ def test_mmd_is_finite_or_refused_by_name(dtype, n, m, d, kernel, poison):
         assert torch.isnan(value)  # a non-finite sample propagates as NaN, as a NaN log-joint does
 
 
-@pytest.mark.xfail(strict=True, reason="mmd.py has no dtype check yet (the patch is in issue 22's report)")
 @pytest.mark.parametrize("dtypes", [(torch.int64, torch.int64), (torch.float32, torch.float64)], ids=str)
 def test_mmd_refuses_integer_and_mixed_dtypes_by_name(dtypes):
     with pytest.raises(TypeError, match=r"mmd: z_q and z_p must be floating-point tensors of one dtype"):
