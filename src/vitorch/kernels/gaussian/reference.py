@@ -46,7 +46,9 @@ def rsample_and_log_prob_from_noise(loc: Tensor, scale: Tensor, eps: Tensor, sto
     d = loc.shape[-1]
     if stop_log_q:
         loc_s, scale_s = loc.detach(), scale.detach()
-        u = (z - loc_s) / scale_s
+        # The value is the noise itself (exact however large |loc| / scale is); the gradient
+        # reaches z as d/dz (z - loc) / scale at stopped parameters.
+        u = eps + (z - z.detach()) / scale_s
         log_q = -0.5 * u.pow(2).sum(-1) - (scale_s.log().sum(-1) + 0.5 * d * _LOG_2PI)
     else:
         log_q = -0.5 * eps.pow(2).sum(-1) - (scale.log().sum(-1) + 0.5 * d * _LOG_2PI)
