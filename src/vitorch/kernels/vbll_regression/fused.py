@@ -23,10 +23,11 @@ outputs' gradients, ``g = g_bound - g_loss / B`` and ``h = (g_loss - sum_n g_bou
     d/dR_i  = tril(d/dL_i, -1) + diag(diag(d/dL_i) exp(l_i) - h)
     d/dPhi  = sum_i G_i W_i^T (+ the log-variance's terms),   d/dy = -(last column of G)^T.
 
-The code carries ``-G`` (the rows scaled by ``-g w``), which saves a negation per step.
 Homoscedastic: ``w_ni = -1/v_i``.  Heteroscedastic (``e = exp(-mu + t/2)``, ``A = e ||E||^2``):
 ``w = -e``, ``d/dmu = g (A - 1) / 2`` and ``d/dt = -g A / 4``; with a dense ``q(U)`` its
-block ``[L^u_i | u_i]`` is stacked under ``W`` and ``d/dP^u = 2 P^u d/dt``.
+block ``[L^u_i | u_i]`` is stacked under ``W`` and ``d/dP^u = 2 P^u d/dt``.  The code
+carries ``gn = -g`` (positive for a loss being minimized), so that ``G`` comes out of the
+products with its sign and needs no negation.
 
 The prior variances and ``N`` are Python numbers: each configuration's constants (the
 penalty's coefficients, masks) are made once as tensors and cached, so that no Python
@@ -114,16 +115,16 @@ def _outputs(expected: Tensor, penalty_over_n: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _upstream(g_bound: Tensor | None, g_loss: Tensor | None, b: int, num_data: int) -> tuple[Tensor, Tensor]:
-    """``(g, h)``: the gradients by ``expected_log_lik`` and by the penalty.
+    """``(gn, h)``: minus the gradient by ``expected_log_lik`` and the gradient by the penalty.
 
-    ``g`` is ``[B]``, or 0-d when every datum has the same (``loss`` alone back-propagated).
+    ``gn`` is ``[B]``, or 0-d when every datum has the same (``loss`` alone back-propagated).
     """
     if g_bound is None:
-        return g_loss * (-1.0 / b), g_loss * (1.0 / num_data)
+        return g_loss * (1.0 / b), g_loss * (1.0 / num_data)
     total = g_bound.sum()
     if g_loss is None:
-        return g_bound, total * (-1.0 / num_data)
-    return g_bound - g_loss / b, (g_loss - total) / num_data
+        return g_bound.neg(), total * (-1.0 / num_data)
+    return g_loss / b - g_bound, (g_loss - total) / num_data
 
 
 def _unpack_grad(g_work: Tensor, work: Tensor, lower: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -184,22 +185,22 @@ class RegressionBound(torch.autograd.Function):
         phi, work, err, sq, prec = ctx.saved_tensors
         num_data, wishart_a, wishart_psi, inv_var, lower = ctx.consts
         o, b = sq.shape
-        g, h = _upstream(g_bound, g_loss, b, num_data)
-        scale = prec * g if g.dim() == 0 else torch.outer(prec, g)  # -G's row scales: g_n / v_i
-        neg_g_err = err * scale.view(o, -1, 1)
-        g_work = torch.baddbmm(work * (h * inv_var), phi.mT.expand(o, -1, -1), neg_g_err, alpha=-1.0)
+        gn, h = _upstream(g_bound, g_loss, b, num_data)
+        scale = prec * gn if gn.dim() == 0 else torch.outer(prec, gn)  # G's row scales: -g_n / v_i
+        g_err = err * scale.view(o, -1, 1)
+        g_work = torch.baddbmm(work * (h * inv_var), phi.mT.expand(o, -1, -1), g_err)
         g_raw, g_mean = _unpack_grad(g_work, work, lower, h)
         g_log_v = None
         if ctx.needs_input_grad[4]:
-            # d/dlog v_i = 1/v_i (sum_n g_n ||E_in||^2 - psi h) / 2 + a h - sum_n g_n / 2
-            if g.dim() == 0:
-                data, g_sum = sq.sum(-1).mul_(g), g * b
+            # d/dlog v_i = 1/v_i (sum_n g_n ||E_in||^2 - psi h) / 2 + a h - sum_n g_n / 2, with g = -gn
+            if gn.dim() == 0:
+                data, gn_sum = sq.sum(-1).mul_(gn), gn * b
             else:
-                data, g_sum = torch.mv(sq, g), g.sum()
-            base = torch.sub(h * wishart_a, g_sum, alpha=0.5)
-            g_log_v = torch.addcmul(base, prec, data.sub_(h, alpha=wishart_psi), value=0.5)
-        g_phi = _phi_grad(neg_g_err, work).neg_() if ctx.needs_input_grad[0] else None
-        g_y = neg_g_err[..., -1].mT if ctx.needs_input_grad[1] else None
+                data, gn_sum = torch.mv(sq, gn), gn.sum()
+            base = torch.add(h * wishart_a, gn_sum, alpha=0.5)
+            g_log_v = torch.addcmul(base, prec, data.add_(h, alpha=wishart_psi), value=-0.5)
+        g_phi = _phi_grad(g_err, work) if ctx.needs_input_grad[0] else None
+        g_y = g_err[..., -1].mT.neg() if ctx.needs_input_grad[1] else None
         return g_phi, g_y, g_mean, g_raw, g_log_v, None, None, None, None
 
 
@@ -245,12 +246,12 @@ class HeteroscedasticBound(torch.autograd.Function):
         phi, u_mean, work, err, u_var, phi_sq, e, a = ctx.saved_tensors
         num_data, inv_var, inv_u_var, lower = ctx.consts
         b, o = a.shape
-        g, h = _upstream(g_bound, g_loss, b, num_data)
-        gc = g if g.dim() == 0 else g.unsqueeze(-1)  # per datum: [B, 1]
-        g_mu = torch.sub(a, 1.0).mul_(gc).mul_(0.5)  # g (A - 1) / 2, [B, O]
-        g_t = torch.mul(a, gc).mul_(-0.25)  # -g A / 4
-        neg_g_err = err * torch.mul(e, gc).mT.unsqueeze(-1)  # -G = g e E, [O, B, D+1]
-        g_work = torch.baddbmm(work * (h * inv_var), phi.mT.expand(o, -1, -1), neg_g_err, alpha=-1.0)
+        gn, h = _upstream(g_bound, g_loss, b, num_data)
+        gc = gn if gn.dim() == 0 else gn.unsqueeze(-1)  # per datum: [B, 1]
+        g_mu = torch.rsub(a, 1.0).mul_(gc).mul_(0.5)  # g (A - 1) / 2 with g = -gn, [B, O]
+        g_t = torch.mul(a, gc).mul_(0.25)  # -g A / 4
+        g_err = err * torch.mul(e, gc).mT.unsqueeze(-1)  # G = -g e E, [O, B, D+1]
+        g_work = torch.baddbmm(work * (h * inv_var), phi.mT.expand(o, -1, -1), g_err)
         g_raw, g_mean = _unpack_grad(g_work, work, lower, h)
         h_u = h * inv_u_var
         g_u_mean = torch.addmm(u_mean * h_u, g_mu.mT, phi)
@@ -258,10 +259,9 @@ class HeteroscedasticBound(torch.autograd.Function):
         g_u_log_var = (g_t.mT @ phi_sq).add_(h_u, alpha=0.5).mul_(u_var).sub_(h, alpha=0.5)
         g_phi = g_y = None
         if ctx.needs_input_grad[0]:
-            back = _phi_grad(neg_g_err, work)
-            g_phi = torch.addmm(back, g_mu, u_mean, beta=-1.0).addcmul_(phi, g_t @ u_var, value=2.0)
+            g_phi = torch.addmm(_phi_grad(g_err, work), g_mu, u_mean).addcmul_(phi, g_t @ u_var, value=2.0)
         if ctx.needs_input_grad[1]:
-            g_y = neg_g_err[..., -1].mT
+            g_y = g_err[..., -1].mT.neg()
         return g_phi, g_y, g_mean, g_raw, g_u_mean, g_u_log_var, g_offset, None, None, None
 
 
@@ -309,15 +309,15 @@ class HeteroscedasticDenseBound(torch.autograd.Function):
         num_data, lower = ctx.consts
         o, b = e.shape
         d = phi.shape[-1]
-        g, h = _upstream(g_bound, g_loss, b, num_data)
-        neg_g = torch.empty_like(prod)  # stacked -[G; G^u], [2O, B, D+1]
-        ga = a * g  # g A, [O, B]
-        torch.mul(prod[:o], torch.mul(e, g).unsqueeze(-1), out=neg_g[:o])  # g e E
-        torch.mul(prod[o:], ga.mul(0.5).unsqueeze(-1), out=neg_g[o:])  # -2 P^u d/dt, d/dt = -g A / 4
-        torch.sub(g, ga, out=neg_g[o:, :, d]).mul_(0.5)  # -d/dmu = g (1 - A) / 2
-        g_work = torch.baddbmm(work * (decay * h), phi.mT.expand(2 * o, -1, -1), neg_g, alpha=-1.0)
+        gn, h = _upstream(g_bound, g_loss, b, num_data)
+        g_prod = torch.empty_like(prod)  # stacked [G; G^u], [2O, B, D+1]
+        gna = a * gn  # -g A, [O, B]
+        torch.mul(prod[:o], torch.mul(e, gn).unsqueeze(-1), out=g_prod[:o])  # -g e E
+        torch.mul(prod[o:], gna.mul(0.5).unsqueeze(-1), out=g_prod[o:])  # 2 P^u d/dt, d/dt = -g A / 4
+        torch.sub(gn, gna, out=g_prod[o:, :, d]).mul_(0.5)  # d/dmu = g (A - 1) / 2
+        g_work = torch.baddbmm(work * (decay * h), phi.mT.expand(2 * o, -1, -1), g_prod)
         g_raw, g_mean = _unpack_grad(g_work, work, lower, h)
-        g_offset = neg_g[o:, :, d].sum(-1).neg_()
-        g_phi = _phi_grad(neg_g, work).neg_() if ctx.needs_input_grad[0] else None
-        g_y = neg_g[:o, :, d].mT if ctx.needs_input_grad[1] else None
+        g_offset = g_prod[o:, :, d].sum(-1)
+        g_phi = _phi_grad(g_prod, work) if ctx.needs_input_grad[0] else None
+        g_y = g_prod[:o, :, d].mT.neg() if ctx.needs_input_grad[1] else None
         return g_phi, g_y, g_mean[:o], g_raw[:o], g_mean[o:], g_raw[o:], g_offset, None, None, None
