@@ -17,6 +17,7 @@ _EXPORTS = {
     "VAE": "vae",
     "BayesianLinearRegression": "last_layer",
     "VBLLRegression": "last_layer",
+    "VBLLModel": "last_layer",
     "VBLLClassification": "last_layer",
     "VBLLGenerativeClassification": "last_layer",
     "VBLLDenseNoiseRegression": "last_layer",
