@@ -46,7 +46,12 @@ PUBLIC_MODULES = [
 ]
 
 # Pages whose code blocks starting with an import are complete programs.
-SNIPPET_PAGES = ["index.md", "training.md", "errors.md", *(f"concepts/{p.name}" for p in sorted((DOCS / "concepts").glob("*.md")))]
+SNIPPET_PAGES = [
+    "index.md",
+    "training.md",
+    "errors.md",
+    *(f"concepts/{p.name}" for p in sorted((DOCS / "concepts").glob("*.md"))),
+]
 
 
 def _nav_pages() -> set[str]:

@@ -45,8 +45,8 @@ class LossOutput:
 
     def __init__(self, loss: Tensor, bound: Tensor, log_w: Tensor | None = None, z: Tensor | None = None):
         self.loss = loss
-        self.bound = bound.detach()
-        self.log_w = None if log_w is None else log_w.detach()
+        self.bound = bound.detach() if bound.requires_grad else bound
+        self.log_w = log_w.detach() if log_w is not None and log_w.requires_grad else log_w
         self.z = z
 
     @classmethod

@@ -112,8 +112,14 @@ class Estimator:
     def draw(self, q: Distribution, num_particles: int, objective: Objective) -> Particles:
         raise NotImplementedError
 
-    def surrogate(self, objective: Objective, particles: Particles, log_p: Tensor, log_w: Tensor, context=None):
-        """``[*batch]`` ascent surrogate: its gradient is this estimator's gradient of the objective."""
+    def surrogate(
+        self, objective: Objective, particles: Particles, log_p: Tensor, log_w: Tensor, bound: Tensor, context=None
+    ) -> Tensor | None:
+        """``[*batch]`` ascent surrogate: its gradient is this estimator's gradient of the objective.
+
+        ``bound [*batch]`` is ``objective(log_w)`` with its graph.  ``None`` means the
+        gradient of the bound itself is this estimator's (reparameterization with one set
+        of weights for model and guide), so :func:`vitorch.loss` differentiates the bound."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -149,16 +155,20 @@ class _Pathwise(Estimator):
         read = z.view_as(z) if self._reweights(objective) else z
         return Particles(z, read, log_q, None)
 
-    def surrogate(self, objective, particles, log_p, log_w, context=None):
+    def surrogate(self, objective, particles, log_p, log_w, bound, context=None):
         if not self._reweights(objective):
             # Model and guide share one set of weights: plain autograd through the bound.
-            surrogate = objective(log_w) * objective.sign
+            if particles.correction is None:
+                return None
+            surrogate = bound if objective.sign > 0 else -bound
         else:
             with torch.no_grad():
                 c_model = _signed(objective.model, grad_weights(objective.model, log_w))
                 c_guide = self.guide_weights(objective, log_w)
                 ratio = ls.weight_ratio(c_guide, c_model)
-            if not torch.compiler.is_compiling():  # a warning cannot be read inside a graph
+            # Only a split objective's guide can weigh a particle its model weight ignores; a
+            # warning cannot be read inside a compiled graph.
+            if objective.model is not objective.guide and not torch.compiler.is_compiling():
                 _warn_if_lost(objective, c_model, c_guide)
             surrogate = _weighted_sum(c_model, log_w)
             read, log_q = particles.read, particles.log_q
@@ -255,7 +265,7 @@ class _ScoreBase(Estimator):
             z = q.sample((num_particles,))
         return Particles(z, z, q.log_prob(z), None)
 
-    def surrogate(self, objective, particles, log_p, log_w, context=None):
+    def surrogate(self, objective, particles, log_p, log_w, bound, context=None):
         log_w = log_w.detach()
         with torch.no_grad():
             c_model = _signed(objective.model, grad_weights(objective.model, log_w))

@@ -65,11 +65,13 @@ def loss(
     particles = estimator.draw(q, num_particles, objective)
     log_p = _checked(log_joint(particles.read), particles.z, num_particles, q.batch_shape)
     log_w = log_p - particles.log_q
-    ascent = estimator.surrogate(objective, particles, log_p, log_w, context).mean()
-    with torch.no_grad():
-        bound = objective(log_w)
+    bound = objective(log_w)
+    surrogate = estimator.surrogate(objective, particles, log_p, log_w, bound, context)
     value = -objective.sign * bound.mean()
-    return LossOutput(value - (ascent - ascent.detach()), bound, log_w.detach(), particles.z)
+    if surrogate is not None:  # the estimator's gradient, carried with a value of zero
+        ascent = surrogate.mean()
+        value = value.detach() - (ascent - ascent.detach())
+    return LossOutput(value, bound, log_w, particles.z)
 
 
 def check(q: Distribution, num_particles, objective, estimator: Estimator) -> int:

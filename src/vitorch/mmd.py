@@ -72,7 +72,9 @@ def mmd(z_q: Tensor, z_p: Tensor, kernel: str = "rbf", scale: float | Sequence[f
     if not scales or not all(s > 0 and s < float("inf") for s in scales):
         raise ValueError(f"mmd: scale must be positive and finite; got {scale!r}")
     if not (z_q.is_floating_point() and z_q.dtype == z_p.dtype):
-        raise TypeError(f"mmd: z_q and z_p must be floating-point tensors of one dtype; got {z_q.dtype} and {z_p.dtype}")
+        raise TypeError(
+            f"mmd: z_q and z_p must be floating-point tensors of one dtype; got {z_q.dtype} and {z_p.dtype}"
+        )
     if z_q.dim() < 2 or z_p.dim() < 2 or z_q.shape[-1] != z_p.shape[-1]:
         raise ValueError(
             f"mmd: z_q and z_p must be [*batch, n, D] with the same D; got {tuple(z_q.shape)} and {tuple(z_p.shape)}"

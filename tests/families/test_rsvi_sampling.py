@@ -116,9 +116,7 @@ def test_acceptance_rate_matches_marsaglia_tsang_theory():
     se = torch.sqrt((1 - r) / r**2 / N)
     assert bool(((p.mean(0) - 1 / r).abs() <= Z * se).all()), (p.mean(0), 1 / r)
     # The theory itself: r(1) = e^(2/3) / (sqrt(2 pi) (2/3)^(1/2)), and r -> 1.
-    assert math.isclose(
-        mt.acceptance_rate(torch.tensor(1.0)).item(), math.exp(2 / 3) / math.sqrt(2 * math.pi * 2 / 3)
-    )
+    assert math.isclose(mt.acceptance_rate(torch.tensor(1.0)).item(), math.exp(2 / 3) / math.sqrt(2 * math.pi * 2 / 3))
     assert 0.999 < mt.acceptance_rate(torch.tensor(1e4)).item() <= 1.0
 
 

@@ -46,12 +46,14 @@ def rsample_and_log_prob_from_noise(loc: Tensor, scale: Tensor, eps: Tensor, sto
     d = loc.shape[-1]
     if stop_log_q:
         loc_s, scale_s = loc.detach(), scale.detach()
-        # The value is the noise itself (exact however large |loc| / scale is); the gradient
-        # reaches z as d/dz (z - loc) / scale at stopped parameters.
-        u = eps + (z - z.detach()) / scale_s
+        # A diagonal factor is perfectly conditioned: dividing the rounded z - loc by scale
+        # loses only the rounding of z itself, so the noise need not be carried along.
+        u = (z - loc_s) / scale_s
         log_q = -0.5 * u.pow(2).sum(-1) - (scale_s.log().sum(-1) + 0.5 * d * _LOG_2PI)
     else:
-        log_q = -0.5 * eps.pow(2).sum(-1) - (scale.log().sum(-1) + 0.5 * d * _LOG_2PI)
+        # The noise's quadratic term and the constant carry no gradient, so the graph holds
+        # only the log-determinant's log, sum and one subtraction.
+        log_q = eps.pow(2).sum(-1).add(d * _LOG_2PI).mul(-0.5) - scale.log().sum(-1)
     return z, log_q
 
 
