@@ -4,6 +4,9 @@ Model (amortized linear-Gaussian): ``z ~ N(0, I_D)``, ``x | z ~ N(W z + c, I_D)`
 ``q(z | x) = N(A x + a, diag(softplus(B x + b)))``.  Batch 128, D = 50, K in {1, 5, 50}.
 Each timed step is: zero the gradients, forward, backward (no optimizer step, which is
 identical on both sides).  The peer ``torch`` is the same model written directly.
+A full run adds whole training steps (with Adam) for ELBO K=1, IWAE K=5 and DReG K=5:
+vitorch through ``compile_step`` (compiled forward and backward, see
+:mod:`vitorch.training.compile`) against the eager hand-written step.
 
     python benchmarks/core.py [--quick] [--threads 2] [--threads 1 --cpu-time]
 """
@@ -17,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import vitorch as vt
+from vitorch.training import compile_step
 
 from _harness import clock_name, interleaved_medians, parser, report, setup
 
@@ -105,6 +109,42 @@ def main():
         )
         case = f"{name} K={K} B={batch} D={d}"
         report("core", case, t["vitorch"], "torch", t["torch"], threads=args.threads, clock=clock_name())
+    if args.quick:
+        return  # compiling takes longer than a smoke run
+    for name, K, objective, estimator, kind in cases[:2] + cases[3:4]:
+        t = interleaved_medians(training_steps(model, x, K, objective, estimator, kind), repeats)
+        case = f"{name} K={K} B={batch} D={d}, training step (Adam): vitorch compile_step"
+        report("core", case, t["vitorch"], "torch", t["torch"], threads=args.threads, clock=clock_name())
+
+
+class _Forward(nn.Module):
+    """The vitorch step as a module, for ``compile_step``: ``forward(x)`` returns ``vt.loss``'s output."""
+
+    def __init__(self, model: Model, K: int, objective, estimator):
+        super().__init__()
+        self.model, self.K, self.objective, self.estimator = model, K, objective, estimator
+
+    def forward(self, x):
+        q = vt.DiagNormal(*self.model.guide(x), validate_args=False)
+        return vt.loss(self.model.log_joint(x), q, self.K, self.objective, self.estimator)
+
+
+def training_steps(model: Model, x, K: int, objective, estimator, kind: str) -> dict:
+    """A whole training step (zero grad, forward, backward, Adam) on two copies of the same
+    model: vitorch through ``compile_step`` (compiled forward and backward) and the eager hand
+    step.  The first call compiles, outside the timing."""
+    mine, theirs = Model(x.shape[1]), Model(x.shape[1])
+    mine.load_state_dict(model.state_dict())
+    theirs.load_state_dict(model.state_dict())
+    step = compile_step(_Forward(mine, K, objective, estimator), torch.optim.Adam(mine.parameters(), 1e-3))
+    hand, opt = torch_step(theirs, x, K, kind), torch.optim.Adam(theirs.parameters(), 1e-3)
+
+    def hand_step():
+        hand()
+        opt.step()
+
+    step(x)
+    return {"vitorch": lambda: step(x), "torch": hand_step}
 
 
 if __name__ == "__main__":
