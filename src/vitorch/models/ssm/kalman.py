@@ -14,6 +14,15 @@ Filtered covariances use the Joseph form ``(I - K H) P (I - K H)^T + K R K^T``,
 which stays symmetric positive semi-definite under rounding, and innovations are
 whitened through the Cholesky factor of ``S = H P H^T + R`` (no explicit inverse).
 
+**Precision limit.**  A state direction that ``H`` does not see, with a growing
+variance (an unstable unobserved mode: an eigenvalue ``|lambda| > 1`` of ``F`` whose
+eigenvector lies in the null space of ``H``), makes ``H P H^T`` cancel terms of size
+``|lambda|^(2t)``; once they exceed ``S / sqrt(eps)`` fewer than half the digits of
+``S`` survive and the likelihood is rounding noise.  No update in the original
+coordinates avoids this (Joseph form, or a square-root filter, which only doubles
+the horizon), so :func:`check_precision` refuses such a run with a ``ValueError``
+naming the step instead of returning a wrong number.
+
 References:
     Kalman, A New Approach to Linear Filtering and Prediction Problems (1960).
     Rauch, Tung & Striebel, Maximum Likelihood Estimates of Linear Dynamic Systems (1965).
@@ -38,6 +47,8 @@ __all__ = [
     "psd_sqrt",
     "align",
     "mask_missing",
+    "check_precision",
+    "precision_error",
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -88,6 +99,50 @@ def mask_missing(observed: Tensor | None, rank: int, w: Tensor, hld: Tensor) -> 
         return None, w, hld
     observed = align(observed, rank, 0)
     return observed, torch.where(observed.unsqueeze(-1), w, 0.0), torch.where(observed, align(hld, rank, 0), 0.0)
+
+
+def precision_error(H: Tensor, R: Tensor, P: Tensor, observed: Tensor | None, who: str) -> str | None:
+    """Why the innovation covariances ``S_t = H P_t H^T + R`` cannot be trusted, or ``None`` if they can.
+
+    The rounding error of ``H P H^T + R`` is about ``eps * (|H| |P| |H|^T + |R|)``; when that
+    bound's diagonal exceeds ``sqrt(eps)`` times ``S``'s (or ``S`` is not finite and positive),
+    fewer than half of ``S``'s digits are left and neither the likelihood nor the update can be
+    trusted.  Only observed steps count.
+
+    Args:
+        H: ``[*Bp, p, D]``; R: ``[*Bp, p, p]``; P: ``[T, *Bq, D, D]`` predicted covariances.
+        observed: ``[T, *Bo]`` mask, right-aligned against ``P``'s batch (or ``None``).
+        who: the caller's name for the message.
+    """
+    with torch.no_grad():
+        S = ((H @ P) * H).sum(-1) + R.diagonal(dim1=-2, dim2=-1)  # [T, *Bq, p]
+        scale = ((H.abs() @ P.abs()) * H.abs()).sum(-1) + R.diagonal(dim1=-2, dim2=-1).abs()
+        tol = torch.finfo(P.dtype).eps ** 0.5
+        bad = ~(scale * tol < S).all(-1)  # NaN and S <= 0 count as bad
+        if observed is not None:
+            rank = max(bad.dim(), observed.dim())
+            bad = align(bad, rank, 0) & align(observed, rank, 0)
+        if not bool(bad.any()):
+            return None
+        t = int(bad.reshape(bad.shape[0], -1).any(-1).nonzero()[0, 0])
+        ratio = (scale / S.abs()).reshape(S.shape[0], -1)[t].amax().item()
+        overflow = math.log10(torch.finfo(P.dtype).max) / 2
+    return (
+        f"{who}: the innovation covariance H P H^T + R at step {t} (0-based) cannot be resolved in {P.dtype}: "
+        f"H P H^T cancels terms {ratio:.3g} times larger than the result, so fewer than half its digits are "
+        "left and the likelihood would be rounding noise. The usual cause is an unstable state direction that "
+        "H does not see (an eigenvalue |lambda| > 1 of F with its eigenvector in the null space of H): its "
+        f"variance grows like |lambda|^(2t), passes S / sqrt(eps) after a few dozen steps and overflows "
+        f"{P.dtype} near t = {overflow:.0f} / log10|lambda| (t ~ 875 for lambda = 1.5). Drop that direction "
+        "from the state (it does not affect y), make it stable, or shorten the series."
+    )
+
+
+def check_precision(H: Tensor, R: Tensor, P: Tensor, observed: Tensor | None, who: str) -> None:
+    """Raise :func:`precision_error`'s message as a ``ValueError``, if there is one."""
+    msg = precision_error(H, R, P, observed, who)
+    if msg is not None:
+        raise ValueError(msg)
 
 
 def align(t: Tensor, rank: int, trailing: int) -> Tensor:
@@ -204,6 +259,7 @@ def kalman_filter(
             lst.append(val)
         m, P = m_f, P_f
     pm, pc, fm, fc, L, v, info = (torch.stack(torch.broadcast_tensors(*lst)) for lst in out)
+    check_precision(H, R, pc, observed, "Kalman filter")
     if not bool((info == 0).all()):
         raise ValueError("Kalman filter: an innovation covariance H P H^T + R is not positive definite")
     L = align(L, v.dim() + 1, 2)

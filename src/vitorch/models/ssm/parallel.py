@@ -20,7 +20,19 @@ import torch
 from torch import Tensor
 
 from ._scan import associative_scan
-from .kalman import FilterResult, _mv, _whiten, align, backward_conditionals, mask_missing, symmetrize, update
+from .kalman import (
+    FilterResult,
+    _mv,
+    _whiten,
+    align,
+    backward_conditionals,
+    check_precision,
+    kalman_filter,
+    mask_missing,
+    precision_error,
+    symmetrize,
+    update,
+)
 
 __all__ = ["parallel_kalman_filter", "parallel_rts_smoother"]
 
@@ -101,6 +113,7 @@ def parallel_kalman_filter(
     """
     T = y.shape[0]
     if T == 1 and observed is None:
+        check_precision(H, R, P1[None], None, "parallel Kalman filter")
         m_f, P_f, w, hld = update(m1, P1, y[0], H, R)
         r = m_f.dim() + 1
         return FilterResult(
@@ -111,14 +124,21 @@ def parallel_kalman_filter(
             w[None],
             align(hld[None], r - 1, 0),
         )
-    _, filt_means, filt_covs, _, _ = associative_scan(_combine, _elements(F, Q, H, R, m1, P1, y, observed))
+    # The scan is less robust to rounding than the sequential filter (its combination steps solve
+    # with I + C J, singular once a covariance has outgrown float precision).  When it fails, or its
+    # innovation covariances cannot be trusted, the sequential filter reruns the series: it either
+    # succeeds or raises a ValueError that names the step and the cause.
+    try:
+        _, filt_means, filt_covs, _, _ = associative_scan(_combine, _elements(F, Q, H, R, m1, P1, y, observed))
+    except torch.linalg.LinAlgError:
+        return kalman_filter(F, Q, H, R, m1, P1, y, observed)
     # One-step predictions from the filtered laws, every step at once.
     pred_means = torch.cat([m1.expand(1, *filt_means.shape[1:]), _mv(F, filt_means[:-1])])
     pred_covs = torch.cat([P1.expand(1, *filt_covs.shape[1:]), symmetrize(F @ filt_covs[:-1] @ F.mT + Q)])
     S = symmetrize(H @ pred_covs @ H.mT + R)
     L, info = torch.linalg.cholesky_ex(S)
-    if not bool((info == 0).all()):
-        raise ValueError("parallel Kalman filter: an innovation covariance is not positive definite")
+    if not bool((info == 0).all()) or precision_error(H, R, pred_covs, observed, "") is not None:
+        return kalman_filter(F, Q, H, R, m1, P1, y, observed)
     v = y - _mv(H, pred_means)
     w = _whiten(L, v)
     hld = align(L.diagonal(dim1=-2, dim2=-1).log().sum(-1), w.dim() - 1, 0)
