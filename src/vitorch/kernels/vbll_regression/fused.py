@@ -9,8 +9,9 @@ step that back-propagates ``loss`` alone (``bound`` is reported detached) scales
 datum alike, which the backward exploits.
 
 The factor ``L_i = tril(R_i, -1) + diag(exp(l_i))`` (``R_i`` the stored raw factor, ``l_i`` its
-diagonal) and the mean are packed here, per call, into ``W_i = [L_i | m_i]`` (``D x (D+1)``;
-the model stores them apart): one product then gives ``Phi W_i = [P_i | Phi m_i]``
+diagonal) and the mean enter :class:`RegressionBound` apart, as the model stores them, and
+come back as separate gradients; the heteroscedastic Functions pack them here, per call, into
+``W_i = [L_i | m_i]`` (``D x (D+1)``): one product then gives ``Phi W_i = [P_i | Phi m_i]``
 with ``P_i = Phi L_i``, and one product ``Phi^T G_i`` returns both blocks' gradients.
 With ``E_i = [P_i | -r_i]`` (``r = y - Phi M^T``) the squared norm of row ``n`` of ``E_i``
 is ``r_ni^2 + phi_n^T S_i phi_n``, and ``||W_i||^2 = ||L_i||_F^2 + ||m_i||^2``.  For upstream
@@ -70,10 +71,19 @@ def _tensors(dtype: torch.dtype, device: torch.device, *values) -> tuple[Tensor,
 
 @functools.lru_cache(maxsize=64)
 def _regression_consts(o, d, prior_var, num_data, wishart_a, wishart_psi, dtype, device) -> tuple[Tensor, ...]:
-    """``(keep, lower, coef, one, c0, inv_var)``; ``penalty / N = coef . [||W||^2, sum l, sum log v, sum 1/v, 1]``."""
-    coef = [0.5 / prior_var, -1.0, wishart_a, 0.5 * wishart_psi, 0.5 * o * d * (math.log(prior_var) - 1)]
+    """``(strict, lower, coef, one, c0, inv_var)``: the masks of the strict and the full lower
+    triangle ``[D, D]``; ``penalty / N = coef . [||L||_F^2, ||m||^2, sum l, sum log v, sum 1/v, 1]``."""
+    coef = [
+        0.5 / prior_var,
+        0.5 / prior_var,
+        -1.0,
+        wishart_a,
+        0.5 * wishart_psi,
+        0.5 * o * d * (math.log(prior_var) - 1),
+    ]
     coef = [c / num_data for c in coef]
-    return (*_masks(d, dtype, device), *_tensors(dtype, device, coef, 1.0, -0.5 * o * _LOG_2PI, 1.0 / prior_var))
+    lower = torch.ones(d, d, dtype=dtype, device=device).tril_()
+    return (lower.tril(-1), lower, *_tensors(dtype, device, coef, 1.0, -0.5 * o * _LOG_2PI, 1.0 / prior_var))
 
 
 @functools.lru_cache(maxsize=64)
@@ -152,7 +162,10 @@ class RegressionBound(torch.autograd.Function):
 
     Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``raw [O, D, D]`` (the raw factor of
     :class:`.reference.RowCovariance`), ``log_v [O]``, and the numbers ``prior_var``,
-    ``num_data``, ``wishart_a``, ``wishart_psi``.
+    ``num_data``, ``wishart_a``, ``wishart_psi``.  The factor and the mean enter apart (no
+    packing): ``P_i = Phi L_i`` and ``r = y - Phi M^T`` are separate products, and their
+    gradients come back as separate tensors, ``d/dL_i = Phi^T G_i + h L_i / s^2`` and
+    ``d/dm_i = -Phi^T (g' r_i) + h m_i / s^2`` with ``G_i = diag(g') P_i``, ``g'_n = -g_n / v_i``.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024), Sec. 3.1.
@@ -163,44 +176,53 @@ class RegressionBound(torch.autograd.Function):
         b, o = y.shape
         d = phi.shape[-1]
         consts = _regression_consts(o, d, prior_var, num_data, wishart_a, wishart_psi, phi.dtype, phi.device)
-        keep, lower, coef, one, c0, inv_var = consts
-        work = _pack(raw, mean, keep)
-        err = torch.bmm(phi.expand(o, b, d), work)  # [P | Phi m]; subtracting y gives E = [P | -r]
-        err[..., d].sub_(y.mT)
-        sq = (err * err).sum(-1)  # [O, B]: r^2 + phi^T S phi
+        strict, lower, coef, one, c0, inv_var = consts
+        log_diag = raw.diagonal(dim1=-2, dim2=-1)
+        tril = raw * strict  # L: the strict lower triangle, then exp(l) on the diagonal
+        torch.exp(log_diag, out=tril.diagonal(dim1=-2, dim2=-1))
+        proj = torch.bmm(phi.expand(o, b, d), tril)  # P_i = Phi L_i, [O, B, D]
+        resid = torch.addmm(y, phi, mean.mT, alpha=-1.0)  # r = y - Phi M^T, [B, O]
+        sq = torch.addcmul((proj * proj).sum(-1).mT, resid, resid)  # r^2 + phi^T S phi, [B, O]
         prec = log_v.neg().exp_()  # [O]
         log_v_sum = log_v.sum()
-        expected = torch.addmv(torch.add(c0, log_v_sum, alpha=-0.5), sq.mT, prec, alpha=-0.5)
-        flat = work.view(-1)
-        terms = torch.stack([torch.dot(flat, flat), raw.diagonal(dim1=-2, dim2=-1).sum(), log_v_sum, prec.sum(), one])
-        ctx.save_for_backward(phi, work, err, sq, prec)
+        expected = torch.addmv(torch.add(c0, log_v_sum, alpha=-0.5), sq, prec, alpha=-0.5)
+        flat, m_flat = tril.view(-1), mean.reshape(-1)
+        terms = [torch.dot(flat, flat), torch.dot(m_flat, m_flat), log_diag.sum(), log_v_sum, prec.sum(), one]
+        ctx.save_for_backward(phi, mean, tril, proj, resid, sq, prec)
         ctx.consts = (num_data, wishart_a, wishart_psi, inv_var, lower)
         ctx.set_materialize_grads(False)
-        return _outputs(expected, torch.dot(terms, coef))
+        return _outputs(expected, torch.dot(torch.stack(terms), coef))
 
     @staticmethod
     def backward(ctx, g_bound, g_loss):
         if g_bound is None and g_loss is None:
             return (None, None, None, None, None, None, None, None, None)
-        phi, work, err, sq, prec = ctx.saved_tensors
+        phi, mean, tril, proj, resid, sq, prec = ctx.saved_tensors
         num_data, wishart_a, wishart_psi, inv_var, lower = ctx.consts
-        o, b = sq.shape
+        b, o = sq.shape
         gn, h = _upstream(g_bound, g_loss, b, num_data)
-        scale = prec * gn if gn.dim() == 0 else torch.outer(prec, gn)  # G's row scales: -g_n / v_i
-        g_err = err * scale.view(o, -1, 1)
-        g_work = torch.baddbmm(work * (h * inv_var), phi.mT.expand(o, -1, -1), g_err)
-        g_raw, g_mean = _unpack_grad(g_work, work, lower, h)
+        uniform = gn.dim() == 0
+        scale = prec * gn if uniform else torch.outer(gn, prec)  # g'_ni = -g_n / v_i: [O] or [B, O]
+        g_resid = resid * scale  # [B, O]
+        g_proj = proj * (scale.view(o, 1, 1) if uniform else scale.mT.unsqueeze(-1))  # G_i, [O, B, D]
+        decay = h * inv_var
+        g_tril = torch.baddbmm(tril * decay, phi.mT.expand(o, -1, -1), g_proj)
+        g_raw = g_tril.mul_(lower)  # dL/dR keeps the lower triangle; on the diagonal dL/dl = exp(l)
+        g_raw.diagonal(dim1=-2, dim2=-1).mul_(tril.diagonal(dim1=-2, dim2=-1)).sub_(h)
+        g_mean = torch.addmm(mean * decay, g_resid.mT, phi, alpha=-1.0)
         g_log_v = None
         if ctx.needs_input_grad[4]:
-            # d/dlog v_i = 1/v_i (sum_n g_n ||E_in||^2 - psi h) / 2 + a h - sum_n g_n / 2, with g = -gn
-            if gn.dim() == 0:
-                data, gn_sum = sq.sum(-1).mul_(gn), gn * b
+            # d/dlog v_i = 1/v_i (sum_n g_n sq_ni - psi h) / 2 + a h - sum_n g_n / 2, with g = -gn
+            if uniform:
+                data, gn_sum = sq.sum(0).mul_(gn), gn * b
             else:
-                data, gn_sum = torch.mv(sq, gn), gn.sum()
+                data, gn_sum = torch.mv(sq.mT, gn), gn.sum()
             base = torch.add(h * wishart_a, gn_sum, alpha=0.5)
             g_log_v = torch.addcmul(base, prec, data.add_(h, alpha=wishart_psi), value=-0.5)
-        g_phi = _phi_grad(g_err, work) if ctx.needs_input_grad[0] else None
-        g_y = g_err[..., -1].mT.neg() if ctx.needs_input_grad[1] else None
+        g_phi = None
+        if ctx.needs_input_grad[0]:
+            g_phi = torch.addmm(_phi_grad(g_proj, tril), g_resid, mean, alpha=-1.0)
+        g_y = g_resid if ctx.needs_input_grad[1] else None
         return g_phi, g_y, g_mean, g_raw, g_log_v, None, None, None, None
 
 
