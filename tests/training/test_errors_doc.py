@@ -17,7 +17,7 @@ from fit_models import Floored, Regression, TinyVAE, floored_data, regression_da
 from torch import nn
 
 import vitorch as vt
-from vitorch.models import gp
+from vitorch.models import gp, ssm
 from vitorch.training import fit, load_checkpoint
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
@@ -37,6 +37,14 @@ def pattern(text: str) -> str:
 
 
 # ----- what makes each row happen ---------------------------------------------------
+
+
+def _unstable_kalman():
+    eye = torch.eye(2, dtype=torch.float64)
+    h = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    return ssm.LinearGaussianSSM(
+        1.5 * eye, eye, h, torch.eye(1, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), eye
+    )
 
 
 def q(batch=(2,), dim=3):
@@ -102,6 +110,17 @@ TRIGGERS = {
         torch.zeros(2), torch.tensor([[1.0, 0.0], [0.0, -1.0]])
     ),
     "a concentration <= 0": lambda tmp: vt.families.Dirichlet(torch.tensor([1.0, 0.0])),
+    "an integer parameter": lambda tmp: vt.DiagNormal(torch.zeros(3, dtype=torch.int64), torch.ones(3)),
+    "parameters of different floating dtypes": lambda tmp: vt.DiagNormal(
+        torch.zeros(3, dtype=torch.float32), torch.ones(3, dtype=torch.float64)
+    ),
+    "parameters with an event of size 0": lambda tmp: vt.DiagNormal(torch.zeros(0), torch.ones(0)),
+    "a log_joint that returns +inf (a bug in the model, such as a zero scale)": lambda tmp: vt.loss(
+        lambda z: torch.full(z.shape[:-1], math.inf), q(), 2
+    ),
+    "a linear-Gaussian model whose unobserved state direction grows (an eigenvalue of F above 1 that H cannot see)": (
+        lambda tmp: _unstable_kalman().log_prob(torch.randn(100, 1, dtype=torch.float64))
+    ),
     "a value outside the support, or NaN, in log_prob": lambda tmp: q((), 2).log_prob(torch.tensor([math.nan, 0.0])),
     # vt.loss
     "K < 1, or K not an integer": lambda tmp: vt.loss(lambda z: z.sum(-1), q(), 0),
