@@ -111,3 +111,12 @@ def test_measure_estimators_quick_produces_every_table_row(tmp_path):
     # Refused combinations are reported, never given numbers: STL on IWAE at every K.
     iwae_stl = [line for line in text.splitlines() if line.startswith("| IWAE · stl |")]
     assert iwae_stl and all(line.count("refused") == 4 for line in iwae_stl)
+
+
+def test_the_docs_load_nothing_from_the_network():
+    # Maths must render offline: MathJax ships with the docs, and no page script comes from a CDN.
+    config = (ROOT / "mkdocs.yml").read_text()
+    scripts = config[config.index("extra_javascript:") :].split("\n\n")[0]
+    assert "http" not in scripts, scripts
+    for line in re.findall(r"^\s*-\s*(\S+\.js)\s*$", scripts, re.M):
+        assert (DOCS / line).is_file(), f"{line} is named in mkdocs.yml but not in docs/"
