@@ -27,6 +27,7 @@ import importlib
 import inspect
 import re
 import types
+from pathlib import Path
 
 import pytest
 
@@ -238,3 +239,11 @@ if __name__ == "__main__":  # `python tests/test_docstrings.py` prints the failu
     for path, lines in sorted(failures_by_file().items()):
         print(f"\n### {path} ({len(lines)})")
         print("\n".join(f"- {line}" for line in lines))
+
+
+def test_no_sphinx_roles_in_docstrings():
+    # The API pages are Markdown (mkdocstrings): a Sphinx role such as :func:`x` would show raw.
+    src = Path(importlib.import_module("vitorch").__file__).parent
+    role = re.compile(r":(?:func|class|mod|meth|attr|data|obj|exc):`")
+    found = [f"{p.relative_to(src)}" for p in src.rglob("*.py") if role.search(p.read_text())]
+    assert not found, f"Sphinx roles in {found}; write `name` instead"

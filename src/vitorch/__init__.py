@@ -2,7 +2,7 @@
 
 Families are torch distributions; objectives are pure functions of log-weights
 ``log_w [K, *batch] -> [*batch]``; estimators decide how gradients flow; and
-:func:`loss` joins a log-joint, a family, an objective and an estimator into a
+`loss` joins a log-joint, a family, an objective and an estimator into a
 scalar surrogate whose value is the bound and whose gradient is the estimator's.
 
 Every public name loads on first use, so ``import vitorch.kernels`` (or any one

@@ -79,7 +79,7 @@ class LearnedBaseline(_Counts):
     """An input-dependent baseline ``b(context)`` fitted by least squares to the learning signal.
 
     Args:
-        net: module mapping the ``context`` passed to :func:`vitorch.loss` to
+        net: module mapping the ``context`` passed to `vitorch.loss` to
             ``[*batch]`` (or ``[*batch, 1]``); ``None`` learns one scalar.
 
     Its regression loss ``mean((O - b)^2)`` over the usable data is added to the

@@ -12,7 +12,7 @@ gives such particles a zero gradient.  NaN is kept: it propagates, as a bug shou
 Half-precision inputs are reduced in float32, whose exponent range weights need, and
 the result is cast back saturating: the floor becomes the dtype's lowest finite value
 (``-65504`` in float16), so half-precision losses stay finite too, and
-:func:`finite_bound` tells that value from an honest bound.
+`finite_bound` tells that value from an honest bound.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def logsumexp(x: Tensor, dim: int = 0) -> Tensor:
 
 
 def logmeanexp(x: Tensor, dim: int = 0) -> Tensor:
-    """``log mean exp(x)`` along ``dim`` (see :func:`logsumexp`)."""
+    """``log mean exp(x)`` along ``dim`` (see `logsumexp`)."""
     return logsumexp(x, dim) - math.log(x.shape[dim])
 
 
@@ -88,7 +88,7 @@ def mean(x: Tensor, dim: int = 0) -> Tensor:
 
 def softmax(x: Tensor, dim: int = 0) -> Tensor:
     """Normalized weights ``exp(x) / sum exp(x)`` of clamped inputs, without gradient;
-    exactly the gradient of :func:`logsumexp`."""
+    exactly the gradient of `logsumexp`."""
     with torch.no_grad():
         # Replaced (infinite) entries have zero gradient in the bound, so zero weight here too.
         w = torch.softmax(clamp(x), dim).masked_fill_(~in_range(x), 0.0)
@@ -101,7 +101,7 @@ def masked(x: Tensor, keep: Tensor) -> Tensor:
 
 
 def in_range(x: Tensor) -> Tensor:
-    """Where ``x`` is untouched by :func:`clamp` (so the bound's gradient reaches it)."""
+    """Where ``x`` is untouched by `clamp` (so the bound's gradient reaches it)."""
     return torch.isfinite(x)
 
 

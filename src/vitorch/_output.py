@@ -22,7 +22,7 @@ __all__ = ["LossOutput"]
 
 
 class LossOutput:
-    """What :func:`vitorch.loss` and every zoo model's ``forward(batch)`` return.
+    """What `vitorch.loss` and every zoo model's ``forward(batch)`` return.
 
     Attributes:
         loss: scalar surrogate to minimize.  Its value is ``-mean(bound)`` for a lower

@@ -1,13 +1,13 @@
 """Gradient estimators: how the gradient of an objective reaches the parameters.
 
-An estimator does two things for :func:`vitorch.loss`: it *draws* K particles from the
+An estimator does two things for `vitorch.loss`: it *draws* K particles from the
 guide ``q`` (with ``log q``, at stopped parameters where it needs that), and, once the
 log-joint has been read, it builds an *ascent surrogate* ``[*batch]`` whose gradient is
 its estimate of the objective's gradient.  What it needs from the objective it derives
 from the objective's value by autograd on the small ``[K, *batch]`` log-weight tensor
-(:func:`grad_weights`, :func:`dreg_weights`, :func:`learning_signal`), using an
+(`grad_weights`, `dreg_weights`, `learning_signal`), using an
 objective's closed form where it has one.  Each estimator lists what it refuses in
-:meth:`Estimator.reasons`, which :func:`vitorch.loss` checks before any sampling.
+`Estimator.reasons`, which `vitorch.loss` checks before any sampling.
 
 Two groups of parameters are told apart by where they act, never by name: the
 model's parameters act through ``log p(x, z)`` at fixed ``z``, the guide's through
@@ -119,7 +119,7 @@ class Estimator:
 
         ``bound [*batch]`` is ``objective(log_w)`` with its graph.  ``None`` means the
         gradient of the bound itself is this estimator's (reparameterization with one set
-        of weights for model and guide), so :func:`vitorch.loss` differentiates the bound."""
+        of weights for model and guide), so `vitorch.loss` differentiates the bound."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -231,7 +231,7 @@ class _DReG(_Pathwise):
     """Doubly reparameterized gradients (Tucker et al., 2019), for any smooth objective.
 
     The guide follows ``sum_k sg(c_k - dc_k/dlog w_k) grad_z log w_k dz_k/dphi`` with
-    log q at stopped parameters (:func:`dreg_weights`); the model keeps its bound's own
+    log q at stopped parameters (`dreg_weights`); the model keeps its bound's own
     weights ``c_k``.  For the ELBO it is STL.
     """
 
@@ -280,8 +280,8 @@ class _Score(_ScoreBase):
     """Score function with an optional baseline (Ranganath et al., 2014).
 
     The guide's gradient is ``sum_k (L_k - b - dO/dlog w_k) grad log q(z_k)`` with the
-    objective's learning signal ``L`` (:func:`learning_signal`); ``baseline`` is
-    ``None``, a :class:`MovingAverageBaseline` or a :class:`LearnedBaseline`.
+    objective's learning signal ``L`` (`learning_signal`); ``baseline`` is
+    ``None``, a `MovingAverageBaseline` or a `LearnedBaseline`.
     """
 
     def __init__(self, baseline=None):
@@ -347,7 +347,7 @@ vimco = _VIMCO()
 
 
 def score(baseline=None) -> Estimator:
-    """Score-function estimator with an optional ``baseline`` (see :class:`_Score`).
+    """Score-function estimator with an optional ``baseline`` (see `_Score`).
 
     Needs only ``q.sample`` and ``q.log_prob``; the guide's surrogate weighs each
     particle's ``log q(z_k)`` (shape ``[K, *batch]``) by its learning signal minus the

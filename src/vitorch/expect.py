@@ -4,7 +4,7 @@ Not every quantity a model needs is a bound: a GP's expected log-likelihood unde
 ``q(f)``, a predictive mean, a control variate.  ``expect`` draws K particles and
 returns the sample mean of ``f``; its gradient with respect to ``f``'s and ``q``'s
 parameters is the chosen estimator's (pathwise for ``reparam``, the score function for
-``score()``), by the same surrogate construction as :func:`vitorch.loss`.
+``score()``), by the same surrogate construction as `vitorch.loss`.
 """
 
 from __future__ import annotations

@@ -38,13 +38,13 @@ def loss(
             shape ``[K, *batch]``; it closes over the data and the model's parameters.
         q: the guide, a distribution with batch shape ``[*batch]``.
         num_particles: K, the number of particles per datum.
-        objective: a :mod:`vitorch.objectives` bound (``elbo``, ``iwae``, ``miwae(M)``...)
+        objective: a `vitorch.objectives` bound (``elbo``, ``iwae``, ``miwae(M)``...)
             or any callable ``log_w [K, *batch] -> [*batch]`` (a lower bound).
-        estimator: a :mod:`vitorch.estimators` estimator (``reparam``, ``dreg``...).
+        estimator: a `vitorch.estimators` estimator (``reparam``, ``dreg``...).
         context: what an input-dependent baseline reads (``score(LearnedBaseline(net))``).
 
     Returns:
-        :class:`LossOutput`; ``out.loss.backward()`` populates the gradients.
+        `LossOutput`; ``out.loss.backward()`` populates the gradients.
 
     Raises:
         ValueError: before any sampling, listing every reason the objective,
@@ -77,7 +77,7 @@ def loss(
 def check(q: Distribution, num_particles, objective, estimator: Estimator) -> int:
     """Raise ``ValueError`` listing every reason the combination cannot run; return K as an ``int``.
 
-    Called by :func:`loss` before any sampling; call it yourself to fail at set-up.
+    Called by `loss` before any sampling; call it yourself to fail at set-up.
     ``q`` has batch shape ``[*batch]``; the particles would be ``[K, *batch, *event]``.
     ``num_particles`` may be any integer, including numpy's and a 0-d integer tensor.
     Which pairs are valid follows the estimators' papers: STL only for the ELBO

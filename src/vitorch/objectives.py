@@ -3,12 +3,12 @@
 With ``w_k = p(x, z_k) / q(z_k | x)`` for particles ``z_k ~ q`` and
 ``log_w [K, *batch]`` (particles first), an objective maps ``log_w`` to a bound
 estimate ``[*batch]``.  That value is all an objective must define: the estimators
-(:mod:`vitorch.estimators`) derive the gradient weights they need from it by autograd
+(`vitorch.estimators`) derive the gradient weights they need from it by autograd
 on the small ``[K, *batch]`` tensor, so a new objective, or any plain callable
-``log_w -> bound`` passed to :func:`vitorch.loss`, gets every estimator for free.
+``log_w -> bound`` passed to `vitorch.loss`, gets every estimator for free.
 Besides its value an objective may state
 
-* the reasons it refuses a particle count (:meth:`Objective.reasons`);
+* the reasons it refuses a particle count (`Objective.reasons`);
 * ``upper = True`` for an upper bound on ``log p(x)`` (descended, e.g. CUBO);
 * ``particlewise = True`` when it is the mean of one term per particle (the ELBO),
   which makes STL unbiased;
@@ -16,7 +16,7 @@ Besides its value an objective may state
   ``grad_coefficients`` (``dO / d log_w``), ``dreg_coefficients`` and
   ``learning_signal``.  They must agree with the derivation (tests check it).
 
-A split objective (:func:`piwae`, :func:`vis`) gives the model's parameters the
+A split objective (`piwae`, `vis`) gives the model's parameters the
 gradient of one bound and the guide's the gradient of another.
 
 All bounds satisfy, on the same particles, ``elbo <= iwae`` and they are equal
@@ -119,7 +119,7 @@ def as_objective(objective) -> Objective:
     its own (the estimators differentiate it per particle).
 
     Raises:
-        TypeError: if ``objective`` is neither an :class:`Objective` nor callable.
+        TypeError: if ``objective`` is neither an `Objective` nor callable.
 
     References:
         Tucker et al. (2019): the estimators need only the bound's value and derivatives.
@@ -275,7 +275,7 @@ def renyi(alpha: float) -> Objective:
     Maps ``log_w [K, *batch]`` to ``[*batch]``.
     Li & Turner (2016), *Rényi Divergence Variational Inference*.  ``alpha = 0`` is
     IWAE and ``alpha -> 1`` the ELBO (returned exactly for ``alpha == 1``).  For
-    ``alpha < 0`` the bound lies above ``log p(x)``; use :func:`cubo` for that regime.
+    ``alpha < 0`` the bound lies above ``log p(x)``; use `cubo` for that regime.
     """
     alpha = float(alpha)
     if not alpha >= 0 or math.isinf(alpha):

@@ -108,7 +108,7 @@ def read_idx(path: str | os.PathLike, expected_shape: tuple[int | None, ...] | N
 
 
 def write_idx(path: str | os.PathLike, values: Tensor | np.ndarray) -> None:
-    """Write ``values`` as an IDX file (gzipped if ``path`` ends in ``.gz``); the inverse of :func:`read_idx`.
+    """Write ``values`` as an IDX file (gzipped if ``path`` ends in ``.gz``); the inverse of `read_idx`.
 
     Shapes: any ``values [d_1, ..., d_n]`` (``n <= 255``) is stored with its sizes in the header.
 

@@ -8,7 +8,7 @@
 * ``"fixed"``: thresholded once, ``x = 1[intensity > threshold]``, so every epoch
   and every model sees the same binary images (the set-up of the benchmark).
 
-:meth:`ImageData.tensor` gives one fixed copy of the whole set, which is what a
+`ImageData.tensor` gives one fixed copy of the whole set, which is what a
 test log-likelihood should be measured on (a dynamically binarized test set would
 change with every evaluation).
 """
@@ -35,7 +35,7 @@ class ImageData(Dataset):
         flatten: store each image as a ``[prod(shape)]`` vector (for MLPs).
         dtype: floating dtype of the returned images (default: torch's default).
 
-    Indexing returns the image only; the labels are :attr:`labels`.  ``__getitems__``
+    Indexing returns the image only; the labels are `labels`.  ``__getitems__``
     lets a ``DataLoader`` fetch (and binarize) a whole batch in one call.
 
     References:

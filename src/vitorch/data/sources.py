@@ -44,8 +44,8 @@ def fashion_mnist(
     Args:
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
         root: directory with the (gzipped) IDX files; default the Debian package's
-            :data:`FASHION_MNIST_DIR`.
-        binarize: ``None``, ``"dynamic"`` or ``"fixed"`` (see :class:`~vitorch.data.ImageData`).
+            `FASHION_MNIST_DIR`.
+        binarize: ``None``, ``"dynamic"`` or ``"fixed"`` (see `vitorch.data.ImageData`).
         threshold: the cut for ``"fixed"`` binarization.
         flatten: return each image as a vector (for MLPs).
         dtype: floating dtype of the images (default: torch's default).
@@ -87,7 +87,7 @@ def digits(
 
     Args:
         split: ``"train"``, ``"test"`` or ``"all"``.
-        binarize: ``None``, ``"dynamic"`` or ``"fixed"`` (see :class:`~vitorch.data.ImageData`).
+        binarize: ``None``, ``"dynamic"`` or ``"fixed"`` (see `vitorch.data.ImageData`).
         threshold: the cut for ``"fixed"`` binarization.
         flatten: return each image as a vector (for MLPs).
         dtype: floating dtype of the images (default: torch's default).

@@ -2,16 +2,16 @@
 
 The functions live in three modules: ``weights``, ``gradients`` and ``collapse``.
 
-* :func:`ess` and :func:`psis` / :func:`psis_khat` read the log-weights
-  ``log_w [K, *batch]`` that :func:`vitorch.loss` returns (``out.log_w``) and say
+* `ess` and `psis` / `psis_khat` read the log-weights
+  ``log_w [K, *batch]`` that `vitorch.loss` returns (``out.log_w``) and say
   how far ``q`` is from the posterior in the sense that matters for importance
   sampling (Yao et al., 2018).
-* :func:`gradient_snr` measures the signal-to-noise ratio of a stochastic
+* `gradient_snr` measures the signal-to-noise ratio of a stochastic
   gradient, the quantity Rainforth et al. (2018) use to compare estimators.
-* :func:`kl_per_dim`, :func:`active_units` and :func:`collapse_diagnostics` find
+* `kl_per_dim`, `active_units` and `collapse_diagnostics` find
   latent dimensions that a VAE's encoder has stopped using (Burda et al., 2016).
 
-Everything here except :func:`kl_per_dim` is a measurement: it returns no
+Everything here except `kl_per_dim` is a measurement: it returns no
 gradient, and no function touches ``.grad``.
 
 References:

@@ -77,7 +77,7 @@ def kl_per_dim(q: Distribution, p: Distribution) -> Tensor:
 
 @dataclass(frozen=True)
 class ActiveUnits:
-    """Which latent units an encoder uses (see :func:`active_units`).
+    """Which latent units an encoder uses (see `active_units`).
 
     Attributes:
         count: number of active units.
@@ -118,7 +118,7 @@ def active_units(means: Tensor, threshold: float = 0.01) -> ActiveUnits:
         threshold: the activity above which a unit counts as active (Burda et al.: 0.01).
 
     Returns:
-        :class:`ActiveUnits`; ``activity`` is the unbiased variance over the ``N`` inputs.
+        `ActiveUnits`; ``activity`` is the unbiased variance over the ``N`` inputs.
 
     References:
         Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders (2016), section 5.2.
@@ -134,11 +134,11 @@ def active_units(means: Tensor, threshold: float = 0.01) -> ActiveUnits:
 
 @dataclass(frozen=True)
 class CollapseDiagnostics:
-    """Posterior-collapse summary of an encoder over a data set (see :func:`collapse_diagnostics`).
+    """Posterior-collapse summary of an encoder over a data set (see `collapse_diagnostics`).
 
     Attributes:
-        units: the :class:`ActiveUnits` of the encoder means.
-        kl: ``[D]`` the data average of :func:`kl_per_dim` against the prior, or ``None``
+        units: the `ActiveUnits` of the encoder means.
+        kl: ``[D]`` the data average of `kl_per_dim` against the prior, or ``None``
             when the encoder returns means only.
         num_inputs: how many inputs were encoded.
 
@@ -179,17 +179,17 @@ def collapse_diagnostics(
 
     Args:
         encoder: ``x [n, ...] -> `` either the means ``[n, D]`` or a distribution with
-            ``.mean`` ``[n, D]`` (e.g. a :class:`~vitorch.DiagNormal` head's output).
+            ``.mean`` ``[n, D]`` (e.g. a `vitorch.DiagNormal` head's output).
         data: a tensor ``[N, ...]`` (split into ``batch_size`` rows) or an iterable of
             batches such as a ``DataLoader``; a batch that is a tuple or list gives its
             first element to the encoder.
         prior: ``p(z)`` for the KL, a diagonal Gaussian broadcasting against ``[n, D]``;
             the standard normal when ``None`` and the encoder returns a diagonal Gaussian.
-        threshold: activity threshold of :func:`active_units`.
+        threshold: activity threshold of `active_units`.
         batch_size: rows per batch when ``data`` is a tensor.
 
     Returns:
-        :class:`CollapseDiagnostics`.
+        `CollapseDiagnostics`.
 
     Raises:
         ValueError: for a bad ``threshold`` or ``batch_size``, fewer than 2 inputs, encoder

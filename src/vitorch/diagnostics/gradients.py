@@ -17,7 +17,7 @@ __all__ = ["gradient_snr", "GradientSNR"]
 
 @dataclass(frozen=True)
 class GradientSNR:
-    """Per-element moments of a stochastic gradient over repeated draws (see :func:`gradient_snr`).
+    """Per-element moments of a stochastic gradient over repeated draws (see `gradient_snr`).
 
     Attributes:
         names: one name per parameter (``nn.Module`` parameter names, else ``"params[i]"``).
@@ -47,12 +47,12 @@ class GradientSNR:
 
     @property
     def standard_error(self) -> tuple[Tensor, ...]:
-        """Standard error of each :attr:`mean` element, ``sqrt(variance / num_draws)``."""
+        """Standard error of each `mean` element, ``sqrt(variance / num_draws)``."""
         return tuple((v / self.num_draws).sqrt() for v in self.variance)
 
     @property
     def mean_snr(self) -> float:
-        """Average of :attr:`snr` over every element of every parameter."""
+        """Average of `snr` over every element of every parameter."""
         return torch.cat([s.flatten() for s in self.snr]).mean().item()
 
     @property
@@ -95,7 +95,7 @@ def gradient_snr(loss_fn: Callable[[], Tensor], params: Iterable[Tensor] | nn.Mo
         num_draws: how many gradients to draw, at least 2.
 
     Returns:
-        :class:`GradientSNR` with per-element mean, variance and SNR and their summaries.
+        `GradientSNR` with per-element mean, variance and SNR and their summaries.
 
     Raises:
         ValueError: for ``num_draws < 2``, no trainable ``params``, a ``loss_fn`` that does

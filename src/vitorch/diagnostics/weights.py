@@ -1,7 +1,7 @@
 """Importance-weight diagnostics: effective sample size and Pareto-smoothed importance sampling.
 
-:func:`ess`, :func:`psis` and :func:`psis_khat` read the log-weights ``log_w [K, *batch]``
-that :func:`vitorch.loss` returns (``out.log_w``) and say how far ``q`` is from the
+`ess`, `psis` and `psis_khat` read the log-weights ``log_w [K, *batch]``
+that `vitorch.loss` returns (``out.log_w``) and say how far ``q`` is from the
 posterior in the sense that matters for importance sampling (Yao et al., 2018).
 
 References:
@@ -24,7 +24,7 @@ __all__ = ["ess", "psis", "psis_khat", "KHAT_GOOD", "KHAT_OK"]
 KHAT_GOOD = 0.5
 """Below this the importance weights have finite variance; ``q`` is close to the posterior."""
 KHAT_OK = 0.7
-"""Between :data:`KHAT_GOOD` and this, PSIS estimates are still usable; above it they are unreliable."""
+"""Between `KHAT_GOOD` and this, PSIS estimates are still usable; above it they are unreliable."""
 
 _PRIOR_STRENGTH = 10.0  # Vehtari et al.: k-hat is shrunk towards 0.5 as if by 10 prior observations
 _PRIOR_K = 0.5
@@ -132,8 +132,8 @@ def psis(log_w: Tensor) -> tuple[Tensor, Tensor]:
     the weights is kept.  The fitted shape k-hat says how heavy the weights' tail is
     (moments of the weights of order below ``1 / k`` are finite):
 
-    * ``k < 0.5`` (:data:`KHAT_GOOD`): finite variance; ``q`` is a good proposal.
-    * ``0.5 <= k < 0.7`` (:data:`KHAT_OK`): infinite variance, but PSIS estimates are
+    * ``k < 0.5`` (`KHAT_GOOD`): finite variance; ``q`` is a good proposal.
+    * ``0.5 <= k < 0.7`` (`KHAT_OK`): infinite variance, but PSIS estimates are
       still usable (the latest version of the paper uses ``min(1 - 1/log10(K), 0.7)``).
     * ``k >= 0.7``: unreliable; importance-sampled estimates, including IWAE bounds,
       cannot be trusted and ``q`` is far from the posterior (Yao et al., 2018).
@@ -189,10 +189,10 @@ def psis(log_w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def psis_khat(log_w: Tensor) -> Tensor:
-    """The Pareto k-hat of :func:`psis` alone: ``log_w [K, *batch] -> [*batch]``.
+    """The Pareto k-hat of `psis` alone: ``log_w [K, *batch] -> [*batch]``.
 
-    Read it with the thresholds :data:`KHAT_GOOD` (0.5) and :data:`KHAT_OK` (0.7);
-    see :func:`psis`.
+    Read it with the thresholds `KHAT_GOOD` (0.5) and `KHAT_OK` (0.7);
+    see `psis`.
 
     References:
         Vehtari, Simpson, Gelman, Yao & Gabry, *Pareto Smoothed Importance Sampling* (arXiv:1507.02646,

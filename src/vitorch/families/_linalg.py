@@ -66,7 +66,7 @@ def _solve_lower(tril: Tensor, cols: Tensor) -> Tensor:
 
 
 def tril_solve(tril: Tensor, x: Tensor) -> Tensor:
-    """``L^{-1} x`` for lower-triangular ``L [*Bm, D, D]`` and ``x [*Bx, D]``, broadcasting as :func:`matvec`.
+    """``L^{-1} x`` for lower-triangular ``L [*Bm, D, D]`` and ``x [*Bx, D]``, broadcasting as `matvec`.
 
     Half precision is solved in float32 (torch has no half triangular solve on the CPU)
     and rounded back; ``x`` takes ``L``'s dtype.

@@ -1,11 +1,11 @@
-"""RSVI draws for the rejection-sampled families: a Gamma draw from :mod:`vitorch.kernels` and its correction.
+"""RSVI draws for the rejection-sampled families: a Gamma draw from `vitorch.kernels` and its correction.
 
-:class:`~vitorch.families.RSVIGamma`, :class:`~vitorch.families.RSVIBeta` and
-:class:`~vitorch.families.RSVIDirichlet` all reparameterize Marsaglia-Tsang Gamma draws
+`vitorch.families.RSVIGamma`, `vitorch.families.RSVIBeta` and
+`vitorch.families.RSVIDirichlet` all reparameterize Marsaglia-Tsang Gamma draws
 through the accepted proposal noise ``eps`` (Naesseth et al., 2017).  The sampling maths
 (the proposal ``h(eps, a)``, the acceptance density ``pi(eps; a)``, shape augmentation,
-the log-space product of uniforms) lives in one place, :mod:`vitorch.kernels.gamma.reference`,
-and the draw itself is the :func:`vitorch.kernels.log_standard_gamma` op; this module only
+the log-space product of uniforms) lives in one place, `vitorch.kernels.gamma.reference`,
+and the draw itself is the `vitorch.kernels.log_standard_gamma` op; this module only
 adds the correction's score ``log pi(eps; alpha + B_eff)`` the families hand to the estimator.
 
 References:

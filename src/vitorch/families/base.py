@@ -1,28 +1,28 @@
 """The contract every vitorch variational family keeps.
 
-A family is a :class:`torch.distributions.Distribution` with three additions that
+A family is a `torch.distributions.Distribution` with three additions that
 variational inference needs and torch does not provide:
 
-* :meth:`Family.rsample_and_log_prob` draws reparameterized samples and their
+* `Family.rsample_and_log_prob` draws reparameterized samples and their
   log-density in one pass (for a location-scale family the density follows from
   the noise, so no solve is needed);
-* :meth:`Family.detach` returns the same distribution with its parameters cut
+* `Family.detach` returns the same distribution with its parameters cut
   from the graph.  ``q.detach().log_prob(z)`` is "log q at stopped parameters",
   which sticking-the-landing (Roeder et al., 2017) and DReG (Tucker et al., 2019)
   evaluate while ``z`` keeps its path to the parameters;
-* :meth:`Family.rsample_and_stopped_log_prob` draws ``z`` and "log q at stopped
+* `Family.rsample_and_stopped_log_prob` draws ``z`` and "log q at stopped
   parameters" together; a location-scale family reads the value from the noise,
   which stays exact where ``detach().log_prob(z)`` would solve an ill-conditioned
-  system (see :class:`~vitorch.FullRankNormal`);
-* parameter checks that raise :class:`ValueError` naming the parameter and the
+  system (see `vitorch.FullRankNormal`);
+* parameter checks that raise `ValueError` naming the parameter and the
   constraint it breaks, including infinite values that torch's ``positive``
-  constraint lets through, and an event of size 0; :func:`as_params` raises
-  :class:`TypeError` for integer parameters and for dimensioned parameters of
+  constraint lets through, and an event of size 0; `as_params` raises
+  `TypeError` for integer parameters and for dimensioned parameters of
   different floating dtypes.
 
-:func:`stopped` extends ``detach`` to plain torch distributions, so estimators
+`stopped` extends ``detach`` to plain torch distributions, so estimators
 accept ``torch.distributions`` objects as well, and
-:func:`rsample_and_stopped_log_prob` does the same for the fused draw.
+`rsample_and_stopped_log_prob` does the same for the fused draw.
 
 Half precision: where torch lacks a float16/bfloat16 kernel (triangular solves,
 Cholesky factorizations, Gamma draws) the families compute in float32 and round the
@@ -212,7 +212,7 @@ class Family(Distribution):
 def stopped(q: Distribution) -> Distribution:
     """Return ``q`` with stopped parameters: ``stopped(q).log_prob(z)`` has no path to them.
 
-    Works for vitorch families (through :meth:`Family.detach`), for
+    Works for vitorch families (through `Family.detach`), for
     ``Independent`` wrappers, and for torch distributions whose constructor takes
     exactly their ``arg_constraints`` (Normal, MultivariateNormal, Gamma, ...).
 
@@ -250,7 +250,7 @@ def stopped(q: Distribution) -> Distribution:
 def rsample_and_stopped_log_prob(q: Distribution, sample_shape: torch.Size | tuple) -> tuple[Tensor, Tensor]:
     """``(z, log q(z) at stopped parameters)`` for a vitorch family or a torch distribution.
 
-    A family's own :meth:`Family.rsample_and_stopped_log_prob`; otherwise
+    A family's own `Family.rsample_and_stopped_log_prob`; otherwise
     ``q.rsample`` then ``stopped(q).log_prob``.  Shapes as in the method.
 
     References:

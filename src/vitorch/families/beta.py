@@ -1,7 +1,7 @@
 """Beta families from two Gammas: ``z = x1 / (x1 + x0)``, ``x1 ~ Gamma(a, 1)``, ``x0 ~ Gamma(b, 1)``.
 
-:class:`Beta` uses implicit reparameterization gradients (Figurnov et al., 2018)
-of the two Gammas and ``z = sigmoid(log x1 - log x0)``; :class:`RSVIBeta` draws both Gammas by
+`Beta` uses implicit reparameterization gradients (Figurnov et al., 2018)
+of the two Gammas and ``z = sigmoid(log x1 - log x0)``; `RSVIBeta` draws both Gammas by
 the boosted Marsaglia-Tsang sampler and forms ``z = sigmoid(log x1 - log x0)`` in log
 space, with correction ``log pi(eps1; a + B) + log pi(eps0; b + B)``
 (Naesseth et al., 2017).

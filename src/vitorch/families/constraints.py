@@ -7,7 +7,7 @@ finiteness as well.  NaN fails every check here.
 The same holds for the *supports*: an infinite value handed to ``log_prob`` is a bug
 upstream too, so every family's support excludes ``±inf`` and ``log_prob(inf)``
 raises the support's ``ValueError`` (when validating) instead of returning ``-inf``
-for one family and NaN for another.  :class:`Vector` is torch's ``independent(c, 1)``
+for one family and NaN for another.  `Vector` is torch's ``independent(c, 1)``
 without its reshape, so that empty values (zero samples) pass the check.  All are
 registered with torch's ``biject_to`` and ``transform_to`` (as the supports they narrow).
 """

@@ -1,10 +1,10 @@
 """Dirichlet families: implicit reparameterization and RSVI through normalized Gammas.
 
 ``z = x / sum(x)`` with independent ``x_k ~ Gamma(alpha_k, 1)`` is
-``Dirichlet(alpha)``.  :class:`Dirichlet` differentiates each Gamma implicitly
+``Dirichlet(alpha)``.  `Dirichlet` differentiates each Gamma implicitly
 (Figurnov et al., 2018, who reparameterize the Dirichlet this way) and normalizes
-by ``softmax(log x)``; :class:`RSVIDirichlet` draws each ``x_k`` by the boosted
-Marsaglia-Tsang sampler of :mod:`vitorch.families._rsvi` and normalizes in log
+by ``softmax(log x)``; `RSVIDirichlet` draws each ``x_k`` by the boosted
+Marsaglia-Tsang sampler of `vitorch.families._rsvi` and normalizes in log
 space, ``z = softmax(log x)``, so that concentrations of 1e-3
 neither underflow every component to zero nor divide zero by zero.  Its
 correction is the sum over components of ``log pi(eps_k; alpha_k + B)``
@@ -12,7 +12,7 @@ correction is the sum over components of ``log pi(eps_k; alpha_k + B)``
 
 Event shape is ``[K]`` (the last dimension of ``concentration``).  Components below
 the smallest positive normal number are returned as that number (zero pathwise
-gradient), as in :mod:`vitorch.families.gamma`; the sum then exceeds one by at most
+gradient), as in `vitorch.families.gamma`; the sum then exceeds one by at most
 ``K`` times that number.
 
 References:

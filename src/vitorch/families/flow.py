@@ -1,20 +1,20 @@
 """Normalizing-flow family: a base distribution pushed through a stack of transforms.
 
 ``z = T_L(... T_1(x))``, ``x ~ base``, each transform an ``nn.Module`` from
-:mod:`vitorch.flows` returning its output and ``log|det J|`` together, so
+`vitorch.flows` returning its output and ``log|det J|`` together, so
 
-* :meth:`Flow.rsample_and_log_prob` is one forward pass:
+* `Flow.rsample_and_log_prob` is one forward pass:
   ``log q(z) = log base(x) - sum_l ladj_l``;
-* :meth:`Flow.log_prob` runs the inverses from ``z`` back to ``x`` (cheap for MAF,
+* `Flow.log_prob` runs the inverses from ``z`` back to ``x`` (cheap for MAF,
   coupling, LU and elementwise layers; ``D`` sequential steps for IAF; a scalar Newton solve
   per layer for planar and Sylvester);
-* :meth:`Flow.detach` is the same flow with the base's parameters, the context and
-  every transform's parameters stopped (through :func:`torch.func.functional_call`),
+* `Flow.detach` is the same flow with the base's parameters, the context and
+  every transform's parameters stopped (through `torch.func.functional_call`),
   which is what sticking-the-landing and DReG evaluate on the flow's own samples.
 
 The flow is a cheap value: the modules own the parameters, and an amortized
 posterior is a module that returns a new ``Flow`` per context
-(:class:`ConditionalFlow`, defined here beside :class:`Flow`; also importable as
+(`ConditionalFlow`, defined here beside `Flow`; also importable as
 ``vitorch.flows.ConditionalFlow``).
 
 References:
@@ -63,7 +63,7 @@ class Flow(Family):
     Args:
         base: a distribution with event shape ``[D]`` and ``rsample`` (e.g.
             ``vt.DiagNormal(torch.zeros(D), torch.ones(D))``).
-        transforms: :class:`vitorch.flows.Transform` modules, applied in order from
+        transforms: `vitorch.flows.Transform` modules, applied in order from
             the base sample to ``z``.
         context: ``[*batch, C]`` features read by conditional transforms; its batch
             dimensions broadcast with the base's.
@@ -172,7 +172,7 @@ class Flow(Family):
             return self.rsample(sample_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """``log q(z)`` through the inverses; raises :class:`~vitorch.flows.NoInverseError` if one is missing."""
+        """``log q(z)`` through the inverses; raises `vitorch.flows.NoInverseError` if one is missing."""
         if self._validate_args:
             self._validate_sample(value)
         try:
@@ -231,8 +231,8 @@ class ConditionalFlow(nn.Module):
     flow, ``module()``.  The base is a standard normal.
 
     Args:
-        transforms: :class:`~vitorch.flows.Transform` modules, base side first.
-            Put an :class:`~vitorch.flows.ElementwiseAffine` first for a learned
+        transforms: `vitorch.flows.Transform` modules, base side first.
+            Put an `vitorch.flows.ElementwiseAffine` first for a learned
             Gaussian starting point.
         dim: event size ``D`` (default: the first transform's).
 
@@ -261,6 +261,6 @@ class ConditionalFlow(nn.Module):
         self.register_buffer("base_scale", torch.ones(dim), persistent=False)
 
     def forward(self, context: Tensor | None = None) -> Flow:
-        """``context [*batch, C]`` (or ``None``) -> :class:`Flow` with batch shape ``[*batch]``."""
+        """``context [*batch, C]`` (or ``None``) -> `Flow` with batch shape ``[*batch]``."""
         base = DiagNormal(self.base_loc, self.base_scale, validate_args=False)
         return Flow(base, list(self.transforms), context)

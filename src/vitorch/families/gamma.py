@@ -1,15 +1,15 @@
 """Gamma families with two kinds of reparameterized gradient.
 
-* :class:`Gamma`: implicit reparameterization (Figurnov et al., 2018),
+* `Gamma`: implicit reparameterization (Figurnov et al., 2018),
   ``dz/d alpha = -(dF(z; alpha)/d alpha) / q(z; alpha)``, computed by torch's
   ``_standard_gamma_grad`` and, below ``z = 1e-10`` (and for draws that underflow),
-  by its small-``z`` limit in log space (see :func:`implicit_dlogx`).  Draws come
+  by its small-``z`` limit in log space (see `implicit_dlogx`).  Draws come
   from torch's sampler for concentrations >= 1 and from the log-space sampler of
-  :mod:`vitorch.families._rsvi` below one.
-* :class:`RSVIGamma`: the Marsaglia-Tsang sampler reparameterized through the
+  `vitorch.families._rsvi` below one.
+* `RSVIGamma`: the Marsaglia-Tsang sampler reparameterized through the
   accepted proposal noise, with shape augmentation and the exact correction term
   of Naesseth et al. (2017) supplied to the estimator by
-  :meth:`RSVIGamma.rsample_with_correction` (see :mod:`vitorch.families._rsvi`).
+  `RSVIGamma.rsample_with_correction` (see `vitorch.families._rsvi`).
 
 Both have batch shape ``concentration``'s and ``rate``'s broadcast and event shape
 ``[]``; ``z = x / rate`` with ``x ~ Gamma(concentration, 1)``.
@@ -18,7 +18,7 @@ Underflow: Gamma draws at small concentration are often below the smallest
 positive normal number (about half of them at ``concentration = 1e-3`` in
 float64, over 90% in float32).  Both families return such draws as that number
 (``torch.finfo(dtype).tiny``), never zero, with a zero pathwise gradient; their
-``log q`` is the density at the returned value.  :class:`RSVIGamma` works in log
+``log q`` is the density at the returned value.  `RSVIGamma` works in log
 space until this final clamp, so nothing on its path is NaN or infinite.
 
 References:
@@ -73,7 +73,7 @@ def _draw_log_standard_gamma(alpha: Tensor) -> Tensor:
 
     The sampler is picked per element from ``alpha`` alone, so the law is exact:
     torch's C++ sampler where ``alpha >= 1`` (its draws are far from underflow there),
-    the log-space sampler of :mod:`vitorch.families._rsvi` below one, where ``x``
+    the log-space sampler of `vitorch.families._rsvi` below one, where ``x``
     itself may underflow but ``log x`` must not.
     """
     large = alpha >= 1
@@ -185,7 +185,7 @@ class Gamma(_GammaBase):
         validate_args: check parameters and ``log_prob`` inputs (torch's default when ``None``).
 
     The gradient of a draw is ``-(dF/d alpha) / q`` at that draw (see
-    :func:`implicit_dlogx`), plus ``-z / rate`` for the rate.  Works with every pathwise estimator (``reparam``,
+    `implicit_dlogx`), plus ``-z / rate`` for the rate.  Works with every pathwise estimator (``reparam``,
     ``stl``, ``dreg``).
 
     Example:
@@ -219,7 +219,7 @@ class RSVIGamma(_GammaBase):
         boost: ``B >= 0`` shape augmentations.  More boosts shrink the correction's
             variance; each costs one uniform per draw.
         correction: when ``True`` (default) the family sets ``has_correction`` and
-            :func:`vitorch.loss` with ``estimator=reparam`` adds the correction term,
+            `vitorch.loss` with ``estimator=reparam`` adds the correction term,
             giving the exact RSVI gradient.  When ``False`` it is a plain
             reparameterized family whose gradient omits the correction: biased,
             slightly at large ``alpha + B`` and noticeably at ``B = 0`` with ``alpha``

@@ -49,7 +49,7 @@ _RELIABLE = 1e-2
 
 
 def _warn_if_unreliable(family: str, ratio: Tensor, what: str, stacklevel: int) -> None:
-    """Warn (Python shows it once per place) when ``eps * ratio`` exceeds :data:`_RELIABLE`.
+    """Warn (Python shows it once per place) when ``eps * ratio`` exceeds `_RELIABLE`.
 
     ``ratio`` is a cheap lower bound on how many smallest conditional standard
     deviations the working precision's unit holds; the check reads one value, so it
@@ -340,7 +340,7 @@ class LowRankNormal(Family):
     ``O(D R)`` per sample plus one ``O(R^3)`` factorization per distinct factor.
     The Woodbury Mahalanobis term is a difference of two quadratic forms, so it
     loses about ``log10(max(W W^T) / min(cov_diag))`` digits; when that ratio nears
-    ``1 / eps`` of the dtype, use :class:`FullRankNormal` (``log_prob`` warns once when
+    ``1 / eps`` of the dtype, use `FullRankNormal` (``log_prob`` warns once when
     it passes ``0.01 / eps``).  ``rsample_and_log_prob`` and
     ``rsample_and_stopped_log_prob`` evaluate it on the exact ``z - loc`` of the draw,
     so a large ``loc`` costs them no digits.  In half precision the capacitance and

@@ -1,6 +1,6 @@
-"""The transform primitive a :class:`~vitorch.Flow` is built from.
+"""The transform primitive a `vitorch.Flow` is built from.
 
-A transform is an :class:`torch.nn.Module` mapping ``x [*shape, D]`` to ``y [*shape, D]``
+A transform is an `torch.nn.Module` mapping ``x [*shape, D]`` to ``y [*shape, D]``
 in the *sampling* direction (base noise towards the variational sample) and returning
 ``log|det dy/dx|`` with it, so a flow's ``rsample_and_log_prob`` is one pass
 (Rezende & Mohamed, 2015; zuko's ``call_and_ladj``).  Every transform may read a
@@ -8,14 +8,14 @@ context ``[*batch, C]`` (an encoder's features) that broadcasts against the lead
 dimensions of ``x``; an amortized posterior is then "encoder output -> flow".
 
 Inverses: where one exists in closed form or by a monotone scalar solve,
-:meth:`Transform.inverse_and_ladj` gives ``x`` and ``log|det dx/dy|``.  A flow's
+`Transform.inverse_and_ladj` gives ``x`` and ``log|det dx/dy|``.  A flow's
 ``log_prob`` needs it, and so do sticking-the-landing and DReG, which evaluate log q
 at stopped parameters on the flow's own samples.  A transform without one raises
-:class:`NoInverseError`.
+`NoInverseError`.
 
-The interface lives here, beside :class:`~vitorch.Flow`, so that the family depends on
-nothing in :mod:`vitorch.flows`; the concrete transforms there build on it (and
-:mod:`vitorch.flows` re-exports it under its old names).
+The interface lives here, beside `vitorch.Flow`, so that the family depends on
+nothing in `vitorch.flows`; the concrete transforms there build on it (and
+`vitorch.flows` re-exports it under its old names).
 
 References:
     Rezende & Mohamed, Variational Inference with Normalizing Flows (ICML 2015).
@@ -52,8 +52,8 @@ def check_features(name: str, value: int, minimum: int = 1) -> int:
 class Transform(nn.Module):
     """Base class: a bijection (or injection onto ``codomain``) of ``R^D`` with its log-determinant.
 
-    Subclasses implement :meth:`call_and_ladj` and, where possible,
-    :meth:`inverse_and_ladj`.  Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``; a
+    Subclasses implement `call_and_ladj` and, where possible,
+    `inverse_and_ladj`.  Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``; a
     context ``[*batch, C]`` broadcasts against ``*shape``'s trailing dimensions.
 
     Attributes:

@@ -1,9 +1,9 @@
 """Normalizing-flow transforms (``nn.Module`` s with ``call_and_ladj`` and, where one
 exists, ``inverse_and_ladj``).
 
-The family they build, :class:`~vitorch.Flow`, and the module that returns one per
-context, :class:`ConditionalFlow`, live in :mod:`vitorch.families.flow` (with the
-:class:`Transform` interface in :mod:`vitorch.families.transform`); both are re-exported
+The family they build, `vitorch.Flow`, and the module that returns one per
+context, `ConditionalFlow`, live in `vitorch.families.flow` (with the
+`Transform` interface in `vitorch.families.transform`); both are re-exported
 here, so this package depends on the families and never the other way round.
 
 ========================  ==========================  ===========================

@@ -1,8 +1,8 @@
 """Masked autoregressive flows: MAF (fast density) and IAF (fast sampling).
 
-Both apply a monotone univariate map (:class:`~vitorch.flows.AffineMap` or a
-:class:`~vitorch.flows.RQSpline`) to each dimension with parameters from a
-:class:`~vitorch.flows.MADE` conditioner; they differ in *which* side the
+Both apply a monotone univariate map (`vitorch.flows.AffineMap` or a
+`vitorch.flows.RQSpline`) to each dimension with parameters from a
+`vitorch.flows.MADE` conditioner; they differ in *which* side the
 conditioner reads, and hence which direction costs one network pass:
 
 ==========  =============================  ========================================
@@ -15,7 +15,7 @@ transform   sampling (``rsample_and_      ``log_prob(z)`` (and so STL / DReG, wh
 
 Both apply the map's forward direction in their one-pass direction and its inverse,
 one dimension at a time, in the sequential one.  The ``D`` steps compute each hidden
-unit of the MADE once (:meth:`MADE.autoregress`), so together they cost about one
+unit of the MADE once (`MADE.autoregress`), so together they cost about one
 network pass plus ``D`` rounds of small operations -- cheap in arithmetic, but
 ``D`` times the Python and kernel-launch overhead of a pass.
 
@@ -110,13 +110,13 @@ class IAF(_MaskedAutoregressive):
 
     Sampling (and ``rsample_and_log_prob``) is one MADE pass; the inverse, needed
     by ``log_prob`` and thus by STL and DReG, takes ``D`` sequential steps
-    (:meth:`MADE.autoregress`).  Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``,
+    (`MADE.autoregress`).  Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``,
     context ``[*batch, C]``.
 
     Args:
         dim: event size ``D``.
-        transformer: the univariate map ``f`` (default :class:`AffineMap`; use
-            :class:`RQSpline` for a spline IAF).
+        transformer: the univariate map ``f`` (default `AffineMap`; use
+            `RQSpline` for a spline IAF).
         hidden: MADE hidden widths.
         context_features: ``C`` for amortized flows (0: unconditional).
         order: autoregressive order, a permutation of ``range(D)`` (default identity).
@@ -134,13 +134,13 @@ class MAF(_MaskedAutoregressive):
     The univariate map ``f`` runs in the density direction, as in Papamakarios et
     al. (and zuko, nflows): ``log_prob`` is one MADE pass and ``f`` (for a spline,
     its cheap rational evaluation); sampling solves ``y_i = f^{-1}(x_i; ...)`` in
-    ``D`` sequential steps (:meth:`MADE.autoregress`).  With
+    ``D`` sequential steps (`MADE.autoregress`).  With
     ``transformer=RQSpline()`` this is the autoregressive neural spline flow (NSF).
     Shapes: ``x, y [*shape, D]``, ``ladj [*shape]``, context ``[*batch, C]``.
 
     Args:
         dim: event size ``D``.
-        transformer: the univariate map ``f`` (default :class:`AffineMap`).
+        transformer: the univariate map ``f`` (default `AffineMap`).
         hidden: MADE hidden widths.
         context_features: ``C`` for amortized flows (0: unconditional).
         order: autoregressive order, a permutation of ``range(D)`` (default identity).

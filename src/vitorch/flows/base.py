@@ -1,8 +1,8 @@
 """Building blocks shared by vitorch's transforms: parameter networks and row-blocked evaluation.
 
-The :class:`Transform` interface itself (with :class:`NoInverseError` and
-:func:`check_features`) is defined beside :class:`~vitorch.Flow` in
-:mod:`vitorch.families.transform`, so the flow family depends on nothing here; it is
+The `Transform` interface itself (with `NoInverseError` and
+`check_features`) is defined beside `vitorch.Flow` in
+`vitorch.families.transform`, so the flow family depends on nothing here; it is
 re-exported under its old names ``vitorch.flows.base.Transform`` and ``vitorch.flows.Transform``.
 
 References:

@@ -6,8 +6,8 @@ both directions are one network pass: sampling, ``log_prob``, sticking-the-landi
 DReG all cost the same.  Stack layers with alternating masks (``swap=True``) or
 permutations so that every dimension is transformed.
 
-With :class:`~vitorch.flows.AffineMap` this is RealNVP's affine coupling; with
-:class:`~vitorch.flows.RQSpline` it is the coupling neural spline flow.
+With `vitorch.flows.AffineMap` this is RealNVP's affine coupling; with
+`vitorch.flows.RQSpline` it is the coupling neural spline flow.
 
 References:
     Dinh, Sohl-Dickstein & Bengio, Density estimation using Real NVP (ICLR 2017).
@@ -33,7 +33,7 @@ class Coupling(Transform):
 
     Args:
         dim: event size ``D >= 2``.
-        transformer: the univariate map (default :class:`AffineMap`).
+        transformer: the univariate map (default `AffineMap`).
         hidden: hidden widths of the conditioner network.
         context_features: ``C`` for amortized flows (0: unconditional).
         mask: boolean ``[D]``, true for the dimensions that pass through unchanged
@@ -104,7 +104,7 @@ class Coupling(Transform):
 
 
 class AffineCoupling(Coupling):
-    """RealNVP affine coupling: :class:`Coupling` with an :class:`AffineMap`.
+    """RealNVP affine coupling: `Coupling` with an `AffineMap`.
 
     Args:
         dim: event size ``D >= 2``.
@@ -134,7 +134,7 @@ class AffineCoupling(Coupling):
 
 
 class SplineCoupling(Coupling):
-    """Coupling neural spline flow: :class:`Coupling` with an :class:`RQSpline`.
+    """Coupling neural spline flow: `Coupling` with an `RQSpline`.
 
     Args:
         dim: event size ``D >= 2``.

@@ -1,13 +1,13 @@
 """MADE: a masked multilayer perceptron whose outputs for dimension ``i`` see only
 the inputs that precede ``i`` in a chosen order (Germain et al., 2015).
 
-It is the conditioner of :class:`~vitorch.flows.MAF` and :class:`~vitorch.flows.IAF`:
+It is the conditioner of `vitorch.flows.MAF` and `vitorch.flows.IAF`:
 one network pass yields every dimension's parameters, and the masks make the
 Jacobian of the flow triangular (in the chosen order).  A context is an extra input
 of degree 0, so every unit may read it.
 
 The autoregressive direction (solving ``out_i = g(v_i; MADE(out_<i))`` for ``out``) is
-:meth:`MADE.autoregress`: ``D`` sequential steps, each of which computes only what
+`MADE.autoregress`: ``D`` sequential steps, each of which computes only what
 is new -- the hidden units whose inputs have just been solved (units are sorted by
 degree, so these are one contiguous block per layer), the current dimension's
 output units and its univariate map.

@@ -7,10 +7,10 @@ needs ``u^T w >= -1``; we enforce it with the paper's reparameterization
 
 Direction: sampling with ``rsample_and_log_prob`` is one cheap pass.  There is no
 closed-form inverse, but ``w^T x`` solves a monotone scalar equation, so the inverse
-costs a few Newton steps per layer (:mod:`._solve`) and its gradient is exact by the
+costs a few Newton steps per layer (`._solve`) and its gradient is exact by the
 implicit function theorem.  ``log_prob`` -- and with it sticking-the-landing and
 DReG, which need log q at stopped parameters -- therefore works.  On the flow's own
-samples :class:`~vitorch.Flow` starts each solve at the forward pass's input, so
+samples `vitorch.Flow` starts each solve at the forward pass's input, so
 one Newton step suffices and STL costs about twice the forward pass.
 
 References:
@@ -76,7 +76,7 @@ class Planar(Transform):
 
     def inverse_and_ladj(self, y, context=None, hint=None):
         """The inverse by a Newton solve; ``hint``, a guess of ``x`` (such as the forward
-        pass's input, which :class:`~vitorch.Flow` passes), only speeds it up."""
+        pass's input, which `vitorch.Flow` passes), only speeds it up."""
         self._check_input(y, "y")
         u, w, b = self._uwb(context)
         uw = (u * w).sum(-1)

@@ -6,17 +6,17 @@ triangular, so by Sylvester's determinant identity
 ``O(M)`` log-determinant.  The diagonals are ``tanh`` of free parameters, so
 ``R_ii R2_ii in (-1, 1)`` keeps the map invertible.  Two parameterizations of ``Q``:
 
-* :class:`HouseholderSylvester`: ``Q = H_1 ... H_L``, a product of ``L`` Householder
+* `HouseholderSylvester`: ``Q = H_1 ... H_L``, a product of ``L`` Householder
   reflections (``M = D``, ``L D`` parameters);
-* :class:`OrthogonalSylvester`: ``Q`` from the QR factorization of a free ``D x M``
+* `OrthogonalSylvester`: ``Q`` from the QR factorization of a free ``D x M``
   matrix (``M <= D``).
 
 Direction: sampling is one pass of ``O(D M + M^2)``.  The inverse has no closed form,
 but ``v = Q^T x`` solves an upper-triangular system of monotone scalar equations,
-one back-substitution of ``M`` Newton solves (:mod:`._solve`) followed by one
+one back-substitution of ``M`` Newton solves (`._solve`) followed by one
 implicit-gradient step with a triangular solve.  So ``log_prob``, sticking-the-landing
 and DReG work, with ``M`` sequential scalar solves per layer (each a single Newton
-step on the flow's own samples, which :class:`~vitorch.Flow` solves from the
+step on the flow's own samples, which `vitorch.Flow` solves from the
 forward pass's input).
 
 References:
@@ -91,7 +91,7 @@ class _Sylvester(Transform):
 
     def inverse_and_ladj(self, y, context=None, hint=None):
         """The inverse by back-substitution of Newton solves; ``hint``, a guess of ``x``
-        (such as the forward pass's input, which :class:`~vitorch.Flow` passes), only
+        (such as the forward pass's input, which `vitorch.Flow` passes), only
         speeds it up."""
         self._check_input(y, "y")
         q, r1, r2, b = self._unpack(context)

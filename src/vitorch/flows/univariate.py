@@ -4,8 +4,8 @@ A map is configuration, not a module: the conditioner network (MADE or a couplin
 network) emits ``params [*shape, D, P]`` and the map turns ``x [*shape, D]`` into
 ``y`` with the *elementwise* ``log|dy/dx|`` ``[*shape, D]``.  Two maps:
 
-* :class:`AffineMap`: ``y = shift + exp(log_scale) x`` (RealNVP, MAF, IAF);
-* :class:`RQSpline`: a monotone rational-quadratic spline on ``[-B, B]`` with ``K``
+* `AffineMap`: ``y = shift + exp(log_scale) x`` (RealNVP, MAF, IAF);
+* `RQSpline`: a monotone rational-quadratic spline on ``[-B, B]`` with ``K``
   bins and the identity outside (Durkan et al., 2019), analytically invertible by
   a quadratic solve.
 

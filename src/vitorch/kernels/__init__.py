@@ -3,7 +3,7 @@
 Each op lives in ``kernels/<op>/``: ``reference.py`` is readable torch (the
 specification and the CPU path), the optional ``fused.py`` holds plain-torch
 ``autograd.Function`` s, and the optional ``triton.py`` the Triton kernels, imported
-only when a call is sent there.  :mod:`.dispatch` picks the backend per call
+only when a call is sent there.  `.dispatch` picks the backend per call
 (``"auto"`` never picks Triton); see ``docs/kernels.md``.  This package is a leaf: it
 imports nothing from the families, flows, zoos or training, and never imports Triton.
 """

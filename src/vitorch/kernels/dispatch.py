@@ -1,4 +1,4 @@
-"""One dispatcher for every op in :mod:`vitorch.kernels`: the reference, the fused-torch or the Triton backend.
+"""One dispatcher for every op in `vitorch.kernels`: the reference, the fused-torch or the Triton backend.
 
 Each op in ``kernels/<op>/`` has up to three backends:
 
@@ -6,7 +6,7 @@ Each op in ``kernels/<op>/`` has up to three backends:
   Every op has one; it runs on every device and dtype.
 * ``"fused"`` (``fused.py``): hand-written ``torch.autograd.Function`` classes in plain torch
   whose backward reuses what the forward computed. An op declares it by passing
-  ``fused=`` (the dtypes it supports) to :func:`choose`.
+  ``fused=`` (the dtypes it supports) to `choose`.
 * ``"triton"`` (``triton.py``): Triton kernels, imported only when a call is sent there.
 
 The rule under ``"auto"`` (the default) is one line per op:
@@ -24,11 +24,11 @@ of time).  Force it per call (``backend="triton"``) or for a block of code::
         z, log_q = vt.kernels.diag_normal_rsample_and_log_prob(loc, scale, (50,))
 
 Forcing a backend the op cannot run (no fused backend, an unsupported dtype, an op limit,
-no Triton, CPU tensors without ``TRITON_INTERPRET=1``) raises :class:`KernelUnavailableError`
+no Triton, CPU tensors without ``TRITON_INTERPRET=1``) raises `KernelUnavailableError`
 listing every reason instead of silently falling back: the caller forbade the fallback.
 ``"torch"`` is accepted as the old name of ``"reference"``.
 
-Nothing here imports Triton at import time; :func:`triton_status` tries once, on the first
+Nothing here imports Triton at import time; `triton_status` tries once, on the first
 call forced to Triton.
 """
 
@@ -91,7 +91,7 @@ def backend(name: str) -> Iterator[None]:
     a context variable, so threads and asyncio tasks do not see each other's.
 
     Args:
-        name: a name in :data:`BACKENDS`, or ``"torch"`` (the old name of ``"reference"``).
+        name: a name in `BACKENDS`, or ``"torch"`` (the old name of ``"reference"``).
 
     Raises:
         ValueError: on an unknown name.
@@ -107,7 +107,7 @@ def backend(name: str) -> Iterator[None]:
 
 
 def current_backend() -> str:
-    """The backend set by the innermost :func:`backend` block (``"auto"`` outside any).
+    """The backend set by the innermost `backend` block (``"auto"`` outside any).
 
     References:
         Selivanov, *PEP 567 - Context Variables* (2017).
@@ -199,7 +199,7 @@ def choose(
         *tensors: the inputs whose device, dtype and size decide (pass only those whose
             dtype matters; every one is checked against the dtype lists).
         backend: ``"auto"``, ``"reference"`` (alias ``"torch"``), ``"fused"``, ``"triton"``,
-            or ``None`` for the :func:`backend` context (default ``"auto"``).
+            or ``None`` for the `backend` context (default ``"auto"``).
         dtypes: dtypes the Triton kernel accepts, or ``None`` if the op has no Triton backend.
         limits: op-specific reasons the fused and Triton backends cannot take this call,
             already evaluated by the op (e.g. ``"D = 4096 exceeds 1024"``).

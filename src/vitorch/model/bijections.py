@@ -1,12 +1,12 @@
 """Maps from an unconstrained block of ``R^d`` onto one site's support, with their log-Jacobians.
 
-Each site of a :class:`~vitorch.model.Model` gets one :class:`Bijection`: it turns the
+Each site of a `vitorch.model.Model` gets one `Bijection`: it turns the
 site's slice of the flat unconstrained vector, reshaped to ``[*sample, *unconstrained_shape]``,
 into the constrained value ``[*sample, *shape]`` together with ``log|det J|`` summed
 over the site (``[*sample]``), so that a density over the constrained value becomes a
 density over ``R^D`` (Kucukelbir et al., 2017, sec. 2.3).
 
-The maps are the ones torch's :data:`~torch.distributions.biject_to` registry gives
+The maps are the ones torch's `torch.distributions.biject_to` registry gives
 (so a user's ``biject_to.register`` works), with three additions torch lacks as
 bijections and with cheap elementwise paths for the common scalar constraints:
 
@@ -185,7 +185,7 @@ class _Ordered(Bijection):
 
 
 class _Torch(Bijection):
-    """Any bijective :class:`torch.distributions.Transform` from unconstrained space onto the support."""
+    """Any bijective `torch.distributions.Transform` from unconstrained space onto the support."""
 
     def __init__(self, shape, constraint, transform: Transform):
         super().__init__(shape, transform.inverse_shape(shape), constraint)
@@ -240,7 +240,7 @@ def _unwrap(constraint: constraints.Constraint) -> constraints.Constraint:
 def bijection_for(
     constraint: constraints.Constraint, shape: torch.Size, transform: Transform | None = None
 ) -> Bijection:
-    """The :class:`Bijection` for a site of ``shape`` with ``constraint`` (or a user's ``transform``).
+    """The `Bijection` for a site of ``shape`` with ``constraint`` (or a user's ``transform``).
 
     Raises:
         ValueError: if the shape cannot hold the constraint (a simplex of shape ``()``, a

@@ -52,19 +52,19 @@ __all__ = ["AutoGuide", "AutoDiagNormal", "AutoFullRankNormal", "AutoLowRankNorm
 
 
 class AutoGuide(nn.Module):
-    """A learnable family on a :class:`~vitorch.model.Model`'s unconstrained space.
+    """A learnable family on a `vitorch.model.Model`'s unconstrained space.
 
     ``AutoGuide(model, kind)`` builds the guide of that kind: ``"diag"``
-    (:class:`AutoDiagNormal`), ``"full"`` (:class:`AutoFullRankNormal`),
-    ``"lowrank"`` (:class:`AutoLowRankNormal`), ``"flow"`` (:class:`AutoFlow`) or
-    ``"laplace"`` (:class:`~vitorch.model.AutoLaplace`); each class can also be built
+    (`AutoDiagNormal`), ``"full"`` (`AutoFullRankNormal`),
+    ``"lowrank"`` (`AutoLowRankNormal`), ``"flow"`` (`AutoFlow`) or
+    ``"laplace"`` (`vitorch.model.AutoLaplace`); each class can also be built
     directly.  ``guide()`` returns the family, batch shape ``()`` and event ``[D]``.
 
     Args:
         model: the model.
         kind: the guide's name (see above).
         init_loc: where the guide starts: ``None`` (the model's feasible point),
-            ``"map"`` (the mode found by :func:`~vitorch.model.find_map`) or a ``[D]`` tensor.
+            ``"map"`` (the mode found by `vitorch.model.find_map`) or a ``[D]`` tensor.
         init_scale: the starting standard deviation on the unconstrained scale.
         dtype: the parameters' dtype (default torch's default dtype).
 
@@ -74,7 +74,7 @@ class AutoGuide(nn.Module):
     Raises:
         ValueError: for an unknown kind, a non-positive ``init_scale``, a start of the
             wrong shape or one where the model's density is not finite.
-        TypeError: if ``model`` is not a :class:`~vitorch.model.Model`.
+        TypeError: if ``model`` is not a `vitorch.model.Model`.
 
     Example:
         >>> guide = AutoGuide(model, "full")
@@ -152,7 +152,7 @@ class AutoGuide(nn.Module):
 class AutoDiagNormal(AutoGuide):
     """Mean-field Gaussian ``N(loc, diag(exp(log_scale))^2)`` (ADVI's mean-field family).
 
-    Parameters: ``loc [D]``, ``log_scale [D]``.  See :class:`AutoGuide` for the arguments.
+    Parameters: ``loc [D]``, ``log_scale [D]``.  See `AutoGuide` for the arguments.
 
     References:
         Kucukelbir et al., *Automatic Differentiation Variational Inference* (JMLR 2017), sec. 2.4.
@@ -175,7 +175,7 @@ class AutoFullRankNormal(AutoGuide):
     Parameters: ``loc [D]``, ``log_scale [D]`` (the factor's diagonal, in logs) and
     ``lower [D, D]`` (only its strictly lower triangle is read; it starts at zero).
     Separating the scale from the correlation shape is what made this guide converge
-    on hard posteriors (see the module docstring).  See :class:`AutoGuide` for the arguments.
+    on hard posteriors (see the module docstring).  See `AutoGuide` for the arguments.
 
     References:
         Kucukelbir et al., *Automatic Differentiation Variational Inference* (JMLR 2017), sec. 2.5.
@@ -204,7 +204,7 @@ class AutoLowRankNormal(AutoGuide):
 
     Args:
         rank: ``R`` (default ``ceil(sqrt(D))``).
-        **options: see :class:`AutoGuide`.
+        **options: see `AutoGuide`.
 
     The factor is relative to the scale, as the full-rank guide's is; ``F`` starts at
     small random values (a zero factor would receive no gradient from the entropy).
@@ -232,7 +232,7 @@ class AutoLowRankNormal(AutoGuide):
 
 
 class Standardize(Transform):
-    """``z = loc + exp(log_scale) * y``, the last layer of an :class:`AutoFlow`.
+    """``z = loc + exp(log_scale) * y``, the last layer of an `AutoFlow`.
 
     Shapes: ``y, z [*shape, D]``, ``ladj [*shape]``.  Its parameters ``loc [D]`` and
     ``log_scale [D]`` start at the guide's ``init_loc`` and ``log(init_scale)``, so the
@@ -264,7 +264,7 @@ def default_flow(
     bins: int = 8,
     bound: float = 5.0,
 ) -> list[Transform]:
-    """The layers of an :class:`AutoFlow`: ``[Transform]`` acting on ``[*shape, D]``.
+    """The layers of an `AutoFlow`: ``[Transform]`` acting on ``[*shape, D]``.
 
     Couplings (one network pass in each direction, so the inverse that STL and DReG
     read is as cheap as sampling), alternating halves, with a fixed permutation after
@@ -295,17 +295,17 @@ def default_flow(
 
 
 class AutoFlow(AutoGuide):
-    """A normalizing flow: standard normal base -> ``transforms`` -> :class:`Standardize`.
+    """A normalizing flow: standard normal base -> ``transforms`` -> `Standardize`.
 
-    Calling it returns a :class:`~vitorch.Flow` with batch shape ``()`` and event ``[D]``:
+    Calling it returns a `vitorch.Flow` with batch shape ``()`` and event ``[D]``:
     ``z = loc + scale * T(x)``, ``x ~ N(0, I_D)``.
 
     Args:
-        transforms: :class:`~vitorch.flows.Transform` s of dimension ``D`` acting in
-            standardized units (default :func:`default_flow`: four affine couplings).
-        num_layers, hidden, layers, bins, bound: options of :func:`default_flow`
+        transforms: `vitorch.flows.Transform` s of dimension ``D`` acting in
+            standardized units (default `default_flow`: four affine couplings).
+        num_layers, hidden, layers, bins, bound: options of `default_flow`
             (``layers="spline"`` for spline couplings).
-        **options: see :class:`AutoGuide`.
+        **options: see `AutoGuide`.
 
     ``default_lr`` is 0.01: flows diverged at the Gaussians' 0.02.
 

@@ -57,7 +57,7 @@ class HierarchicalModel(nn.Module):
         num_groups: ``N``.
 
     Attributes:
-        globals, locals: :class:`~vitorch.model.Model` s of the two blocks (their
+        globals, locals: `vitorch.model.Model` s of the two blocks (their
             ``constrain`` and Jacobians); ``dim_global``, ``dim_local``: ``D_g`` and
             the per-group ``D_l``.
 
@@ -116,16 +116,16 @@ class StructuredGuide(nn.Module):
     """``q(g) prod_i q(l_i | g)``: full-rank globals, per-group Gaussians linear in the globals.
 
     Args:
-        model: the :class:`HierarchicalModel`.
+        model: the `HierarchicalModel`.
         init_scale: starting standard deviation (unconstrained scale).
         dtype: parameters' dtype.
 
     Parameters: the global ``loc [D_g]``, ``log_scale [D_g]``, ``lower [D_g, D_g]``
-    (as :class:`~vitorch.model.AutoFullRankNormal`), and per group ``local_loc [N, D_l]``,
+    (as `vitorch.model.AutoFullRankNormal`), and per group ``local_loc [N, D_l]``,
     ``local_log_scale [N, D_l]``, ``coupling [N, D_l, D_g]`` (starts at zero).
 
-    ``global_family()`` is a :class:`~vitorch.FullRankNormal` over ``[D_g]``;
-    ``local_family(z_global [*sample, D_g], idx [B])`` a :class:`~vitorch.DiagNormal` with
+    ``global_family()`` is a `vitorch.FullRankNormal` over ``[D_g]``;
+    ``local_family(z_global [*sample, D_g], idx [B])`` a `vitorch.DiagNormal` with
     batch shape ``[*sample, B]``.  Both have ``detach()``, so STL works.
 
     References:
@@ -168,7 +168,7 @@ class StructuredGuide(nn.Module):
 
 
 class HierarchicalVI(nn.Module):
-    """The minibatch ELBO of a :class:`HierarchicalModel` under a :class:`StructuredGuide`, for ``vt.fit``.
+    """The minibatch ELBO of a `HierarchicalModel` under a `StructuredGuide`, for ``vt.fit``.
 
     Args:
         model, guide: the model and its guide.
@@ -177,7 +177,7 @@ class HierarchicalVI(nn.Module):
 
     ``forward(batch)`` takes a batch whose first element is the group indices ``[B]``
     (give ``vt.fit`` the tuple ``(torch.arange(N), *per-group data)``) and returns a
-    :class:`~vitorch.LossOutput` with ``bound [B]``, each group's share of the ELBO.
+    `vitorch.LossOutput` with ``bound [B]``, each group's share of the ELBO.
 
     References:
         Hoffman et al., *Stochastic Variational Inference* (JMLR 2013);

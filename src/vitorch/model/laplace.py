@@ -26,17 +26,17 @@ __all__ = ["AutoLaplace"]
 class AutoLaplace(AutoGuide):
     """``N(z*, H^{-1})`` with ``z*`` the mode of ``model.log_density`` and ``H = -grad^2 log_density(z*)``.
 
-    The fit runs on the first call (or explicitly with :meth:`fit`); the result is a
-    :class:`~vitorch.FullRankNormal` with batch shape ``()`` and event ``[D]`` whose
+    The fit runs on the first call (or explicitly with `fit`); the result is a
+    `vitorch.FullRankNormal` with batch shape ``()`` and event ``[D]`` whose
     parameters are buffers (``loc [D]``, ``scale_tril [D, D]``), so it has no
     trainable parameters and ``state_dict`` round-trips the fitted approximation.
 
     Args:
         model: the model.
         kind: ``"laplace"`` or ``None``.
-        method: ``"lbfgs"`` (default) or ``"adam"``, passed to :func:`~vitorch.model.find_map`.
+        method: ``"lbfgs"`` (default) or ``"adam"``, passed to `vitorch.model.find_map`.
         steps: iterations of that optimizer (its default if ``None``).
-        **options: ``init_loc`` (the mode search's start), ``dtype``; see :class:`AutoGuide`.
+        **options: ``init_loc`` (the mode search's start), ``dtype``; see `AutoGuide`.
 
     Raises:
         ValueError: (at the fit) if the Hessian at the mode is not positive definite:

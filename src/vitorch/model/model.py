@@ -121,7 +121,7 @@ class Model(nn.Module):
         return {name: site.bijection.forward_and_ladj(u)[0] for name, site, u in self._blocks(z)}
 
     def unconstrain(self, values: Mapping[str, Tensor]) -> Tensor:
-        """``{name: value [*sample, *site_shape]}`` -> ``z [*sample, D]``, the inverse of :meth:`constrain`.
+        """``{name: value [*sample, *site_shape]}`` -> ``z [*sample, D]``, the inverse of `constrain`.
 
         Raises:
             ValueError: for a missing or unknown name, a value of the wrong shape, or
@@ -174,11 +174,11 @@ class Model(nn.Module):
         return log_p + ladj
 
     def forward(self, z: Tensor) -> Tensor:
-        """Same as :meth:`log_density`: ``z [*sample, D] -> [*sample]``."""
+        """Same as `log_density`: ``z [*sample, D] -> [*sample]``."""
         return self.log_density(z)
 
     def check_init(self, z0: Tensor | None = None) -> Tensor:
-        """Evaluate the density at the start ``z0 [D]`` (default :meth:`init`); raise if it is not finite.
+        """Evaluate the density at the start ``z0 [D]`` (default `init`); raise if it is not finite.
 
         Returns:
             the 0-d log-density at ``z0``.

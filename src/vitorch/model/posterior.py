@@ -8,7 +8,7 @@ constrained values and keeps the importance log-weights
   error, with the k-hat diagnostic saying whether the correction can be trusted
   (``k < 0.7``) and whether the guide itself is close (``k < 0.5``);
 * the importance-sampled estimate of ``log p(data)`` (the IWAE bound at ``K = S``);
-* per-scalar effective sample sizes (:mod:`vitorch.model.summary`).
+* per-scalar effective sample sizes (`vitorch.model.summary`).
 
 References:
     Vehtari, Simpson, Gelman, Yao & Gabry, *Pareto Smoothed Importance Sampling*
@@ -42,7 +42,7 @@ class Posterior(Mapping):
     """Draws from a guide ``q`` as named constrained values, with PSIS weights.
 
     Args:
-        model: the :class:`~vitorch.model.Model` the guide was fitted to.
+        model: the `vitorch.model.Model` the guide was fitted to.
         q: the fitted family on ``R^D`` (``guide()``), batch shape ``()``.
         num_samples: ``S``, the number of draws.
 
@@ -187,7 +187,7 @@ class Posterior(Mapping):
         return y
 
     def summary(self, probs: tuple[float, ...] = (0.05, 0.5, 0.95), weighted: bool = False) -> Summary:
-        """Per scalar: mean, sd, quantiles at ``probs``, importance ESS and k-hat (a :class:`Summary`).
+        """Per scalar: mean, sd, quantiles at ``probs``, importance ESS and k-hat (a `Summary`).
 
         Args:
             probs: quantile levels (default 5 %, 50 %, 95 %).

@@ -2,7 +2,7 @@
 
 A site is a declaration, not a tensor: ``Site(shape=(8,), constraint=constraints.positive)``
 says the model reads a positive ``[*sample, 8]`` value under its name.  The model builds
-the unconstrained parameterization from it (:mod:`vitorch.model.bijections`).
+the unconstrained parameterization from it (`vitorch.model.bijections`).
 
 References:
     Kucukelbir, Tran, Ranganath, Gelman & Blei, *Automatic Differentiation Variational
@@ -38,17 +38,17 @@ def _as_shape(shape) -> torch.Size:
 
 
 class Site:
-    """A named, possibly constrained parameter of a :class:`~vitorch.model.Model`.
+    """A named, possibly constrained parameter of a `vitorch.model.Model`.
 
     Args:
         shape: the constrained value's shape (``()`` for a scalar, ``(3,)`` for a
             3-simplex, ``(3, 3)`` for a correlation Cholesky factor or a covariance).
             The model hands ``log_joint`` a ``[*sample, *shape]`` tensor.
-        constraint: the support, a :mod:`torch.distributions.constraints` object:
+        constraint: the support, a `torch.distributions.constraints` object:
             ``real`` (default), ``positive``, ``greater_than(a)``, ``less_than(b)``,
             ``interval(a, b)``, ``unit_interval``, ``simplex``, ``lower_cholesky``,
             ``corr_cholesky``, ``positive_definite``,
-            :data:`vitorch.model.ordered_vector`, or any constraint that
+            `vitorch.model.ordered_vector`, or any constraint that
             ``torch.distributions.biject_to`` knows (including your registrations).
         transform: instead of a constraint, your own bijective
             ``torch.distributions.Transform`` from unconstrained space onto the

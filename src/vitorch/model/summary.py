@@ -39,7 +39,7 @@ class Summary:
         values: ``[R, C]`` float64 tensor of the table.
 
     ``summary["tau"]`` is that row as ``{column: float}``; ``summary.column("mean")``
-    is ``[R]``; ``str(summary)`` is the printed table; :meth:`to_pandas` a DataFrame.
+    is ``[R]``; ``str(summary)`` is the printed table; `to_pandas` a DataFrame.
 
     References:
         Vehtari et al., *Pareto Smoothed Importance Sampling* (JMLR 2024), sec. 3.
@@ -107,7 +107,7 @@ def _weighted_quantiles(values: Tensor, weights: Tensor, probs: Tensor) -> Tenso
 def summarize(
     draws: Mapping[str, Tensor], log_w: Tensor, weights: Tensor, probs: Sequence[float], weighted: bool = False
 ) -> Summary:
-    """The :class:`Summary` of ``draws`` (``{name: [S, *shape]}``) with log-weights ``log_w [S]``.
+    """The `Summary` of ``draws`` (``{name: [S, *shape]}``) with log-weights ``log_w [S]``.
 
     Args:
         draws: named draws, all with ``S`` leading.

@@ -8,7 +8,7 @@ checkpoints, resumption and the NaN guard are fit's.
 Threads: torch runs each operation on all cores by default.  A small model (a few
 hundred unconstrained dimensions or fewer) gains nothing from that, and on a machine
 whose cores are busy with other work a fit with two threads can run many times slower
-than with one; pass ``threads=1`` to :meth:`VI.fit` (or call
+than with one; pass ``threads=1`` to `VI.fit` (or call
 ``torch.set_num_threads(1)`` yourself).  Nothing here changes the setting unasked.
 
 References:
@@ -47,24 +47,24 @@ def _threads(n: int | None):
 
 
 class VI(nn.Module):
-    """Variational inference for a :class:`~vitorch.model.Model` with a guide, as an ``nn.Module``.
+    """Variational inference for a `vitorch.model.Model` with a guide, as an ``nn.Module``.
 
     Args:
         model: the model (its parameters, if ``log_joint`` is a module, train too).
-        guide: an :class:`~vitorch.model.AutoGuide` or any module whose call returns a
+        guide: an `vitorch.model.AutoGuide` or any module whose call returns a
             family on ``R^D``.
         num_particles: ``K``.
-        objective: a :mod:`vitorch.objectives` bound (default the ELBO).
-        estimator: a :mod:`vitorch.estimators` estimator (default ``reparam``; ``stl``
+        objective: a `vitorch.objectives` bound (default the ELBO).
+        estimator: a `vitorch.estimators` estimator (default ``reparam``; ``stl``
             and ``dreg`` work with every auto guide).
 
-    ``forward(batch=None)`` returns the :class:`~vitorch.LossOutput` of
-    :func:`vitorch.loss` (``bound`` has shape ``[]`` for a global posterior).  The
+    ``forward(batch=None)`` returns the `vitorch.LossOutput` of
+    `vitorch.loss` (``bound`` has shape ``[]`` for a global posterior).  The
     set-up is checked once, at construction.
 
     Raises:
         TypeError: if ``model`` is not a Model or ``guide`` not a module.
-        ValueError: from :func:`vitorch.check`, listing why the objective, estimator,
+        ValueError: from `vitorch.check`, listing why the objective, estimator,
             family and ``K`` cannot work together; or if the guide's event shape is not ``[D]``.
 
     Example:
@@ -105,14 +105,14 @@ class VI(nn.Module):
 
         Args:
             steps: optimizer steps.
-            lr: Adam's learning rate (default :attr:`default_lr`).
+            lr: Adam's learning rate (default `default_lr`).
             threads: run the fit with this many torch threads and restore the old
                 setting afterwards (``None``: leave it alone).
-            **options: any other :func:`vitorch.fit` option (``scheduler``,
+            **options: any other `vitorch.fit` option (``scheduler``,
                 ``checkpoint_dir``, ``progress``, ``seed``...).
 
         Returns:
-            fit's :class:`~vitorch.History` (one record per step, with the bound).
+            fit's `vitorch.History` (one record per step, with the bound).
         """
         with _threads(threads):
             return fit(self, None, steps=steps, lr=lr or self.default_lr, **options)

@@ -3,13 +3,13 @@
 ``make_family()`` returns one of
 
 * a family ``q``: its parameters are the leaf tensors with ``requires_grad`` that it
-  holds (directly, or as views such as an ``expand``); for a :class:`vitorch.Flow`
+  holds (directly, or as views such as an ``expand``); for a `vitorch.Flow`
   also its transforms' parameters and its base's;
 * ``(q, params)``: ``params`` an ``nn.Module``, a dict ``{name: tensor}`` or a sequence
   of tensors, the leaves ``q`` was built from;
 * ``(module, context)``: an ``nn.Module`` whose call ``module(context)`` (``module()``
   when ``context`` is ``None``) returns the family, e.g. an amortized head or a
-  :class:`vitorch.flows.ConditionalFlow`; the parameters are the module's.
+  `vitorch.flows.ConditionalFlow`; the parameters are the module's.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def saved_values(built: Built) -> dict:
 
 @torch.no_grad()
 def load_values(built: Built, state: dict, context: object = None) -> Distribution:
-    """Load ``state`` (from :func:`saved_values` of another copy) into ``built``; return the family to compare.
+    """Load ``state`` (from `saved_values` of another copy) into ``built``; return the family to compare.
 
     A ``(module, context)`` family is rebuilt as ``module(context)`` with the given
     ``context`` (the first copy's: a context is an input, not state).

@@ -1,8 +1,8 @@
 """``check_family``: the battery every variational family passes.
 
-A family is a :class:`torch.distributions.Distribution` with ``rsample``; vitorch's
+A family is a `torch.distributions.Distribution` with ``rsample``; vitorch's
 families add ``rsample_and_log_prob`` and a stopped-parameter ``log_prob``
-(:func:`vitorch.stopped`).  The battery checks, in float32 and float64:
+(`vitorch.stopped`).  The battery checks, in float32 and float64:
 
 * ``shapes``: ``sample``/``rsample`` give ``[*sample, *batch, *event]`` in the default
   dtype, ``log_prob`` gives ``[*sample, *batch]``, finite at the family's own draws;
@@ -50,7 +50,7 @@ _P_FAIL = 2e-7
 
 
 class FamilyCheckError(AssertionError):
-    """A family failed one check of :func:`check_family`; the message names the check, the family,
+    """A family failed one check of `check_family`; the message names the check, the family,
     the dtype and why (e.g. two shapes, or two values and the allowed difference).
 
     References:
@@ -320,16 +320,16 @@ def check_family(
     checks: Sequence[str] = CHECKS,
     num_draws: int = 10_000,
 ) -> dict[str, str]:
-    """Run the family battery on ``make_family()``; raise :class:`FamilyCheckError` at the first failure.
+    """Run the family battery on ``make_family()``; raise `FamilyCheckError` at the first failure.
 
     Args:
         make_family: a function of no arguments returning one of
             ``q`` (a family built from leaf tensors with ``requires_grad=True``: those
-            are its parameters; a :class:`vitorch.Flow`'s transforms' parameters count too),
+            are its parameters; a `vitorch.Flow`'s transforms' parameters count too),
             ``(q, params)`` (``params``: an ``nn.Module``, a dict ``{name: tensor}`` or a
             sequence of leaf tensors), or ``(module, context)`` where ``module(context)``
             (``module()`` for ``context=None``) returns the family, as for an amortized
-            head or :class:`vitorch.flows.ConditionalFlow`.  It is called under
+            head or `vitorch.flows.ConditionalFlow`.  It is called under
             ``torch.manual_seed(seed)`` for each check and under ``seed + 1`` for the
             second copy of the save/load check, once per dtype in ``dtypes`` as torch's
             default dtype: build tensors without a fixed dtype, and apart from the

@@ -10,10 +10,10 @@ A model's test subclasses it, names two hooks, and inherits the tests::
             return torch.randn(16, 3)           # or a tuple of tensors sharing dim 0
 
 The protocol (one convention for every model): ``model(batch)`` returns a
-:class:`vitorch.LossOutput` whose ``loss`` is a scalar, minus the per-datum mean of
+`vitorch.LossOutput` whose ``loss`` is a scalar, minus the per-datum mean of
 ``bound [B]`` for a lower bound (``bound_i`` is datum ``i``'s share of the full-data
 bound, so ``N * mean(bound)`` estimates it); the model trains through
-:func:`vitorch.fit`, checkpoints and resumes bit for bit, survives a ``state_dict``
+`vitorch.fit`, checkpoints and resumes bit for bit, survives a ``state_dict``
 round trip, and has a ``predict`` method.
 """
 
@@ -56,7 +56,7 @@ class ModelTestCase:
         make_model(self) -> nn.Module: a small model.  Called afresh for every run,
             after ``torch.manual_seed(seed)``, so two calls with one seed give the same
             initial state.
-        make_data(self): a data set :func:`vitorch.fit` accepts, a tensor ``[N, ...]``
+        make_data(self): a data set `vitorch.fit` accepts, a tensor ``[N, ...]``
             or a tuple of tensors sharing dimension 0.  Keep ``N`` small (8-64 rows).
         exact_log_evidence(self, model, batch) -> Tensor | None: ``[N]`` per-datum exact
             log evidence of ``batch`` under ``model``'s current parameters, or ``None``
@@ -70,10 +70,10 @@ class ModelTestCase:
             ``state_dict`` round trip.
 
     Attributes (override as class attributes):
-        batch_size: the batch size of every :func:`vitorch.fit` run and of the
+        batch_size: the batch size of every `vitorch.fit` run and of the
             single-batch tests (the first ``batch_size`` rows).
         seed: the seed behind every model, fit and draw.
-        fit_kwargs: extra keyword arguments for every :func:`vitorch.fit` call
+        fit_kwargs: extra keyword arguments for every `vitorch.fit` call
             (e.g. ``{"lr": 1e-2}``); the tests set ``steps``, ``batch_size``, ``seed``,
             checkpoints and callbacks themselves.
         no_grad_parameters: names (as in ``named_parameters()``) of parameters that
@@ -86,11 +86,11 @@ class ModelTestCase:
         bound_draws: forward passes averaged by the bound test (its standard error
             comes from their spread).
 
-    Tests inherited: :meth:`test_forward_returns_loss_output`,
-    :meth:`test_every_parameter_gets_a_finite_gradient`,
-    :meth:`test_bound_respects_exact_log_evidence`, :meth:`test_fit_three_steps`,
-    :meth:`test_checkpoint_resume_is_bit_identical`, :meth:`test_restore_best_restores_every_state`,
-    :meth:`test_state_dict_round_trip`, :meth:`test_has_predict`.
+    Tests inherited: `test_forward_returns_loss_output`,
+    `test_every_parameter_gets_a_finite_gradient`,
+    `test_bound_respects_exact_log_evidence`, `test_fit_three_steps`,
+    `test_checkpoint_resume_is_bit_identical`, `test_restore_best_restores_every_state`,
+    `test_state_dict_round_trip`, `test_has_predict`.
 
     References:
         Blei, Kucukelbir & McAuliffe, *Variational Inference: A Review for Statisticians* (JASA 2017):
@@ -245,7 +245,7 @@ class ModelTestCase:
         )
 
     def test_fit_three_steps(self):
-        """Three steps of :func:`vitorch.fit` run and return a :class:`History` with three finite records."""
+        """Three steps of `vitorch.fit` run and return a `History` with three finite records."""
         model, data = self._model(), self._data()
         history = self._fit(model, data, steps=3)
         assert isinstance(history, History), f"fit returned {type(history).__name__}, not a History"

@@ -1,4 +1,4 @@
-"""Training: :func:`fit`, its :class:`History`, checkpoints and the non-finite guard.
+"""Training: `fit`, its `History`, checkpoints and the non-finite guard.
 
 ``fit`` runs the optimization loop for any ``nn.Module`` whose forward returns
 ``vt.loss``'s output (or a scalar loss), with evaluation and early stopping on the

@@ -1,4 +1,4 @@
-"""Checkpoints of a :func:`~vitorch.training.fit` run: write, find, read and check.
+"""Checkpoints of a `vitorch.training.fit` run: write, find, read and check.
 
 A checkpoint is one ``torch.save`` file of plain containers (dicts, lists, tensors,
 numbers, strings), read back only with ``torch.load(weights_only=True)`` so that
@@ -14,7 +14,7 @@ loading never unpickles arbitrary objects.  It carries two checks:
   security boundary is ``weights_only=True``, which never runs code from the file.
 
 Since format 2 a checkpoint also stores the run's configuration (``config``), which
-:mod:`vitorch.training.resume` compares with the resuming run.  Format-1 files still
+`vitorch.training.resume` compares with the resuming run.  Format-1 files still
 load; resuming from one warns that the configuration cannot be checked.
 
 A checkpoint reaches the disk before it takes its name: the temporary file is fsynced,
@@ -115,7 +115,7 @@ def save_checkpoint(payload: dict, directory: str | Path, step: int, keep: int |
     """Write ``payload`` as ``directory/step-<step>.pt`` atomically; keep the newest ``keep`` files.
 
     Args:
-        payload: the run's state (see :func:`vitorch.training.fit`); ``format``,
+        payload: the run's state (see `vitorch.training.fit`); ``format``,
             ``fingerprint`` and ``digest`` are added here.
         directory: created if missing.
         step: the optimizer step the state follows.

@@ -20,7 +20,7 @@ step written eagerly:
   under ``torch.autocast``: the matrix products (and their backward) in bfloat16 with
   float32 accumulation, while every density, the particles, the bound and the
   optimizer stay float32 (the library's heads, flows and likelihoods promote network
-  outputs back to float32 before forming a density: :func:`vitorch.full_precision`).
+  outputs back to float32 before forming a density: `vitorch.full_precision`).
   It pays where the hardware has native bfloat16 (see ``docs/performance.md``); it
   changes the arithmetic, so it is off by default, and on a CPU without native
   bfloat16 it is slower, not faster.
@@ -31,7 +31,7 @@ step written eagerly:
 What it cannot do: the matrix products of a dense network cost the same compiled or
 not, so the speed-up is bounded by the share of the step that is *not* a matrix
 product (measured speed-ups are in ``docs/performance.md``).  The fused-torch backends
-of :mod:`vitorch.kernels` step aside inside the compiled graph: each op traces its
+of `vitorch.kernels` step aside inside the compiled graph: each op traces its
 reference, whose elementwise work Inductor fuses itself.  Compiling takes seconds to a
 minute, once per input shape.
 
@@ -90,7 +90,7 @@ def fused_adam(params: Iterable[Tensor], lr: float = 1e-3, **kwargs: object) -> 
 class CompiledStep:
     """One training step with a compiled forward-and-backward: ``step(batch) -> model(batch)``.
 
-    Built by :func:`compile_step`.  ``model`` keeps its own (uncompiled) state-dict names,
+    Built by `compile_step`.  ``model`` keeps its own (uncompiled) state-dict names,
     so checkpoints and evaluation use it as usual.
 
     Attributes:
@@ -110,7 +110,7 @@ class CompiledStep:
     def __call__(self, batch):
         """Zero the gradients, run the compiled forward on ``batch``, back-propagate, update.
 
-        A bare step, with no host synchronization: unlike :func:`vitorch.fit` it does not
+        A bare step, with no host synchronization: unlike `vitorch.fit` it does not
         check the loss, gradients, bound or parameters for NaN/inf (check ``out.loss``
         yourself every few steps, or train with ``fit(..., compile=True)``).
 
@@ -118,7 +118,7 @@ class CompiledStep:
             batch: what ``model`` takes, e.g. ``x [B, *event]``.
 
         Returns:
-            What ``model(batch)`` returned: a :class:`~vitorch.LossOutput` (``loss``
+            What ``model(batch)`` returned: a `vitorch.LossOutput` (``loss``
             scalar, ``bound [B]``, ``log_w [K, B]``) or a scalar loss tensor.
         """
         self.optimizer.zero_grad(set_to_none=True)
@@ -142,7 +142,7 @@ def compile_step(
     Args:
         model: an ``nn.Module``; ``model(batch).loss`` (or ``model(batch)``) is the
             scalar to minimize.
-        optimizer: the optimizer to step; ``None`` builds :func:`fused_adam` over the
+        optimizer: the optimizer to step; ``None`` builds `fused_adam` over the
             trainable parameters with ``lr``.  A given one is used as it is (build it
             with ``fused=True`` for the fused update).
         lr: the learning rate of the default optimizer (ignored with ``optimizer``).
@@ -157,7 +157,7 @@ def compile_step(
             ``fallback_random`` is switched on unless ``options["options"]`` says otherwise.
 
     Returns:
-        A :class:`CompiledStep`; ``step(x)`` trains on ``x [B, *event]`` and returns the
+        A `CompiledStep`; ``step(x)`` trains on ``x [B, *event]`` and returns the
         model's output.  The first call (and the first with a new batch shape)
         compiles.
 

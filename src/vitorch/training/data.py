@@ -1,8 +1,8 @@
-"""Turn what the user passes as data into a :class:`~torch.utils.data.DataLoader`.
+"""Turn what the user passes as data into a `torch.utils.data.DataLoader`.
 
 Tensors and tuples of tensors are indexed a whole batch at a time (one gather per
 tensor instead of collating rows), and every loader fit builds orders its data with a
-:class:`~torch.utils.data.DistributedSampler` (``num_replicas=1`` when not
+`torch.utils.data.DistributedSampler` (``num_replicas=1`` when not
 distributed): its order depends only on ``(seed, epoch)``, so a resumed run and a
 run on N processes see exactly the batches an uninterrupted single process sees.
 """
@@ -89,7 +89,7 @@ def no_data(steps: int) -> DataLoader:
 
 
 def is_no_data(loader: DataLoader) -> bool:
-    """Whether ``loader`` is :func:`no_data`'s (its length is the step count, not a data set's)."""
+    """Whether ``loader`` is `no_data`'s (its length is the step count, not a data set's)."""
     return isinstance(loader.dataset, _Steps)
 
 
@@ -116,7 +116,7 @@ def make_loader(
     """The training loader for ``data`` (a DataLoader, a Dataset, a tensor or a tuple of tensors).
 
     A user's DataLoader is used as it is in a single process; under DDP it is rebuilt
-    around a :class:`DistributedSampler` with the same dataset, batch size, collate
+    around a `DistributedSampler` with the same dataset, batch size, collate
     function and workers.  ``batch_size`` is per process.
     """
     if isinstance(data, DataLoader):

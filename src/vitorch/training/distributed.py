@@ -1,9 +1,9 @@
-"""Data parallelism for :func:`~vitorch.training.fit`, on top of ``torch.distributed``.
+"""Data parallelism for `vitorch.training.fit`, on top of ``torch.distributed``.
 
 Nothing here reimplements communication: the model is wrapped in
-:class:`torch.nn.parallel.DistributedDataParallel` (which averages gradients across
+`torch.nn.parallel.DistributedDataParallel` (which averages gradients across
 ranks during ``backward``), the data is split by a
-:class:`torch.utils.data.DistributedSampler`, and the few decisions every rank must
+`torch.utils.data.DistributedSampler`, and the few decisions every rank must
 take together (stop, skip a non-finite step, the held-out metrics) are agreed with one
 small ``all_reduce``.  Only rank 0 writes checkpoints, logs and progress.
 """

@@ -1,4 +1,4 @@
-"""Held-out evaluation for :func:`~vitorch.training.fit`, and what makes one unusable.
+"""Held-out evaluation for `vitorch.training.fit`, and what makes one unusable.
 
 An evaluation with a NaN or infinite metric, or with held-out data whose bound sits at
 the ``-1e30`` floor (every particle impossible: the mean bound is then a finite number

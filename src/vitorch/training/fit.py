@@ -64,11 +64,11 @@ def fit(
     autocast_dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
 ) -> History:
-    """Train ``model`` on ``data``; return the :class:`History`.
+    """Train ``model`` on ``data``; return the `History`.
 
     Args:
         model: an ``nn.Module`` whose ``forward(batch)`` returns a
-            :class:`vitorch.LossOutput` (``vt.loss(...)``; its ``bound [*batch]`` is
+            `vitorch.LossOutput` (``vt.loss(...)``; its ``bound [*batch]`` is
             logged and evaluated) or a scalar loss tensor.  Baselines, encoders and
             decoders are submodules and train with it.
         data: a ``DataLoader`` (used as given; rebuilt around a ``DistributedSampler``
@@ -78,7 +78,7 @@ def fit(
             ``vt.model.VI``): ``steps`` calls of ``forward(None)``, which needs ``steps``.
         optimizer: an optimizer over the model's parameters, or a factory
             ``params -> Optimizer``; default ``Adam(lr=lr)`` with torch's fused kernel
-            (:func:`~vitorch.training.fused_adam`).
+            (`vitorch.training.fused_adam`).
         lr: learning rate of the default optimizer; default the model's ``default_lr``
             attribute if it has one (``vt.model.VI`` does), else ``1e-3``.
         scheduler: an LR scheduler or a factory ``optimizer -> scheduler``;
@@ -111,7 +111,7 @@ def fit(
         on_nonfinite: what a NaN/inf loss or gradient, a batch with impossible data
             (a datum whose bound is not finite: every particle impossible puts it at
             the ``-1e30`` floor, counted as ``impossible_data`` in the step record) and a
-            non-finite evaluation do.  ``"raise"`` stops with :class:`NonFiniteError`
+            non-finite evaluation do.  ``"raise"`` stops with `NonFiniteError`
             naming the step and every parameter with a NaN/inf gradient; ``"skip"``
             drops the step (no optimizer or scheduler step) or sets the evaluation
             aside (no early stopping, ``restore_best`` or plateau step on it) and
@@ -137,11 +137,11 @@ def fit(
             ...), ``"clip_grad_norm"``, ``"clip_grad_value"``, ``"autocast_dtype"``,
             ``"num_workers"``; and, only from a checkpoint at an epoch boundary,
             ``"batch_size"``, ``"data_length"``, ``"shuffle"``, ``"drop_last"``, ``"seed"``
-            (see :mod:`vitorch.training.resume`).
+            (see `vitorch.training.resume`).
         log_dir: write ``steps.csv``, ``evals.csv`` and ``history.json`` there (at
             each checkpoint and at the end).
         progress: a tqdm bar with the loss and bound; default only on a terminal.
-        callbacks: called after every step with a :class:`StepContext`; setting
+        callbacks: called after every step with a `StepContext`; setting
             ``ctx.stop = True`` ends the run, an exception interrupts it.
         distributed: ``"auto"`` trains data-parallel (DDP) when a process group is
             initialized, ``True`` also initializes one from torchrun's environment,
@@ -151,12 +151,12 @@ def fit(
         autocast_dtype: ``torch.bfloat16`` or ``torch.float16`` runs each training
             forward under ``torch.autocast`` (mixed precision: the matrix products in the
             low precision, the library's densities, the loss, gradients and optimizer
-            state in float32; see :func:`vitorch.full_precision`).  Evaluation on
+            state in float32; see `vitorch.full_precision`).  Evaluation on
             ``eval_data`` stays float32.  Default ``None``: float32 throughout.
         device: where batches go; default the device of the model's parameters.
 
     Returns:
-        :class:`History` with one record per step and per evaluation.
+        `History` with one record per step and per evaluation.
 
     Raises:
         ValueError: for bad options (every problem listed), data of the wrong kind, a

@@ -1,7 +1,7 @@
-"""The non-finite guard of :func:`~vitorch.training.fit`.
+"""The non-finite guard of `vitorch.training.fit`.
 
 A NaN or infinite loss or gradient never reaches the optimizer: the step either
-stops the run with :class:`NonFiniteError` naming the step and the parameters whose
+stops the run with `NonFiniteError` naming the step and the parameters whose
 gradients are not finite, or is skipped and counted.  The same holds for *impossible
 data*: a datum whose bound is not an honest number (``vitorch._logspace.finite_bound``:
 every particle had log-weight ``-inf``, so the bound sits at the ``-1e30`` floor, or a
@@ -39,7 +39,7 @@ __all__ = [
 
 
 class NonFiniteError(FloatingPointError):
-    """A loss, gradient, bound, evaluation or parameter was NaN or infinite during :func:`~vitorch.training.fit`.
+    """A loss, gradient, bound, evaluation or parameter was NaN or infinite during `vitorch.training.fit`.
 
     References:
         Micikevicius et al., *Mixed Precision Training* (ICLR 2018): skipping steps with non-finite gradients.
@@ -47,7 +47,7 @@ class NonFiniteError(FloatingPointError):
 
 
 def split_output(out) -> tuple[Tensor, Tensor | None]:
-    """``(scalar loss, [*batch] bound or None)`` from a :class:`vitorch.LossOutput` or a scalar loss."""
+    """``(scalar loss, [*batch] bound or None)`` from a `vitorch.LossOutput` or a scalar loss."""
     if isinstance(out, Tensor):
         loss, bound = out, None
     elif isinstance(getattr(out, "loss", None), Tensor):

@@ -1,4 +1,4 @@
-"""What :func:`vitorch.training.fit` returns: per-step and per-evaluation records.
+"""What `vitorch.training.fit` returns: per-step and per-evaluation records.
 
 Records are flat dicts of plain numbers, so the history survives a
 ``torch.load(weights_only=True)`` round trip inside a checkpoint and writes to CSV
@@ -23,12 +23,12 @@ __all__ = ["History"]
 
 @dataclass
 class History:
-    """The record of one :func:`~vitorch.training.fit` run (continued across resumes).
+    """The record of one `vitorch.training.fit` run (continued across resumes).
 
     Attributes:
         steps: one dict per optimizer step (attempted update): ``step`` (1-based),
             ``epoch`` (0-based), ``loss``, ``bound`` (mean over the batch, when the model
-            returns a :class:`vitorch.LossOutput`), ``lr`` (first parameter group),
+            returns a `vitorch.LossOutput`), ``lr`` (first parameter group),
             ``grad_norm`` (2-norm of all gradients before clipping), ``skipped`` (1 if a non-finite step
             was skipped), ``impossible_data`` (with a bound: data of the batch whose bound is not
             finite, at the ``-1e30`` floor when every particle is impossible) and ``time`` (seconds

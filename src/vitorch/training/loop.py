@@ -1,4 +1,4 @@
-"""The loop behind :func:`vitorch.training.fit`: set-up, steps, evaluation and checkpoints.
+"""The loop behind `vitorch.training.fit`: set-up, steps, evaluation and checkpoints.
 
 Order of work in one step: zero grad, forward, backward, the non-finite check (one
 host sync for the loss, the bound and the flags), clip, optimizer and scheduler step,
@@ -55,7 +55,7 @@ class StepContext:
         eval: the metrics if an evaluation ran at this step, else ``None``.
         model: the model being trained (not the DDP or compiled wrapper).
         optimizer: the live optimizer.
-        history: the live :class:`History`.
+        history: the live `History`.
         stop: set to ``True`` to end the run after this step.
 
     References:
@@ -73,7 +73,7 @@ class StepContext:
 
 
 class Run(RunState):
-    """One call of :func:`fit`: the set-up, the state a checkpoint holds, and the loop."""
+    """One call of `fit`: the set-up, the state a checkpoint holds, and the loop."""
 
     def __init__(self, model: nn.Module, data, opt: FitOptions):
         if not isinstance(model, nn.Module):

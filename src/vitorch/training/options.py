@@ -1,4 +1,4 @@
-"""The options of :func:`~vitorch.training.fit`, checked together before anything runs.
+"""The options of `vitorch.training.fit`, checked together before anything runs.
 
 Every problem is collected and reported in one ``ValueError`` naming each option, so a
 long run never dies at its first evaluation or checkpoint because of a typo.
@@ -18,7 +18,7 @@ __all__ = ["FitOptions"]
 
 @dataclass(frozen=True)
 class FitOptions:
-    """See :func:`vitorch.training.fit` for the meaning of each field."""
+    """See `vitorch.training.fit` for the meaning of each field."""
 
     optimizer: torch.optim.Optimizer | Callable | None
     lr: float

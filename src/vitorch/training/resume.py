@@ -1,4 +1,4 @@
-"""What a resumed :func:`~vitorch.training.fit` run must share with the checkpointed one.
+"""What a resumed `vitorch.training.fit` run must share with the checkpointed one.
 
 A checkpoint stores the run's *configuration*: everything that decides which batches
 come next (the number of processes, the batch size, the data set's length, shuffling,
@@ -176,7 +176,7 @@ def check_config(
 
     Args:
         stored: the checkpoint's configuration.
-        current: this run's (:func:`run_config`).
+        current: this run's (`run_config`).
         overrides: names the caller allows to differ (``fit``'s ``resume_overrides``).
         at_boundary: whether the checkpoint sits at an epoch boundary.
         where: the checkpoint, for the message.

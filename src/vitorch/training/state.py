@@ -1,9 +1,9 @@
-"""The part of :class:`~vitorch.training.loop.Run` that writes a checkpoint and restores one.
+"""The part of `vitorch.training.loop.Run` that writes a checkpoint and restores one.
 
 What is saved is everything the next step depends on: the model, optimizer and
 scheduler states, every rank's RNG states and data-order state, the counters, the
 early-stopping state and the history, plus the run's configuration, which a resumed
-run must match (:mod:`vitorch.training.resume`).
+run must match (`vitorch.training.resume`).
 """
 
 from __future__ import annotations

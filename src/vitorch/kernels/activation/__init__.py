@@ -28,8 +28,8 @@ def tanh(x: Tensor, *, backend: str | None = None) -> Tensor:
 
     Backends: ``"reference"`` (``torch.tanh``) and ``"fused"`` (``2 sigmoid(2x) - 1``
     with torch's ``tanh_backward``; float32 and float64; absolute error against
-    ``torch.tanh`` at most a few ulps of 1, see :mod:`.fused`).  The size rule:
-    ``"auto"`` picks ``"fused"`` from :data:`FUSED_MIN_NUMEL` entries on, unless a
+    ``torch.tanh`` at most a few ulps of 1, see `.fused`).  The size rule:
+    ``"auto"`` picks ``"fused"`` from `FUSED_MIN_NUMEL` entries on, unless a
     ``torch.func`` transform is active; otherwise ``"reference"``.  Traced by
     ``torch.compile``, the op is the reference whatever the backend setting (Inductor
     fuses its ops itself).
@@ -37,7 +37,7 @@ def tanh(x: Tensor, *, backend: str | None = None) -> Tensor:
     Args:
         x: any shape.
         backend: ``"auto"``, ``"reference"``, ``"fused"``, or ``None`` for the
-            :func:`vitorch.kernels.backend` context.
+            `vitorch.kernels.backend` context.
 
     Returns:
         ``tanh(x)``, the shape and dtype of ``x``.

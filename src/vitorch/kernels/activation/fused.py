@@ -43,7 +43,7 @@ class Tanh(torch.autograd.Function):
 
 
 def tanh(x: Tensor) -> Tensor:
-    """:class:`Tanh` applied to ``x`` (any shape).
+    """`Tanh` applied to ``x`` (any shape).
 
     References:
         Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (ICLR 2016).

@@ -2,7 +2,7 @@
 
 ``bernoulli_linear_log_prob(h, weight, bias, x) = sum_j x_j l_j - softplus(l_j)`` with
 ``l = h W^T + b``: the last layer of a Bernoulli MLP decoder and the density it feeds,
-so a backend may fuse the two (:mod:`.fused` applies the incoming gradient on the
+so a backend may fuse the two (`.fused` applies the incoming gradient on the
 narrow hidden side of the products instead of on the logits).
 
 References:
@@ -47,10 +47,10 @@ def bernoulli_linear_log_prob(
     Equal in value and gradient (to rounding) to
     ``-binary_cross_entropy_with_logits(F.linear(h, weight, bias), x.expand(...), reduction="none").sum(-1)``.
 
-    Backends: ``"reference"`` (:mod:`.reference`) and ``"fused"`` (:mod:`.fused`, one
+    Backends: ``"reference"`` (`.reference`) and ``"fused"`` (`.fused`, one
     autograd node with a hand-derived backward, float32 and float64).  The size rule:
     ``"auto"`` picks ``"fused"`` when the largest input has at least
-    :data:`FUSED_MIN_NUMEL` entries and nothing rules it out (a ``torch.func``
+    `FUSED_MIN_NUMEL` entries and nothing rules it out (a ``torch.func``
     transform, autocast, ``x`` requiring a gradient, another dtype); otherwise
     ``"reference"``.  Traced by ``torch.compile``, the op is the reference whatever the
     backend setting (Inductor fuses its ops itself).
@@ -61,7 +61,7 @@ def bernoulli_linear_log_prob(
         bias: ``[D]`` its bias.
         x: ``[B, D]`` the data, entries in ``{0, 1}`` (real values use the same formula).
         backend: ``"auto"``, ``"reference"``, ``"fused"``, or ``None`` for the
-            :func:`vitorch.kernels.backend` context (see :mod:`vitorch.kernels.dispatch`).
+            `vitorch.kernels.backend` context (see `vitorch.kernels.dispatch`).
 
     Returns:
         ``[*S, B]``: the log-likelihood of each datum under each particle's logits.

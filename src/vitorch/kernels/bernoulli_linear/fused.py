@@ -1,6 +1,6 @@
 """The Bernoulli output layer as one autograd node with a hand-derived backward.
 
-Same function and gradient as :mod:`.reference`, with fewer passes over the
+Same function and gradient as `.reference`, with fewer passes over the
 ``[S*B, D]`` logits, which dominate the non-matrix-product work of a Bernoulli
 VAE's step at many particles:
 
@@ -79,7 +79,7 @@ class BernoulliLinear(torch.autograd.Function):
 
 
 def bernoulli_linear_log_prob(h: Tensor, weight: Tensor, bias: Tensor, x: Tensor) -> Tensor:
-    """:class:`BernoulliLinear` on ``h [*S, B, H]``: returns ``[*S, B]`` (shapes checked by the caller).
+    """`BernoulliLinear` on ``h [*S, B, H]``: returns ``[*S, B]`` (shapes checked by the caller).
 
     References:
         Kingma & Welling, *Auto-Encoding Variational Bayes* (ICLR 2014), appendix C.1.

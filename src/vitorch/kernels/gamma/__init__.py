@@ -1,8 +1,8 @@
 """Kernel 4: Marsaglia-Tsang Gamma sampling with shape augmentation, returning the accepted noise (RSVI).
 
 Besides the op, the package exports the pieces of RSVI maths a caller needs around it
-(:func:`check_boost`, :func:`effective_boost`, :func:`log_accept_density`, the correction's
-score); :mod:`.reference` derives them.
+(`check_boost`, `effective_boost`, `log_accept_density`, the correction's
+score); `.reference` derives them.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ so ``E f(x) = E_pi[f(h(eps, a))]`` and (Naesseth et al., 2017)
 
 The first term is the pathwise ("reparameterization") part, the second the
 correction, a score-function term in the acceptance density
-(:func:`log_accept_density`).  Shape augmentation samples at ``a = alpha + B`` and
+(`log_accept_density`).  Shape augmentation samples at ``a = alpha + B`` and
 multiplies by ``prod_{i<B} u_i^{1/(alpha+i)}``, which is ``Gamma(alpha)`` again:
 
     log x = log h(eps, a) + sum_{i < B} log(u_i) / (alpha + i).
@@ -25,7 +25,7 @@ Everything is computed in log space: at ``alpha = 1e-3`` the factor ``u^{1/alpha
 underflows for most draws, but its logarithm is an ordinary number.
 
 The Triton kernel draws ``eps`` and ``u`` in-kernel (Philox), so the two backends' draws
-differ: :func:`log_standard_gamma_from_noise` is the deterministic part the kernel is
+differ: `log_standard_gamma_from_noise` is the deterministic part the kernel is
 compared with, and the draws are tested for goodness of fit.
 
 References:
@@ -84,7 +84,7 @@ def marsaglia_tsang_eps(a: Tensor, generator: torch.Generator | None = None) -> 
     """Accepted Marsaglia-Tsang noise for shapes ``a >= 1`` (no gradient).
 
     Rejected proposals are redrawn only for the elements still pending, so the cost
-    is about ``N / r(a)`` normal and uniform draws (``r`` is :func:`acceptance_rate`).
+    is about ``N / r(a)`` normal and uniform draws (``r`` is `acceptance_rate`).
 
     Args:
         a: ``[*shape]`` Gamma shapes, each ``>= 1``.

@@ -9,7 +9,7 @@ the same value but with log q evaluated at stopped parameters, so its gradient
 reaches ``loc`` and ``scale`` only through ``z``: this is what sticking the
 landing (Roeder et al., 2017) and DReG (Tucker et al., 2019) need, in one pass.
 
-The noise is an argument of :func:`rsample_and_log_prob_from_noise`, which is
+The noise is an argument of `rsample_and_log_prob_from_noise`, which is
 what the Triton kernel is compared with: the kernel draws its noise in-kernel
 from a counter-based generator (Philox) that torch does not expose, so the two
 backends' draws differ; the kernel's noise is tested statistically and
@@ -58,6 +58,6 @@ def rsample_and_log_prob_from_noise(loc: Tensor, scale: Tensor, eps: Tensor, sto
 
 
 def rsample_and_log_prob(loc: Tensor, scale: Tensor, sample_shape: torch.Size, stop_log_q: bool = False):
-    """Draw ``eps`` from torch's generator and call :func:`rsample_and_log_prob_from_noise`."""
+    """Draw ``eps`` from torch's generator and call `rsample_and_log_prob_from_noise`."""
     eps = torch.randn(torch.Size(sample_shape) + loc.shape, dtype=loc.dtype, device=loc.device)
     return rsample_and_log_prob_from_noise(loc, scale, eps, stop_log_q)

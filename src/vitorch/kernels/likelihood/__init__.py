@@ -30,7 +30,7 @@ def bernoulli_log_lik(x: Tensor, logits: Tensor, *, backend: str | None = None) 
     Args:
         x: data in [0, 1], any shape broadcasting with ``logits``.
         logits: decoder logits.
-        backend: ``"auto"``, ``"reference"``, ``"fused"`` or ``"triton"`` (see :mod:`vitorch.kernels.dispatch`).
+        backend: ``"auto"``, ``"reference"``, ``"fused"`` or ``"triton"`` (see `vitorch.kernels.dispatch`).
 
     Returns:
         The broadcast shape without its last dimension, e.g. ``[K, B]``.

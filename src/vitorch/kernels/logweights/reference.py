@@ -5,7 +5,7 @@ For log-weights ``log_w [K, *batch]`` (particles first):
     logsumexp(log_w) = log sum_k w_k                      (IWAE's bound, up to - log K)
     w~_k = w_k / sum_j w_j,   and  w~_k^2                (IWAE's and DReG's gradient weights)
 
-following vitorch's convention (:mod:`vitorch._logspace`): log-weights are clamped
+following vitorch's convention (`vitorch._logspace`): log-weights are clamped
 to ``[-1e30, 1e30]`` first, so a column whose particles are all ``-inf`` gets the
 finite value ``-1e30 + log K`` and a zero (not NaN) gradient, and clamped entries
 get zero normalized weight.

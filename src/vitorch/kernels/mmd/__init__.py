@@ -25,7 +25,7 @@ def _scales(scale: float | Sequence[float]) -> list[float]:
 def mmd(
     z_q: Tensor, z_p: Tensor, kernel: str = "rbf", scale: float | Sequence[float] = 1.0, *, backend: str | None = None
 ) -> Tensor:
-    """Unbiased squared MMD of two samples, as :func:`vitorch.mmd.mmd`, without Gram matrices on the kernel path.
+    """Unbiased squared MMD of two samples, as `vitorch.mmd.mmd`, without Gram matrices on the kernel path.
 
     Args:
         z_q: ``[*batch, n, D]`` samples (``n >= 2``).
@@ -38,7 +38,7 @@ def mmd(
         ``[*batch]`` the MMD² estimate.
 
     Raises:
-        ValueError: as :func:`vitorch.mmd.mmd` (unknown kernel, bad scale, shapes, fewer than two samples).
+        ValueError: as `vitorch.mmd.mmd` (unknown kernel, bad scale, shapes, fewer than two samples).
 
     References:
         Gretton et al. (2012); Zhao, Song & Ermon, InfoVAE (2019).

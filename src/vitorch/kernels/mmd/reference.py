@@ -1,6 +1,6 @@
 """Unbiased squared MMD with RBF or inverse-multiquadric kernels, in torch: the specification.
 
-This is :func:`vitorch.mmd.mmd` itself (the InfoVAE divergence); the torch path
+This is `vitorch.mmd.mmd` itself (the InfoVAE divergence); the torch path
 materializes the three Gram matrices ``[n, n]``, ``[m, m]`` and ``[n, m]``, which
 the tiled kernel never does:
 

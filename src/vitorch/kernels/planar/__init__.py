@@ -17,7 +17,7 @@ def planar_stack(x: Tensor, u: Tensor, w: Tensor, b: Tensor, *, backend: str | N
 
     Args:
         x: ``[*shape, D]`` inputs (e.g. base noise ``[K, B, D]``).
-        u: ``[L, D]`` reparameterized ``u_hat`` (as :class:`vitorch.flows.Planar` computes it).
+        u: ``[L, D]`` reparameterized ``u_hat`` (as `vitorch.flows.Planar` computes it).
         w: ``[L, D]``.
         b: ``[L]``.
         backend: ``"auto"``, ``"reference"``, ``"fused"`` or ``"triton"``.

@@ -2,7 +2,7 @@
 
 Layer ``l`` maps ``x -> x + u_l tanh(w_l^T x + b_l)`` with log-determinant
 ``log(1 + u_l^T w_l (1 - tanh^2(w_l^T x + b_l)))`` (matrix determinant lemma),
-the semantics of :class:`vitorch.flows.Planar` given its reparameterized
+the semantics of `vitorch.flows.Planar` given its reparameterized
 ``u_hat`` (which keeps ``u^T w > -1``; computing it stays with the caller, it
 costs ``O(L D)``).  Torch materializes every intermediate ``x`` (``L`` tensors of
 ``[N, D]``); the kernel keeps them in registers.

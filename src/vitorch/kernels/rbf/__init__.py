@@ -1,6 +1,6 @@
 """The RBF (squared-exponential) cross-covariance of two sets of scaled inputs.
 
-Backends: :mod:`.reference` (torch ops, the specification) and :mod:`.fused`
+Backends: `.reference` (torch ops, the specification) and `.fused`
 (one ``torch.autograd.Function`` with a hand-written backward, float32 and
 float64).  ``auto`` takes the fused backend for every supported dtype, unless
 ``torch.compile`` is tracing or a ``torch.func`` transform is active: it does

@@ -1,6 +1,6 @@
 """Fused RBF cross-covariance ``s^2 exp(-|a_i - b_j|^2 / 2)`` with a hand-written backward.
 
-Written out in torch ops (:mod:`.reference`) the RBF matrix costs about six
+Written out in torch ops (`.reference`) the RBF matrix costs about six
 elementwise passes over the ``[M, B]`` result forward and as many backward; a
 sparse GP evaluates it on every step, so those passes rival its GEMMs.  Here the
 forward is one GEMM into a buffer that already holds ``log s^2 - |a_i|^2 / 2``,
@@ -52,7 +52,7 @@ class RBFCross(torch.autograd.Function):
 
 
 def rbf_cross(a: Tensor, b: Tensor, log_var: Tensor) -> Tensor:
-    """The fused backend of :func:`vitorch.kernels.rbf_cross`: ``a [M, D]``, ``b [B, D]``,
+    """The fused backend of `vitorch.kernels.rbf_cross`: ``a [M, D]``, ``b [B, D]``,
     ``log_var []`` -> ``[M, B]``.
 
     References:

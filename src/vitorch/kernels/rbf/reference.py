@@ -1,6 +1,6 @@
 """Reference RBF cross-covariance: ``exp(log s^2 - |a_i - b_j|^2 / 2)`` in plain torch ops.
 
-This is the specification of :func:`vitorch.kernels.rbf_cross` and its path for
+This is the specification of `vitorch.kernels.rbf_cross` and its path for
 dtypes the fused backend does not take.  The squared distance is expanded as
 ``|a|^2 + |b|^2 - 2 a.b`` (one GEMM instead of an ``[M, B, D]`` difference tensor)
 and clamped at zero, where rounding can push it slightly below.

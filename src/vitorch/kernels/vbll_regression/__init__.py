@@ -2,11 +2,11 @@
 
 For a minibatch of ``B`` out of ``N`` data, ``bound_n = E_q log p(y_n | phi_n, ...) -
 penalty / N`` (each datum's share of the full-data bound) and ``loss = -mean(bound)``: what
-:meth:`vitorch.LossOutput.from_terms` builds from the expected log-likelihoods and the
-penalty of :mod:`.reference` (``*_terms``), computed in one call.
+`vitorch.LossOutput.from_terms` builds from the expected log-likelihoods and the
+penalty of `.reference` (``*_terms``), computed in one call.
 
-Backends: ``"reference"`` (:mod:`.reference`, autograd through readable torch, every
-:class:`RowCovariance` structure) and ``"fused"`` (:mod:`.fused`, one autograd node with
+Backends: ``"reference"`` (`.reference`, autograd through readable torch, every
+`RowCovariance` structure) and ``"fused"`` (`.fused`, one autograd node with
 hand-derived gradients, for a ``"scale_tril"`` ``q(W)`` and, in the heteroscedastic op, a
 ``"diagonal"`` or ``"scale_tril"`` ``q(U)``; float32 and float64; prior variances given as
 numbers).  The size rule: ``"auto"`` picks ``"fused"`` wherever it applies, at every size,
@@ -83,20 +83,20 @@ def vbll_regression_bound(
     ``bound_n = E_q log N(y_n | W phi_n, diag(v)) - penalty / N`` with ``penalty =
     KL(q(W) || N(0, s^2 I)) + sum_i (a log v_i + psi / (2 v_i))`` (the second sum is minus
     the inverse-Wishart log prior of a learned noise; ``a = psi = 0`` for a fixed one), and
-    ``loss = -mean(bound)``; :func:`.reference.regression_terms` states the terms in full.
+    ``loss = -mean(bound)``; `.reference.regression_terms` states the terms in full.
 
     Args:
         phi: ``[B, D]`` features.
         y: ``[B, O]`` targets.
         mean: ``[O, D]`` posterior means.
-        cov: ``q(W)``'s row covariances (:class:`RowCovariance`).
+        cov: ``q(W)``'s row covariances (`RowCovariance`).
         log_noise_variance: ``[O]`` log noise variances.
         prior_variance: ``s^2``, a number (a 0-d tensor goes to the reference).
         num_data: N, the size of the data set the batch was drawn from.
         wishart_a: ``(nu + O + 1) / 2`` of a learned noise's inverse-Wishart prior, else 0.
         wishart_psi: ``psi`` of that prior, else 0.
         backend: ``"auto"``, ``"reference"``, ``"fused"``, or ``None`` for the
-            :func:`vitorch.kernels.backend` context.
+            `vitorch.kernels.backend` context.
 
     Returns:
         ``(bound [B], loss [])``, both differentiable.
@@ -152,7 +152,7 @@ def vbll_heteroscedastic_bound(
     ``bound_n = -1/2 sum_i [log 2 pi + mu_ni + exp(-mu_ni + t_ni / 2) ((y_ni - m_i^T phi_n)^2 +
     phi_n^T S_i phi_n)] - penalty / N``, exact, with the log-variance's moments ``mu``, ``t``
     under ``q(U)`` and ``penalty = KL(q(W) || p(W)) + KL(q(U) || p(U))``; ``loss =
-    -mean(bound)`` (:func:`.reference.heteroscedastic_terms`).
+    -mean(bound)`` (`.reference.heteroscedastic_terms`).
 
     Args:
         phi: ``[B, D]`` features.

@@ -1,6 +1,6 @@
 """VBLL regression bounds as single autograd nodes with hand-derived gradients (the fused-torch backend).
 
-Each Function returns what :mod:`.reference`'s ``*_bound`` functions return, ``(bound [B],
+Each Function returns what `.reference`'s ``*_bound`` functions return, ``(bound [B],
 loss [])`` with ``bound = expected_log_lik - penalty / N`` and ``loss = -mean(bound)``, for
 ``q(W)`` with a Cholesky factor of the covariance (``"scale_tril"``).  A training step of a
 small head is bound by per-operation overhead, and autograd through the reference takes
@@ -9,7 +9,7 @@ step that back-propagates ``loss`` alone (``bound`` is reported detached) scales
 datum alike, which the backward exploits.
 
 The factor ``L_i = tril(R_i, -1) + diag(exp(l_i))`` (``R_i`` the stored raw factor, ``l_i`` its
-diagonal) and the mean enter :class:`RegressionBound` apart, as the model stores them, and
+diagonal) and the mean enter `RegressionBound` apart, as the model stores them, and
 come back as separate gradients; the heteroscedastic Functions pack them here, per call, into
 ``W_i = [L_i | m_i]`` (``D x (D+1)``): one product then gives ``Phi W_i = [P_i | Phi m_i]``
 with ``P_i = Phi L_i``, and one product ``Phi^T G_i`` returns both blocks' gradients.
@@ -32,7 +32,7 @@ products with its sign and needs no negation.
 
 The prior variances and ``N`` are Python numbers: each configuration's constants (the
 penalty's coefficients, masks) are made once as tensors and cached, so that no Python
-number is wrapped into a tensor on every call.  Tested against :mod:`.reference` for values and
+number is wrapped into a tensor on every call.  Tested against `.reference` for values and
 gradients (``gradcheck`` in float64).
 
 References:
@@ -158,10 +158,10 @@ def _phi_grad(g: Tensor, work: Tensor) -> Tensor:
 
 
 class RegressionBound(torch.autograd.Function):
-    """Homoscedastic bound, dense ``q(W)``: ``(bound [B], loss [])`` as :func:`.reference.regression_bound`.
+    """Homoscedastic bound, dense ``q(W)``: ``(bound [B], loss [])`` as `.reference.regression_bound`.
 
     Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``raw [O, D, D]`` (the raw factor of
-    :class:`.reference.RowCovariance`), ``log_v [O]``, and the numbers ``prior_var``,
+    `.reference.RowCovariance`), ``log_v [O]``, and the numbers ``prior_var``,
     ``num_data``, ``wishart_a``, ``wishart_psi``.  The factor and the mean enter apart (no
     packing): ``P_i = Phi L_i`` and ``r = y - Phi M^T`` are separate products, and their
     gradients come back as separate tensors, ``d/dL_i = Phi^T G_i + h L_i / s^2`` and
@@ -227,7 +227,7 @@ class RegressionBound(torch.autograd.Function):
 
 
 class HeteroscedasticBound(torch.autograd.Function):
-    """Heteroscedastic bound, dense ``q(W)`` and diagonal ``q(U)``, as :func:`.reference.heteroscedastic_bound`.
+    """Heteroscedastic bound, dense ``q(W)`` and diagonal ``q(U)``, as `.reference.heteroscedastic_bound`.
 
     Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``raw [O, D, D]``, ``u_mean [O, D]``,
     ``u_log_var [O, D]``, ``offset [O]``, and the numbers ``prior_var``, ``u_prior_var``, ``num_data``.
@@ -288,7 +288,7 @@ class HeteroscedasticBound(torch.autograd.Function):
 
 
 class HeteroscedasticDenseBound(torch.autograd.Function):
-    """Heteroscedastic bound, dense ``q(W)`` and dense ``q(U)``, as :func:`.reference.heteroscedastic_bound`.
+    """Heteroscedastic bound, dense ``q(W)`` and dense ``q(U)``, as `.reference.heteroscedastic_bound`.
 
     Inputs: ``phi [B, D]``, ``y [B, O]``, ``mean [O, D]``, ``raw [O, D, D]``, ``u_mean [O, D]``,
     ``u_raw [O, D, D]``, ``offset [O]``, and the numbers ``prior_var``, ``u_prior_var``,

@@ -9,12 +9,12 @@ For a minibatch ``phi [B, D]``, ``y [B, O]`` its deterministic bound splits into
   point-estimated noise parameter (its regularizer; zero when the noise is fixed),
 
 so that ``sum_n expected_log_lik_n - penalty`` is the full-data bound.  For a minibatch
-of a data set of ``N``, :func:`bound_and_loss` then gives ``bound [B] = expected_log_lik
+of a data set of ``N``, `bound_and_loss` then gives ``bound [B] = expected_log_lik
 - penalty / N`` (each datum's share of the full-data bound) and ``loss = -mean(bound)``,
-exactly as :meth:`vitorch.LossOutput.from_terms` does.  This module is the specification
-and the CPU path; :mod:`.fused` computes the same values with hand-derived gradients.
+exactly as `vitorch.LossOutput.from_terms` does.  This module is the specification
+and the CPU path; `.fused` computes the same values with hand-derived gradients.
 
-A row covariance is named by its structure (:class:`RowCovariance`), so that this
+A row covariance is named by its structure (`RowCovariance`), so that this
 module reads nothing from the model classes that store it.
 
 References:
@@ -145,7 +145,7 @@ def regression_terms(
         phi: ``[B, D]`` features.
         y: ``[B, O]`` targets.
         mean: ``[O, D]`` posterior means ``m_i``.
-        cov: the row covariances (:class:`RowCovariance`).
+        cov: the row covariances (`RowCovariance`).
         log_noise_variance: ``[O]`` ``log v_i``.
         prior_variance: ``s^2`` (a float or a 0-d tensor).
         wishart_a: ``a`` of the noise prior.
@@ -213,7 +213,7 @@ def heteroscedastic_terms(
 def bound_and_loss(expected_log_lik: Tensor, penalty: Tensor, num_data: int) -> tuple[Tensor, Tensor]:
     """``(bound [B], loss [])`` with ``bound = expected_log_lik - penalty / N`` and ``loss = -mean(bound)``.
 
-    What :meth:`vitorch.LossOutput.from_terms` computes from the same terms.
+    What `vitorch.LossOutput.from_terms` computes from the same terms.
 
     References:
         Hoffman, Blei, Wang & Paisley, *Stochastic Variational Inference* (JMLR 2013): the
@@ -224,7 +224,7 @@ def bound_and_loss(expected_log_lik: Tensor, penalty: Tensor, num_data: int) -> 
 
 
 def regression_bound(phi, y, mean, cov, log_noise_variance, prior_variance, num_data, wishart_a=0.0, wishart_psi=0.0):
-    """:func:`bound_and_loss` of :func:`regression_terms`: ``(bound [B], loss [])``.
+    """`bound_and_loss` of `regression_terms`: ``(bound [B], loss [])``.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024), Sec. 3.1.
@@ -236,7 +236,7 @@ def regression_bound(phi, y, mean, cov, log_noise_variance, prior_variance, num_
 def heteroscedastic_bound(
     phi, y, mean, cov, noise_mean, noise_cov, offset, prior_variance, noise_prior_variance, num_data
 ):
-    """:func:`bound_and_loss` of :func:`heteroscedastic_terms`: ``(bound [B], loss [])``.
+    """`bound_and_loss` of `heteroscedastic_terms`: ``(bound [B], loss [])``.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024).

@@ -1,7 +1,7 @@
 """Marginals ``q(f_b)`` of a sparse variational GP, with the Cholesky factor of ``K_mm``.
 
-Backends: :mod:`.reference` (torch ops through triangular solves, the
-specification) and :mod:`.fused` (two ``torch.autograd.Function``s: the Cholesky
+Backends: `.reference` (torch ops through triangular solves, the
+specification) and `.fused` (two ``torch.autograd.Function``s: the Cholesky
 factor with its inverse, and the marginals in four GEMMs with the gradient for
 ``K_mm`` in closed form; float32 and float64).  ``auto`` takes the fused backend
 for every supported dtype, unless ``torch.compile`` is tracing or a ``torch.func``

@@ -6,8 +6,8 @@ For a batch of ``B`` inputs the bound needs, with ``A = L^{-1} K_mb [M, B]``,
 
 where ``m [M]`` is q's mean and ``W [M, M]`` the symmetric "middle" matrix
 (``S - I`` for a whitened q with covariance ``S``).  Left to autograd
-(:mod:`.reference`) these cost about twelve ``O(M^2 B)`` passes (``W = R R^T - I``
-is formed inside, from a square root ``R``).  :class:`WhitenedMarginals` needs four
+(`.reference`) these cost about twelve ``O(M^2 B)`` passes (``W = R R^T - I``
+is formed inside, from a square root ``R``).  `WhitenedMarginals` needs four
 GEMMs of ``2 M^2 B`` flops: ``A`` and ``W A`` forward; ``dK = L^{-T} dA`` and
 ``dW = (A diag(dv)) A^T`` backward.  The gradient for ``K_mm`` then follows in
 ``O(M^3)``, straight through the Cholesky factor, from the symmetry of ``W``:
@@ -121,7 +121,7 @@ def whitened_marginals(
     cholesky: Callable[[Tensor], Tensor] = torch.linalg.cholesky,
     whitened: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The fused backend of :func:`vitorch.kernels.whitened_marginals` (same arguments and results:
+    """The fused backend of `vitorch.kernels.whitened_marginals` (same arguments and results:
     ``k_mm [M, M]``, ``k_mb [M, B]``, ``loc [M]``, ``root [M, M]`` -> ``[B]``, ``[B]``, ``[M, M]``).
 
     References:

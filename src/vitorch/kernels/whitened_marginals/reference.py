@@ -7,7 +7,7 @@ a whitened ``q(v) = N(m, R R^T)`` over ``v = L^{-1} u`` gives
 
 (the second is ``colsum(A * (W A))`` with ``W = R R^T - I``).  An unwhitened q over
 ``u`` is first expressed over ``v`` by ``m <- L^{-1} m``, ``R <- L^{-1} R``.  This is
-the specification of :func:`vitorch.kernels.whitened_marginals`; autograd
+the specification of `vitorch.kernels.whitened_marginals`; autograd
 differentiates it through the Cholesky factor and the triangular solves, and twice
 if asked.
 

@@ -1,13 +1,13 @@
 """Gaussian processes: exact, collapsed sparse (SGPR) and stochastic variational (SVGP).
 
 The variational posterior over inducing values is a vitorch family
-(:class:`~vitorch.families.FullRankNormal` or :class:`~vitorch.families.DiagNormal`)
+(`vitorch.families.FullRankNormal` or `vitorch.families.DiagNormal`)
 and its KL to the prior is the core's closed form, so the GP zoo carries the
 families over to function space.
 
 Every trainable model (``ExactGP``, ``SGPR``, ``SVGP``) follows the model protocol:
-``model((X, y))`` returns a :class:`vitorch.LossOutput` whose ``bound`` is each datum's
-share of the full-data bound and whose ``loss`` is ``-mean(bound)``, so :func:`vitorch.fit`
+``model((X, y))`` returns a `vitorch.LossOutput` whose ``bound`` is each datum's
+share of the full-data bound and whose ``loss`` is ``-mean(bound)``, so `vitorch.fit`
 trains it; predictions go through ``predict``.
 
 Example:

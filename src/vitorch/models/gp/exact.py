@@ -88,7 +88,7 @@ class ExactGP(nn.Module):
         """The log marginal likelihood per datum on ``batch = (X [N, D], y [N])``, the whole data set.
 
         Returns:
-            :class:`vitorch.LossOutput` with ``bound [N]`` equal to ``log p(y) / N`` in every entry
+            `vitorch.LossOutput` with ``bound [N]`` equal to ``log p(y) / N`` in every entry
             (exact, so the bound is tight) and ``loss = -log p(y) / N``, a scalar.
         """
         x, y = unpack_batch("ExactGP", batch)

@@ -1,8 +1,8 @@
 """Choosing inducing inputs: k-means centroids and greedy variance selection.
 
-* :func:`kmeans` — Lloyd's algorithm from a k-means++ start (Arthur &
+* `kmeans` — Lloyd's algorithm from a k-means++ start (Arthur &
   Vassilvitskii, 2007): centroids spread where the data are dense.
-* :func:`greedy_variance` — the pivoted (partial) Cholesky of ``K_nn``: repeatedly
+* `greedy_variance` — the pivoted (partial) Cholesky of ``K_nn``: repeatedly
   take the training input whose prior variance is least explained by those
   already chosen, i.e. the largest diagonal of ``K_nn - Q_nn``.  This drives
   ``tr(K_nn - Q_nn)``, the term that loosens Titsias' bound, down greedily, and

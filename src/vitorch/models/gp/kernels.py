@@ -2,8 +2,8 @@
 
 Stationary kernels take one lengthscale or one per input dimension (ARD) and a
 signal variance; every positive hyperparameter lives unconstrained behind a
-softplus (:class:`~vitorch.models.gp._params.PositiveParam`).  Kernels combine
-with ``k1 + k2``, ``k1 * k2`` and ``c * k`` (a learnable :class:`Scale`).
+softplus (`vitorch.models.gp._params.PositiveParam`).  Kernels combine
+with ``k1 + k2``, ``k1 * k2`` and ``c * k`` (a learnable `Scale`).
 
 Formulas (``r`` the lengthscale-scaled Euclidean distance, ``s^2`` the variance):
 
@@ -63,7 +63,7 @@ def _check_per_dim(owner: str, name: str, value: Tensor, d: int, inputs: str = "
 
 
 class Kernel(nn.Module):
-    """Base class: subclasses implement :meth:`forward` and :meth:`diag`.
+    """Base class: subclasses implement `forward` and `diag`.
 
     Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
 
@@ -174,9 +174,9 @@ class Stationary(Kernel):
 
 
 class RBF(Stationary):
-    """Squared-exponential kernel ``s^2 exp(-r^2 / 2)``; see :class:`Stationary` for the arguments.
+    """Squared-exponential kernel ``s^2 exp(-r^2 / 2)``; see `Stationary` for the arguments.
 
-    Evaluated by the kernel op :func:`vitorch.kernels.rbf_cross` (a fused backward by default).
+    Evaluated by the kernel op `vitorch.kernels.rbf_cross` (a fused backward by default).
 
     Shapes: ``k(x1 [N1, D], x2 [N2, D]) -> [N1, N2]`` and ``k.diag(x [N, D]) -> [N]``.
 

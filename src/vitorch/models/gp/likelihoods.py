@@ -33,10 +33,10 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 class Likelihood(nn.Module):
-    """Base class.  Subclasses implement :meth:`log_prob` and :meth:`check_y`.
+    """Base class.  Subclasses implement `log_prob` and `check_y`.
 
     Args:
-        integrator: :class:`GaussHermite` (default, 20 nodes) or :class:`MonteCarlo`.
+        integrator: `GaussHermite` (default, 20 nodes) or `MonteCarlo`.
 
     Shapes: ``y``, ``mean`` and ``var`` of the latent ``f ~ N(mean, var)`` are ``[N]``;
     ``log_prob(f, y)`` broadcasts leading quadrature or sample dimensions of ``f``.

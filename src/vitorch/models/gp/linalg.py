@@ -2,13 +2,13 @@
 
 A kernel matrix that is positive definite in exact arithmetic is often only
 positive *semi*-definite in floating point (inducing inputs that nearly coincide,
-long lengthscales).  :func:`jittered_cholesky` first factors the matrix with the
+long lengthscales).  `jittered_cholesky` first factors the matrix with the
 caller's base jitter; if that fails it adds a jitter proportional to the mean
 diagonal, growing tenfold per retry and warning on each, and finally raises
-:class:`NotPositiveDefiniteError` naming the matrix and its smallest eigenvalue.
+`NotPositiveDefiniteError` naming the matrix and its smallest eigenvalue.
 
 Every solve downstream is triangular against this single factor: no dense
-inverse is formed anywhere in :mod:`vitorch.models.gp`.
+inverse is formed anywhere in `vitorch.models.gp`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``nlpd`` averages ``-log p(y_n | x_n, data)`` over the test points; for a
 Gaussian predictive ``N(mean_n, var_n)`` it is available in closed form, and for
-any other likelihood :meth:`SVGP.log_predictive` supplies the log densities.
+any other likelihood `SVGP.log_predictive` supplies the log densities.
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ The SVGP bound needs ``E_{q(f_n)} log p(y_n | f_n)`` for each datum under a
 univariate Gaussian marginal ``q(f_n) = N(m_n, v_n)``.  Two integrators share one
 interface, so any likelihood can use either:
 
-* :class:`GaussHermite` — ``sum_i (w_i / sqrt(pi)) g(m + sqrt(2 v) x_i)`` with the
+* `GaussHermite` — ``sum_i (w_i / sqrt(pi)) g(m + sqrt(2 v) x_i)`` with the
   Gauss–Hermite nodes ``x_i`` and weights ``w_i``; exact for polynomials of degree
   ``< 2 * num_points``, deterministic, differentiable in ``m`` and ``v``;
-* :class:`MonteCarlo` — :func:`vitorch.expect` under the core's
-  :class:`~vitorch.families.DiagNormal`, with its gradient estimator:
+* `MonteCarlo` — `vitorch.expect` under the core's
+  `vitorch.families.DiagNormal`, with its gradient estimator:
   reparameterized draws (``vt.estimators.reparam``, the default; Kingma & Welling,
   2014) or the score function (``vt.estimators.score()``), so that a likelihood
   that is not differentiable in ``f`` can still be trained.
@@ -95,12 +95,12 @@ class MonteCarlo:
 
     Args:
         num_samples: draws per evaluation (>= 1).
-        estimator: the gradient estimator of :func:`vitorch.expect`: ``None`` or
+        estimator: the gradient estimator of `vitorch.expect`: ``None`` or
             ``vt.estimators.reparam`` for pathwise gradients, ``vt.estimators.score()``
             for the score function (no derivative of ``g`` needed).
 
     Raises:
-        ValueError: if ``num_samples < 1`` or :func:`vitorch.expect` does not take ``estimator``
+        ValueError: if ``num_samples < 1`` or `vitorch.expect` does not take ``estimator``
             (a bound estimator such as STL or DReG).
 
     Shapes: ``expect(g, mean [N], var [N]) -> [N]``; ``g`` sees ``f [num_samples, N]``.
@@ -143,7 +143,7 @@ class MonteCarlo:
     def log_expect_exp(self, h: Callable[[Tensor], Tensor], mean: Tensor, var: Tensor) -> Tensor:
         """``log mean_k exp(h(f_k))`` (a consistent, downward-biased estimate of ``log E[exp h]``).
 
-        The log sits outside the mean, so this is not an expectation for :func:`vitorch.expect`:
+        The log sits outside the mean, so this is not an expectation for `vitorch.expect`:
         it is the K-sample importance-weighted (IWAE) estimate with the marginal itself as the
         proposal, a lower bound in expectation, used to evaluate log predictive densities.
         Plain reparameterized draws suffice (pathwise gradients, should anyone ask).

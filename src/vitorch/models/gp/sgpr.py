@@ -11,7 +11,7 @@ with ``Q_nn = K_nm K_mm^{-1} K_mn``.  Only ``L`` and ``L_B`` are factored and on
 triangular solves touch them, so the bound stays accurate when ``K_mm`` is close
 to singular (e.g. ``Z = X`` with nearby inputs), where forming ``K_mm^{-1}`` would
 not.  The optimal whitened ``q(v)``, ``u = L v``, is ``N(L_B^{-T} c, B^{-1})``
-(:meth:`SGPR.optimal_q`).  Cost ``O(N M^2)``.
+(`SGPR.optimal_q`).  Cost ``O(N M^2)``.
 
 The bound does not split into per-datum terms (the ``log N`` term couples all of
 ``y``), so ``forward((X, y))`` reports ``ELBO / N`` for every datum, ``loss =
@@ -78,7 +78,7 @@ class SGPR(nn.Module):
         noise: Gaussian noise variance ``sigma^2``.
         mean: prior mean module (``ZeroMean`` if None).
         jitter: base jitter on ``K_mm`` relative to its mean diagonal
-            (default :func:`~vitorch.models.gp.linalg.default_jitter`: 0 in float64).
+            (default `vitorch.models.gp.linalg.default_jitter`: 0 in float64).
         learn_inducing: make ``Z`` a trainable parameter.
 
     Raises:
@@ -139,7 +139,7 @@ class SGPR(nn.Module):
         """The collapsed bound per datum on ``batch = (X [N, D], y [N])``, normally the whole data set.
 
         Returns:
-            :class:`vitorch.LossOutput` with ``bound [N]`` equal to ``ELBO / N`` in every entry and
+            `vitorch.LossOutput` with ``bound [N]`` equal to ``ELBO / N`` in every entry and
             ``loss = -ELBO / N``, a scalar.
         """
         x, y = unpack_batch("SGPR", batch)
@@ -147,7 +147,7 @@ class SGPR(nn.Module):
         return LossOutput(-per_datum, per_datum.expand(x.shape[0]))
 
     def elbo(self, x: Tensor, y: Tensor) -> Tensor:
-        """Deprecated name of :meth:`full_data_elbo` (a scalar for ``x [N, D]``, ``y [N]``)."""
+        """Deprecated name of `full_data_elbo` (a scalar for ``x [N, D]``, ``y [N]``)."""
         warnings.warn(
             "SGPR.elbo is renamed full_data_elbo; for training use model((x, y)).loss (-full_data_elbo / N)",
             DeprecationWarning,
@@ -170,7 +170,7 @@ class SGPR(nn.Module):
 
     def optimal_q(self, x: Tensor, y: Tensor, whiten: bool = True) -> FullRankNormal:
         """The optimal ``q(v)`` (whitened, ``u = L v``) or ``q(u)`` in closed form, as a
-        :class:`FullRankNormal` over ``[M]`` (Titsias, 2009): the q at which an :class:`SVGP` with
+        `FullRankNormal` over ``[M]`` (Titsias, 2009): the q at which an `SVGP` with
         the same kernel, inducing inputs and noise attains this collapsed bound."""
         with torch.no_grad():
             t = self._terms(x, y)

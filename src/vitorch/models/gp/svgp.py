@@ -1,7 +1,7 @@
 """Stochastic variational GP (SVGP): an uncollapsed bound that trains by minibatches.
 
 The variational posterior over inducing values is a vitorch family over ``[M]``
-(:class:`~vitorch.families.FullRankNormal` or :class:`~vitorch.families.DiagNormal`),
+(`vitorch.families.FullRankNormal` or `vitorch.families.DiagNormal`),
 either over ``u = f(Z)`` itself or, *whitened*, over ``v`` with ``u = L v`` and
 ``K_mm = L L^T`` (prior ``N(0, I)``).  For a batch ``X_b`` with ``A = L^{-1} K_mb``:
 
@@ -14,17 +14,17 @@ either over ``u = f(Z)`` itself or, *whitened*, over ``v`` with ``u = L v`` and
 
 ``forward((X_b, y_b))`` returns each datum's share ``E_q log p(y_n | f_n) - KL / N``
 as ``bound [B]`` and ``loss = -mean(bound)`` (the library's one convention, see
-``docs/gp.md``); :meth:`SVGP.full_data_elbo` gives the minibatch estimate of the
+``docs/gp.md``); `SVGP.full_data_elbo` gives the minibatch estimate of the
 ELBO itself, ``N`` times larger.
 
 Per step: one ``O(M^3 / 3)`` Cholesky of ``K_mm`` and four ``O(M^2 |b|)`` products
-(forward and backward, fused in the kernel op :func:`vitorch.kernels.whitened_marginals`);
+(forward and backward, fused in the kernel op `vitorch.kernels.whitened_marginals`);
 ``K_mm`` is never inverted.  The KL uses the closed forms registered with
 ``torch.distributions.kl_divergence`` by the core.
 
-:meth:`SVGP.natural_gradient_step` (Gaussian likelihood, full-rank q) moves q
+`SVGP.natural_gradient_step` (Gaussian likelihood, full-rank q) moves q
 along its natural gradient; with step 1 on the full data it lands on the optimal
-q of :class:`~vitorch.models.gp.SGPR`, where the two bounds coincide.
+q of `vitorch.models.gp.SGPR`, where the two bounds coincide.
 
 References:
     Hensman, Fusi & Lawrence, Gaussian Processes for Big Data (UAI 2013);
@@ -59,7 +59,7 @@ class SVGP(nn.Module):
     Args:
         kernel: covariance function.
         inducing: inducing inputs ``Z [M, D]`` (copied).
-        likelihood: observation model, e.g. :class:`GaussianLikelihood`.
+        likelihood: observation model, e.g. `GaussianLikelihood`.
         num_data: size ``N`` of the full training set (each datum's bound carries ``KL / N``).
         mean: prior mean module (``ZeroMean`` if None).
         family: ``FullRankNormal`` (default) or ``DiagNormal``, the form of q.
@@ -202,7 +202,7 @@ class SVGP(nn.Module):
         """The bound per datum on a minibatch ``batch = (X_b [B, D], y_b [B])``.
 
         Returns:
-            :class:`vitorch.LossOutput` with ``bound [B] = E_q log p(y_n | f_n) - KL / N`` (each
+            `vitorch.LossOutput` with ``bound [B] = E_q log p(y_n | f_n) - KL / N`` (each
             datum's share of the full-data ELBO) and ``loss = -mean(bound)``, a scalar.
         """
         x, y = unpack_batch("SVGP", batch)
@@ -222,7 +222,7 @@ class SVGP(nn.Module):
         return expected.mean() * self.num_data - kl
 
     def elbo(self, x: Tensor, y: Tensor) -> Tensor:
-        """Deprecated name of :meth:`full_data_elbo` (a scalar for ``x [B, D]``, ``y [B]``)."""
+        """Deprecated name of `full_data_elbo` (a scalar for ``x [B, D]``, ``y [B]``)."""
         warnings.warn(
             "SVGP.elbo is renamed full_data_elbo; for training use model((x, y)).loss (the per-datum "
             "negative bound, -full_data_elbo / num_data)",

@@ -1,17 +1,17 @@
 """Variational Bayesian last layers (VBLL) and the exact Bayesian linear regression oracle.
 
-* :class:`VBLLModel` — a feature network and a head as one model for :func:`vitorch.fit`
-  (``forward((x, y))`` returns a :class:`vitorch.LossOutput`, ``predict(x)`` the predictive);
-* :class:`BayesianLinearRegression` — exact posterior, predictive and evidence, with
+* `VBLLModel` — a feature network and a head as one model for `vitorch.fit`
+  (``forward((x, y))`` returns a `vitorch.LossOutput`, ``predict(x)`` the predictive);
+* `BayesianLinearRegression` — exact posterior, predictive and evidence, with
   type-II tuning of the prior and noise scales;
-* :class:`VBLLRegression` — deterministic VBLL regression objective, any of the
-  weight-posterior parameterizations in :mod:`.covariance`, fixed or learned noise;
-* :class:`VBLLDenseNoiseRegression` — the same with a dense noise covariance across outputs;
-* :class:`VBLLStudentTRegression` — normal-gamma noise precision, Student-t predictive;
-* :class:`VBLLHeteroscedasticRegression` — a second Bayesian layer for the log-variance;
-* :class:`VBLLClassification` — discriminative classification with the Jensen bound;
-* :class:`VBLLGenerativeClassification` — class-conditional Gaussian features;
-* :mod:`.metrics` — NLL, RMSE, accuracy, expected calibration error, AUROC and
+* `VBLLRegression` — deterministic VBLL regression objective, any of the
+  weight-posterior parameterizations in `.covariance`, fixed or learned noise;
+* `VBLLDenseNoiseRegression` — the same with a dense noise covariance across outputs;
+* `VBLLStudentTRegression` — normal-gamma noise precision, Student-t predictive;
+* `VBLLHeteroscedasticRegression` — a second Bayesian layer for the log-variance;
+* `VBLLClassification` — discriminative classification with the Jensen bound;
+* `VBLLGenerativeClassification` — class-conditional Gaussian features;
+* `.metrics` — NLL, RMSE, accuracy, expected calibration error, AUROC and
   reliability diagrams.
 
 References:

@@ -4,8 +4,8 @@ Every head's bound is a sum of per-datum terms minus a global penalty (Harrison,
 Snoek, ICLR 2024): ``ELBO = sum_n t_n - KL`` for the whole data set, where ``t_n`` is
 (a closed-form bound on) ``E_q log p(y_n | phi_n, ...)``.  A learned noise adds its log
 prior, ``ELBO + log p(noise)``, so the penalty is ``KL - log p(noise)``.  For a minibatch
-of ``B`` out of ``N`` data the head's :meth:`DeterministicBound.loss` returns
-:meth:`vitorch.LossOutput.from_terms`: ``bound_n = t_n - penalty / N`` and ``loss =
+of ``B`` out of ``N`` data the head's `DeterministicBound.loss` returns
+`vitorch.LossOutput.from_terms`: ``bound_n = t_n - penalty / N`` and ``loss =
 -mean(bound)``, whose expectation over minibatches is ``-(ELBO + log p(noise)) / N``.
 """
 
@@ -48,7 +48,7 @@ class DeterministicBound:
         return self._per_datum(phi, y).sum() - self.kl()
 
     def loss(self, phi: Tensor, y: Tensor, num_data: int) -> LossOutput:
-        """The minibatch bound as a :class:`vitorch.LossOutput` (:meth:`vitorch.LossOutput.from_terms`).
+        """The minibatch bound as a `vitorch.LossOutput` (`vitorch.LossOutput.from_terms`).
 
         ``bound [B] = t_n - penalty / N`` and ``loss = -mean(bound)``.
 

@@ -37,7 +37,7 @@ def features(owner: str, phi: Tensor, in_features: int, values: bool = True) -> 
     ``values=False`` keeps only the checks that read no tensor data (type, shape,
     dtype): a training step's loss uses it, since a finiteness test costs a reduction
     and a read back per step; a NaN feature there gives a NaN loss instead, which
-    :func:`vitorch.fit` reports with its step.
+    `vitorch.fit` reports with its step.
     """
     if not isinstance(phi, Tensor):
         raise ValueError(f"{owner}: phi must be a tensor of shape [N, {in_features}]; got {type(phi).__name__}")
@@ -53,7 +53,7 @@ def features(owner: str, phi: Tensor, in_features: int, values: bool = True) -> 
 def targets(owner: str, y: Tensor, n: int, out_features: int, values: bool = True) -> Tensor:
     """Check real targets and return them as ``[N, O]``; ``[N]`` is accepted when ``O = 1``.
 
-    ``values=False`` skips the finiteness test, as in :func:`features`.
+    ``values=False`` skips the finiteness test, as in `features`.
     """
     if not isinstance(y, Tensor):
         raise ValueError(f"{owner}: y must be a tensor; got {type(y).__name__}")

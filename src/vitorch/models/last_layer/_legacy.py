@@ -1,15 +1,15 @@
 """Loading ``state_dict``s saved before the heads stored their parameters apart (vitorch <= 0.4).
 
-Before, a dense weight posterior (:class:`~vitorch.models.last_layer.Dense`,
-:class:`~vitorch.models.last_layer.DensePrecision`) kept its mean and Cholesky factor in
+Before, a dense weight posterior (`vitorch.models.last_layer.Dense`,
+`vitorch.models.last_layer.DensePrecision`) kept its mean and Cholesky factor in
 one parameter ``packed [O, D*(D+1) + S]``: per row the ``D x (D+1)`` matrix ``[F_i | m_i]``
 row-major (``F_i``: strict lower triangle of the factor, its log-diagonal on the diagonal),
-then ``S`` spare entries, where :class:`~vitorch.models.last_layer.VBLLRegression` kept its
-learned log noise variance and :class:`~vitorch.models.last_layer.VBLLHeteroscedasticRegression`
+then ``S`` spare entries, where `vitorch.models.last_layer.VBLLRegression` kept its
+learned log noise variance and `vitorch.models.last_layer.VBLLHeteroscedasticRegression`
 with a dense ``q(U)`` its log-variance offset; ``VBLLRegression`` saved a noise it did not
 pack as ``log_noise``.  These functions rewrite such keys into today's (``mean``,
 ``raw_tril``, ``log_noise_variance``, ``log_noise_offset``) inside a module's
-``_load_from_state_dict`` and return the keys they converted; :func:`warn` then says so once.
+``_load_from_state_dict`` and return the keys they converted; `warn` then says so once.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def rename(state_dict: dict, old: str, new: str) -> bool:
 
 
 def deprecated_fit(head) -> None:
-    """Warn that ``head.fit`` is now ``head.solve_posterior`` (``fit`` is :func:`vitorch.fit`'s name)."""
+    """Warn that ``head.fit`` is now ``head.solve_posterior`` (``fit`` is `vitorch.fit`'s name)."""
     name = type(head).__name__
     warnings.warn(
         f"{name}.fit is deprecated: it is now {name}.solve_posterior (the closed-form or L-BFGS posterior on "

@@ -101,9 +101,9 @@ class BayesianLinearRegression(nn.Module):
         return self
 
     def fit(self, phi: Tensor, y: Tensor) -> BayesianLinearRegression:
-        """Deprecated alias of :meth:`solve_posterior` (``fit`` is :func:`vitorch.fit`'s name).
+        """Deprecated alias of `solve_posterior` (``fit`` is `vitorch.fit`'s name).
 
-        Args and shapes as :meth:`solve_posterior`: ``phi [N, D]``, ``y [N]`` or ``[N, O]``.
+        Args and shapes as `solve_posterior`: ``phi [N, D]``, ``y [N]`` or ``[N, O]``.
 
         References:
             Bishop, *Pattern Recognition and Machine Learning* (2006), Sec. 3.3.
@@ -160,7 +160,7 @@ class BayesianLinearRegression(nn.Module):
         return LastLayerOutput(self.predictive(phi))
 
     def tune(self, phi: Tensor, y: Tensor, max_iters: int = 500, tol: float = 1e-10) -> BayesianLinearRegression:
-        """Type-II maximum likelihood of ``prior_scale`` and ``noise_variance``, then :meth:`solve_posterior`.
+        """Type-II maximum likelihood of ``prior_scale`` and ``noise_variance``, then `solve_posterior`.
 
         MacKay's fixed point with ``alpha = 1 / s^2`` and ``beta = 1 / sigma^2``: with
         ``lambda_j`` the eigenvalues of ``beta Phi^T Phi`` and ``gamma = sum_j lambda_j /

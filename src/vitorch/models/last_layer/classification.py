@@ -47,7 +47,7 @@ class VBLLClassification(DeterministicBound, nn.Module):
         noise_variance: initial (or fixed) logit-noise variance ``sigma^2``; ``0``
             removes the logit noise.
         learn_noise: learn the logit-noise variances under ``IW(psi I, nu)``.
-        covariance: weight-posterior factory, as in :class:`VBLLRegression`.
+        covariance: weight-posterior factory, as in `VBLLRegression`.
         wishart_scale: ``psi``.
         wishart_dof: ``nu``.
         num_samples: logit samples averaged by the predictive.
@@ -160,16 +160,16 @@ class VBLLClassification(DeterministicBound, nn.Module):
         objective: _objectives.Objective = _objectives.elbo,
         estimator: _estimators.Estimator = _estimators.reparam,
     ) -> LossOutput:
-        """The sampled bound on ``log p(y | Phi)`` through :func:`vitorch.loss`, without Jensen's step.
+        """The sampled bound on ``log p(y | Phi)`` through `vitorch.loss`, without Jensen's step.
 
         Particles are whole weight matrices drawn from ``q(vec W)``
-        (:meth:`~vitorch.models.last_layer.covariance.WeightPosterior.joint_distribution`),
+        (`vitorch.models.last_layer.covariance.WeightPosterior.joint_distribution`),
         since the softmax couples the classes; the log-joint is ``(N/B) sum_batch
         log softmax(W phi_n)_{y_n} + log p(W)``.  Only for the noise-free head
         (``noise_variance=0``): logit noise would be a latent variable per datum.
 
         Returns:
-            :class:`vitorch.LossOutput` whose ``loss`` is on the scale of :meth:`loss`
+            `vitorch.LossOutput` whose ``loss`` is on the scale of `loss`
             (the bound divided by N) and whose scalar ``bound`` estimates the
             full-data bound.
         """
@@ -215,9 +215,9 @@ class VBLLClassification(DeterministicBound, nn.Module):
         return self
 
     def fit(self, phi: Tensor, y: Tensor, *args, **kwargs) -> VBLLClassification:
-        """Deprecated alias of :meth:`solve_posterior` (``fit`` is :func:`vitorch.fit`'s name).
+        """Deprecated alias of `solve_posterior` (``fit`` is `vitorch.fit`'s name).
 
-        Args and shapes as :meth:`solve_posterior`: ``phi [N, D]``, ``y [N]``.
+        Args and shapes as `solve_posterior`: ``phi [N, D]``, ``y [N]``.
 
         References:
             Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024).

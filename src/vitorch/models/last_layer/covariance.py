@@ -8,15 +8,15 @@ the deterministic VBLL objective can be made tight (Harrison et al., 2024, Sec. 
 Four parameterizations of ``S_i`` share one interface, and the heads take any of
 them as a factory ``covariance(out_features, in_features) -> module``:
 
-* :class:`Dense` — a Cholesky factor, ``S = L L^T``;
-* :class:`Diagonal` — ``S = diag(s)`` (mean field);
-* :class:`LowRank` — ``S = U U^T + diag(s)`` with ``U [D, R]``;
-* :class:`DensePrecision` — a Cholesky factor of the precision, ``S = (L L^T)^{-1}``,
+* `Dense` — a Cholesky factor, ``S = L L^T``;
+* `Diagonal` — ``S = diag(s)`` (mean field);
+* `LowRank` — ``S = U U^T + diag(s)`` with ``U [D, R]``;
+* `DensePrecision` — a Cholesky factor of the precision, ``S = (L L^T)^{-1}``,
   which is what recursive / closed-form updates produce.
 
 Each module exposes what the objectives need: ``quad(phi) = phi^T S_i phi``, the KL
 to an isotropic prior, the dense covariance (for tests and predictive checks), a
-:mod:`vitorch.families` distribution for Monte Carlo objectives, and
+`vitorch.families` distribution for Monte Carlo objectives, and
 ``set_posterior(mean, precision)`` which moves to the member of the family closest
 in ``KL(q || p)`` to a Gaussian target (exact for the dense forms; ``1 / diag(P)``,
 the mean-field optimum, for the diagonal and low-rank forms).
@@ -45,7 +45,7 @@ class WeightPosterior(nn.Module):
     """Base class: row-independent Gaussian ``q(W)`` with mean ``[O, D]``.
 
     ``is_diagonal`` tells heads that every ``S_i`` is diagonal, so that they may use
-    :meth:`diagonal` instead of dense algebra.
+    `diagonal` instead of dense algebra.
 
     Args:
         out_features: O, the number of rows (outputs or classes).
@@ -95,7 +95,7 @@ class WeightPosterior(nn.Module):
 
     def row_covariance(self) -> RowCovariance:
         """The covariances ``S_i [D, D]`` by structure and parameters, as the kernels in
-        :mod:`vitorch.kernels.vbll_regression` take them."""
+        `vitorch.kernels.vbll_regression` take them."""
         raise NotImplementedError
 
     def distribution(self):
@@ -123,7 +123,7 @@ class WeightPosterior(nn.Module):
         """``KL(q(w_i) || N(0, v I))`` for every row, ``[O]``.
 
         ``KL = 1/2 [tr(S)/v + m^T m / v - D + D log v - log|S|]``; pass ``trace`` if
-        it is already at hand (from :meth:`quad_and_trace`).  ``v`` is a float or a 0-d tensor.
+        it is already at hand (from `quad_and_trace`).  ``v`` is a float or a 0-d tensor.
         """
         trace = self.trace() if trace is None else trace
         return gaussian_rows_kl(self.mean, trace, self.log_det(), prior_variance)
@@ -140,7 +140,7 @@ def _eye_like(x: Tensor, d: int) -> Tensor:
 class Diagonal(WeightPosterior):
     """Mean-field rows, ``S_i = diag(exp(log_var_i))``.
 
-    Parameters: ``mean [O, D]`` and ``log_var [O, D]``.  Args as :class:`WeightPosterior`.
+    Parameters: ``mean [O, D]`` and ``log_var [O, D]``.  Args as `WeightPosterior`.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
@@ -192,7 +192,7 @@ class LowRank(WeightPosterior):
 
     Args:
         rank: R, the number of columns of ``U``.  Use ``functools.partial(LowRank,
-            rank=R)`` (or :meth:`with_rank`) as the heads' ``covariance`` factory.
+            rank=R)`` (or `with_rank`) as the heads' ``covariance`` factory.
 
     Parameters: ``mean [O, D]``, ``factor [O, D, R]`` and ``log_diag [O, D]``.
 
@@ -311,7 +311,7 @@ class Dense(_Cholesky):
     with the log of its diagonal on the diagonal: ``L = tril(raw_tril, -1) +
     diag(exp(diag(raw_tril)))`` (``log_diag`` is a view of that diagonal).  ``log |S_i| = 2
     sum_j log L_jj`` and ``tr S_i = ||L_i||_F^2`` need no factorization.  Args as
-    :class:`WeightPosterior`.
+    `WeightPosterior`.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
@@ -353,9 +353,9 @@ class DensePrecision(_Cholesky):
 
     Closed-form (batch or recursive) Bayesian updates act on the precision, so this
     form is exact and cheap to set from them; ``quad`` costs a triangular solve.
-    Parameters as :class:`Dense` (``mean [O, D]``, ``raw_tril [O, D, D]``), here for the
+    Parameters as `Dense` (``mean [O, D]``, ``raw_tril [O, D, D]``), here for the
     precision's factor.
-    Args as :class:`WeightPosterior`.
+    Args as `WeightPosterior`.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):

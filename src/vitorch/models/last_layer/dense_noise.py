@@ -1,6 +1,6 @@
 """VBLL regression with a dense (correlated) noise covariance across outputs.
 
-As :class:`~vitorch.models.last_layer.VBLLRegression`, but ``eps ~ N(0, Sigma)`` with a
+As `vitorch.models.last_layer.VBLLRegression`, but ``eps ~ N(0, Sigma)`` with a
 full ``Sigma = L L^T`` (Harrison et al., 2024, Sec. 3.1, the multi-output case).  With
 ``q(W) = prod_i N(m_i, S_i)`` and ``Lambda = Sigma^{-1}``,
 
@@ -40,7 +40,7 @@ _LOG_2PI = math.log(2 * math.pi)
 class VBLLDenseNoiseRegression(VBLLRegression):
     """Multi-output VBLL regression whose noise covariance is a dense matrix.
 
-    Takes the arguments of :class:`VBLLRegression`; ``noise_variance`` sets the initial
+    Takes the arguments of `VBLLRegression`; ``noise_variance`` sets the initial
     (or fixed) ``Sigma = noise_variance * I``.  The noise Cholesky factor is stored in
     one ``[O, O]`` tensor ``noise_raw``: strict lower triangle, log-diagonal.
 
@@ -160,7 +160,7 @@ class VBLLDenseNoiseRegression(VBLLRegression):
         objective: _objectives.Objective = _objectives.elbo,
         estimator: _estimators.Estimator = _estimators.reparam,
     ) -> LossOutput:
-        """Sampled bound through :func:`vitorch.loss`; the noise couples the rows, so particles are
+        """Sampled bound through `vitorch.loss`; the noise couples the rows, so particles are
         whole matrices from ``q(vec W)`` and ``bound`` is a scalar."""
         phi, y = self._check(phi, y)
         _checks.num_data(type(self).__name__, num_data, phi.shape[0])

@@ -14,7 +14,7 @@ KL(q(mu) || p(mu))``.  The same marginals give the predictive ``softmax_k(log pi
 log N(phi | m_k, Sigma + S_k))`` and a density-based OOD score ``-log sum_k pi_k
 N(phi | m_k, Sigma + S_k)``.
 
-Post hoc, :meth:`VBLLGenerativeClassification.solve_posterior` maximizes the *joint* feature
+Post hoc, `VBLLGenerativeClassification.solve_posterior` maximizes the *joint* feature
 ELBO ``E_q log p(Phi | y, mu) - KL + log p(Sigma)`` by closed-form coordinate ascent
 (a Bayesian linear discriminant analysis), which is the conjugate counterpart of
 training the conditional bound end to end.
@@ -52,7 +52,7 @@ class VBLLGenerativeClassification(DeterministicBound, nn.Module):
         noise_variance: initial (or fixed) feature-noise variance ``sigma^2``.
         learn_noise: learn ``Sigma`` under ``IW(psi I, nu)``.
         covariance: posterior factory for the class means (``Diagonal`` by default;
-            any :class:`WeightPosterior` works).
+            any `WeightPosterior` works).
         wishart_scale: ``psi``.
         wishart_dof: ``nu``.
 
@@ -187,9 +187,9 @@ class VBLLGenerativeClassification(DeterministicBound, nn.Module):
         return self
 
     def fit(self, phi: Tensor, y: Tensor, *args, **kwargs) -> VBLLGenerativeClassification:
-        """Deprecated alias of :meth:`solve_posterior` (``fit`` is :func:`vitorch.fit`'s name).
+        """Deprecated alias of `solve_posterior` (``fit`` is `vitorch.fit`'s name).
 
-        Args and shapes as :meth:`solve_posterior`: ``phi [N, D]``, ``y [N]``.
+        Args and shapes as `solve_posterior`: ``phi [N, D]``, ``y [N]``.
 
         References:
             Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024).

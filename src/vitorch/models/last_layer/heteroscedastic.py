@@ -12,7 +12,7 @@ expected log-likelihood is exact, with no Jensen step:
     E_q log N(y | w^T phi, e^l) = -1/2 [log 2 pi + mu + exp(-mu + t/2) ((y - m^T phi)^2 + phi^T S phi)].
 
 ``ELBO = sum_n (...) - KL(q(W) || p(W)) - KL(q(U) || p(U))``.  With ``q(U)`` collapsed
-to ``u = 0`` it is the homoscedastic :class:`VBLLRegression` objective with
+to ``u = 0`` it is the homoscedastic `VBLLRegression` objective with
 ``sigma^2 = exp(c)``.  The predictive integrates the log-variance by Gauss-Hermite
 quadrature: a mixture of Gaussians with variances ``phi^T S phi + exp(mu + sqrt(2 t) x_j)``.
 
@@ -117,14 +117,14 @@ class VBLLHeteroscedasticRegression(DeterministicBound, nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def loss(self, phi: Tensor, y: Tensor, num_data: int) -> LossOutput:
-        """The minibatch bound as a :class:`vitorch.LossOutput`: ``bound [B]``, ``loss = -mean(bound)``.
+        """The minibatch bound as a `vitorch.LossOutput`: ``bound [B]``, ``loss = -mean(bound)``.
 
         ``bound_n = E_q log p(y_n | phi_n, W, U) - (KL(q(W) || p(W)) + KL(q(U) || p(U))) / N``,
-        what :meth:`vitorch.LossOutput.from_terms` makes of those terms, computed by
-        :func:`vitorch.kernels.vbll_heteroscedastic_bound` (the fused backend for a ``Dense``
+        what `vitorch.LossOutput.from_terms` makes of those terms, computed by
+        `vitorch.kernels.vbll_heteroscedastic_bound` (the fused backend for a ``Dense``
         ``q(W)`` with a ``Diagonal`` or ``Dense`` ``q(U)``).  The training step's hot path:
         types and shapes are checked, values are not (a non-finite input gives a non-finite
-        loss, which :func:`vitorch.fit` stops on).
+        loss, which `vitorch.fit` stops on).
 
         Args:
             phi: ``[B, D]`` features.

@@ -1,11 +1,11 @@
-"""A feature network and a VBLL head as one model that :func:`vitorch.fit` trains.
+"""A feature network and a VBLL head as one model that `vitorch.fit` trains.
 
 The heads are layers: ``head(phi)`` gives the predictive, ``head.loss(phi, y, N)`` the
-minibatch bound as a :class:`vitorch.LossOutput`.  :class:`VBLLModel` puts a feature
+minibatch bound as a `vitorch.LossOutput`.  `VBLLModel` puts a feature
 network in front of a head and follows the model protocol that every vitorch zoo
-follows: ``forward((x, y))`` returns the :class:`~vitorch.LossOutput` (``bound [B]``
+follows: ``forward((x, y))`` returns the `vitorch.LossOutput` (``bound [B]``
 each datum's share of the full-data bound, ``loss = -mean(bound)``) and ``predict(x)``
-the head's :class:`~vitorch.models.last_layer.LastLayerOutput`.
+the head's `vitorch.models.last_layer.LastLayerOutput`.
 
 References:
     Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024).
@@ -29,9 +29,9 @@ class VBLLModel(nn.Module):
     Args:
         features: an ``nn.Module`` mapping inputs ``x [B, ...]`` to features ``phi [B, D]``
             (``nn.Identity()`` for fixed features).
-        head: a last-layer head (:class:`VBLLRegression`, :class:`VBLLHeteroscedasticRegression`,
-            :class:`VBLLClassification`, ...): ``head.loss(phi, y, num_data)`` returns a
-            :class:`vitorch.LossOutput` and ``head(phi)`` a :class:`LastLayerOutput`.
+        head: a last-layer head (`VBLLRegression`, `VBLLHeteroscedasticRegression`,
+            `VBLLClassification`, ...): ``head.loss(phi, y, num_data)`` returns a
+            `vitorch.LossOutput` and ``head(phi)`` a `LastLayerOutput`.
         num_data: N, the size of the training set, which weighs the KL term.
 
     Shapes: a batch is ``(x [B, ...], y [B, ...])`` (targets ``[B]`` / ``[B, O]``, or labels

@@ -14,7 +14,7 @@ point estimate (the paper's Wishart regularizer); training minimizes the scaled 
 exact posterior, ``ELBO = log p(Y)`` at ``q = p(W | Y)`` (the key test).  The predictive
 is ``N(M phi, diag(phi^T S_i phi) + Sigma)``.
 
-:meth:`VBLLRegression.mc_loss` gives the same model to :func:`vitorch.loss`, so any
+`VBLLRegression.mc_loss` gives the same model to `vitorch.loss`, so any
 core objective and estimator can be set beside the deterministic one.
 
 References:
@@ -54,7 +54,7 @@ class VBLLRegression(nn.Module):
         noise_variance: ``sigma^2`` (fixed, or the initial value when learned).
         learn_noise: learn the diagonal noise covariance under an inverse-Wishart prior.
         covariance: factory ``(out_features, in_features, init_variance=...) ->``
-            :class:`~vitorch.models.last_layer.covariance.WeightPosterior`:
+            `vitorch.models.last_layer.covariance.WeightPosterior`:
             ``Dense`` (default), ``Diagonal``, ``LowRank.with_rank(R)`` or ``DensePrecision``.
         wishart_scale: ``psi`` of the inverse-Wishart noise prior ``IW(psi I, nu)``.
         wishart_dof: ``nu`` of that prior.
@@ -62,7 +62,7 @@ class VBLLRegression(nn.Module):
     State: ``weights`` (the posterior's own parameters, e.g. ``mean [O, D]`` and the raw
     Cholesky factor ``raw_tril [O, D, D]`` for ``Dense``), ``log_noise_variance [O]`` (a
     parameter when learned, else a buffer) and the number ``prior_scale`` (which
-    :meth:`solve_posterior` with ``tune=True`` changes; kept in ``state_dict`` as extra state).
+    `solve_posterior` with ``tune=True`` changes; kept in ``state_dict`` as extra state).
 
     Example:
         >>> head = VBLLRegression(64, prior_scale=1.0, noise_variance=0.5, learn_noise=False)
@@ -70,8 +70,8 @@ class VBLLRegression(nn.Module):
         >>> head(phi).predictive                                  # Normal, batch [N]
         >>> head.solve_posterior(phi_all, y_all, tune=True)       # closed-form refit at the evidence maximum
 
-    To train features and head end to end with :func:`vitorch.fit`, wrap them in
-    :class:`~vitorch.models.last_layer.VBLLModel`.
+    To train features and head end to end with `vitorch.fit`, wrap them in
+    `vitorch.models.last_layer.VBLLModel`.
 
     References:
         Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024):
@@ -155,7 +155,7 @@ class VBLLRegression(nn.Module):
     def _bound(self, phi: Tensor, y: Tensor, num_data: int, noise_prior: bool) -> tuple[Tensor, Tensor]:
         """``(bound [B], loss [])`` with ``penalty = KL(q(W) || p(W)) - log p(Sigma)`` (the noise's
         log prior only with ``noise_prior`` and a learned noise), by
-        :func:`vitorch.kernels.vbll_regression_bound`, which picks the fused backend for ``Dense``."""
+        `vitorch.kernels.vbll_regression_bound`, which picks the fused backend for ``Dense``."""
         a, psi = (0.0, 0.0)
         if noise_prior and self.learn_noise:
             a, psi = 0.5 * (self.wishart_dof + self.out_features + 1), self.wishart_scale
@@ -187,16 +187,16 @@ class VBLLRegression(nn.Module):
         return self._bound(phi, y, phi.shape[0], noise_prior=False)[0].sum()
 
     def loss(self, phi: Tensor, y: Tensor, num_data: int) -> LossOutput:
-        """The minibatch bound as a :class:`vitorch.LossOutput` (the model protocol's convention).
+        """The minibatch bound as a `vitorch.LossOutput` (the model protocol's convention).
 
         ``bound [B] = E_q log p(y_n | phi_n) - (KL - log p(Sigma)) / N``, each datum's share
         of the full-data objective ``ELBO + log p(Sigma)``, and ``loss = -mean(bound)``: what
-        :meth:`vitorch.LossOutput.from_terms` makes of those terms, computed by one kernel call.
+        `vitorch.LossOutput.from_terms` makes of those terms, computed by one kernel call.
 
         This is the training step's hot path: it checks types and shapes but reads no
         values (a NaN or infinite input gives a non-finite loss, which
-        :func:`vitorch.fit` stops on, naming the step); :meth:`elbo`,
-        :meth:`solve_posterior` and :meth:`predictive` reject non-finite inputs with a
+        `vitorch.fit` stops on, naming the step); `elbo`,
+        `solve_posterior` and `predictive` reject non-finite inputs with a
         ``ValueError``.
 
         Args:
@@ -312,9 +312,9 @@ class VBLLRegression(nn.Module):
         return self
 
     def fit(self, phi: Tensor, y: Tensor, *args, **kwargs) -> VBLLRegression:
-        """Deprecated alias of :meth:`solve_posterior` (``fit`` is :func:`vitorch.fit`'s name).
+        """Deprecated alias of `solve_posterior` (``fit`` is `vitorch.fit`'s name).
 
-        Args and shapes as :meth:`solve_posterior`: ``phi [N, D]``, ``y [N, O]``.
+        Args and shapes as `solve_posterior`: ``phi [N, D]``, ``y [N, O]``.
 
         References:
             MacKay, *Bayesian Interpolation* (1992).
@@ -332,7 +332,7 @@ class VBLLRegression(nn.Module):
     def log_evidence(self, phi: Tensor, y: Tensor) -> Tensor:
         """``log p(Y | Phi)`` at the head's prior scale and noise (no inverse-Wishart term), a scalar.
 
-        The exact marginal likelihood that :meth:`elbo` bounds and that
+        The exact marginal likelihood that `elbo` bounds and that
         ``solve_posterior(..., tune=True)`` maximizes.
 
         Args:
@@ -354,7 +354,7 @@ class VBLLRegression(nn.Module):
         objective: _objectives.Objective = _objectives.elbo,
         estimator: _estimators.Estimator = _estimators.reparam,
     ) -> LossOutput:
-        """The sampled counterpart of :meth:`loss`, through :func:`vitorch.loss`.
+        """The sampled counterpart of `loss`, through `vitorch.loss`.
 
         Particles are weight matrices ``W [K, O, D]`` from ``q(W)``; the rows are
         the batch of the bound (the outputs are independent given the diagonal noise),
@@ -362,7 +362,7 @@ class VBLLRegression(nn.Module):
         sigma_i^2) + log N(w_i | 0, s^2 I)``.
 
         Returns:
-            :class:`vitorch.LossOutput` whose ``loss`` is on the scale of :meth:`loss`
+            `vitorch.LossOutput` whose ``loss`` is on the scale of `loss`
             (the row bounds summed, divided by N, noise log-prior included) and whose
             ``bound [O]`` estimates each row's full-data bound.
         """

@@ -146,9 +146,9 @@ class VBLLStudentTRegression(DeterministicBound, nn.Module):
         return self
 
     def fit(self, phi: Tensor, y: Tensor, *args, **kwargs) -> VBLLStudentTRegression:
-        """Deprecated alias of :meth:`solve_posterior` (``fit`` is :func:`vitorch.fit`'s name).
+        """Deprecated alias of `solve_posterior` (``fit`` is `vitorch.fit`'s name).
 
-        Args and shapes as :meth:`solve_posterior`: ``phi [N, D]``, ``y [N, O]]``.
+        Args and shapes as `solve_posterior`: ``phi [N, D]``, ``y [N, O]]``.
 
         References:
             Harrison, Willes & Snoek, *Variational Bayesian Last Layers* (ICLR 2024).

@@ -3,22 +3,22 @@
 Trainable modules follow the zoo protocol (``forward(y) -> LossOutput``, ``predict``;
 one datum is one sequence, a batch is ``y [B, T, obs_dim]``):
 
-* :class:`KalmanSSM` — a linear-Gaussian model with learnable parameters whose bound is
-  its exact Kalman log-likelihood (maximum likelihood through :func:`vitorch.fit`).
-* :class:`SSMVI` — a model and its guide trained by a variational bound.
+* `KalmanSSM` — a linear-Gaussian model with learnable parameters whose bound is
+  its exact Kalman log-likelihood (maximum likelihood through `vitorch.fit`).
+* `SSMVI` — a model and its guide trained by a variational bound.
 
 The parts:
 
-* :class:`LinearGaussianSSM` — Kalman filter (sequential, or parallel by associative
+* `LinearGaussianSSM` — Kalman filter (sequential, or parallel by associative
   scan), RTS smoother, FFBS sampling, proper or diffuse initial states, and the
-  exact posterior as a variational family (:meth:`LinearGaussianSSM.posterior`).
-* :class:`GaussianMarkovChain` — a structured Gaussian family over whole paths;
-  :class:`MarkovGaussianGuide` gives it free parameters for one series.
-* :class:`StateSpaceModel` with Gaussian, Poisson and Bernoulli emission helpers:
+  exact posterior as a variational family (`LinearGaussianSSM.posterior`).
+* `GaussianMarkovChain` — a structured Gaussian family over whole paths;
+  `MarkovGaussianGuide` gives it free parameters for one series.
+* `StateSpaceModel` with Gaussian, Poisson and Bernoulli emission helpers:
   nonlinear / non-Gaussian models as plain torch distributions.
-* :class:`StructuredInferenceNetwork` — the amortized deep-Markov-model posterior
+* `StructuredInferenceNetwork` — the amortized deep-Markov-model posterior
   (Krishnan et al., 2017).
-* :class:`EulerMaruyamaSDE` and :class:`SDEPosterior` — discretized SDEs with the
+* `EulerMaruyamaSDE` and `SDEPosterior` — discretized SDEs with the
   autoregressive variational bridge of Ryder et al. (2018) and a posterior over
   the SDE's parameters.
 """

@@ -2,7 +2,7 @@
 
 One datum is one observed sequence.  A batch is ``y [B, T, obs_dim]``: ``B``
 sequences of ``T`` steps (a single series is ``y[None]``, ``B = 1``).
-:func:`vitorch.fit` hands the modules tensor batches, or tuples whose first entry
+`vitorch.fit` hands the modules tensor batches, or tuples whose first entry
 is ``y``; both are accepted.
 """
 

@@ -1,10 +1,10 @@
 """A linear-Gaussian state-space model with learnable parameters, fitted by exact maximum likelihood.
 
-:class:`LinearGaussianSSM` does exact inference at given tensors; :class:`KalmanSSM`
+`LinearGaussianSSM` does exact inference at given tensors; `KalmanSSM`
 owns the tensors (parameters or buffers) and follows the zoo protocol:
-``forward(y)`` returns a :class:`vitorch.LossOutput` whose bound is the exact
+``forward(y)`` returns a `vitorch.LossOutput` whose bound is the exact
 Kalman log-likelihood of each sequence (no Monte Carlo: ``log_w = None``), so
-:func:`vitorch.fit` maximizes the likelihood, and ``predict(y)`` gives the RTS
+`vitorch.fit` maximizes the likelihood, and ``predict(y)`` gives the RTS
 smoother's means.  Learned covariances are stored as Cholesky factors with the
 diagonal on the log scale (``C = L L^T``, ``L = tril(raw, -1) + diag(exp(diag(raw)))``),
 so every optimizer step keeps them positive definite.
@@ -41,7 +41,7 @@ class KalmanSSM(nn.Module):
         emission_cov: ``[p, p]`` ``R``.
         init_mean: ``[D]`` mean of ``x_1``.
         init_cov: ``[D, D]`` covariance of ``x_1``; ``None`` with ``diffuse=True``.
-        diffuse: ``None``, ``True`` or a boolean mask ``[D]`` (see :class:`LinearGaussianSSM`).
+        diffuse: ``None``, ``True`` or a boolean mask ``[D]`` (see `LinearGaussianSSM`).
         learn: names of the arguments above to learn (default: every one given); the others
             are buffers.  A learned covariance must be positive definite at the start.
 

@@ -1,8 +1,8 @@
 """Variational posteriors for state-space models.
 
-* :class:`MarkovGaussianGuide` — free parameters for one series: a Gaussian Markov
+* `MarkovGaussianGuide` — free parameters for one series: a Gaussian Markov
   chain, the family that contains the exact posterior of a linear-Gaussian model.
-* :class:`StructuredInferenceNetwork` — the amortized "deep Kalman smoother" of
+* `StructuredInferenceNetwork` — the amortized "deep Kalman smoother" of
   Krishnan, Shalit & Sontag (2017): a backward RNN reads ``y_{t:T}``, and a
   combiner mixes its state with the previous latent state, so
   ``q(x_{1:T} | y) = prod_t q(x_t | x_{t-1}, y_{t:T})`` keeps the Markov structure
@@ -39,9 +39,9 @@ class MarkovGaussianGuide(nn.Module):
         init_scale: starting standard deviation of every conditional.
         min_scale: floor on the Cholesky diagonals (keeps ``log q`` finite).
 
-    Calling the module returns a :class:`GaussianMarkovChain` with event ``[T, D]``: with no
+    Calling the module returns a `GaussianMarkovChain` with event ``[T, D]``: with no
     argument its batch is ``[]``; called with the series ``y [*B, T, p]`` (``B`` all ones, e.g.
-    ``[1]``), as :class:`SSMVI` calls every guide, its batch is ``[*B]``.
+    ``[1]``), as `SSMVI` calls every guide, its batch is ``[*B]``.
 
     References:
         Archer, Park, Buesing, Cunningham & Paninski, *Black Box Variational Inference for State
@@ -108,7 +108,7 @@ class StructuredInferenceNetwork(nn.Module):
         rnn_dim: hidden size of the backward GRU and of the combiner.
         embed: optional module applied to ``y`` before the RNN (e.g. ``log1p`` of counts).
 
-    Calling it on ``y [*B, T, p]`` returns an :class:`AutoregressiveGaussianPath` with batch
+    Calling it on ``y [*B, T, p]`` returns an `AutoregressiveGaussianPath` with batch
     ``[*B]`` and event ``[T, D]``: sampling costs ``T`` combiner calls, ``log_prob`` one.
 
     Example:

@@ -20,7 +20,7 @@ eigenvector lies in the null space of ``H``), makes ``H P H^T`` cancel terms of 
 ``|lambda|^(2t)``; once they exceed ``S / sqrt(eps)`` fewer than half the digits of
 ``S`` survive and the likelihood is rounding noise.  No update in the original
 coordinates avoids this (Joseph form, or a square-root filter, which only doubles
-the horizon), so :func:`check_precision` refuses such a run with a ``ValueError``
+the horizon), so `check_precision` refuses such a run with a ``ValueError``
 naming the step instead of returning a wrong number.
 
 References:
@@ -139,7 +139,7 @@ def precision_error(H: Tensor, R: Tensor, P: Tensor, observed: Tensor | None, wh
 
 
 def check_precision(H: Tensor, R: Tensor, P: Tensor, observed: Tensor | None, who: str) -> None:
-    """Raise :func:`precision_error`'s message as a ``ValueError``, if there is one."""
+    """Raise `precision_error`'s message as a ``ValueError``, if there is one."""
     msg = precision_error(H, R, P, observed, who)
     if msg is not None:
         raise ValueError(msg)
@@ -228,7 +228,7 @@ def kalman_filter(
             missing step skips its measurement update and contributes nothing to the likelihood.
 
     Returns:
-        A :class:`FilterResult`.
+        A `FilterResult`.
 
     References:
         Kalman, *A New Approach to Linear Filtering and Prediction Problems* (J. Basic Eng., 1960).

@@ -72,13 +72,13 @@ class LinearGaussianSSM:
 
     Parameters may carry batch dimensions ``[*b]`` that broadcast against the
     data's; they are used as given (no copies), so gradients flow to them (e.g.
-    maximum-likelihood fitting through :meth:`log_prob`).  In ``y``, a row of NaNs
+    maximum-likelihood fitting through `log_prob`).  In ``y``, a row of NaNs
     marks a missing observation (no measurement update, no likelihood term).
 
     Args:
         transition_matrix: ``[*b, D, D]`` ``F``.
         transition_cov: ``[*b, D, D]`` ``Q``, positive semi-definite (definite for
-            :meth:`smooth`, :meth:`log_joint` and :meth:`posterior`).
+            `smooth`, `log_joint` and `posterior`).
         emission_matrix: ``[*b, p, D]`` ``H``.
         emission_cov: ``[*b, p, p]`` ``R``, positive definite.
         init_mean: ``[*b, D]`` mean of ``x_1``.
@@ -301,7 +301,7 @@ class LinearGaussianSSM:
         it is the zero-variance variational family of the ELBO.  Proper initial states only.
 
         Returns:
-            A :class:`GaussianMarkovChain` with batch ``[*B]`` and event ``[T, D]``.
+            A `GaussianMarkovChain` with batch ``[*B]`` and event ``[T, D]``.
         """
         if self.diffuse_basis is not None:
             raise ValueError("LinearGaussianSSM.posterior: not available for a diffuse initial state")

@@ -7,7 +7,7 @@ A model is three user functions, each returning a ``torch.distributions`` object
     emission(x, t)          -> law of y_t given x_t;     x [..., T, D],        t [T]   (1..T)
 
 Transitions and emissions are called once on the whole path (time is a batch
-dimension of the returned distribution), so :meth:`StateSpaceModel.log_joint`
+dimension of the returned distribution), so `StateSpaceModel.log_joint`
 costs one vectorized call each, not a loop over time.  Any of the three may be an
 ``nn.Module``; their parameters then belong to the model and are learned jointly
 with the guide: ``vt.fit(SSMVI(model, guide, ...), y)``.

@@ -4,7 +4,7 @@ Filtering is a prefix scan: each time step ``k`` becomes an element
 ``(A, b, C, eta, J)`` describing ``p(x_k | x_{k-1}, y_k)`` (the affine Gaussian
 ``N(A x_{k-1} + b, C)``) together with the likelihood ``p(y_k | x_{k-1})`` in
 information form (``eta``, ``J``).  Combining two elements marginalizes the state
-between them, and the operator is associative, so :func:`associative_scan`
+between them, and the operator is associative, so `associative_scan`
 yields every filtering distribution ``p(x_k | y_{1:k}) = N(b_{1:k}, C_{1:k})`` in
 ``O(log T)`` rounds of batched ``D x D`` algebra.  The log-likelihood then
 follows from the one-step predictions, all computed at once.
@@ -104,7 +104,7 @@ def parallel_kalman_filter(
 ) -> FilterResult:
     """Kalman filter by associative scan: ``O(log T)`` depth, ``O(T)`` work.
 
-    Same arguments and result as :func:`vitorch.models.ssm.kalman.kalman_filter`
+    Same arguments and result as `vitorch.models.ssm.kalman.kalman_filter`
     (time first, ``y [T, *B, p]``), up to rounding.
 
     References:
@@ -158,7 +158,7 @@ def parallel_rts_smoother(F: Tensor, res: FilterResult) -> tuple[Tensor, Tensor]
 
     The backward kernels ``x_t | x_{t+1}, y_{1:t} ~ N(G_t x_{t+1} + c_t, C_t)`` are affine
     Gaussian maps; composing them from ``p(x_T | y_{1:T})`` backwards gives every smoothed
-    marginal, in ``O(log T)`` rounds.  Same result as :func:`~vitorch.models.ssm.kalman.rts_smoother`.
+    marginal, in ``O(log T)`` rounds.  Same result as `vitorch.models.ssm.kalman.rts_smoother`.
 
     Returns:
         Smoothed means ``[T, *B, D]`` and covariances ``[T, *Bp, D, D]``.

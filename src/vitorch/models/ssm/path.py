@@ -10,7 +10,7 @@ at all ``T`` previous states at once (one batched call), as in a masked
 autoregressive flow (Papamakarios et al., 2017).
 
 ``detach()`` gives the same law at stopped parameters — the context is detached
-and the step network is called through :func:`torch.func.functional_call` with
+and the step network is called through `torch.func.functional_call` with
 detached weights — which is what STL and DReG evaluate.
 
 References:
@@ -45,7 +45,7 @@ class AutoregressiveGaussianPath(Family):
             Cholesky factor with a positive diagonal).
         context: ``[*b, T, C]`` per-step context; its leading dims are the batch shape.
         x0: ``[D]`` (or broadcastable) state that precedes ``x_1``.
-        frozen: evaluate ``step`` with detached parameters (set by :meth:`detach`).
+        frozen: evaluate ``step`` with detached parameters (set by `detach`).
 
     References:
         Krishnan, Shalit & Sontag, *Structured Inference Networks for Nonlinear State Space Models*

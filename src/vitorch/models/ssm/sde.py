@@ -17,8 +17,8 @@ the next observation, ``loc = x + ((y_next - x) / tau + d_alpha) dt`` and
 the last observation, the model's own Euler step instead), so an untrained guide
 already heads for the data — a choice of ours that makes training far shorter; the
 family is Ryder et al.'s either way.  The bridge needs ``obs_matrix = I``; with
-another ``H`` the base is the Euler step.  The latent (what :class:`SSMVI` draws from the guide) is
-``z = [u, vec(x_{1:K})]``, event ``[P + K D]``; :meth:`EulerMaruyamaSDE.split`
+another ``H`` the base is the Euler step.  The latent (what `SSMVI` draws from the guide) is
+``z = [u, vec(x_{1:K})]``, event ``[P + K D]``; `EulerMaruyamaSDE.split`
 takes it apart.
 
 References:
@@ -265,7 +265,7 @@ class SDEJointPosterior(Family):
 
 
 class SDEPosterior(nn.Module):
-    """Ryder et al.'s black-box posterior for an :class:`EulerMaruyamaSDE` and one observed series.
+    """Ryder et al.'s black-box posterior for an `EulerMaruyamaSDE` and one observed series.
 
     Args:
         sde: the model.
@@ -274,9 +274,9 @@ class SDEPosterior(nn.Module):
         state_scale: typical magnitude of the state, for input normalization.
         init_theta_scale: starting standard deviation of ``q(u)``.
 
-    Calling it returns a :class:`SDEJointPosterior`: with no argument its batch is ``[]``;
+    Calling it returns a `SDEJointPosterior`: with no argument its batch is ``[]``;
     called with the observations ``y [*B, J, p]`` (``B`` all ones, e.g. ``[1]``), as
-    :class:`SSMVI` calls every guide, its batch is ``[*B]``.  Those must be the series the
+    `SSMVI` calls every guide, its batch is ``[*B]``.  Those must be the series the
     guide was built for (checked: the guide conditions on them).
 
     References:

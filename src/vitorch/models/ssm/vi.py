@@ -1,9 +1,9 @@
 """Variational inference for a state-space model as one trainable module.
 
-:class:`SSMVI` pairs a model (anything with ``log_joint(x, y)``) with a guide (a
+`SSMVI` pairs a model (anything with ``log_joint(x, y)``) with a guide (a
 module called on the same data, ``guide(y)``, that returns a family over the latent
 path), as Pyro's ``SVI(model, guide, ...)`` does, and follows the zoo protocol:
-``forward(y)`` returns a :class:`vitorch.LossOutput`, so :func:`vitorch.fit` trains
+``forward(y)`` returns a `vitorch.LossOutput`, so `vitorch.fit` trains
 the model's and the guide's parameters together, and ``predict(y)`` gives the
 posterior mean of the latent path.
 
@@ -40,16 +40,16 @@ class SSMVI(nn.Module):
 
     Args:
         model: the generative model, with ``log_joint(x [K, B, *event], y [B, T, p]) -> [K, B]``:
-            a :class:`StateSpaceModel`, :class:`KalmanSSM`, :class:`LinearGaussianSSM` or
-            :class:`EulerMaruyamaSDE` (whose latent ``z = [u, vec(x)]`` holds the rates too).
+            a `StateSpaceModel`, `KalmanSSM`, `LinearGaussianSSM` or
+            `EulerMaruyamaSDE` (whose latent ``z = [u, vec(x)]`` holds the rates too).
             If it is an ``nn.Module`` its parameters train with the guide's.
         guide: ``guide(y [B, T, p])`` returns a family with batch ``[B]`` over the latent:
-            :class:`StructuredInferenceNetwork` (amortized over sequences), or
-            :class:`MarkovGaussianGuide` and :class:`SDEPosterior` (free parameters for one
+            `StructuredInferenceNetwork` (amortized over sequences), or
+            `MarkovGaussianGuide` and `SDEPosterior` (free parameters for one
             series, so ``B = 1``).
         num_particles: ``K`` draws per sequence.
-        objective: a :mod:`vitorch.objectives` bound (``elbo``, ``iwae``, ...).
-        estimator: a :mod:`vitorch.estimators` gradient estimator (``reparam``, ``stl``, ``dreg``, ...).
+        objective: a `vitorch.objectives` bound (``elbo``, ``iwae``, ...).
+        estimator: a `vitorch.estimators` gradient estimator (``reparam``, ``stl``, ``dreg``, ...).
 
     ``forward(y)`` is ``vt.loss(lambda x: model.log_joint(x, y), guide(y), num_particles,
     objective, estimator)``: ``bound [B]`` per sequence, ``loss = -mean(bound)``.
@@ -93,8 +93,8 @@ class SSMVI(nn.Module):
     def predict(self, y, num_samples: int = 256) -> Tensor:
         """Posterior mean of the latent under the guide, ``[B, *event]`` (the path ``[B, T, D]``).
 
-        Exact where the family has a closed-form mean (:class:`GaussianMarkovChain`), otherwise
-        the average of ``num_samples`` draws.  For :class:`EulerMaruyamaSDE` the latent is
+        Exact where the family has a closed-form mean (`GaussianMarkovChain`), otherwise
+        the average of ``num_samples`` draws.  For `EulerMaruyamaSDE` the latent is
         ``z = [u, vec(x)]``; ``model.split`` takes it apart.
         """
         q = self.guide(as_sequences(type(self).__name__, y))

@@ -9,9 +9,9 @@ outputs per chunk, whatever ``K`` is.  The bound scored is always the plain
 ``log p(z) + log p(x | z) - log q(z | x)``, whatever β or MMD weight the model
 trained with.
 
-Every function takes the data as a tensor ``[N, *event]`` or as what :func:`vitorch.fit`
+Every function takes the data as a tensor ``[N, *event]`` or as what `vitorch.fit`
 takes as ``eval_data``: a map-style ``Dataset`` (its items, or their first entries, are
-stacked; an :class:`~vitorch.data.ImageData` gives :meth:`~vitorch.data.ImageData.tensor`,
+stacked; an `vitorch.data.ImageData` gives `vitorch.data.ImageData.tensor`,
 a dynamically binarized set being drawn once per call with a fixed seed, so that repeated
 evaluations score the same binary images) or a tuple of tensors (the first is read).
 
@@ -52,7 +52,7 @@ def _as_tensor(data) -> Tensor:
     Args:
         data: a tensor ``[N, *event]``; a tuple or list of tensors sharing the first
             dimension (the first is the data, as in an ``(x, y)`` set); an
-            :class:`~vitorch.data.ImageData` (:meth:`~vitorch.data.ImageData.tensor`,
+            `vitorch.data.ImageData` (`vitorch.data.ImageData.tensor`,
             drawn with a fixed seed when the set binarizes dynamically); or any other
             map-style ``Dataset`` whose items are tensors or tuples led by one.
 
@@ -135,7 +135,7 @@ def iwae_log_likelihood(
     """``log p(x) ~ log (1/K) sum_k p(x, z_k) / q(z_k | x)`` per datum, drawn in memory-bounded chunks.
 
     Args:
-        model: a :class:`~vitorch.models.vae.VAE` (anything with ``encoder``,
+        model: a `vitorch.models.vae.VAE` (anything with ``encoder``,
             ``decoder``, ``likelihood`` and ``log_prior``).
         x: ``[N, *event]`` data (binarized once for a Bernoulli decoder), or a ``Dataset``
             or tuple of tensors (see the module notes).
@@ -198,7 +198,7 @@ def evaluate(
     """Test metrics of a VAE, averaged over the data ``x [N, *event]`` (``N >= 2``).
 
     Args:
-        model: a :class:`~vitorch.models.vae.VAE`.
+        model: a `vitorch.models.vae.VAE`.
         x: ``[N, *event]`` data, or a ``Dataset`` or tuple of tensors as ``vt.fit`` takes
             for ``eval_data`` (see the module notes).
         num_particles: ``K`` particles per datum for the IWAE bound.

@@ -1,7 +1,7 @@
 """Decoder likelihoods ``p(x | z)``: a decoder emits parameters, a likelihood scores data.
 
 Each likelihood says how many decoder outputs it needs per data entry
-(:attr:`Likelihood.params_per_entry`) and maps decoder outputs ``[K, B, *event, P]``
+(`Likelihood.params_per_entry`) and maps decoder outputs ``[K, B, *event, P]``
 (``P`` dropped when it is 1) and data ``x [B, *event]`` to ``log p(x | z)`` of shape
 ``[K, B]``, summing over the event dimensions.  They are written with fused
 torch functions and no argument checks, because they run in every training step.
@@ -31,7 +31,7 @@ def _sum_event(t: Tensor, event_dims: int) -> Tensor:
 class Likelihood(nn.Module):
     """Base class: ``log_prob(params, x) -> [K, B]``, ``mean(params)`` and ``sample(params)``.
 
-    Decoder outputs ``params`` are ``[K, B, *event(, P)]`` (``P =`` :attr:`params_per_entry`,
+    Decoder outputs ``params`` are ``[K, B, *event(, P)]`` (``P =`` `params_per_entry`,
     dropped when it is 1) for data ``x [B, *event]``.
 
     References:

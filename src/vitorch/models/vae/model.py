@@ -1,6 +1,6 @@
 """The variational autoencoder: an encoder family, a decoder likelihood and any objective x estimator.
 
-``VAE.forward(x)`` is one call of :func:`vitorch.loss` with the log-joint
+``VAE.forward(x)`` is one call of `vitorch.loss` with the log-joint
 ``log p(z) + log p(x | z)`` of a standard-normal prior and the decoder's
 likelihood, so the model trains with any bound (ELBO, IWAE, MIWAE, CIWAE,
 PIWAE, VIS, Rényi, ...) and any estimator (reparam, STL, DReG, score, VIMCO)
@@ -57,15 +57,15 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 class VAE(nn.Module):
-    """A VAE whose ``forward(x)`` returns :func:`vitorch.loss`'s output.
+    """A VAE whose ``forward(x)`` returns `vitorch.loss`'s output.
 
     Args:
         encoder: ``x [B, *event] -> family`` with batch ``[B]``, event ``[D]``.
         decoder: ``z [*S, D] -> params [*S, *event(, P)]``.
-        likelihood: a :class:`~vitorch.models.vae.Likelihood` (default Bernoulli).
+        likelihood: a `vitorch.models.vae.Likelihood` (default Bernoulli).
         latent_dim: ``D``.
-        objective: a :mod:`vitorch.objectives` bound (default ELBO).
-        estimator: a :mod:`vitorch.estimators` estimator (default reparam).
+        objective: a `vitorch.objectives` bound (default ELBO).
+        estimator: a `vitorch.estimators` estimator (default reparam).
         num_particles: ``K`` particles per datum in training.
         kl_weight: ``beta`` of the β-VAE (ELBO only).
         analytic_kl: use the closed-form KL (ELBO, reparam, Gaussian encoder).
@@ -75,7 +75,7 @@ class VAE(nn.Module):
         prior: ``p(z)``; ``None`` is the standard normal (computed inline, the fast
             path), else anything with ``log_prob(z [*S, D]) -> [*S]`` and
             ``sample(shape)`` (a torch distribution, or a module such as
-            :class:`~vitorch.models.vae.SymmetricDirichletPrior` whose buffers follow ``.to``).
+            `vitorch.models.vae.SymmetricDirichletPrior` whose buffers follow ``.to``).
 
     Shapes: ``x [B, *event]`` -> ``out.loss`` scalar, ``out.bound [B]``,
     ``out.log_w [K, B]``, ``out.z [K, B, D]``.  A ``(x, y)`` batch reads ``x``.
@@ -161,13 +161,13 @@ class VAE(nn.Module):
     ) -> VAE:
         """The MLP VAE of Burda et al. (default 784-200-200-50 with tanh units for ``data_dim=784``).
 
-        The tanh units are :class:`~vitorch.models.vae.Tanh` (:func:`vitorch.kernels.tanh`);
+        The tanh units are `vitorch.models.vae.Tanh` (`vitorch.kernels.tanh`);
         pass ``activation=nn.Tanh`` for torch's own.
 
         ``posterior`` is ``"diag"`` (a diagonal Gaussian), ``"iaf"`` (a Gaussian plus
         ``num_flows`` IAF steps) or ``"dirichlet"`` (an RSVI Dirichlet on the simplex,
         with a symmetric Dirichlet(1) prior unless ``prior`` is given).  ``options`` go
-        to :class:`VAE`.
+        to `VAE`.
         """
         likelihood = likelihood if likelihood is not None else Bernoulli()
         decoder = MLPDecoder(latent_dim, (data_dim,), tuple(reversed(hidden)), likelihood.params_per_entry, activation)
@@ -193,7 +193,7 @@ class VAE(nn.Module):
         """A small convolutional VAE for ``(C, H, W)`` images (``H, W`` multiples of 4).
 
         ``flat_data`` says the data arrive flattened (``[B, C*H*W]``, as
-        :class:`~vitorch.data.ImageData` gives them by default).
+        `vitorch.data.ImageData` gives them by default).
         """
         likelihood = likelihood if likelihood is not None else Bernoulli()
         event = (math.prod(image_shape),) if flat_data else tuple(image_shape)
@@ -219,7 +219,7 @@ class VAE(nn.Module):
         return torch.randn(*shape, self.latent_dim, dtype=like.dtype, device=like.device)
 
     def prior(self, like: Tensor | None = None):
-        """The prior as a distribution (the standard normal as a :class:`~vitorch.DiagNormal`, event ``[D]``)."""
+        """The prior as a distribution (the standard normal as a `vitorch.DiagNormal`, event ``[D]``)."""
         if self.custom_prior is not None:
             return self.custom_prior
         zeros = torch.zeros(self.latent_dim, dtype=None if like is None else like.dtype)
@@ -230,11 +230,11 @@ class VAE(nn.Module):
     def log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
         """``log p(x | z)``: ``z [*S, B, D]``, ``x [B, *event]`` -> ``[*S, B]``.
 
-        The zoo's :class:`~vitorch.models.vae.MLPDecoder` (exactly that class) with the
-        zoo's :class:`~vitorch.models.vae.Bernoulli` likelihood (exactly that class) is
-        scored by :meth:`MLPDecoder.bernoulli_log_prob
+        The zoo's `vitorch.models.vae.MLPDecoder` (exactly that class) with the
+        zoo's `vitorch.models.vae.Bernoulli` likelihood (exactly that class) is
+        scored by `MLPDecoder.bernoulli_log_prob
         <vitorch.models.vae.MLPDecoder.bernoulli_log_prob>`: one call of
-        :func:`vitorch.kernels.bernoulli_linear_log_prob` on the output layer's weight and
+        `vitorch.kernels.bernoulli_linear_log_prob` on the output layer's weight and
         bias (equal to the general form to rounding; the output layer's forward hooks do
         not run).  Every other pair runs ``likelihood.log_prob(decoder(z), x)``.
         """
@@ -243,7 +243,7 @@ class VAE(nn.Module):
         return self.likelihood.log_prob(full_precision(self.decoder(z)), x)  # autocast: density in float32
 
     def log_joint(self, x: Tensor, q=None):
-        """``z [*S, B, D] -> log p(x, z) [*S, B]`` for data ``x [B, *event]`` (what :func:`vitorch.loss` reads).
+        """``z [*S, B, D] -> log p(x, z) [*S, B]`` for data ``x [B, *event]`` (what `vitorch.loss` reads).
 
         With ``kl_weight != 1`` or ``analytic_kl`` the function reweights the KL as
         described in the module notes and needs the guide ``q``.
@@ -272,7 +272,7 @@ class VAE(nn.Module):
         """The training loss on a batch ``x [B, *event]`` (or an ``(x, y)`` batch, which reads ``x``).
 
         Returns:
-            :class:`~vitorch.LossOutput`: ``bound [B]`` the per-datum bound of the
+            `vitorch.LossOutput`: ``bound [B]`` the per-datum bound of the
             objective (``ELBO``, ``IWAE_K``, ...; detached), ``loss = -mean(bound)``
             with the estimator's gradient (plus ``lambda * MMD`` with InfoVAE's term),
             ``log_w [K, B]`` and ``z [K, B, D]``.  The VAE has no global latents, so
@@ -314,7 +314,7 @@ class VAE(nn.Module):
         The decoder's likelihood mean (Bernoulli: the pixel probabilities ``sigmoid(l)``;
         Gaussian: the mean; ...) averaged over ``num_particles`` draws ``z ~ q(z | x)``, an
         unbiased estimate of the mean of the reconstruction distribution
-        ``int p(x' | z) q(z | x) dz``.  Like :meth:`forward`, an ``(x, y)`` batch reads ``x``.
+        ``int p(x' | z) q(z | x) dz``.  Like `forward`, an ``(x, y)`` batch reads ``x``.
 
         Args:
             x: ``[B, *event]`` data, or a tuple whose first entry it is.

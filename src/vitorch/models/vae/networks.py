@@ -1,7 +1,7 @@
 """Encoders and decoders: small MLP and convolutional networks.
 
 An *encoder* is any module ``x [B, *event] -> family`` with batch shape ``[B]``
-and event ``[D]`` (a :class:`~vitorch.DiagNormal`, a :class:`~vitorch.Flow`, ...).
+and event ``[D]`` (a `vitorch.DiagNormal`, a `vitorch.Flow`, ...).
 A *decoder* is any module ``z [*S, D] -> params [*S, *event(, P)]``, where ``P``
 is the likelihood's ``params_per_entry`` and is dropped when it is 1.
 
@@ -48,7 +48,7 @@ __all__ = [
 
 
 class Tanh(nn.Module):
-    """``nn.Tanh`` through :func:`vitorch.kernels.tanh` (its dispatcher may pick the fused backend); any shape.
+    """``nn.Tanh`` through `vitorch.kernels.tanh` (its dispatcher may pick the fused backend); any shape.
 
     The default hidden activation of the zoo's networks.  On large inputs the kernel's
     fused backend computes ``2 sigmoid(2x) - 1`` (torch's cheaper sigmoid kernel; a few
@@ -73,7 +73,7 @@ def mlp(
         hidden: hidden widths, in order.
         out_features: output width.
         activation: hidden activation class (tanh, as in the papers; the default
-            :class:`~vitorch.models.vae.Tanh` calls :func:`vitorch.kernels.tanh`).
+            `vitorch.models.vae.Tanh` calls `vitorch.kernels.tanh`).
 
     Returns:
         An ``nn.Sequential`` mapping ``[..., in_features]`` to ``[..., out_features]``.
@@ -100,8 +100,8 @@ def _check_sizes(**sizes: int) -> None:
 class MLPDecoder(nn.Module):
     """``z [*S, D] -> params [*S, *event_shape(, P)]`` through an MLP.
 
-    With a Bernoulli likelihood a :class:`~vitorch.models.vae.VAE` scores data through
-    :meth:`bernoulli_log_prob`, which hands the output layer's weight and bias to one
+    With a Bernoulli likelihood a `vitorch.models.vae.VAE` scores data through
+    `bernoulli_log_prob`, which hands the output layer's weight and bias to one
     kernel call instead of calling that layer as a module (see there).
 
     Args:
@@ -140,7 +140,7 @@ class MLPDecoder(nn.Module):
         return self.net[-1]
 
     def hidden(self, z: Tensor) -> Tensor:
-        """``z [*S, D] -> [*S, H]``: every layer but the last (what :attr:`output` reads)."""
+        """``z [*S, D] -> [*S, H]``: every layer but the last (what `output` reads)."""
         last = len(self.net) - 1
         for i, layer in enumerate(self.net):
             if i == last:
@@ -155,9 +155,9 @@ class MLPDecoder(nn.Module):
         ``vitorch.kernels.bernoulli_linear_log_prob(self.hidden(z), W, b, x)`` with the
         output layer's weight ``W`` and bias ``b``, so the kernel may fuse the last matrix
         product with the density.  The output layer is read, not called: forward hooks
-        registered on this decoder or on :attr:`output` do not run here (hooks on the
+        registered on this decoder or on `output` do not run here (hooks on the
         hidden layers do).  A subclass of ``MLPDecoder`` or of ``Bernoulli`` makes
-        :class:`~vitorch.models.vae.VAE` take ``likelihood.log_prob(decoder(z), x)`` instead.
+        `vitorch.models.vae.VAE` take ``likelihood.log_prob(decoder(z), x)`` instead.
 
         References:
             Kingma & Welling, *Auto-Encoding Variational Bayes* (ICLR 2014), appendix C.1.
@@ -262,7 +262,7 @@ def _image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 class GaussianEncoder(nn.Module):
-    """``x -> DiagNormal``: a feature network followed by :class:`~vitorch.DiagNormalHead`.
+    """``x -> DiagNormal``: a feature network followed by `vitorch.DiagNormalHead`.
 
     Args:
         features: ``x [B, *event] -> [B, F]``, or ``None`` to feed ``x [B, F]`` to the
@@ -302,7 +302,7 @@ class GaussianEncoder(nn.Module):
 class IAFEncoder(nn.Module):
     """``x -> Flow``: an amortized Gaussian then ``num_flows`` IAF steps, all reading the encoder's features.
 
-    The first transform, an :class:`~vitorch.flows.ElementwiseAffine` conditioned on
+    The first transform, an `vitorch.flows.ElementwiseAffine` conditioned on
     the features, is the usual diagonal-Gaussian posterior; each IAF step then
     reads the same features as context and alternates the autoregressive order.
     Sampling is one pass per step; ``log_prob`` (needed by STL and DReG) costs
@@ -401,7 +401,7 @@ class DirichletEncoder(nn.Module):
 class SymmetricDirichletPrior(nn.Module):
     """``p(z) = Dir(z; alpha 1_D)`` as a module (its concentration is a buffer, so it follows ``.to``).
 
-    Has the two methods a :class:`~vitorch.models.vae.VAE` prior needs: ``log_prob(z [*S, D]) -> [*S]``
+    Has the two methods a `vitorch.models.vae.VAE` prior needs: ``log_prob(z [*S, D]) -> [*S]``
     and ``sample(shape) -> [*shape, D]``.
 
     Args:

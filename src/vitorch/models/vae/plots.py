@@ -49,7 +49,7 @@ def image_grid(images: Tensor, image_shape: Sequence[int], nrow: int | None = No
 def save_image_grid(
     path: str, images: Tensor, image_shape: Sequence[int], nrow: int | None = None, title: str | None = None
 ) -> str:
-    """Write :func:`image_grid` as a grey-scale PNG at ``path`` (directories are created).
+    """Write `image_grid` as a grey-scale PNG at ``path`` (directories are created).
 
     Args:
         path: the PNG file.

@@ -1,4 +1,4 @@
-"""The VAE zoo's recipes: each one line on :class:`~vitorch.models.vae.VAE`.
+"""The VAE zoo's recipes: each one line on `vitorch.models.vae.VAE`.
 
 Every recipe takes the data size (or, with ``image_shape=(C, H, W)``, builds the
 small convolutional model instead of the MLP) and passes any other keyword to the
