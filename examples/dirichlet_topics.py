@@ -205,7 +205,7 @@ def main():
         "steps": steps,
         "seconds": time.time() - t0,
     }
-    print(json.dumps(headline))
+    print(json.dumps({**headline, "quick_smoke_run_not_converged": args.quick}))
 
 
 if __name__ == "__main__":

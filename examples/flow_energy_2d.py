@@ -275,7 +275,7 @@ def main():
         "steps": steps,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    print(json.dumps(metrics))
+    print(json.dumps({**metrics, "quick_smoke_run_not_converged": args.quick}))
 
 
 if __name__ == "__main__":

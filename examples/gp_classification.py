@@ -112,7 +112,7 @@ def main() -> None:
         "steps": steps,
     }
     print(f"held-out accuracy {acc:.3f}, NLPD {metrics['test_nlpd']:.3f} (constant: {metrics['constant_nlpd']:.3f})")
-    print(json.dumps(metrics))
+    print(json.dumps({**metrics, "quick_smoke_run_not_converged": args.quick}))
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ def main() -> None:
         "theta_complete_data_mle": oracle.tolist(),
         "path_coverage_90": inside,
     }
-    print(json.dumps(metrics))
+    print(json.dumps({**metrics, "quick_smoke_run_not_converged": args.quick}))
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def main() -> None:
     }
     print(f"MLE: sigma2_eps={var[0]:.1f} sigma2_eta={var[1]:.1f} log-lik={loglik:.3f}")
     print(f"statsmodels local level: sigma2_eps={ref.params[0]:.1f} sigma2_eta={ref.params[1]:.1f}")
-    print(json.dumps(metrics))
+    print(json.dumps({**metrics, "quick_smoke_run_not_converged": args.quick}))
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def main() -> None:
         "vol_before_1984": early,
         "vol_after_1984": late,
     }
-    print(json.dumps(metrics))
+    print(json.dumps({**metrics, "quick_smoke_run_not_converged": args.quick}))
 
 
 if __name__ == "__main__":

@@ -189,7 +189,10 @@ def main(argv=None) -> dict:
         f"figures in {out}"
     )
     print(
-        json.dumps({k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()})
+        json.dumps(
+            {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+            | {"quick_smoke_run_not_converged": args.quick}
+        )
     )
     return metrics
 

@@ -188,7 +188,8 @@ def main(argv=None) -> list[dict]:
         p.error(f"--only {args.only} selects none of the compared recipes")
     figure([r for r in rows if "failed" not in r], out / "comparison.png")
     print(f"table: {table_path}; figure: {out / 'comparison.png'}")
-    print(json.dumps({r["name"]: round(r["log_likelihood"], 3) if "failed" not in r else None for r in rows}))
+    lls = {r["name"]: round(r["log_likelihood"], 3) if "failed" not in r else None for r in rows}
+    print(json.dumps({**lls, "quick_smoke_run_not_converged": args.quick}))
     return rows
 
 

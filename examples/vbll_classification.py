@@ -158,7 +158,11 @@ def main():
         results[name] = evaluate(model, x_te, y_te, x_ood, out_dir, name.replace(" + ", "_").replace(" ", "_"))
     for name, r in results.items():
         print(f"{name:>26}: " + "  ".join(f"{k} {v:.4f}" for k, v in r.items()))
-    print(json.dumps({"steps": steps, **results, "figures_dir": str(out_dir)}))
+    print(
+        json.dumps(
+            {"steps": steps, **results, "figures_dir": str(out_dir), "quick_smoke_run_not_converged": args.quick}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -303,7 +303,7 @@ def main():
         "frozen_elbo_gap": gaps,
         "figures": [str(out_dir / "toy_band.png"), str(out_dir / "objectives.png")],
     }
-    print(json.dumps(headline))
+    print(json.dumps({**headline, "quick_smoke_run_not_converged": args.quick}))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ def test_example_quick_run(script, tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     metrics = json.loads(lines[-1])
     assert isinstance(metrics, dict) and metrics
+    # A smoke run's numbers are not results: its metrics line says so.
+    assert metrics.get("quick_smoke_run_not_converged") is True, f"{script.name}: --quick run not labelled"
     figures = list(tmp_path.rglob("*.png"))
     assert figures, f"{script.name} wrote no PNG under --out"
 
