@@ -136,3 +136,22 @@ def test_bad_split_names():
         digits("valid")
     with pytest.raises(ValueError, match="test_fraction"):
         digits(test_fraction=1.0)
+
+
+def test_test_split_is_binarized_once_and_training_split_dynamically():
+    # A test set must be the same binary set at every evaluation (vt.fit's eval_data, vae.evaluate);
+    # training data is redrawn per read (Burda et al., 2016).
+    test, train = digits("test"), digits("train")
+    assert test.binarize == "once" and train.binarize == "dynamic"
+    first = torch.stack([test[i] for i in range(len(test))])
+    again = torch.stack([test[i] for i in range(len(test))])
+    assert torch.equal(first, again) and set(first.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(test.tensor(), first)
+    # One Bernoulli draw from the intensities, not a threshold: another seed draws another set, and
+    # over the grey pixels the share of ones matches the mean intensity within Z standard errors.
+    p = digits("test", binarize=None).images
+    other = ImageData(p, binarize="once", seed=1).images
+    assert not torch.equal(other, first)
+    grey = (p > 0.1) & (p < 0.9)
+    se = float((p[grey] * (1 - p[grey])).sum().sqrt() / grey.sum())
+    assert abs(float(first[grey].mean() - p[grey].mean())) < Z * se

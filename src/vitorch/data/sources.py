@@ -19,6 +19,13 @@ _FILES = {
 }
 
 
+def _auto(binarize: str | None, split: str) -> str | None:
+    """``"auto"``: a fresh draw per read for training, one seeded draw for the test split."""
+    if binarize != "auto":
+        return binarize
+    return "once" if split == "test" else "dynamic"
+
+
 def _find(root: str, stem: str) -> str:
     for name in (stem + ".gz", stem):
         path = os.path.join(root, name)
@@ -34,7 +41,7 @@ def _find(root: str, stem: str) -> str:
 def fashion_mnist(
     split: str = "train",
     root: str | os.PathLike | None = None,
-    binarize: str | None = "dynamic",
+    binarize: str | None = "auto",
     threshold: float = 0.5,
     flatten: bool = True,
     dtype: torch.dtype | None = None,
@@ -45,7 +52,9 @@ def fashion_mnist(
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
         root: directory with the (gzipped) IDX files; default the Debian package's
             `FASHION_MNIST_DIR`.
-        binarize: ``None``, ``"dynamic"`` or ``"fixed"`` (see `vitorch.data.ImageData`).
+        binarize: ``None``, ``"dynamic"``, ``"once"`` or ``"fixed"`` (see `vitorch.data.ImageData`);
+            ``"auto"`` (the default) is ``"dynamic"`` for training data and ``"once"`` for the
+            test split, so evaluations see one fixed binary test set.
         threshold: the cut for ``"fixed"`` binarization.
         flatten: return each image as a vector (for MLPs).
         dtype: floating dtype of the images (default: torch's default).
@@ -69,12 +78,14 @@ def fashion_mnist(
         raise ValueError(f"{image_path} / {label_path}: Fashion-MNIST files must hold unsigned bytes")
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{image_path} holds {images.shape[0]} images but {label_path} {labels.shape[0]} labels")
-    return ImageData(images, labels.long(), binarize=binarize, threshold=threshold, flatten=flatten, dtype=dtype)
+    return ImageData(
+        images, labels.long(), binarize=_auto(binarize, split), threshold=threshold, flatten=flatten, dtype=dtype
+    )
 
 
 def digits(
     split: str = "train",
-    binarize: str | None = "dynamic",
+    binarize: str | None = "auto",
     threshold: float = 0.5,
     flatten: bool = True,
     test_fraction: float = 0.2,
@@ -87,7 +98,9 @@ def digits(
 
     Args:
         split: ``"train"``, ``"test"`` or ``"all"``.
-        binarize: ``None``, ``"dynamic"`` or ``"fixed"`` (see `vitorch.data.ImageData`).
+        binarize: ``None``, ``"dynamic"``, ``"once"`` or ``"fixed"`` (see `vitorch.data.ImageData`);
+            ``"auto"`` (the default) is ``"dynamic"`` for training data and ``"once"`` for the
+            test split, so evaluations see one fixed binary test set.
         threshold: the cut for ``"fixed"`` binarization.
         flatten: return each image as a vector (for MLPs).
         dtype: floating dtype of the images (default: torch's default).
@@ -115,4 +128,6 @@ def digits(
         order = order[: images.shape[0] - n_test]
     elif split == "test":
         order = order[images.shape[0] - n_test :]
-    return ImageData(images[order], labels[order], binarize=binarize, threshold=threshold, flatten=flatten, dtype=dtype)
+    return ImageData(
+        images[order], labels[order], binarize=_auto(binarize, split), threshold=threshold, flatten=flatten, dtype=dtype
+    )
