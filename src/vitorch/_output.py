@@ -34,6 +34,9 @@ class LossOutput:
             ``None`` for a closed-form bound.
         z: ``[K, *batch, *event]`` the particles, still attached to the guide where the
             estimator is pathwise (InfoVAE's MMD term uses them), or ``None``.
+        weights: ``[K, *batch]`` the particles' weights under a deterministic rule
+            (enumeration, sigma points; detached), or ``None`` for K i.i.d. draws, each
+            of weight ``1/K``.  Weighted diagnostics (an effective sample size) must use them.
 
     References:
         The value/gradient split ``a.detach() + (b - b.detach())`` is the surrogate-loss
@@ -41,13 +44,21 @@ class LossOutput:
         Stochastic Computation Graphs* (NeurIPS 2015).
     """
 
-    __slots__ = ("loss", "bound", "log_w", "z")
+    __slots__ = ("loss", "bound", "log_w", "z", "weights")
 
-    def __init__(self, loss: Tensor, bound: Tensor, log_w: Tensor | None = None, z: Tensor | None = None):
+    def __init__(
+        self,
+        loss: Tensor,
+        bound: Tensor,
+        log_w: Tensor | None = None,
+        z: Tensor | None = None,
+        weights: Tensor | None = None,
+    ):
         self.loss = loss
         self.bound = bound.detach() if bound.requires_grad else bound
         self.log_w = log_w.detach() if log_w is not None and log_w.requires_grad else log_w
         self.z = z
+        self.weights = weights.detach() if weights is not None and weights.requires_grad else weights
 
     @classmethod
     def from_terms(cls, expected_log_lik: Tensor, kl: Tensor | float, num_data: int) -> LossOutput:
@@ -81,4 +92,5 @@ class LossOutput:
         return cls(-bound.mean(), bound)
 
     def __repr__(self) -> str:
-        return f"LossOutput(loss={self.loss!r}, bound={self.bound!r}, log_w={self.log_w!r}, z={self.z!r})"
+        extra = "" if self.weights is None else f", weights={self.weights!r}"
+        return f"LossOutput(loss={self.loss!r}, bound={self.bound!r}, log_w={self.log_w!r}, z={self.z!r}{extra})"

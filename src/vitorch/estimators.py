@@ -57,6 +57,10 @@ __all__ = [
     "learning_signal",
     "MovingAverageBaseline",
     "LearnedBaseline",
+    "enumerate",
+    "unscented",
+    "support",
+    "sigma_points",
 ]
 
 
@@ -78,15 +82,20 @@ class Particles(NamedTuple):
         log_q: ``[K, *batch]`` log-density of the particles (at stopped parameters for
             STL and DReG; detached particles for score estimators).
         correction: ``[K, *batch]`` an RSVI acceptance log-density, or ``None``.
+        weights: ``[K, *batch]`` the particles' weights under a deterministic rule
+            (enumeration: ``q(z_k)``; sigma points: the unscented weights), summing to
+            one over particles; ``None`` for K i.i.d. draws (each ``1/K``).
 
     References:
-        Naesseth, Ruiz, Linderman & Blei (2017) for the acceptance correction.
+        Naesseth, Ruiz, Linderman & Blei (2017) for the acceptance correction;
+        Julier & Uhlmann (1997) for weighted sigma points.
     """
 
     z: Tensor
     read: Tensor
     log_q: Tensor
     correction: Tensor | None
+    weights: Tensor | None = None
 
 
 class Estimator:
@@ -108,6 +117,11 @@ class Estimator:
                 "use score() or vimco"
             ]
         return []
+
+    def particle_count(self, q: Distribution, num_particles: int) -> int:
+        """How many particles ``draw`` returns for ``K = num_particles``: K itself for random
+        draws; a deterministic rule's own number (the support's size, 2D + 1 sigma points)."""
+        return num_particles
 
     def draw(self, q: Distribution, num_particles: int, objective: Objective) -> Particles:
         raise NotImplementedError
@@ -355,3 +369,9 @@ def score(baseline=None) -> Estimator:
     *Black Box Variational Inference*; Williams (1992) for REINFORCE.
     """
     return _Score(baseline)
+
+
+# Deterministic rules with weighted particles live in their own modules (they import the
+# base classes above, so they are imported last).
+from .quadrature import enumerate, support  # noqa: E402
+from .unscented import sigma_points, unscented  # noqa: E402

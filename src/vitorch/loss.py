@@ -37,7 +37,9 @@ def loss(
         log_joint: maps particles ``z [K, *batch, *event]`` to ``log p(x, z)`` of
             shape ``[K, *batch]``; it closes over the data and the model's parameters.
         q: the guide, a distribution with batch shape ``[*batch]``.
-        num_particles: K, the number of particles per datum.
+        num_particles: K, the number of particles per datum.  A deterministic rule
+            (``enumerate()``, ``unscented()``) fixes its own particles and takes the
+            default 1.
         objective: a `vitorch.objectives` bound (``elbo``, ``iwae``, ``miwae(M)``...)
             or any callable ``log_w [K, *batch] -> [*batch]`` (a lower bound).
         estimator: a `vitorch.estimators` estimator (``reparam``, ``dreg``...).
@@ -63,19 +65,22 @@ def loss(
     num_particles = check(q, num_particles, objective, estimator)
     objective = as_objective(objective)
     particles = estimator.draw(q, num_particles, objective)
-    log_p = _checked(log_joint(particles.read), particles.z, num_particles, q.batch_shape)
+    log_p = _checked(log_joint(particles.read), particles.z, particles.z.shape[0], q.batch_shape)
     log_w = log_p - particles.log_q
-    bound = objective(log_w)
+    bound = objective.bound(log_w, particles.weights)
     surrogate = estimator.surrogate(objective, particles, log_p, log_w, bound, context)
     value = -objective.sign * bound.mean()
     if surrogate is not None:  # the estimator's gradient, carried with a value of zero
         ascent = surrogate.mean()
         value = value.detach() - (ascent - ascent.detach())
-    return LossOutput(value, bound, log_w, particles.z)
+    return LossOutput(value, bound, log_w, particles.z, particles.weights)
 
 
 def check(q: Distribution, num_particles, objective, estimator: Estimator) -> int:
     """Raise ``ValueError`` listing every reason the combination cannot run; return K as an ``int``.
+
+    K is the number of particles the estimator will draw: ``num_particles`` for random
+    draws, a deterministic rule's own count (enumeration: the support's size).
 
     Called by `loss` before any sampling; call it yourself to fail at set-up.
     ``q`` has batch shape ``[*batch]``; the particles would be ``[K, *batch, *event]``.
@@ -104,7 +109,7 @@ def check(q: Distribution, num_particles, objective, estimator: Estimator) -> in
             reasons += estimator.reasons(objective, q, K)
     if reasons:
         raise ValueError("invalid variational set-up:\n  - " + "\n  - ".join(reasons))
-    return K
+    return estimator.particle_count(q, K)
 
 
 def _as_count(k) -> int | None:

@@ -19,6 +19,17 @@ Besides its value an objective may state
 A split objective (`piwae`, `vis`) gives the model's parameters the
 gradient of one bound and the guide's the gradient of another.
 
+Weighted particles.  A deterministic rule (exact enumeration, unscented sigma points;
+`vitorch.estimators.enumerate`, `vitorch.estimators.unscented`) gives particle k a
+weight ``pi_k`` (``[K, *batch]``, summing to one over particles) in place of the
+``1/K`` of K i.i.d. draws.  An objective with ``takes_weights = True`` then replaces
+its plain mean over particles by the weighted one: the ELBO becomes
+``sum_k pi_k log w_k``, IWAE ``log sum_k pi_k w_k``, the Rényi and χ bounds
+``(1/t) log sum_k pi_k w_k^t``.  Under an exact rule these are the bounds' defining
+expectations (Li & Turner's ``L_alpha``; for IWAE, K -> infinity, ``log p(x)``
+itself).  MIWAE (and so PIWAE) averages independent groups of draws, which a
+deterministic rule does not have, and refuses (`Objective.weighted_reasons`).
+
 All bounds satisfy, on the same particles, ``elbo <= iwae`` and they are equal
 at ``K = 1``; ``miwae(M)`` runs from ``iwae`` (M = 1) to ``elbo`` (M = K).
 
@@ -33,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from . import _logspace as ls
@@ -63,6 +75,8 @@ class Objective:
         particlewise: ``True`` if the bound is the mean of one term per particle.
         takes_baseline: ``False`` if its score-function gradient must not subtract a
             baseline (the self-normalized forward-χ² gradient).
+        takes_weights: ``True`` if ``__call__(log_w, weights)`` accepts particle
+            weights ``[K, *batch]`` (see the module notes).
 
     References:
         Blei, Kucukelbir & McAuliffe, *Variational Inference: A Review for
@@ -74,6 +88,7 @@ class Objective:
     upper = False
     particlewise = False
     takes_baseline = True
+    takes_weights = False
 
     @property
     def sign(self) -> float:
@@ -93,9 +108,27 @@ class Objective:
     def __call__(self, log_w: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define __call__(log_w)")
 
+    def bound(self, log_w: Tensor, weights: Tensor | None = None) -> Tensor:
+        """The bound ``[*batch]`` on K i.i.d. particles (``weights=None``) or on weighted ones.
+
+        ``weights [K, *batch]`` are the particles' weights under a deterministic rule
+        (they sum to one over dim 0); an objective that takes them says so with
+        ``takes_weights``, and is called as ``self(log_w, weights)``.
+        """
+        return self(log_w) if weights is None else self(log_w, weights)
+
     def reasons(self, num_particles: int) -> list[str]:
         """Why this objective cannot run with ``num_particles``; empty if it can."""
         return []
+
+    def weighted_reasons(self) -> list[str]:
+        """Why this objective has no form for weighted particles; empty if it has."""
+        if self.takes_weights:
+            return []
+        return [
+            f"{self.name} has no form for weighted particles (it reads log_w alone); "
+            "subclass vitorch.objectives.Objective with takes_weights = True and __call__(log_w, weights)"
+        ]
 
     def __repr__(self) -> str:
         return self.name
@@ -144,9 +177,10 @@ class _ELBO(Objective):
 
     name = "elbo"
     particlewise = True
+    takes_weights = True
 
-    def __call__(self, log_w: Tensor) -> Tensor:
-        return ls.mean(log_w, 0)
+    def __call__(self, log_w: Tensor, weights: Tensor | None = None) -> Tensor:
+        return ls.mean(log_w, 0) if weights is None else _weighted_mean(log_w, weights)
 
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
         return ls.in_range(log_w).to(log_w.dtype) / log_w.shape[0]
@@ -164,9 +198,10 @@ class _IWAE(Objective):
     """
 
     name = "iwae"
+    takes_weights = True
 
-    def __call__(self, log_w: Tensor) -> Tensor:
-        return ls.logmeanexp(log_w, 0)
+    def __call__(self, log_w: Tensor, weights: Tensor | None = None) -> Tensor:
+        return ls.logmeanexp(log_w, 0) if weights is None else _weighted_power(log_w, weights, 1.0)
 
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
         return ls.softmax(log_w, 0)
@@ -198,6 +233,12 @@ class _MIWAE(Objective):
             return [f"{self.name}: M={self.num_groups} does not divide K={num_particles}"]
         return []
 
+    def weighted_reasons(self) -> list[str]:
+        return [
+            f"{self.name} averages M independent groups of K/M draws, and the particles of one "
+            "deterministic rule (enumeration, sigma points) form no independent groups; use elbo or iwae"
+        ]
+
     def _groups(self, log_w: Tensor) -> Tensor:
         return log_w.reshape(self.num_groups, log_w.shape[0] // self.num_groups, *log_w.shape[1:])
 
@@ -227,14 +268,16 @@ def miwae(M: int) -> Objective:
 class _CIWAE(Objective):
     """``beta * ELBO + (1 - beta) * IWAE_K`` on the same particles (Rainforth et al., 2018)."""
 
+    takes_weights = True
+
     def __init__(self, beta: float):
         if not 0.0 <= float(beta) <= 1.0:
             raise ValueError(f"ciwae: beta must lie in [0, 1]; got {beta!r}")
         self.beta = float(beta)
         self.name = f"ciwae(beta={self.beta:g})"
 
-    def __call__(self, log_w: Tensor) -> Tensor:
-        return self.beta * elbo(log_w) + (1 - self.beta) * iwae(log_w)
+    def __call__(self, log_w: Tensor, weights: Tensor | None = None) -> Tensor:
+        return self.beta * elbo.bound(log_w, weights) + (1 - self.beta) * iwae.bound(log_w, weights)
 
 
 def ciwae(beta: float) -> Objective:
@@ -255,10 +298,14 @@ class _Power(Objective):
     Importance Weighted Auto-Encoders*, JMLR 2023).
     """
 
+    takes_weights = True
+
     def __init__(self, t: float, name: str, upper: bool):
         self.t, self.name, self.upper = float(t), name, upper
 
-    def __call__(self, log_w: Tensor) -> Tensor:
+    def __call__(self, log_w: Tensor, weights: Tensor | None = None) -> Tensor:
+        if weights is not None:
+            return _weighted_power(log_w, weights, self.t)
         return ls.power_logmeanexp(log_w, self.t)
 
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
@@ -311,7 +358,9 @@ class _ForwardChi2(_Power):
     def __init__(self):
         super().__init__(2.0, "forward_chi2", upper=True)
 
-    def __call__(self, log_w: Tensor) -> Tensor:
+    def __call__(self, log_w: Tensor, weights: Tensor | None = None) -> Tensor:
+        if weights is not None:
+            return 2.0 * _weighted_power(log_w, weights, 2.0)
         return ls.logmeanexp(2.0 * log_w, 0)
 
     def grad_coefficients(self, log_w: Tensor) -> Tensor:
@@ -349,11 +398,18 @@ class Split(Objective):
     def guide(self) -> Objective:
         return self._guide
 
-    def __call__(self, log_w: Tensor) -> Tensor:
-        return self._model(log_w)
+    @property
+    def takes_weights(self) -> bool:
+        return self._model.takes_weights and self._guide.takes_weights
+
+    def __call__(self, log_w: Tensor, weights: Tensor | None = None) -> Tensor:
+        return self._model.bound(log_w, weights)
 
     def reasons(self, num_particles: int) -> list[str]:
         return self._model.reasons(num_particles) + self._guide.reasons(num_particles)
+
+    def weighted_reasons(self) -> list[str]:
+        return self._model.weighted_reasons() + self._guide.weighted_reasons()
 
 
 def piwae(M: int) -> Objective:
@@ -376,3 +432,36 @@ def vis() -> Objective:
     robust from a narrow initial guide).
     """
     return Split(iwae, _ForwardChi2(), "vis")
+
+
+# ---------------------------------------------------------------- weighted particles
+
+
+def _log_weights(weights: Tensor) -> Tensor:
+    """``log pi`` of particle weights: ``-inf`` (no value, no gradient) where a weight is zero.
+
+    A negative weight gives NaN, which propagates as a bug should: the log-space bounds
+    need nonnegative weights (the estimators refuse rules with negative weights for them).
+    """
+    tiny = torch.finfo(weights.dtype).tiny
+    return torch.where(weights == 0, -math.inf, weights.clamp_min(tiny).log().where(weights > 0, math.nan))
+
+
+def _weighted_mean(log_w: Tensor, weights: Tensor) -> Tensor:
+    """``sum_k pi_k log w_k`` over the particles of nonzero weight, ``[*batch]``.
+
+    Infinite log-weights are clamped as in the unweighted ELBO; a particle of weight
+    zero contributes nothing, however large its log-weight (enumeration reaches points
+    where q is zero, whose log-weight is ``+inf``).  Half precision is reduced in float32.
+    """
+    x = ls.clamp(log_w)
+    terms = torch.where(weights != 0, weights.to(x.dtype) * x, 0.0)
+    return ls._saturate(terms.sum(0), log_w.dtype)
+
+
+def _weighted_power(log_w: Tensor, weights: Tensor, t: float) -> Tensor:
+    """``(1/t) log sum_k pi_k w_k^t``, ``[*batch]``: the Rényi/χ family's weighted mean."""
+    x = log_w.float() if log_w.dtype in ls._LOW_PRECISION else log_w
+    log_pi = _log_weights(weights.to(x.dtype))
+    out = torch.logsumexp(ls.clamp(log_pi + t * ls.clamp(x)), 0) / t
+    return ls._saturate(out, log_w.dtype)
