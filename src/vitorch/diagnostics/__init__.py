@@ -25,6 +25,7 @@ References:
 
 from .collapse import ActiveUnits, CollapseDiagnostics, active_units, collapse_diagnostics, kl_per_dim
 from .gradients import GradientSNR, gradient_snr
+from .stein import ksd
 from .weights import KHAT_GOOD, KHAT_OK, ess, psis, psis_khat
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "ActiveUnits",
     "collapse_diagnostics",
     "CollapseDiagnostics",
+    "ksd",
 ]
