@@ -78,7 +78,9 @@ def fit(
             ``vt.model.VI``): ``steps`` calls of ``forward(None)``, which needs ``steps``.
         optimizer: an optimizer over the model's parameters, or a factory
             ``params -> Optimizer``; default ``Adam(lr=lr)`` with torch's fused kernel
-            (`vitorch.training.fused_adam`).
+            (`vitorch.training.fused_adam`).  An optimizer that offers a
+            ``sampled_params(train=True)`` context (`vitorch.optim.IVON`) has each forward
+            and backward run inside it, on ``mc_samples`` weight draws per step.
         lr: learning rate of the default optimizer; default the model's ``default_lr``
             attribute if it has one (``vt.model.VI`` does), else ``1e-3``.
         scheduler: an LR scheduler or a factory ``optimizer -> scheduler``;

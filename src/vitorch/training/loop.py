@@ -231,8 +231,17 @@ class Run(RunState):
         self.batch += 1
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            loss, bound = split_output(self.forward(to_device(batch, self.device)))
-            loss.backward()
+            batch = to_device(batch, self.device)
+            # An optimizer that trains on sampled weights offers ``sampled_params(train=True)``,
+            # a context that holds a draw from its posterior in the parameters (as
+            # vitorch.optim.IVON does; a duck-typed protocol, so the loop imports no optimizer):
+            # forward and backward run inside it, once per draw (``mc_samples``).
+            draws = getattr(self.optimizer, "sampled_params", None)
+            if draws is None:
+                loss, bound = split_output(self.forward(batch))
+                loss.backward()
+            else:
+                loss, bound = _on_sampled_weights(self.forward, batch, draws, getattr(self.optimizer, "mc_samples", 1))
         except Exception as err:
             # A divergent update can surface here, as a family's validation error one step later.
             add_step_note(err, self.step, self.epoch, self.batch, "the model's forward or backward")
@@ -354,6 +363,21 @@ class Run(RunState):
             self.bad_evals += 1
         stop = opt.patience is not None and self.bad_evals >= opt.patience
         return metrics, ("early_stopping" if stop else None)
+
+
+def _on_sampled_weights(forward, batch, draws, n: int) -> tuple:
+    """Forward and backward on ``n`` posterior draws; the loss and bound are their averages."""
+    losses, bounds = [], []
+    for _ in range(n):
+        with draws(train=True):
+            loss, bound = split_output(forward(batch))
+            loss.backward()
+        losses.append(loss.detach())
+        bounds.append(bound.detach() if bound is not None else None)
+    if n == 1:
+        return losses[0], bounds[0]
+    bound = torch.stack(bounds).mean(0) if bounds[0] is not None else None
+    return torch.stack(losses).mean(), bound
 
 
 def _is_factory(obj) -> bool:
