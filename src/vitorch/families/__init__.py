@@ -4,6 +4,12 @@ and log-densities at stopped parameters."""
 from . import kl as _kl  # noqa: F401  (registers closed-form KL divergences with torch)
 from .base import Family, stopped
 from .beta import Beta, RSVIBeta
+from .concrete import (
+    RelaxedBernoulli,
+    RelaxedBernoulliStraightThrough,
+    RelaxedOneHotCategorical,
+    RelaxedOneHotCategoricalStraightThrough,
+)
 from .dirichlet import Dirichlet, RSVIDirichlet
 from .flow import ConditionalFlow, Flow
 from .gamma import Gamma, RSVIGamma
@@ -27,4 +33,8 @@ __all__ = [
     "DiagNormalHead",
     "FullRankNormalHead",
     "LowRankNormalHead",
+    "RelaxedOneHotCategorical",
+    "RelaxedOneHotCategoricalStraightThrough",
+    "RelaxedBernoulli",
+    "RelaxedBernoulliStraightThrough",
 ]
