@@ -102,7 +102,8 @@ class MarkovVariationalGP(nn.Module):
             )
         if not isinstance(likelihood, Likelihood):
             raise TypeError(
-                f"MarkovVariationalGP: likelihood must be a vitorch.models.gp Likelihood; got {type(likelihood).__name__}"
+                "MarkovVariationalGP: likelihood must be a vitorch.models.gp Likelihood; "
+                f"got {type(likelihood).__name__}"
             )
         if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
             raise ValueError(f"MarkovVariationalGP: num_data must be a positive integer; got {num_data!r}")

@@ -130,7 +130,10 @@ class LDSPrior(nn.Module):
         return out
 
     def step(self, x: Tensor, num_steps: int, sample: bool = True) -> Tensor:
-        """Run the dynamics ``num_steps`` steps on from ``x [..., D]``: ``[..., num_steps, D]`` (means if not ``sample``)."""
+        """Run the dynamics ``num_steps`` steps on from ``x [..., D]`` -> ``[..., num_steps, D]``.
+
+        With ``sample=False`` the noise is left out (the mean path).
+        """
         F, Lq = self.transition_matrix, _log_chol(self.transition_cov_raw)
         out = []
         for _ in range(num_steps):

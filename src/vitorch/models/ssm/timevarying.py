@@ -168,7 +168,7 @@ def tv_kalman_filter(
 
 
 def tv_smoother(A: Tensor, res: FilterResult, parallel: bool = True) -> tuple[Tensor, Tensor]:
-    """RTS smoothed means ``[T, *B, D]`` and covariances ``[T, *B, D, D]`` for per-step transitions ``A [T-1, *B, D, D]``.
+    """RTS smoothing with per-step transitions ``A [T-1, *B, D, D]``: means ``[T, *B, D]``, covs ``[T, *B, D, D]``.
 
     References:
         Rauch, Tung & Striebel, *Maximum Likelihood Estimates of Linear Dynamic Systems* (AIAA J., 1965);
@@ -181,7 +181,9 @@ def tv_smoother(A: Tensor, res: FilterResult, parallel: bool = True) -> tuple[Te
 
 
 def tv_posterior_chain(A: Tensor, res: FilterResult) -> GaussianMarkovChain:
-    """The smoothing posterior ``p(x_{1:T} | y)`` as a reverse-time `GaussianMarkovChain` (batch ``[*B]``, event ``[T, D]``).
+    """The smoothing posterior ``p(x_{1:T} | y)`` as a reverse-time `GaussianMarkovChain`.
+
+    Batch ``[*B]``, event ``[T, D]``.
 
     Its ``rsample`` is a reparameterized draw by associative scan, differentiable in every input.
     """
