@@ -1,0 +1,110 @@
+"""Every zoo trains under DDP: two gloo ranks running ``vt.fit`` end where one process does.
+
+One model of each zoo (an IWAE VAE, a VBLL regression model, an SVGP, the SSM zoo's amortized
+structured guide with IWAE/DReG) is trained by ``vt.fit`` on two processes with a batch of 4 rows
+each.  The one-process reference takes, at each step, the same two 4-row shards, draws each
+shard's particles from that rank's own random stream (``vt.fit`` leaves rank 0's stream as the
+caller set it and seeds rank ``r`` with ``initial_seed() + r``; each epoch's loader takes one
+draw from it), averages the two shards' losses as
+DDP averages their gradients, and steps the same fused Adam.  The results then agree to rounding.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_fit_distributed import free_port
+from zoo_ddp_worker import LR, MODELS, PER_RANK, SEED, STEPS, data, model, worker
+
+from vitorch.training.compile import fused_adam
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo_ddp")
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    if method == "forkserver":
+        mp.get_context("forkserver").set_forkserver_preload(["torch._dynamo", "vitorch.training", "zoo_ddp_worker"])
+    context = mp.start_processes(worker, args=(2, free_port(), str(out)), nprocs=2, join=False, start_method=method)
+    deadline = time.monotonic() + 300  # a stuck collective fails the test instead of stalling CI
+    try:
+        while not context.join(timeout=max(deadline - time.monotonic(), 0)):
+            if time.monotonic() > deadline:
+                for p in context.processes:
+                    p.kill()
+                raise TimeoutError("the DDP workers did not finish within 300 s")
+    except Exception as err:
+        stacks = "\n".join(f.read_text() for f in sorted(out.glob("stuck*.txt")))
+        pytest.fail(f"{type(err).__name__}: {err}\n{stacks}")
+    return [torch.load(out / f"zoo{r}.pt", weights_only=True) for r in range(2)]
+
+
+def shard(batch, rank: int, step: int):
+    """Rank ``rank``'s batch at ``step``: DistributedSampler (no shuffle) deals rows alternately."""
+    take = lambda t: t[rank::2][(step % 2) * PER_RANK : (step % 2 + 1) * PER_RANK]  # noqa: E731
+    return tuple(take(t) for t in batch) if isinstance(batch, tuple) else take(batch)
+
+
+def one_process(name: str):
+    torch.set_default_dtype(torch.float64)
+    net = model(name)
+    streams = []
+    for seed in (SEED, SEED + 1):
+        torch.manual_seed(seed)
+        streams.append(torch.get_rng_state())
+    optimizer, batch, logged = fused_adam(net.parameters(), lr=LR), data(name), []
+    for step in range(STEPS):
+        losses = []
+        for rank in (0, 1):
+            torch.set_rng_state(streams[rank])
+            if step % 2 == 0:  # each epoch's DataLoader iterator draws its base seed from the global stream
+                torch.empty((), dtype=torch.int64).random_()
+            losses.append(net(shard(batch, rank, step)).loss)
+            streams[rank] = torch.get_rng_state()
+        loss = (losses[0] + losses[1]) / 2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        logged.append(loss.item())
+    return [p.detach() for p in net.parameters()], logged
+
+
+# Float64 throughout: the two sides sum the same terms in another order (DDP's all-reduce of
+# the shards' gradients against one backward through their average), a few ulps per step;
+# four Adam steps keep that below 1e-10 relative.  A real discrepancy (a wrong shard, the
+# same particles on both ranks, an unaveraged gradient) moves parameters by O(lr) = 5e-2.
+TOL = dict(rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_two_rank_fit_equals_one_process_on_the_same_shards(ranks, name):
+    want, want_losses = one_process(name)
+    for rank in ranks:
+        got, losses = rank[name]
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, **TOL)
+        assert losses == pytest.approx(want_losses, rel=1e-9)  # the logged loss is the global one
+
+
+def test_ranks_draw_their_own_particles(ranks):
+    # Same model, same data on both shards would still differ in noise: check the stochastic zoos
+    # indeed used two streams (one stream for both shards gives other parameters).
+    torch.set_default_dtype(torch.float64)
+    net = model("vae")
+    torch.manual_seed(SEED)
+    optimizer, batch = fused_adam(net.parameters(), lr=LR), data("vae")
+    for step in range(STEPS):
+        if step % 2 == 0:
+            torch.empty((), dtype=torch.int64).random_()
+        loss = (net(shard(batch, 0, step)).loss + net(shard(batch, 1, step)).loss) / 2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not all(torch.allclose(a, b.detach(), **TOL) for a, b in zip(ranks[0]["vae"][0], net.parameters()))
