@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
 
-from .estimators import Estimator, Particles, _family_name
+from ._particles import Estimator, Particles, _family_name
 from .objectives import Objective
 
 __all__ = ["WeightedRule", "enumerate", "support", "expect"]

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, LowRankMultivariateNormal, MultivariateNormal, Normal
 
-from .estimators import Estimator, Particles, _family_name
+from ._particles import Estimator, Particles, _family_name
 from .families.gaussian import DiagNormal, FullRankNormal, LowRankNormal
 from .quadrature import WeightedRule
 
