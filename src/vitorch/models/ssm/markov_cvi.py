@@ -75,7 +75,7 @@ class MarkovVariationalGP(nn.Module):
         >>> model = ssm.MarkovVariationalGP(gp.Matern32(lengthscale=5.0), gp.Poisson(), num_data=len(t))
         >>> model.update_sites(t, y, steps=20)            # inference at fixed hyperparameters
         >>> vt.fit(model, (t, y), steps=100, batch_size=len(t), lr=0.05)   # alternates sites / hyperparameters
-        >>> mean, var = model.predict(t, t_new)           # latent f; model.predict_y for counts
+        >>> mean, var = model.predict(t, y, t_new)        # latent f; model.predict_y for counts
 
     References:
         Khan & Lin, *Conjugate-Computation Variational Inference* (AISTATS 2017); Chang, Wilkinson,
@@ -129,16 +129,23 @@ class MarkovVariationalGP(nn.Module):
         var = -0.5 / self.site_nat2
         return self.site_nat1 * var, var
 
-    def _check(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _sorted(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Times, targets and prior means in site order, and the permutation to it.
+
+        Site ``i`` belongs to the ``i``-th datum in order of ``(t, y)``, so the sites do not
+        depend on the order of the rows (``vt.fit`` may shuffle them).
+        """
         t = _times(type(self).__name__, x, y, module_dtype(self))
         if t.shape[0] != self.num_data:
             raise ValueError(
                 f"MarkovVariationalGP: the sites belong to a series of N = {self.num_data} points; got X with "
                 f"{t.shape[0]} rows (the whole series is one batch)"
             )
-        if y is not None:
-            self.likelihood.check_y(y)
-        return t, self.mean(t.unsqueeze(-1))
+        self.likelihood.check_y(y)
+        by_y = torch.argsort(y, stable=True)
+        perm = by_y[torch.argsort(t[by_y], stable=True)]
+        t, y = t[perm], y[perm]
+        return t, y, self.mean(t.unsqueeze(-1)), perm
 
     def _posterior(self, t: Tensor, prior_mean: Tensor, t_new: Tensor | None = None):
         """``log Z~``, marginals of ``f`` at the data ``[N]`` (and at ``t_new``), prior mean added back."""
@@ -151,7 +158,7 @@ class MarkovVariationalGP(nn.Module):
     @torch.no_grad()
     def update_sites(self, x: Tensor, y: Tensor, steps: int = 1, lr: float | None = None) -> None:
         """Run ``steps`` CVI updates of the sites at the current hyperparameters (no gradient)."""
-        t, prior_mean = self._check(x, y)
+        t, y, prior_mean, _ = self._sorted(x, y)
         beta = self.cvi_lr if lr is None else lr
         for _ in range(steps):
             _, m, s, _, _ = self._posterior(t, prior_mean)
@@ -171,11 +178,13 @@ class MarkovVariationalGP(nn.Module):
 
     def elbo_terms(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """``E_q[log p(y_i | f_i)] [N]`` and ``KL(q || p)`` (scalar), differentiable in the hyperparameters."""
-        t, prior_mean = self._check(x, y)
+        t, y_sorted, prior_mean, perm = self._sorted(x, y)
         log_z, m, s, _, _ = self._posterior(t, prior_mean)
         y_site, v_site = self.sites()
         site_ell = -0.5 * (_LOG_2PI + v_site.log() + ((y_site - m).pow(2) + s) / v_site)
-        return self.likelihood.expected_log_prob(y, m, s), site_ell.sum() - log_z
+        ell = torch.empty_like(m)
+        ell[perm] = self.likelihood.expected_log_prob(y_sorted, m, s)
+        return ell, site_ell.sum() - log_z
 
     def elbo(self, x: Tensor, y: Tensor) -> Tensor:
         """The ELBO of the whole series (scalar)."""
@@ -191,14 +200,14 @@ class MarkovVariationalGP(nn.Module):
         return LossOutput.from_terms(ell, kl, self.num_data)
 
     @torch.no_grad()
-    def predict(self, x: Tensor, x_new: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and variance of ``f`` under ``q`` at ``x_new [N*, 1]`` (``x``: the training times), each ``[N*]``."""
-        t, prior_mean = self._check(x, None)
+    def predict(self, x: Tensor, y: Tensor, x_new: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance of ``f`` under ``q`` at ``x_new [N*, 1]``, each ``[N*]``; ``(x, y)``: the training data."""
+        t, _, prior_mean, _ = self._sorted(x, y)
         t_new = _times(type(self).__name__, x_new, None, module_dtype(self))
         _, _, _, m_new, s_new = self._posterior(t, prior_mean, t_new)
         return m_new + self.mean(t_new.unsqueeze(-1)), s_new
 
     @torch.no_grad()
-    def predict_y(self, x: Tensor, x_new: Tensor) -> tuple[Tensor, Tensor]:
+    def predict_y(self, x: Tensor, y: Tensor, x_new: Tensor) -> tuple[Tensor, Tensor]:
         """Predictive mean and variance of ``y`` at ``x_new``, each ``[N*]``."""
-        return self.likelihood.predict(*self.predict(x, x_new))
+        return self.likelihood.predict(*self.predict(x, y, x_new))
