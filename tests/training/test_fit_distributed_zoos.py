@@ -18,8 +18,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_fit_distributed import free_port
-from zoo_ddp_worker import LR, MODELS, PER_RANK, SEED, STEPS, data, model, worker
+from zoo_ddp_worker import EVAL_K, LR, MODELS, PER_RANK, SEED, STEPS, data, model, worker
 
+from vitorch.models import vae
+from vitorch.models.vae.evaluation import _stream
 from vitorch.training.compile import fused_adam
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
@@ -108,3 +110,38 @@ def test_ranks_draw_their_own_particles(ranks):
         loss.backward()
         optimizer.step()
     assert not all(torch.allclose(a, b.detach(), **TOL) for a, b in zip(ranks[0]["vae"][0], net.parameters()))
+
+
+def test_iwae_with_particles_split_across_ranks_equals_the_unsplit_estimate(ranks):
+    # Rank r drew its share of the K = 7 particles (4 and 3) from its own stream; one process
+    # drawing the same 7 particles (each share from that rank's stream) and taking one
+    # log-sum-exp over all of them must give the same IWAE_7 on every rank.  Float64: the two
+    # sides differ by rounding in the order of the log-sum-exp (~1e-15), far inside 1e-6.
+    torch.set_default_dtype(torch.float64)
+    net = model("vae")
+    with torch.no_grad():
+        for p, trained in zip(net.parameters(), ranks[0]["vae"][0]):
+            p.copy_(trained)
+
+    def shares(state_key):
+        parts = []
+        for rank, share in zip(ranks, (4, 3)):
+            torch.set_rng_state(rank[state_key])
+            parts.append(_stream(net, data("vae"), share, 100, 2, 1 << 22, split_particles=False))
+        return parts
+
+    parts = shares("eval_rng")
+    want = torch.logaddexp(parts[0][0], parts[1][0]) - torch.log(torch.tensor(float(EVAL_K)))
+    for rank in ranks:
+        torch.testing.assert_close(rank["eval_ll"], want, rtol=0, atol=1e-6)
+    # evaluate's running sums are all-reduced too: its ELBO is the mean over all 7 particles
+    parts = shares("evaluate_rng")
+    elbo = float(((parts[0][1] + parts[1][1]) / EVAL_K).mean())
+    ll = float((torch.logaddexp(parts[0][0], parts[1][0]) - torch.log(torch.tensor(float(EVAL_K)))).mean())
+    for rank in ranks:
+        assert rank["eval"]["elbo"] == pytest.approx(elbo, rel=1e-12)
+        assert rank["eval"]["log_likelihood"] == pytest.approx(ll, rel=1e-12)
+    # and the split is real: one stream's 7 particles give another estimate
+    torch.set_rng_state(ranks[0]["eval_rng"])
+    alone = vae.iwae_log_likelihood(net, data("vae"), num_particles=EVAL_K, chunk_size=2)
+    assert not torch.allclose(alone, want, rtol=0, atol=1e-6)

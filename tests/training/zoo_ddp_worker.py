@@ -20,7 +20,7 @@ from torch.distributions import Independent, Normal
 import vitorch as vt
 from vitorch.models import gp, last_layer, ssm, vae
 
-N, PER_RANK, STEPS, LR, SEED = 16, 4, 4, 0.05, 5
+N, PER_RANK, STEPS, LR, SEED, EVAL_K = 16, 4, 4, 0.05, 5, 7
 
 
 def data(name: str):
@@ -53,7 +53,9 @@ def model(name: str) -> nn.Module:
     if name == "ssm":  # stochastic: the amortized structured guide, IWAE with DReG
         init = lambda: Independent(Normal(torch.zeros(2), 1.0), 1)  # noqa: E731
         prior = ssm.StateSpaceModel(
-            init, ssm.GaussianTransition(0.8 * torch.eye(2), 0.3, learn_scale=True), ssm.PoissonEmission(nn.Linear(2, 3))
+            init,
+            ssm.GaussianTransition(0.8 * torch.eye(2), 0.3, learn_scale=True),
+            ssm.PoissonEmission(nn.Linear(2, 3)),
         )
         guide = ssm.StructuredInferenceNetwork(3, 2, rnn_dim=8, embed=Log1p())
         return ssm.SSMVI(prior, guide, num_particles=3, objective=vt.objectives.iwae, estimator=vt.estimators.dreg)
@@ -79,7 +81,17 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_default_dtype(torch.float64)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        torch.save({name: train(name) for name in MODELS}, out / f"zoo{rank}.pt")
+        result = {name: train(name) for name in MODELS}
+        # IWAE-K evaluation with the K particles split across the ranks (4 + 3 of K = 7).
+        net = model("vae")
+        with torch.no_grad():
+            for p, trained in zip(net.parameters(), result["vae"][0]):
+                p.copy_(trained)
+        result["eval_rng"] = torch.get_rng_state()
+        result["eval_ll"] = vae.iwae_log_likelihood(net, data("vae"), num_particles=EVAL_K, chunk_size=2)
+        result["evaluate_rng"] = torch.get_rng_state()
+        result["eval"] = vae.evaluate(net, data("vae"), num_particles=EVAL_K, chunk_size=2)
+        torch.save(result, out / f"zoo{rank}.pt")
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["Topology", "setup", "wrap", "all_reduce", "gather_objects", "broadcast_int"]
+__all__ = ["Topology", "setup", "wrap", "all_reduce", "logsumexp_over_ranks", "gather_objects", "broadcast_int"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,31 @@ def all_reduce(values: Tensor, topo: Topology, op: str = "sum") -> Tensor:
     if topo.active:
         dist.all_reduce(values, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return values
+
+
+def logsumexp_over_ranks(values: Tensor) -> Tensor:
+    """``log sum_ranks exp(values)`` elementwise, on every rank: the log-sum-exp of log-weights whose
+    particles are split across the processes (each rank passes the log-sum-exp of its own share).
+
+    The largest value is agreed first (one ``all_reduce`` with MAX), so the sum of
+    ``exp(values - max)`` (a second ``all_reduce``) cannot overflow; an entry that is ``-inf`` on
+    every rank stays ``-inf``.  Outside an initialized process group of more than one process it
+    returns ``values`` unchanged.
+
+    Args:
+        values: ``[*shape]`` this rank's log-sum-exp, the same shape on every rank.
+
+    Returns:
+        ``[*shape]`` the log-sum-exp over all ranks' particles.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    top = values.clone()
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    finite_top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = torch.exp(values - finite_top)
+    dist.all_reduce(total)
+    return torch.where(top == -torch.inf, top, finite_top + torch.log(total))
 
 
 def gather_objects(obj, topo: Topology) -> list:

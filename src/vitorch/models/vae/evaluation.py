@@ -9,6 +9,13 @@ outputs per chunk, whatever ``K`` is.  The bound scored is always the plain
 ``log p(z) + log p(x | z) - log q(z | x)``, whatever β or MMD weight the model
 trained with.
 
+Under ``torch.distributed`` (a process group of more than one process, e.g. inside a
+``vt.fit`` run under ``torchrun``) the K particles are split across the ranks: each rank
+draws its share with its own random stream, and the running log-sum-exp and sums are
+combined with one all-reduce each, so every rank returns the IWAE_K estimate over all K
+particles at 1/world of the cost.  Pass ``split_particles=False`` to have every rank draw all
+K itself.
+
 Every function takes the data as a tensor ``[N, *event]`` or as what `vitorch.fit`
 takes as ``eval_data``: a map-style ``Dataset`` (its items, or their first entries, are
 stacked; an `vitorch.data.ImageData` gives `vitorch.data.ImageData.tensor`,
@@ -26,12 +33,14 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributions import Distribution
 from torch.utils.data import Dataset
 
 from ...data import ImageData
 from ...diagnostics import active_units, collapse_diagnostics
+from ...training.distributed import logsumexp_over_ranks
 
 __all__ = ["iwae_log_likelihood", "evaluate", "latent_means"]
 
@@ -90,10 +99,28 @@ def _draw(q: Distribution, k: int) -> tuple[Tensor, Tensor]:
     return z, q.log_prob(z)
 
 
+def _share(num_particles: int, split: bool) -> int:
+    """This rank's number of particles: K split as evenly as possible over the ranks (or all K)."""
+    if not (split and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return num_particles
+    world, rank = dist.get_world_size(), dist.get_rank()
+    return num_particles // world + (rank < num_particles % world)
+
+
 @torch.no_grad()
-def _stream(model, x: Tensor, num_particles: int, batch_size: int, chunk_size: int | None, max_elements: int):
-    """Per datum ``(log-sum-exp of log w, sum log w, sum log p(x|z), sum KL terms)`` over the K particles."""
+def _stream(
+    model,
+    x: Tensor,
+    num_particles: int,
+    batch_size: int,
+    chunk_size: int | None,
+    max_elements: int,
+    split_particles: bool = True,
+):
+    """Per datum ``(log-sum-exp of log w, sum log w, sum log p(x|z), sum KL terms)`` over the K particles
+    (over all ranks' shares when they are split across a process group)."""
     _check(num_particles, batch_size, max_elements)
+    num_particles = _share(num_particles, split_particles)
     x = _as_tensor(x)
     if x.dim() < 2 or x.shape[0] < 1:
         raise ValueError(f"x must be [N, *event] with N >= 1; got {tuple(x.shape)}")
@@ -121,7 +148,13 @@ def _stream(model, x: Tensor, num_particles: int, batch_size: int, chunk_size: i
             s_kl += kl_terms.sum(0)
             done += k
         results.append((lse, s_w, s_lik, s_kl))
-    return [torch.cat(parts) for parts in zip(*results)]
+    lse, *sums = (torch.cat(parts) for parts in zip(*results))
+    if split_particles:  # the identity outside a process group
+        lse = logsumexp_over_ranks(lse)
+        if dist.is_available() and dist.is_initialized():
+            for s in sums:
+                dist.all_reduce(s)
+    return [lse, *sums]
 
 
 def iwae_log_likelihood(
@@ -131,6 +164,7 @@ def iwae_log_likelihood(
     batch_size: int = 100,
     chunk_size: int | None = None,
     max_elements: int = 1 << 22,
+    split_particles: bool = True,
 ) -> Tensor:
     """``log p(x) ~ log (1/K) sum_k p(x, z_k) / q(z_k | x)`` per datum, drawn in memory-bounded chunks.
 
@@ -144,6 +178,8 @@ def iwae_log_likelihood(
         chunk_size: particles per draw; default as many as keep the decoder's
             output under ``max_elements`` entries.
         max_elements: memory bound used when ``chunk_size`` is ``None``.
+        split_particles: under a process group, split the K particles across the ranks
+            (see the module notes); ``False``: every rank draws all K.
 
     Returns:
         ``[N]`` the IWAE_K estimates (a stochastic lower bound on ``log p(x)``).
@@ -152,7 +188,7 @@ def iwae_log_likelihood(
         Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders* (2016),
         section 5.1 (the test log-likelihood at K = 5000).
     """
-    lse = _stream(model, x, num_particles, batch_size, chunk_size, max_elements)[0]
+    lse = _stream(model, x, num_particles, batch_size, chunk_size, max_elements, split_particles)[0]
     return lse - math.log(num_particles)
 
 
@@ -194,6 +230,7 @@ def evaluate(
     chunk_size: int | None = None,
     max_elements: int = 1 << 22,
     threshold: float = 0.01,
+    split_particles: bool = True,
 ) -> dict[str, float]:
     """Test metrics of a VAE, averaged over the data ``x [N, *event]`` (``N >= 2``).
 
@@ -207,6 +244,8 @@ def evaluate(
             under ``max_elements`` entries.
         max_elements: memory bound used when ``chunk_size`` is ``None``.
         threshold: the active-unit cut on ``Cov_x E_q[z_u]``.
+        split_particles: under a process group, split the K particles across the ranks
+            (see the module notes); ``False``: every rank draws all K.
 
     Returns:
         ``{"log_likelihood", "elbo", "reconstruction", "kl", "active_units", "num_particles", "num_data"}``:
@@ -215,7 +254,7 @@ def evaluate(
         latent units with ``Cov_x E_q[z_u] > threshold`` (Burda et al., 2016).
     """
     x = _as_tensor(x)
-    lse, s_w, s_lik, s_kl = _stream(model, x, num_particles, batch_size, chunk_size, max_elements)
+    lse, s_w, s_lik, s_kl = _stream(model, x, num_particles, batch_size, chunk_size, max_elements, split_particles)
     K = num_particles
     probe = model.encoder(x[:2])
     if isinstance(probe, Distribution) and _has_mean(probe):
