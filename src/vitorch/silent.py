@@ -47,6 +47,8 @@ from torch.distributions import (
     Categorical,
     Distribution,
     Independent,
+    LowRankMultivariateNormal,
+    MultivariateNormal,
     Normal,
     OneHotCategorical,
     kl_divergence,
@@ -59,6 +61,7 @@ from .families.kl import _cov_root, _is_diag_normal
 __all__ = ["expected_log_lik", "LinearGaussianDecoder", "loss", "anneal", "split", "combine", "scale_gradient"]
 
 _LOG_2PI = math.log(2 * math.pi)
+_GAUSSIANS = (DiagNormal, FullRankNormal, LowRankNormal, MultivariateNormal, LowRankMultivariateNormal)
 
 
 # ---------------------------------------------------------------- moments of the guide
@@ -70,35 +73,41 @@ def _base(q: Distribution) -> Distribution:
     return q
 
 
-def _moments(q: Distribution, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """``(E[z] flattened [*batch, D], diag(W S W^T) [*batch, O])`` for ``W [O, D]``."""
-    batch = q.batch_shape
+def _kind(q: Distribution) -> str:
+    """Which moments route ``q`` takes, or ``TypeError`` naming the family."""
     base = _base(q)
     if isinstance(base, OneHotCategorical):
+        return "onehot"
+    if isinstance(base, Bernoulli):
+        return "bernoulli"
+    if _is_diag_normal(q) or (isinstance(q, Independent) and isinstance(base, Normal)):
+        return "diagonal"
+    if isinstance(q, _GAUSSIANS):
+        return "root"
+    raise TypeError(
+        f"silent: no closed-form moments for {type(q).__name__} (use a Gaussian family, "
+        "Independent(Bernoulli), OneHotCategorical or Independent(OneHotCategorical))"
+    )
+
+
+def _moments(q: Distribution, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """``(E[z] flattened [*batch, D], diag(W S W^T) [*batch, O])`` for ``W [O, D]``."""
+    batch, kind, base = q.batch_shape, _kind(q), _base(q)
+    if kind == "onehot":
         p = base.probs.expand(*batch, *q.event_shape)  # [*batch, *coords, C]
         c = p.shape[-1]
         w = weight.reshape(weight.shape[0], -1, c)  # [O, L, C]
         pl = p.reshape(*batch, -1, c)  # [*batch, L, C]
         second = torch.einsum("olc,...lc->...o", w.pow(2), pl)
         first = torch.einsum("olc,...lc->...ol", w, pl).pow(2).sum(-1)
-        return p.reshape(*batch, -1), second - first
-    if isinstance(base, Bernoulli):
-        if q.event_shape == base.event_shape:  # a bare Bernoulli: one bit per datum is event ()
-            p = base.probs.unsqueeze(-1)
-        else:
-            p = base.probs.expand(*batch, *q.event_shape).reshape(*batch, -1)
+        return p.reshape(*batch, -1), second - first  # S = diag(p) - p p^T per coordinate
+    if kind == "bernoulli":
+        p = base.probs.expand(*batch, *q.event_shape).reshape(*batch, -1)
         return p, (p * (1 - p)) @ weight.pow(2).mT
-    if _is_diag_normal(q) or (isinstance(base, Normal) and isinstance(q, Independent)):
-        mean = q.mean.reshape(*batch, -1)
-        var = q.variance.reshape(*batch, -1)
-        return mean, var @ weight.pow(2).mT
-    if isinstance(q, (FullRankNormal, LowRankNormal)) or hasattr(q, "scale_tril"):
-        root = _cov_root(q)  # [*batch, D, E]
-        return q.mean, (weight @ root).pow(2).sum(-1)
-    raise TypeError(
-        f"silent: no closed-form moments for {type(q).__name__} (use a Gaussian family, "
-        "Independent(Bernoulli), OneHotCategorical or Independent(OneHotCategorical))"
-    )
+    if kind == "diagonal":
+        return q.mean.reshape(*batch, -1), q.variance.reshape(*batch, -1) @ weight.pow(2).mT
+    root = _cov_root(q)  # [*batch, D, E]
+    return q.mean, (weight @ root).pow(2).sum(-1)
 
 
 def expected_log_lik(x: Tensor, q: Distribution, weight: Tensor, bias: Tensor | None = None, scale=1.0) -> Tensor:
@@ -124,6 +133,7 @@ def expected_log_lik(x: Tensor, q: Distribution, weight: Tensor, bias: Tensor | 
     References:
         Shao, Liu & Van den Broeck (2025), *Zero-Variance Gradients for Variational Autoencoders*.
     """
+    _kind(q)
     if weight.dim() != 2 or x.shape[-1:] != weight.shape[:1]:
         raise ValueError(
             f"expected_log_lik: weight must be [O, D] with O = x.shape[-1]; got weight "
@@ -209,7 +219,7 @@ def loss(x: Tensor, q: Distribution, decoder: LinearGaussianDecoder, prior: Dist
         Shao, Liu & Van den Broeck (2025); Kingma & Welling (2014) for the analytic KL.
     """
     if prior is None:
-        if not isinstance(q, (DiagNormal, FullRankNormal, LowRankNormal)) and not _is_diag_normal(q):
+        if _kind(q) not in ("diagonal", "root"):
             raise ValueError(f"silent.loss: a {type(q).__name__} guide needs an explicit prior")
         zeros = torch.zeros(q.event_shape, dtype=q.mean.dtype, device=q.mean.device)
         prior = DiagNormal(zeros, torch.ones_like(zeros), validate_args=False)
