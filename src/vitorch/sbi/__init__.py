@@ -15,7 +15,6 @@ References:
     Cranmer, Brehmer & Louppe, *The frontier of simulation-based inference* (PNAS 2020).
 """
 
-from .c2st import c2st
 from .calibration import SBCResult, expected_coverage, sbc_ranks, sbc_test
 from .embedding import DeepSetEmbedding, MLPEmbedding, Standardize
 from .flows import build_flow
@@ -24,6 +23,7 @@ from .posterior import NPEPosterior
 from .sequential import sequential_npe
 from .simulate import box_uniform, check_prior, simulate
 from .training import train_npe
+from .twosample import c2st
 
 __all__ = [
     "simulate",

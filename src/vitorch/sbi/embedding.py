@@ -46,7 +46,10 @@ class Standardize(nn.Module):
     """``(v - mean) / std`` with statistics stored as buffers (saved with the model).
 
     Args:
-        shape: the shape of one ``v`` (the statistics have this shape).
+        shape: the shape of one ``v``.
+        pool: pool the statistics over every dimension of ``shape`` but the last (one
+            mean and standard deviation per feature of a set or sequence, which keeps a
+            permutation-invariant embedding invariant); default one per coordinate.
 
     `Standardize.fit` sets the statistics from data ``[n, *shape]``; a coordinate with
     zero spread keeps ``std = 1``, so a constant feature passes through shifted, never
@@ -57,14 +60,19 @@ class Standardize(nn.Module):
         Bayesian conditional density estimation* (NeurIPS 2016) (whitened inputs).
     """
 
-    def __init__(self, shape: Sequence[int]):
+    def __init__(self, shape: Sequence[int], pool: bool = False):
         super().__init__()
-        self.register_buffer("mean", torch.zeros(tuple(shape)))
-        self.register_buffer("std", torch.ones(tuple(shape)))
+        shape = tuple(shape)
+        self.pool = bool(pool) and len(shape) > 1
+        stat_shape = (1,) * (len(shape) - 1) + shape[-1:] if self.pool else shape
+        self.register_buffer("mean", torch.zeros(stat_shape))
+        self.register_buffer("std", torch.ones(stat_shape))
 
     @torch.no_grad()
     def fit(self, data: Tensor) -> None:
         """Set ``mean`` and ``std`` from ``data [n, *shape]`` (``n >= 2``)."""
+        if self.pool:
+            data = data.reshape(-1, *self.mean.shape)
         mean = data.mean(0)
         std = data.std(0)
         std = torch.where(std > 1e-12 * (1 + mean.abs()), std, torch.ones_like(std))
@@ -114,12 +122,17 @@ class DeepSetEmbedding(nn.Module):
         hidden: hidden widths of ``phi`` and of ``rho`` (ReLU).
         latent_features: the width of ``phi``'s output, which is pooled.
 
+    `vitorch.sbi.NPE` z-scores such ``x`` per feature (pooled over the set), which
+    keeps the posterior invariant to the order of the observations.
+
     Shapes: ``x [B, m, E] -> [B, out_features]``; the mean (not the sum) pools, so a
     set of a different size ``m`` gives features on the same scale.
 
     References:
         Zaheer et al., *Deep Sets* (NeurIPS 2017), Theorem 2.
     """
+
+    permutation_invariant = True
 
     def __init__(
         self,

@@ -110,7 +110,9 @@ class NPE(nn.Module):
         embedding: a module ``x [B, *x_shape] -> [B, C]`` trained with the flow (default:
             the flattened, z-scored ``x``).
         z_score_theta: z-score the unconstrained parameters with training statistics.
-        z_score_x: z-score ``x`` (before the embedding) with training statistics.
+        z_score_x: z-score ``x`` (before the embedding) with training statistics, per
+            coordinate, or per feature (last dimension) pooled over the set when the
+            embedding declares ``permutation_invariant = True`` (`DeepSetEmbedding` does).
 
     Shapes: ``log_prob(theta [*, B, D], x [B, *x_shape]) -> [*, B]``;
     ``posterior(x [*batch, *x_shape])`` is a distribution with batch shape ``[*batch]``.
@@ -154,7 +156,8 @@ class NPE(nn.Module):
         self.embedding = embedding
         self.bijection = bijection_for(prior.support, torch.Size([self.dim]))
         self.theta_norm = Standardize((self.dim,))
-        self.x_norm = Standardize(self.x_shape)
+        # A set embedding needs statistics shared across the set to stay invariant.
+        self.x_norm = Standardize(self.x_shape, pool=getattr(embedding, "permutation_invariant", False))
         self.z_score_theta, self.z_score_x = bool(z_score_theta), bool(z_score_x)
         self.register_buffer("standardized", torch.tensor(False))
         with torch.no_grad():

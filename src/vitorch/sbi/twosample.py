@@ -56,7 +56,7 @@ def _fit_predict(train_x, train_y, test_x, gen, max_epochs, batch=200, alpha=1e-
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         epoch_loss = total / n
         stale = stale + 1 if epoch_loss > best - tol else 0
         best = min(best, epoch_loss)
