@@ -21,13 +21,19 @@ That is exact for IWAE-type guides, whose weight is then as small; PIWAE's guide
 can weigh such a particle within its group, so use float64 when log-weights spread
 that far.
 
+Deterministic rules replace random draws by weighted particles (`Particles.weights`):
+`enumerate` sums exactly over a small finite support (`vitorch.quadrature`) and
+`unscented` places 2D + 1 sigma points of a Gaussian (`vitorch.unscented`).  Nothing
+is random, so the weighted bound's own gradient is theirs (zero variance).
+
 References:
     Kingma & Welling (2014); Roeder, Wu & Duvenaud (2017), *Sticking the Landing*;
     Tucker, Lawson, Gu & Maddison (2019), *Doubly Reparameterized Gradient
     Estimators*; Ranganath, Gerrish & Blei (2014), *Black Box Variational
     Inference*; Mnih & Rezende (2016), *Variational Inference for Monte Carlo
     Objectives*; Naesseth et al. (2017), *Reparameterization Gradients through
-    Acceptance-Rejection Sampling Algorithms*.
+    Acceptance-Rejection Sampling Algorithms*; Julier & Uhlmann (1997) and Janjoš et al.
+    (2023), *Unscented Autoencoder*, for sigma points.
 """
 
 from __future__ import annotations

@@ -42,6 +42,9 @@ class WeightedRule(Estimator):
 
     A rule fixes its particles, so ``num_particles`` stays at its default 1, and the
     objective must have a weighted form (`vitorch.objectives.Objective.weighted_reasons`).
+    ``draw`` returns `Particles` with ``weights [K, *batch]``; ``surrogate`` returns
+    ``None`` (the weighted bound ``[*batch]`` is differentiated as it is) or, for a split
+    objective, a ``[*batch]`` sum of the model's and the guide's weighted bounds.
 
     References:
         Julier & Uhlmann (1997); Mnih & Gregor (2014): see the module notes.
@@ -117,6 +120,9 @@ def support(q: Distribution, max_support: int = DEFAULT_MAX_SUPPORT) -> Tensor:
 
     Raises:
         ValueError: for another family, or when ``N > max_support``.
+
+    References:
+        Mnih & Gregor (ICML 2014); Kingma, Rezende, Mohamed & Welling (NeurIPS 2014).
     """
     found = _atoms(q)
     if found is None:
@@ -212,6 +218,10 @@ def expect(f: Callable[[Tensor], Tensor], q: Distribution, max_support: int = DE
     Raises:
         ValueError: for a family without an enumerable support, a support larger than
             ``max_support``, or an ``f`` of the wrong shape.
+
+    References:
+        Kingma, Rezende, Mohamed & Welling, *Semi-Supervised Learning with Deep
+        Generative Models* (NeurIPS 2014): the label's expectation summed over its support.
     """
     z = support(q, max_support)
     values = f(z)

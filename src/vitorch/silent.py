@@ -262,7 +262,11 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 def scale_gradient(t: Tensor, c: float) -> Tensor:
-    """``t`` in value; the gradient reaching ``t`` through the result is multiplied by ``c``."""
+    """``t`` (any shape) in value; the gradient reaching ``t`` through the result is multiplied by ``c``.
+
+    The piece `split` applies to each of a guide's parameters, usable on an encoder's raw
+    output tensor too (Shao, Liu & Van den Broeck, 2025, mix the encoder's gradients).
+    """
     return _ScaleGrad.apply(t, float(c))
 
 
@@ -298,6 +302,10 @@ def split(q: Distribution, weight: float) -> tuple[Distribution, Distribution]:
     Raises:
         ValueError: if ``weight`` is outside ``[0, 1]``.
         TypeError: for a family it cannot rebuild.
+
+    References:
+        Shao, Liu & Van den Broeck (2025): the encoder follows the analytic gradient with
+        weight ``lam_t`` and the stochastic estimator with ``1 - lam_t``.
     """
     weight = float(weight)
     if not 0.0 <= weight <= 1.0:
@@ -309,8 +317,9 @@ def combine(silent: LossOutput, stochastic: LossOutput) -> LossOutput:
     """One `vitorch.LossOutput` for both losses: their sum, reporting the stochastic model's bound.
 
     The silent loss trains the auxiliary linear decoder and guides the encoder; the
-    stochastic one is the model being fitted, so its bound, log-weights and particles
-    are what `vitorch.fit` logs and evaluates.
+    stochastic one is the model being fitted, so its bound ``[B]``, log-weights
+    ``[K, B]`` and particles are what `vitorch.fit` logs and evaluates; the loss is the
+    scalar sum (Shao, Liu & Van den Broeck, 2025).
     """
     return LossOutput(
         silent.loss + stochastic.loss, stochastic.bound, stochastic.log_w, stochastic.z, stochastic.weights

@@ -183,6 +183,9 @@ def expect(f: Callable[[Tensor], Tensor], q: Distribution, kappa: float = PAPER_
 
     Raises:
         ValueError: for a non-Gaussian ``q``, a bad ``kappa`` or an ``f`` of the wrong shape.
+
+    References:
+        Julier & Uhlmann (1997); Janjoš et al., *Unscented Autoencoder* (ICML 2023).
     """
     z, weights = sigma_points(q, kappa)
     values = f(z)
