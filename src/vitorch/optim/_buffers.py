@@ -11,7 +11,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["GroupBuffers"]
+__all__ = ["GroupBuffers", "check_group"]
+
+
+def check_group(params: list[Tensor], index: int) -> None:
+    """Refuse a group whose trainable parameters differ in device or dtype, or are not floating point.
+
+    Raises:
+        ValueError: naming the group and what differs.
+    """
+    params = [p for p in params if p.requires_grad]
+    devices = sorted({str(p.device) for p in params})
+    dtypes = sorted({str(p.dtype) for p in params})
+    if len(devices) > 1 or len(dtypes) > 1:
+        raise ValueError(
+            f"IVON: parameter group {index} mixes devices {devices} or dtypes {dtypes}; put the parameters "
+            "of each device and dtype in a group of their own"
+        )
+    if any(not p.dtype.is_floating_point for p in params):
+        raise ValueError(f"IVON: parameter group {index} holds non-floating parameters ({dtypes[0]})")
 
 
 class GroupBuffers:
@@ -22,19 +40,11 @@ class GroupBuffers:
         index: the group's position, for error messages.
 
     Raises:
-        ValueError: if the parameters differ in device or dtype.
+        ValueError: if the parameters differ in device or dtype (see `check_group`).
     """
 
     def __init__(self, params: list[Tensor], index: int):
-        devices = {p.device for p in params}
-        dtypes = {p.dtype for p in params}
-        if len(devices) > 1 or len(dtypes) > 1:
-            raise ValueError(
-                f"IVON: parameter group {index} mixes devices {sorted(map(str, devices))} or dtypes "
-                f"{sorted(map(str, dtypes))}; put parameters of each device and dtype in a group of their own"
-            )
-        if not all(p.dtype.is_floating_point for p in params):
-            raise ValueError(f"IVON: parameter group {index} holds non-floating parameters ({dtypes.pop()})")
+        check_group(params, index)
         self.params = params
         self._ids = [id(p) for p in params]
         self._sizes = [p.numel() for p in params]

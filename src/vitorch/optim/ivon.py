@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from ._buffers import GroupBuffers
+from ._buffers import GroupBuffers, check_group
 
 __all__ = ["IVON"]
 
@@ -144,6 +144,14 @@ class IVON(torch.optim.Optimizer):
         self._buffers: dict[int, GroupBuffers] = {}
         self._draws = 0  # training draws collected since the last step
         self._open = False
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        try:
+            check_group(self.param_groups[-1]["params"], len(self.param_groups) - 1)
+        except ValueError:
+            self.param_groups.pop()
+            raise
 
     # ----- the weight noise --------------------------------------------------------
 
