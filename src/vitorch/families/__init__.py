@@ -15,6 +15,7 @@ from .flow import ConditionalFlow, Flow
 from .gamma import Gamma, RSVIGamma
 from .gaussian import DiagNormal, FullRankNormal, LowRankNormal
 from .heads import DiagNormalHead, FullRankNormalHead, LowRankNormalHead
+from .mixflow import MixFlow
 
 __all__ = [
     "Family",
@@ -37,4 +38,5 @@ __all__ = [
     "RelaxedOneHotCategoricalStraightThrough",
     "RelaxedBernoulli",
     "RelaxedBernoulliStraightThrough",
+    "MixFlow",
 ]
