@@ -65,7 +65,7 @@ def loss(
     num_particles = check(q, num_particles, objective, estimator)
     objective = as_objective(objective)
     particles = estimator.draw(q, num_particles, objective)
-    log_p = _checked(log_joint(particles.read), particles.z, particles.z.shape[0], q.batch_shape)
+    log_p = _checked(log_joint(particles.read), particles.z, num_particles, q.batch_shape)
     log_w = log_p - particles.log_q
     bound = objective.bound(log_w, particles.weights)
     surrogate = estimator.surrogate(objective, particles, log_p, log_w, bound, context)
