@@ -19,6 +19,7 @@ Example:
     >>> vt.fit(model, (X, y), epochs=10, batch_size=256); model.predict(X_test)
 """
 
+from .cvi import Sites, cvi_step, dual_elbo, ep_objective, q_from_sites, site_parameters
 from .exact import ExactGP
 from .inducing import greedy_variance, kmeans
 from .kernels import (
@@ -47,6 +48,12 @@ __all__ = [
     "ExactGP",
     "SGPR",
     "SVGP",
+    "cvi_step",
+    "site_parameters",
+    "Sites",
+    "q_from_sites",
+    "dual_elbo",
+    "ep_objective",
     "Kernel",
     "Stationary",
     "RBF",

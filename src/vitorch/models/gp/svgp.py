@@ -303,14 +303,27 @@ class SVGP(nn.Module):
         eye = torch.eye(m, dtype=a.dtype, device=a.device)
         a_at, a_r, count = _summed_over_ranks(a @ a.mT, a @ (y - self.mean(x)), x.shape[0])
         prec_scale = (self.num_data / count) / self.likelihood.noise
-        lam_target = eye + prec_scale * a_at
-        eta_target = prec_scale * a_r
-        # current q in whitened coordinates: natural parameters transform linearly under u = L v
+        self._natural_update(eye + prec_scale * a_at, prec_scale * a_r, lr, l_mm)
+
+    def _whitened_q(self, l_mm: Tensor) -> tuple[Tensor, Tensor]:
+        """q's mean ``[M]`` and Cholesky factor ``[M, M]`` in whitened coordinates ``v = L^{-1} u``."""
         loc, tril = self.q_loc, self._q_tril()
         if not self.whiten:
             loc = torch.linalg.solve_triangular(l_mm, loc.unsqueeze(-1), upper=False).squeeze(-1)
             root = torch.linalg.solve_triangular(l_mm, tril, upper=False)
             tril = jittered_cholesky(root @ root.mT, "whitened S", jitter=0.0)
+        return loc, tril
+
+    @torch.no_grad()
+    def _natural_update(self, lam_target: Tensor, eta_target: Tensor, lr: float, l_mm: Tensor) -> None:
+        """``theta <- (1 - lr) theta + lr theta*`` in the natural parameters ``(Lambda m, Lambda)`` of the
+        whitened q, for a target precision ``lam_target [M, M]`` and ``eta_target [M]``; stores the result.
+
+        Shared by every natural-gradient step (this class's Gaussian one and
+        `vitorch.models.gp.cvi.cvi_step` for any likelihood).
+        """
+        # natural parameters transform linearly under u = L v, so the step is taken in whitened coordinates
+        loc, tril = self._whitened_q(l_mm)
         lam_old = torch.cholesky_inverse(tril)
         lam = (1 - lr) * lam_old + lr * lam_target
         eta = (1 - lr) * (lam_old @ loc) + lr * eta_target
