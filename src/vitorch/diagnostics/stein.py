@@ -154,14 +154,11 @@ def ksd(
         kp = k * (ss - cross / l2 + D / l2 - sq / l2.pow(2))
     else:
         u = c * c + sq / l2
+        k = torch.exp(beta * u.log())  # u^beta; u^(beta-1) = k / u, u^(beta-2) = k / u^2
+        ku = k / u
         # grad_x k = (2 beta / l^2) u^(beta-1) (x - y) = -grad_y k;
         # tr(grad_x grad_y k) = -(2 beta D / l^2) u^(beta-1) - (4 beta (beta-1) / l^4) r^2 u^(beta-2).
-        kp = (
-            u.pow(beta) * ss
-            + (2 * beta / l2) * u.pow(beta - 1) * cross
-            - (2 * beta * D / l2) * u.pow(beta - 1)
-            - (4 * beta * (beta - 1) / l2.pow(2)) * sq * u.pow(beta - 2)
-        )
+        kp = k * ss + ku * ((2 * beta / l2) * (cross - D) - (4 * beta * (beta - 1) / l2.pow(2)) * sq / u)
     if u_statistic:
         total = kp.sum((-2, -1)) - kp.diagonal(dim1=-2, dim2=-1).sum(-1)
         return total / (n * (n - 1))

@@ -26,6 +26,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -39,6 +40,13 @@ def _sq_dists(x: Tensor) -> Tensor:
     """``[n, n]`` squared distances of the rows of a centred ``x [n, D]`` (one GEMM, clamped at 0)."""
     sq = x.pow(2).sum(-1)
     return (sq[:, None] + sq[None, :] - 2.0 * (x @ x.mT)).clamp_min(0.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _pairs(n: int, device: torch.device) -> Tensor:
+    """``[n (n - 1) / 2]`` flat indices of the pairs ``i < j`` of an ``[n, n]`` matrix (cached: called every step)."""
+    i, j = torch.triu_indices(n, n, offset=1, device=device)
+    return i * n + j
 
 
 def median_bandwidth(sq_dists: Tensor) -> Tensor:
@@ -57,8 +65,7 @@ def median_bandwidth(sq_dists: Tensor) -> Tensor:
     n = sq_dists.shape[-1]
     if n < 2:
         return sq_dists.new_ones(())
-    i, j = torch.triu_indices(n, n, offset=1, device=sq_dists.device)
-    med = sq_dists[i, j].median()
+    med = sq_dists.reshape(-1)[_pairs(n, sq_dists.device)].median()
     h = med / math.log(n + 1)
     return torch.where(h > 0, h, torch.ones_like(h))
 

@@ -116,8 +116,8 @@ class ParticleMethod:
             if not lp.requires_grad:
                 raise ValueError(f"{name}: log_prob's value does not depend on the particles (no gradient)")
             (s,) = torch.autograd.grad(lp.sum(), xr)
-        bad = ~(torch.isfinite(lp) & torch.isfinite(s).all(-1))
-        if bool(bad.any()):
+        if not bool(torch.isfinite(lp.sum() + s.sum())):  # one check (and one sync) per step
+            bad = ~(torch.isfinite(lp) & torch.isfinite(s).all(-1))
             raise ValueError(
                 f"{name}: log_prob or its gradient is not finite at {int(bad.sum())} of {x.shape[0]} particles "
                 f"at step {self.num_steps}; the particles left the region where the target is finite "
@@ -169,9 +169,10 @@ class SVGD(ParticleMethod):
         particles: ``[n, D]`` starting particles (tensor or `Particles`).
         lr: the learning rate, required: its scale depends on the target's (for no learning
             rate, use `vitorch.particles.CoinSVGD`).
-        optimizer: a torch optimizer class (or factory ``(params, lr=...) -> Optimizer``);
-            default ``torch.optim.SGD``, i.e. ``x <- x + lr * phi``.  ``torch.optim.Adagrad``
-            or ``RMSprop`` give the adaptive steps of Liu & Wang's code.
+        optimizer: ``None`` (default) for plain steps ``x <- x + lr * phi``, or a torch
+            optimizer class (or factory ``(params, lr=...) -> Optimizer``) that receives
+            ``-phi`` as the gradient; ``torch.optim.Adagrad`` or ``RMSprop`` give the adaptive
+            steps of Liu & Wang's code.
         bandwidth, preconditioner: see `ParticleMethod`.
 
     Raises:
@@ -193,7 +194,7 @@ class SVGD(ParticleMethod):
         particles,
         lr: float,
         *,
-        optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.SGD,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         bandwidth: float | None = None,
         preconditioner: Preconditioner = None,
     ):
@@ -201,7 +202,7 @@ class SVGD(ParticleMethod):
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"SVGD: lr must be a positive finite number; got {lr!r}")
         self.lr = float(lr)
-        self.optimizer = optimizer([self.x], lr=self.lr)
+        self.optimizer = None if optimizer is None else optimizer([self.x], lr=self.lr)
 
     def step(self, *args, **kwargs) -> Tensor:
         """One SVGD step; extra arguments go to ``log_prob`` (e.g. a minibatch).
@@ -210,8 +211,11 @@ class SVGD(ParticleMethod):
             0-d the particles' mean ``log p`` before the move (detached), to monitor.
         """
         phi, lp = self.direction(*args, **kwargs)
-        self.x.grad = -phi  # the optimizers descend; SVGD ascends along phi
-        self.optimizer.step()
-        self.x.grad = None
+        if self.optimizer is None:
+            self.x.add_(phi, alpha=self.lr)
+        else:
+            self.x.grad = -phi  # the optimizers descend; SVGD ascends along phi
+            self.optimizer.step()
+            self.x.grad = None
         self.num_steps += 1
         return lp.mean()
