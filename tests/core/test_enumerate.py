@@ -172,6 +172,50 @@ def test_a_class_of_zero_probability_is_skipped_without_nan():
     assert torch.isfinite(_loss(O.iwae, E.enumerate(), logits.detach(), x=X0[:1]).bound).all()
 
 
+# ---------------------------------------------------------------- weighted objectives
+
+WEIGHTED = [O.elbo, O.iwae, O.ciwae(0.3), O.renyi(0.5), O.renyi(2.0), O.cubo(2), O.vis()]
+
+
+@pytest.mark.parametrize("objective", WEIGHTED, ids=str)
+def test_uniform_weights_give_the_unweighted_bound(objective):
+    log_w = torch.randn(5, 3)
+    uniform = torch.full((5, 3), 0.2)
+    assert torch.allclose(objective.bound(log_w, uniform), objective(log_w), atol=1e-12)
+    assert torch.allclose(objective.guide.bound(log_w, uniform), objective.guide(log_w), atol=1e-12)
+
+
+@pytest.mark.parametrize("objective", WEIGHTED, ids=str)
+def test_weighted_bounds_gradcheck(objective):
+    log_w = torch.randn(4, 2, requires_grad=True)
+    raw = torch.rand(4, 2, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, r: objective.guide.bound(a, r / r.sum(0)), (log_w, raw + 0.1))
+
+
+@pytest.mark.parametrize("objective", WEIGHTED, ids=str)
+def test_weighted_bounds_stay_finite_in_half_precision_and_at_zero_weights(objective):
+    log_w = torch.tensor([[1e4, -math.inf], [-3.0, -math.inf], [math.inf, -math.inf]], requires_grad=True)
+    weights = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.0, 0.0]])
+    value = objective.bound(log_w, weights)
+    value.sum().backward()
+    assert torch.isfinite(value).all() and torch.isfinite(log_w.grad).all()
+    assert log_w.grad[2].abs().max() == 0  # a particle of weight zero passes nothing
+    half = objective.bound(log_w.detach().half(), weights.half())
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+
+
+def test_a_subclass_with_a_weighted_form_is_accepted():
+    class Tempered(O.Objective):
+        name, takes_weights, particlewise = "tempered_elbo", True, True
+
+        def __call__(self, log_w, weights=None):
+            w = torch.full_like(log_w, 1 / log_w.shape[0]) if weights is None else weights
+            return 0.5 * (w * log_w).sum(0)
+
+    out = _loss(Tempered(), E.enumerate(), L0)
+    assert torch.allclose(out.bound, 0.5 * _loss(O.elbo, E.enumerate(), L0).bound, atol=1e-12)
+
+
 # ---------------------------------------------------------------- score estimators agree in expectation
 
 
