@@ -1,4 +1,5 @@
-"""Gaussian processes: exact, collapsed sparse (SGPR) and stochastic variational (SVGP).
+"""Gaussian processes: exact, collapsed sparse (SGPR), stochastic variational (SVGP) with CVI
+natural gradients for any likelihood (`cvi_step`), and nearest-neighbour (NNGP).
 
 The variational posterior over inducing values is a vitorch family
 (`vitorch.families.FullRankNormal` or `vitorch.families.DiagNormal`)
@@ -40,6 +41,7 @@ from .likelihoods import BernoulliLogit, BernoulliProbit, GaussianLikelihood, Li
 from .linalg import JitterWarning, NotPositiveDefiniteError, jittered_cholesky
 from .means import ConstantMean, ZeroMean
 from .metrics import gaussian_nlpd, nlpd, rmse
+from .nngp import NNGP, nearest_neighbours, sequential_neighbours
 from .quadrature import GaussHermite, MonteCarlo
 from .sgpr import SGPR
 from .svgp import SVGP
@@ -48,6 +50,9 @@ __all__ = [
     "ExactGP",
     "SGPR",
     "SVGP",
+    "NNGP",
+    "nearest_neighbours",
+    "sequential_neighbours",
     "cvi_step",
     "site_parameters",
     "Sites",
