@@ -48,6 +48,8 @@ from ._particles import Estimator, Particles
 from ._weights import _per_particle, _signed, _warn_if_lost, _weighted_sum, dreg_weights, grad_weights, learning_signal
 from .families.base import rsample_and_stopped_log_prob
 from .objectives import Objective
+from .quadrature import enumerate, support
+from .unscented import sigma_points, unscented
 
 __all__ = [
     "Estimator",
@@ -298,9 +300,3 @@ def score(baseline=None) -> Estimator:
     *Black Box Variational Inference*; Williams (1992) for REINFORCE.
     """
     return _Score(baseline)
-
-
-# Deterministic rules with weighted particles live in their own modules (they import the
-# base classes above, so they are imported last).
-from .quadrature import enumerate, support  # noqa: E402
-from .unscented import sigma_points, unscented  # noqa: E402

@@ -177,7 +177,7 @@ class _Enumerate(WeightedRule):
         return Particles(z, z, log_q, None, log_q.exp())
 
 
-def enumerate(max_support: int = DEFAULT_MAX_SUPPORT) -> Estimator:  # noqa: A001 (the estimator's name)
+def enumerate(max_support: int = DEFAULT_MAX_SUPPORT) -> Estimator:
     """Exact enumeration of a small finite support: zero-variance, exact gradients.
 
     The particles are every point ``z`` of ``q``'s support (`support`), each weighted
