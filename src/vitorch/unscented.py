@@ -19,8 +19,12 @@ gradient.  For other log-joints it is a deterministic, zero-variance approximati
 is the default here.  Julier & Uhlmann's ``kappa = 3 - D`` matches the Gaussian's
 fourth moments along each axis but makes ``pi_0`` negative for D > 3; the scaled
 transform's ``(alpha, kappa)`` is this rule with ``kappa' = alpha^2 (D + kappa) - D``.
-Any ``kappa > -D`` is accepted; a negative one (negative ``pi_0``) only with the ELBO,
-whose weighted mean takes signed weights (the log-space bounds need positive ones).
+Any ``kappa > -D`` is accepted (the ELBO's weighted mean takes a negative ``pi_0``).
+
+Only the ELBO is served: its integrand ``log w`` is quadratic for a linear-Gaussian
+model, where the rule is exact.  The log-space bounds (IWAE, Rényi, CUBO) average
+``w^t = exp(t log w)``, which no such model makes quadratic; their weighted forms would
+follow the rule's error, not a bound, so `unscented` refuses them.
 
 References:
     Julier & Uhlmann, *A New Extension of the Kalman Filter to Nonlinear Systems*
@@ -121,16 +125,11 @@ class _Unscented(WeightedRule):
         dim = q.event_shape[-1]
         if not dim + self.kappa > 0:
             out.append(f"{self.name}: kappa must exceed -D = {-dim}")
-        elif self.kappa < 0 and not (objective.model.particlewise and objective.guide.particlewise):
+        if not (objective.model.particlewise and objective.guide.particlewise):
             out.append(
-                f"{self.name}: kappa < 0 gives the centre point a negative weight, which only the ELBO's "
-                f"weighted mean takes; {objective.name} is a log-space mean of weights"
-            )
-        if objective.model is not objective.guide:
-            out.append(
-                f"{self.name}: the sigma points move with the guide, so a split objective ({objective.name}) "
-                "would need the model's and the guide's bound apart on each point's path; use enumerate() "
-                "for discrete guides, or one bound"
+                f"{self.name} integrates quadratics exactly, so it serves a mean of log-weights (the ELBO); "
+                f"{objective.name} is a log-space mean whose integrand w^t is never quadratic in z, and its "
+                "guide gradient would follow the rule's error rather than a bound: use elbo"
             )
         return out
 
@@ -145,10 +144,10 @@ class _Unscented(WeightedRule):
 def unscented(kappa: float = PAPER_KAPPA) -> Estimator:
     """The unscented estimator: 2D + 1 weighted sigma points replace random draws.
 
-    The weighted bound (the ELBO ``sum_k pi_k log w(z_k)``, or IWAE's, Rényi's weighted
-    forms) is a deterministic function of the guide's and model's parameters, so its
-    gradient has zero variance; the sigma points carry q's parameters, so the gradient
-    is pathwise.  Exact when the log-joint is quadratic in z (linear-Gaussian decoder).
+    The weighted ELBO ``sum_k pi_k log w(z_k)`` is a deterministic function of the
+    guide's and model's parameters, so its gradient has zero variance; the sigma
+    points carry q's parameters, so the gradient is pathwise.  Exact when the
+    log-joint is quadratic in z (linear-Gaussian decoder).
 
     Args:
         kappa: the sigma points' spread (module notes); ``1e-3`` as in the Unscented
