@@ -23,6 +23,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -62,15 +64,29 @@ def _check(A, Q, H, R, m1, P1, y, observed) -> None:
         raise ValueError(f"tv_kalman_filter: observed must be a boolean [T, *B] mask; got {observed.dtype}")
 
 
+def _factor(S: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
+    """Cholesky factor ``L`` of ``S [..., p, p]``, a success mask, and ``B -> S^{-1} B``.
+
+    Scalar observations (a GP, ``p = 1``) skip the batched LAPACK calls, whose per-matrix
+    overhead dominates for ``1 x 1`` systems.
+    """
+    if S.shape[-1] == 1:
+        return S.clamp_min(0).sqrt(), S[..., 0, 0] > 0, lambda B: B / S
+    L, info = torch.linalg.cholesky_ex(S)
+    return L, info == 0, lambda B: torch.cholesky_solve(B, L)
+
+
 def _finish(A, Q, H, R, m1, P1, y, observed, filt_means, filt_covs) -> FilterResult:
     """One-step predictions, whitened innovations and ``log|L_t|`` from the filtered laws, every step at once."""
     pred_means = torch.cat([m1.unsqueeze(0), _mv(A, filt_means[:-1])])
     pred_covs = torch.cat([P1.unsqueeze(0), symmetrize(A @ filt_covs[:-1] @ A.mT + Q)])
-    L, info = torch.linalg.cholesky_ex(symmetrize(H @ pred_covs @ H.mT + R))
-    ok = info == 0 if observed is None else (info == 0) | ~observed
+    L, ok, _ = _factor(symmetrize(H @ pred_covs @ H.mT + R))
+    if observed is not None:
+        ok = ok | ~observed
     if not bool(ok.all()):
         raise ValueError("tv_kalman_filter: an innovation covariance H P H^T + R is not positive definite")
-    w = _whiten(L, y - _mv(H, pred_means))
+    v = y - _mv(H, pred_means)
+    w = v / L[..., 0] if L.shape[-1] == 1 else _whiten(L, v)
     hld = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     if observed is not None:
         w, hld = torch.where(observed.unsqueeze(-1), w, 0.0), torch.where(observed, hld, 0.0)
@@ -108,14 +124,14 @@ def _elements(A, Q, H, R, m1, P1, y, observed) -> tuple[Tensor, ...]:
     Ck = torch.cat([P1.unsqueeze(0), Q])
     mk = torch.cat([m1.unsqueeze(0), m1.new_zeros(y.shape[0] - 1, *m1.shape)])
     HC = H @ Ck
-    L, _ = torch.linalg.cholesky_ex(symmetrize(HC @ H.mT + R))
-    K = torch.cholesky_solve(HC, L).mT
+    _, _, solve = _factor(symmetrize(HC @ H.mT + R))
+    K = solve(HC).mT
     IKH = eye - K @ H
     v = y - _mv(H, mk)
     b = mk + _mv(K, v)
     C = symmetrize(IKH @ Ck @ IKH.mT + K @ R @ K.mT)
     HA = H @ Ak
-    Sinv_HA = torch.cholesky_solve(HA, L)
+    Sinv_HA = solve(HA)
     J = symmetrize(HA.mT @ Sinv_HA)
     eta = _mv(Sinv_HA.mT, v)
     Ael = IKH @ Ak
