@@ -54,6 +54,7 @@ class GroupBuffers:
         self.noise_flat = torch.empty(total, **options)
         self.noise = self.views(self.noise_flat)
         self._spare: tuple[list[Tensor], Tensor] | None = None
+        self.sigma: list[Tensor] | None = None  # σ of this step's draws, set by its first training draw
 
     def holds(self, params: list[Tensor]) -> bool:
         """Whether these buffers were made for exactly these parameters."""

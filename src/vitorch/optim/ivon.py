@@ -238,12 +238,16 @@ class IVON(torch.optim.Optimizer):
                 flat = torch.empty_like(buffers.noise_flat)
                 noise, stash = buffers.views(flat), None
             flat.normal_(generator=generator if generator is not None else self._generator(flat.device))
-            sigma = torch._foreach_add([self.state[p]["hess"] for p in params], group["weight_decay"])
-            torch._foreach_mul_(sigma, group["ess"])
-            torch._foreach_rsqrt_(sigma)
-            torch._foreach_mul_(noise, sigma)  # θ - m = σ ε
+            if train and self._draws > 0:
+                sigma = buffers.sigma  # h has not changed since the step's first draw
+            else:
+                sigma = torch._foreach_add([self.state[p]["hess"] for p in params], group["weight_decay"])
+                torch._foreach_mul_(sigma, group["ess"])
+                torch._foreach_rsqrt_(sigma)  # σ = 1 / sqrt(λ (h + δ))
+                if train:
+                    buffers.sigma = sigma  # the step needs it for ĥ
             torch._foreach_copy_(buffers.mean, params)
-            torch._foreach_add_(params, noise)
+            torch._foreach_addcmul_(params, noise, sigma)  # θ = m + σ ε; ε stays in `noise`
             draw.append(((i, group, buffers), noise, stash))
         return draw
 
@@ -260,7 +264,7 @@ class IVON(torch.optim.Optimizer):
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in buffers.params]
             if any(g.is_sparse for g in grads):
                 raise RuntimeError("IVON does not support sparse gradients")
-            torch._foreach_mul_(noise, grads)  # (θ - m) ĝ; times 1/σ² at the step gives ĥ
+            torch._foreach_mul_(noise, grads)  # ĝ ε; divided by σ at the step, this is ĥ = ĝ (θ - m) / σ²
             if count > 1:
                 torch._foreach_lerp_(buffers.noise, noise, 1.0 / count)  # running mean over draws
                 torch._foreach_lerp_(stash, grads, 1.0 / count)
@@ -318,12 +322,15 @@ class IVON(torch.optim.Optimizer):
         beta1, beta2, ess, delta = group["beta1"], group["beta2"], group["ess"], group["weight_decay"]
 
         torch._foreach_lerp_(momentum, grads, 1.0 - beta1)  # g ← β₁ g + (1 - β₁) ĝ
-        # ĥ = ĝ (θ - m) / σ² = λ (h + δ) · mean over draws of ĝ (θ - m), with h before this step.
-        h_delta = torch._foreach_add(hess, delta)
-        diff = torch._foreach_addcmul(hess, nxg, h_delta, value=-ess)  # h - ĥ
-        torch._foreach_add_(hess, diff, alpha=-(1.0 - beta2))  # β₂ h + (1 - β₂) ĥ
-        torch._foreach_mul_(diff, diff)
-        torch._foreach_addcdiv_(hess, diff, h_delta, value=0.5 * (1.0 - beta2) ** 2)
+        # ĥ = ĝ (θ - m) / σ² = (mean over draws of ĝ ε) / σ, σ from h before this step.
+        sigma = buffers.sigma
+        torch._foreach_div_(nxg, sigma)
+        torch._foreach_sub_(nxg, hess)  # ĥ - h
+        torch._foreach_add_(hess, nxg, alpha=1.0 - beta2)  # β₂ h + (1 - β₂) ĥ
+        # + ½ (1 - β₂)² (h - ĥ)² / (h + δ), written with 1 / (h + δ) = λ σ².
+        torch._foreach_mul_(nxg, sigma)
+        torch._foreach_addcmul_(hess, nxg, nxg, value=0.5 * (1.0 - beta2) ** 2 * ess)
+        buffers.sigma = None
 
         # m ← m - α clip((g / b + δ m) / (h + δ), ±ξ), b = 1 - β₁ᵗ; worked with b folded
         # into the numerator, (g + b δ m) / (h + δ), and the clip radius scaled by b to match.
