@@ -162,6 +162,7 @@ def _end_to_end(batch: int, repeats: int) -> None:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="run the GPU code path on the CPU (needs TRITON_INTERPRET=1)")
+    p.add_argument("--ops", nargs="*", default=None, help="only these kernels (default: every one)")
     args = p.parse_args()
     setup(args)
     repeats = args.repeats or (5 if args.quick else 50)
@@ -189,6 +190,8 @@ def main() -> None:
     DEVICE_NAME = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (interpreter smoke run)"
     for batch in batches:
         for name, op, inputs, nbytes in _cases(batch):
+            if args.ops is not None and name not in args.ops:
+                continue
             _bench_case(name, op, inputs, nbytes, f"K=50 B={batch}", repeats, copy_gbps)
         _end_to_end(batch, repeats)
 

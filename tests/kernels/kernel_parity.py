@@ -27,7 +27,9 @@ from collections.abc import Callable, Sequence
 import pytest
 import torch
 
-TOL = {torch.float32: (1.3e-6, 1e-5), torch.float16: (1e-3, 1e-3)}
+# bfloat16 (CUDA only: the Triton interpreter mishandles it) keeps float16's two units of
+# roundoff, scaled to its 8-bit significand: 2 * 2**-8 ~ 8e-3 (float16: 2 * 2**-11 ~ 1e-3).
+TOL = {torch.float32: (1.3e-6, 1e-5), torch.float16: (1e-3, 1e-3), torch.bfloat16: (8e-3, 8e-3)}
 SIZES = (1, 7, 127, 1000)
 
 # Devices: the CPU under the Triton interpreter, and CUDA when there is one (marker gpu).
@@ -76,6 +78,8 @@ def check(
     device; ``differentiable[i]`` says whether output ``i`` gets an upstream
     gradient (default: all).
     """
+    if dtype == torch.bfloat16 and all(t.device.type == "cpu" for t in inputs.values() if torch.is_tensor(t)):
+        pytest.skip("bfloat16 parity runs on CUDA only (the Triton interpreter mishandles bfloat16)")
     outs, _ = _run(kernel, inputs, (), [None], lambda t: t)
     flags = differentiable if differentiable is not None else [True] * len(outs)
     # Upstream gradients drawn in the tested dtype, so all three runs see the same numbers.

@@ -24,7 +24,7 @@ from vitorch.kernels.gaussian import reference as gauss_ref  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
-DTYPES = [torch.float32, torch.float16]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def _layout(n: int) -> bool:
@@ -36,7 +36,7 @@ def _layout(n: int) -> bool:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("stop", [False, True], ids=["plain", "stopped"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 7, 7), (3, 127, 5), (2, 3, 1000), (2, 1000, 3)])
 def test_parity_diag_normal_rsample_and_log_prob(device, dtype, stop, shape):
@@ -89,7 +89,7 @@ def test_diag_normal_kernel_noise_is_standard_normal(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("n", SIZES)
 def test_parity_bernoulli_log_lik(device, dtype, n):
     require_device(device)
@@ -105,7 +105,7 @@ def test_parity_bernoulli_log_lik(device, dtype, n):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("scale_shape", ["full", "event"])
 def test_parity_gaussian_log_lik(device, dtype, n, scale_shape):
@@ -137,7 +137,7 @@ def _log_w(K: int, N: int, dtype, device, contiguous: bool) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("K", SIZES)
 def test_parity_logsumexp(device, dtype, K):
     require_device(device)
@@ -151,7 +151,7 @@ def test_parity_logsumexp(device, dtype, K):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("K", SIZES)
 def test_parity_normalized_weights(device, dtype, K):
     require_device(device)
@@ -170,7 +170,7 @@ def test_parity_normalized_weights(device, dtype, K):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("kernel", ["rbf", "imq"])
 @pytest.mark.parametrize("n", [2, 7, 127])
 def test_parity_mmd(device, dtype, kernel, n):
@@ -279,7 +279,7 @@ def test_log_standard_gamma_kernel_draws_are_gamma(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("n", SIZES)
 def test_parity_planar_stack(device, dtype, n):
     require_device(device)

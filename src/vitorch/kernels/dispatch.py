@@ -55,11 +55,10 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "reference", "fused", "triton")
-# Old names still accepted (issue 8 called the reference "torch").
+# Old names still accepted (the reference used to be called "torch").
 ALIASES = {"torch": "reference"}
-# Triton kernels load half inputs, compute in float32 and round once on store.  bfloat16 would work
-# the same way but has no parity tolerance in TESTING.md yet, so it goes to the reference.
-KERNEL_DTYPES = (torch.float32, torch.float16)
+# Triton kernels load half inputs (float16, bfloat16), compute in float32 and round once on store.
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("vitorch_kernel_backend", default="auto")
 _triton: tuple[bool, str | None] | None = None
