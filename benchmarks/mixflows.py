@@ -19,6 +19,10 @@ Methods, all given the log-density and its autograd gradient only:
   (reparameterized ELBO, 64 particles, Adam 3e-3) for as long as the MixFlow took
   (``peer_s``, ``vitorch_spline_flow_s``: the time actually used, which overshoots by at most one step).
 
+Also timed: the Concrete families' fused draw and density with its backward against torch's
+``RelaxedOneHotCategorical`` (``rsample`` then ``log_prob``), and the straight-through draw
+against pyro's ``RelaxedOneHotCategoricalStraightThrough`` (cases ``concrete/...``; float64).
+
 Quality, from fresh draws after training (evaluation time not counted in the times above,
 reported as ``*_eval_s``): ``elbo`` (``E[log pi - log q]``; for the MixFlow on its augmented
 state, a bound on the same ``log Z``), ``kl`` (``log Z - elbo``, the reverse KL),
@@ -43,7 +47,7 @@ from vitorch import flows
 from vitorch.families import DiagNormal, MixFlow
 
 import _harness
-from _harness import clock_name, parser, report, setup, try_import
+from _harness import clock_name, interleaved_medians, median_time, parser, report, setup, try_import
 
 LOG_C = 1.3
 TRANSFORMS, HIDDEN, BINS, BOUND = 3, (64, 64), 8, 5.0
@@ -155,6 +159,60 @@ def evaluate_flow(module, lp, cfg) -> dict:
     return {"elbo": e.mean().item(), "elbo_se": e.std().item() / math.sqrt(len(e)), "x": x}
 
 
+# ---------------------------------------------------------------- Concrete
+
+
+def concrete_cases(args) -> None:
+    """Relaxed categoricals: vitorch's fused draw and density against torch's (and pyro's
+    straight-through) on the same logits, temperature and sample shape; median times."""
+    from vitorch.families import RelaxedOneHotCategorical, RelaxedOneHotCategoricalStraightThrough
+
+    batch, classes, k = (64, 10, 4) if args.quick else (1024, 10, 16)
+    repeats = args.repeats or (3 if args.quick else 21)
+    logits = torch.randn(batch, classes, requires_grad=True)
+    temperature = torch.tensor(0.5)
+
+    def ours():
+        z, log_q = RelaxedOneHotCategorical(temperature, logits=logits).rsample_and_log_prob((k,))
+        (z.sum() + log_q.sum()).backward()
+
+    def torchs():
+        q = torch.distributions.RelaxedOneHotCategorical(temperature, logits=logits)
+        z = q.rsample((k,))
+        (z.sum() + q.log_prob(z).sum()).backward()
+
+    t = interleaved_medians({"vitorch": ours, "torch": torchs}, repeats)
+    report(
+        "mixflows", f"concrete/rsample_and_log_prob+backward/{batch}x{classes}x{k}", t["vitorch"], "torch", t["torch"]
+    )
+    pyro, why = try_import("pyro")
+
+    def ours_st():
+        h = RelaxedOneHotCategoricalStraightThrough(temperature, logits=logits).rsample((k,))
+        (h * torch.arange(classes)).sum().backward()
+
+    if pyro is None:
+        report(
+            "mixflows",
+            f"concrete/straight_through_rsample+backward/{batch}x{classes}x{k}",
+            median_time(ours_st, repeats),
+            "pyro",
+            None,
+            skipped=why,
+        )
+        return
+    import pyro.distributions as pd
+
+    def pyro_st():
+        h = pd.RelaxedOneHotCategoricalStraightThrough(temperature, logits=logits).rsample((k,))
+        (h * torch.arange(classes)).sum().backward()
+
+    t = interleaved_medians({"vitorch": ours_st, "pyro": pyro_st}, repeats)
+    report(
+        "mixflows", f"concrete/straight_through_rsample+backward/{batch}x{classes}x{k}", t["vitorch"], "pyro", t["pyro"]
+    )
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -225,6 +283,7 @@ def main():
             if zuko is None:
                 extra["skipped"] = why
             report("mixflows", f"{name}/{metric}", t_mix, "zuko", t_zuko, **extra)
+    concrete_cases(args)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,14 @@ the reference's parameters at a fixed step size the density is smooth in the par
 so ``score()`` and ``vimco`` are unbiased.  The paper fits ``q0`` beforehand and picks the step
 size by the ELBO estimate (`MixFlow.elbo`) over a grid.
 
+Numerics: the map runs in float64 whatever the parameters' dtype.  It is exactly invertible
+in exact arithmetic, but ``log_prob`` inverts it numerically, so (as the paper's sec. 4
+discusses) rounding errors can grow along the backward pass where the leapfrog step is too
+large for the target's curvature.  One loss is not rounding but range: a momentum above
+about 36 (reached in far tails with steep gradients) has a Laplace CDF of exactly one in
+float64, and the refreshment cannot be undone there.  `MixFlow.rsample_and_log_prob` reads
+the density of its own draws from the visited orbit and is the more robust of the two.
+
 References:
     Xu, Chen & Campbell, MixFlows: principled variational inference via mixed flows (ICML 2023),
     sec. 3 (sampling, density, ELBO) and sec. 5 (uncorrected Hamiltonian MixFlows).
