@@ -43,6 +43,10 @@ PUBLIC_MODULES = [
     "vitorch.models.gp",
     "vitorch.models.ssm",
     "vitorch.kernels",
+    "vitorch.quadrature",
+    "vitorch.unscented",
+    "vitorch.silent",
+    "vitorch.families.wasserstein",
 ]
 
 # Pages whose code blocks starting with an import are complete programs.

@@ -51,6 +51,10 @@ PACKAGES = [
     "vitorch.kernels",
     "vitorch.data",
     "vitorch.training",
+    "vitorch.quadrature",
+    "vitorch.unscented",
+    "vitorch.silent",
+    "vitorch.families.wasserstein",
 ]
 
 _YEAR = r"(?:19|20)\d{2}[a-z]?"

@@ -34,7 +34,18 @@ _FAMILIES = (
     "RSVIGamma",
     "stopped",
 )
-_SUBMODULES = ("diagnostics", "estimators", "flows", "objectives", "models", "data", "kernels")
+_SUBMODULES = (
+    "diagnostics",
+    "estimators",
+    "flows",
+    "objectives",
+    "models",
+    "data",
+    "kernels",
+    "quadrature",
+    "unscented",
+    "silent",
+)
 
 # public name -> (module under vitorch, attribute of it; None for the module itself)
 _EXPORTS = {
