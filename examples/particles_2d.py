@@ -53,7 +53,7 @@ def mixture(z: torch.Tensor) -> torch.Tensor:
 
 
 TARGETS = {
-    "banana": (banana, torch.tensor([0.0, 0.0]), torch.tensor([2.0, math.sqrt(3.0)]), 0.05),
+    "banana": (banana, torch.tensor([0.0, 0.0]), torch.tensor([2.0, math.sqrt(3.0)]), 0.2),
     "mixture": (mixture, torch.tensor([0.0, 0.0]), torch.tensor([math.sqrt(5.0), 1.0]), 0.1),
 }
 

@@ -5,7 +5,7 @@ Statistical tolerances use Z = 5.2 standard errors (conftest: two-sided false-fa
 probability ~2e-7 per assertion) *of n independent draws from the target*.  SVGD's particles
 are deterministic given the start and, for means, far more accurate than iid draws (Liu &
 Wang, 2016, sec. 5); their covariance is biased low, by a few per cent in 2-D and ~20 % in
-6-D at n = 100 (the finite-particle variance collapse; Ba et al., 2021), which is inside the
+6-D at n = 100 (the finite-particle variance collapse; Ba et al., 2022), which is inside the
 iid tolerance at these sizes.  A kernel without repulsion (particles collapse on the mode)
 or with the wrong sign (particles scatter) fails by many tolerances.
 """
