@@ -22,21 +22,32 @@ from .networks import (
     Tanh,
     mlp,
 )
+from .ard import ARDPrior, ARDVAE
+from .discrete import CategoricalEncoder, DiscreteVAE, OneHotLatents
+from .lipschitz import InverseLipschitzDecoder, MonotoneGradientMap
 from .plots import image_grid, save_image_grid
 from .recipes import (
     RECIPES,
+    ard_vae,
     beta_vae,
     ciwae,
     dirichlet_vae,
+    enumerated_vae,
+    gumbel_vae,
     iaf_vae,
     info_vae,
+    inverse_lipschitz_vae,
     iwae,
     iwae_dreg,
     miwae,
     piwae,
+    silent_vae,
+    unscented_ae,
     vae,
     vis,
 )
+from .silent_vae import SilentVAE
+from .unscented_ae import UnscentedAE
 
 __all__ = [
     "VAE",
@@ -71,4 +82,19 @@ __all__ = [
     "vis",
     "iaf_vae",
     "dirichlet_vae",
+    "UnscentedAE",
+    "SilentVAE",
+    "DiscreteVAE",
+    "OneHotLatents",
+    "CategoricalEncoder",
+    "ARDVAE",
+    "ARDPrior",
+    "InverseLipschitzDecoder",
+    "MonotoneGradientMap",
+    "unscented_ae",
+    "silent_vae",
+    "gumbel_vae",
+    "enumerated_vae",
+    "ard_vae",
+    "inverse_lipschitz_vae",
 ]
