@@ -143,6 +143,10 @@ class _Relaxed(Family):
             return self._normalized_logits(self._param)
         return self._probs_to_logits(self._param)
 
+    def _raw_logits(self) -> Tensor:
+        # Unnormalized: the Gumbel-softmax draw and the Concrete density ignore an additive constant.
+        return self._param if self._which == "logits" else self._probs_to_logits(self._param)
+
     @property
     def probs(self) -> Tensor:
         return self.logits.softmax(-1)
@@ -166,6 +170,22 @@ class _Relaxed(Family):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(batch_shape={tuple(self.batch_shape)}, event_shape={tuple(self.event_shape)})"
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Value ``hard``, gradient that of ``relaxed``: ``hard + (relaxed - stop(relaxed))`` in one op."""
+
+    @staticmethod
+    def forward(relaxed: Tensor, hard: Tensor) -> Tensor:
+        return hard
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
 
 
 # -------------------------------------------------------------------- categorical
@@ -211,23 +231,34 @@ class RelaxedOneHotCategorical(_Relaxed):
 
     support = simplex
 
-    def _relaxed(self, sample_shape) -> Tensor:
+    def _log_relaxed(self, sample_shape) -> Tensor:
+        """``log x`` of a Concrete draw, ``[*sample, *batch, K]``, clamped at ``log tiny``."""
         shape = self._extended_shape(sample_shape)
         tiny = torch.finfo(self._param.dtype).tiny
-        e = torch.empty(shape, dtype=self._param.dtype, device=self._param.device).exponential_()
-        gumbel = -e.clamp_min(tiny).log()
-        log_x = torch.log_softmax((self.logits + gumbel) / self._temp(), -1)
-        return log_x.clamp_min(math.log(tiny)).exp()
+        # Gumbel noise -log(-log U); torch's rand is several times cheaper than exponential_.
+        eps = torch.finfo(self._param.dtype).eps
+        u = torch.rand(shape, dtype=self._param.dtype, device=self._param.device).clamp_(tiny, 1 - eps)
+        gumbel = -torch.log(-torch.log(u))
+        log_x = torch.log_softmax((self._raw_logits() + gumbel) / self._temp(), -1)
+        return log_x.clamp_min(math.log(tiny))
+
+    def _relaxed(self, sample_shape) -> Tensor:
+        return self._log_relaxed(sample_shape).exp()
 
     def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         return self._relaxed(torch.Size(sample_shape))
+
+    def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
+        # The density from the draw's own log x (log(exp(log x)) would only add a rounding).
+        log_x = self._log_relaxed(torch.Size(sample_shape))
+        return log_x.exp(), concrete_log_prob(self._raw_logits(), self.temperature, log_x)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``[*sample, *batch]`` Concrete log-density at ``value [*sample, *batch, K]`` on the simplex."""
         if self._validate_args:
             self._validate_sample(value)
         value = cast_value(value, self._param.dtype)
-        return concrete_log_prob(self.logits, self.temperature, value.log())
+        return concrete_log_prob(self._raw_logits(), self.temperature, value.log())
 
 
 class RelaxedOneHotCategoricalStraightThrough(RelaxedOneHotCategorical):
@@ -249,8 +280,11 @@ class RelaxedOneHotCategoricalStraightThrough(RelaxedOneHotCategorical):
 
     def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         x = self._relaxed(torch.Size(sample_shape))
-        hard = F.one_hot(x.argmax(-1), x.shape[-1]).to(x.dtype)
-        return hard + (x - x.detach())
+        return _StraightThrough.apply(x, torch.zeros_like(x).scatter_(-1, x.argmax(-1, keepdim=True), 1.0))
+
+    def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = ()) -> tuple[Tensor, Tensor]:
+        h = self.rsample(sample_shape)
+        return h, (h * self.logits).sum(-1)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``[*sample, *batch]`` categorical log-pmf of one-hot ``value [*sample, *batch, K]``."""
@@ -360,7 +394,7 @@ class RelaxedBernoulliStraightThrough(RelaxedBernoulli):
     def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         s = self._noise_sum(torch.Size(sample_shape))
         x = torch.sigmoid(s)
-        return (s > 0).to(x.dtype) + (x - x.detach())
+        return _StraightThrough.apply(x, (s > 0).to(x.dtype))
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``[*sample, *batch]`` Bernoulli log-pmf ``h log p + (1 - h) log(1 - p)`` of ``value`` in {0, 1}."""
