@@ -65,7 +65,7 @@ def main() -> None:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
 
-    seconds, steps = (8.0, 10) if args.quick else (60.0, 150)
+    seconds, steps = (8.0, 10) if args.quick else (30.0, 80)
     T = int(seconds / BIN)
     t = torch.arange(T, dtype=torch.float64) * BIN
     base = math.log(40.0)  # 40 Hz baseline
