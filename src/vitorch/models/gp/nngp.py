@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from ...families import DiagNormal
 from ...loss import LossOutput
-from .kernels import Kernel
+from .kernels import RBF, Kernel
 from .likelihoods import Likelihood
-from .linalg import check_data, default_jitter, unpack_batch
+from .linalg import NotPositiveDefiniteError, check_data, default_jitter, unpack_batch
 from .means import ZeroMean
 from .sgpr import inducing_parameter
 
@@ -74,6 +74,64 @@ def sequential_neighbours(z: Tensor, k: int) -> Tensor:
         idx = top.indices.masked_fill(torch.isinf(top.values), -1)
         out[s:e, :kk] = idx
     return out
+
+
+def _gram_blocks(kernel: Kernel, pts: Tensor) -> Tensor:
+    """The kernel matrix of each block of points ``pts [B, n, D]``, ``[B, n, n]``.
+
+    Any kernel goes through ``torch.func.vmap``; an `RBF` is evaluated directly on the batch
+    (the step's largest cost after the solves), with ``|a|^2 + |b|^2 - 2 a.b`` on coordinates
+    centred at each block's last point (a neighbourhood's own target), so nothing cancels for
+    blocks far from the origin.
+    """
+    if type(kernel) is RBF:
+        a = pts / kernel.lengthscale
+        a = a - a[:, -1:]
+        sq = a.pow(2).sum(-1)
+        sqdist = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (a @ a.mT)).clamp_min(0.0)
+        return (kernel.variance.log() - 0.5 * sqdist).exp()
+    return torch.func.vmap(kernel)(pts)
+
+
+class _ConditionalSolve(torch.autograd.Function):
+    """For a batch of joint blocks ``[[K, k], [k^T, c]]`` (``[B, k'+1, k'+1]``, the target last):
+    ``b = (K + eps I)^{-1} k`` and ``F = c + eps - k^T b``, keeping one Cholesky factor per block.
+
+    Autograd through ``cholesky``, two triangular solves and the slicing of the block takes about a
+    dozen batched passes; here the backward is one more solve against the stored factor, written
+    into one gradient block: ``dK = (F' b - h) b^T``, ``dk = h - 2 F' b``, ``dc = F'`` with
+    ``h = K^{-1} b'`` (from ``db = K^{-1} (dk - dK b)`` and ``dF = dc - 2 b^T dk + b^T dK b``).
+    """
+
+    @staticmethod
+    def forward(ctx, joint: Tensor, jitter: float):
+        kk = joint.shape[-1] - 1
+        k_nn = joint[:, :kk, :kk]
+        if jitter > 0:
+            k_nn = k_nn + jitter * torch.eye(kk, dtype=joint.dtype, device=joint.device)
+        l_nn, info = torch.linalg.cholesky_ex(k_nn)
+        if bool((info > 0).any()):
+            raise NotPositiveDefiniteError(
+                f"NNGP: {int((info > 0).sum())} neighbour blocks are not positive definite; duplicated inducing "
+                "inputs or a long lengthscale (increase jitter)"
+            )
+        k_nt = joint[:, :kk, kk]
+        b = torch.cholesky_solve(k_nt.unsqueeze(-1), l_nn).squeeze(-1)
+        ctx.save_for_backward(l_nn, b)
+        return b, joint[:, kk, kk] + jitter - (k_nt * b).sum(-1)
+
+    @staticmethod
+    def backward(ctx, g_b: Tensor, g_f: Tensor):
+        l_nn, b = ctx.saved_tensors
+        kk = b.shape[-1]
+        h = torch.cholesky_solve(g_b.unsqueeze(-1), l_nn).squeeze(-1)
+        g_f1 = g_f.unsqueeze(-1)
+        grad = b.new_empty(b.shape[0], kk + 1, kk + 1)
+        torch.mul((g_f1 * b - h).unsqueeze(-1), b.unsqueeze(-2), out=grad[:, :kk, :kk])
+        grad[:, :kk, kk] = h - 2 * g_f1 * b
+        grad[:, kk, :kk] = 0.0
+        grad[:, kk, kk] = g_f
+        return grad, None
 
 
 class NNGP(nn.Module):
@@ -160,42 +218,45 @@ class NNGP(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("q_")]
 
     # -- conditionals ----------------------------------------------------------------
-    def _conditional(self, t: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _conditional(self, t: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """For targets ``t [B, D]`` and neighbour indices ``idx [B, k']`` (``-1`` = none): the weights
-        ``b [B, k']``, conditional variances ``F [B]`` and the neighbours' prior means ``[B, k']``."""
-        valid = idx >= 0
-        safe = idx.clamp_min(0)
-        pts = self.inducing[safe]  # [B, k', D]
+        ``b [B, k']``, conditional variances ``F [B]`` and the neighbours' prior means ``[B, k']``
+        (None for a zero mean)."""
+        pts = self.inducing[idx.clamp_min(0)]  # [B, k', D]
         kk = idx.shape[-1]
-        joint = torch.func.vmap(self.kernel)(torch.cat([pts, t.unsqueeze(-2)], dim=-2))  # [B, k'+1, k'+1]
-        v = valid.to(joint.dtype)
-        eye = torch.eye(kk, dtype=joint.dtype, device=joint.device)
-        # missing neighbours become independent unit-variance dummies with zero cross-covariance
-        k_nn = joint[:, :kk, :kk] * (v.unsqueeze(-1) * v.unsqueeze(-2)) + torch.diag_embed(1 - v) + self.jitter * eye
-        k_nt = joint[:, :kk, kk] * v
-        l_nn = torch.linalg.cholesky(k_nn)
-        w = torch.linalg.solve_triangular(l_nn, k_nt.unsqueeze(-1), upper=False)
-        b = torch.linalg.solve_triangular(l_nn.mT, w, upper=True).squeeze(-1)
-        var = (joint[:, kk, kk] - w.squeeze(-1).pow(2).sum(-1)).clamp_min(0.0) + self.jitter
-        prior_mean = self.mean(pts.reshape(-1, pts.shape[-1])).reshape(idx.shape)
-        return b, var, prior_mean
+        joint = _gram_blocks(self.kernel, torch.cat([pts, t.unsqueeze(-2)], dim=-2))  # [B, k'+1, k'+1]
+        missing = idx < 0
+        if bool(missing.any()):  # only the first k inducing points have fewer than k predecessors
+            # missing neighbours become independent unit-variance dummies with zero cross-covariance
+            v = torch.cat([~missing, missing.new_ones(missing.shape[0], 1)], dim=-1).to(joint.dtype)
+            pad = torch.cat([missing, missing.new_zeros(missing.shape[0], 1)], dim=-1).to(joint.dtype)
+            joint = joint * (v.unsqueeze(-1) * v.unsqueeze(-2)) + torch.diag_embed(pad)
+        b, var = _ConditionalSolve.apply(joint, self.jitter)
+        prior_mean = None  # a zero prior mean skips its terms (the common case, and the fast one)
+        if not isinstance(self.mean, ZeroMean):
+            prior_mean = self.mean(pts.reshape(-1, pts.shape[-1])).reshape(idx.shape)
+        return b, var.clamp_min(self.jitter if self.jitter > 0 else 0.0), prior_mean
 
     def _marginal(self, x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """``q(f)`` mean and variance ``[B]`` at ``x`` conditioned on the inducing points ``idx``."""
         b, var, prior_mean = self._conditional(x, idx)
         safe = idx.clamp_min(0)
-        mean = self.mean(x) + (b * (self.q_loc[safe] - prior_mean)).sum(-1)
+        centred = self.q_loc[safe] if prior_mean is None else self.q_loc[safe] - prior_mean
+        mean = self.mean(x) + (b * centred).sum(-1)
         var = var + (b.pow(2) * self.q_scale[safe].pow(2)).sum(-1)
         return mean, var.clamp_min(1e-30)
 
     def kl_terms(self, j: Tensor) -> Tensor:
         """``KL(q || p~)``'s terms ``[J]`` for inducing indices ``j [J]`` (their sum over all ``M`` is the KL)."""
-        b, f, prior_mean = self._conditional(self.inducing[j], self.prior_neighbours[j])
-        safe = self.prior_neighbours[j].clamp_min(0)
-        s2 = self.q_scale.pow(2)
-        resid = self.q_loc[j] - self.mean(self.inducing[j]) - (b * (self.q_loc[safe] - prior_mean)).sum(-1)
-        quad = resid.pow(2) + s2[j] + (b.pow(2) * s2[safe]).sum(-1)
-        return 0.5 * (f.log() - s2[j].log() - 1.0 + quad / f)
+        nbr = self.prior_neighbours[j]
+        b, f, prior_mean = self._conditional(self.inducing[j], nbr)
+        both = torch.cat([j.unsqueeze(-1), nbr.clamp_min(0)], dim=-1)  # one gather per q parameter
+        loc, s2 = self.q_loc[both], self.q_scale[both].pow(2)
+        resid = loc[:, 0] - (b * loc[:, 1:]).sum(-1)
+        if prior_mean is not None:
+            resid = resid - self.mean(self.inducing[j]) + (b * prior_mean).sum(-1)
+        quad = resid.pow(2) + s2[:, 0] + (b.pow(2) * s2[:, 1:]).sum(-1)
+        return 0.5 * ((f / s2[:, 0]).log() - 1.0 + quad / f)
 
     def kl(self) -> Tensor:
         """The exact ``KL(q(u) || p~(u))``, a scalar (``O(M k^3)``, in chunks)."""
