@@ -223,7 +223,6 @@ class NNGP(nn.Module):
         ``b [B, k']``, conditional variances ``F [B]`` and the neighbours' prior means ``[B, k']``
         (None for a zero mean)."""
         pts = self.inducing[idx.clamp_min(0)]  # [B, k', D]
-        kk = idx.shape[-1]
         joint = _gram_blocks(self.kernel, torch.cat([pts, t.unsqueeze(-2)], dim=-2))  # [B, k'+1, k'+1]
         missing = idx < 0
         if bool(missing.any()):  # only the first k inducing points have fewer than k predecessors
