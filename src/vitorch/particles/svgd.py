@@ -116,8 +116,8 @@ class ParticleMethod:
             if not lp.requires_grad:
                 raise ValueError(f"{name}: log_prob's value does not depend on the particles (no gradient)")
             (s,) = torch.autograd.grad(lp.sum(), xr)
-        if not bool(torch.isfinite(lp.sum() + s.sum())):  # one check (and one sync) per step
-            bad = ~(torch.isfinite(lp) & torch.isfinite(s).all(-1))
+        bad = ~(torch.isfinite(lp) & torch.isfinite(s).all(-1))
+        if bool(bad.any()):
             raise ValueError(
                 f"{name}: log_prob or its gradient is not finite at {int(bad.sum())} of {x.shape[0]} particles "
                 f"at step {self.num_steps}; the particles left the region where the target is finite "
