@@ -5,8 +5,9 @@ Gaussian posterior over its weights on the way; predictions average the softmax 
 posterior draws (Bayesian model averaging, `vitorch.optim.bma_predict`).  Both models
 here are the same MLP (784 -> 256 -> 256 -> 10, ReLU) on Fashion-MNIST (scikit-learn's
 digits if the Fashion-MNIST files are missing), trained by ``vt.fit`` from the same
-initial weights for the same number of epochs: one with ``vt.optim.IVON`` (``ess`` =
-number of training images), one with Adam.  Reported on the test set: accuracy, NLL
+initial weights for the same number of epochs, the learning rate decayed on a cosine
+schedule: one with ``vt.optim.IVON`` (``ess`` = number of training images), one with
+Adam.  Reported on the test set: accuracy, NLL
 and expected calibration error (15 bins), with a reliability diagram of each model
 side by side (``reliability.png``).
 
@@ -111,17 +112,22 @@ def main() -> None:
         torch.manual_seed(0)  # the same initial weights for both optimizers
         return Classifier(x.shape[1], int(y.max()) + 1, width)
 
+    steps = epochs * -(-len(y) // 128)
+
+    def cosine(optimizer):  # the learning rate decays to 0 over the run, for both optimizers
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+
     results = {}
     ivon_model = model()
     # ess: the number of training data; lr as for SGD (rescaled by hess_init + weight_decay);
     # beta2 below the paper's 0.99999 since this run is only a few thousand steps long.
     opt = IVON(ivon_model.parameters(), lr=0.1, ess=len(y), hess_init=0.5, beta2=0.9995, weight_decay=1e-4, seed=1)
-    vt.fit(ivon_model, (x, y), optimizer=opt, epochs=epochs, batch_size=128, seed=0, progress=False)
+    vt.fit(ivon_model, (x, y), optimizer=opt, scheduler=cosine, epochs=epochs, batch_size=128, seed=0, progress=False)
     probs = bma_predict(ivon_model.net, opt, xt, samples=32, generator=torch.Generator().manual_seed(2))
     results["IVON (BMA, 32 draws)"] = (probs, scores(probs, yt))
 
     adam_model = model()
-    vt.fit(adam_model, (x, y), lr=1e-3, epochs=epochs, batch_size=128, seed=0, progress=False)
+    vt.fit(adam_model, (x, y), lr=1e-3, scheduler=cosine, epochs=epochs, batch_size=128, seed=0, progress=False)
     with torch.no_grad():
         probs = torch.softmax(adam_model.net(xt), -1)
     results["Adam"] = (probs, scores(probs, yt))
