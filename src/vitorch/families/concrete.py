@@ -387,6 +387,13 @@ class RelaxedBernoulliStraightThrough(RelaxedBernoulli):
     ``rsample`` returns ``h + (x - stop(x))`` with ``h = [x > 1/2]`` (equivalently
     ``logit + L > 0``), so the value is exactly Bernoulli(``probs``); ``log_prob`` is the
     Bernoulli log-pmf and ``mean`` is ``probs``.  Arguments as `RelaxedBernoulli`.
+
+    Shapes: ``rsample((S,))`` is ``[S, *batch]`` with values in {0, 1}; ``log_prob`` maps
+    ``[S, *batch]`` to ``[S, *batch]``.
+
+    References:
+        Maddison, Mnih & Teh (ICLR 2017); Jang, Gu & Poole (ICLR 2017), sec. 2.2;
+        Bengio, Leonard & Courville (arXiv:1308.3432, 2013).
     """
 
     support = constraints.boolean
