@@ -195,7 +195,8 @@ def state_space(kernel: Kernel, num_harmonics: int = 7) -> StateSpaceForm:
         num_harmonics: ``J``, harmonics kept for each `Periodic` factor (state ``2 J + 1``).
 
     Returns:
-        A `StateSpaceForm`, differentiable in the kernel's hyperparameters.
+        A `StateSpaceForm` (``F [D, D]``, ``L [D, S]``, ``Qc [S, S]``, ``Pinf [D, D]``, ``H [1, D]``),
+        differentiable in the kernel's hyperparameters.
 
     Raises:
         TypeError: for a kernel with no finite state-space form (``RBF``, ``RationalQuadratic``,
@@ -235,6 +236,9 @@ def discretize(form: StateSpaceForm, dt: Tensor) -> tuple[Tensor, Tensor]:
 
     Raises:
         ValueError: if a gap is negative or not finite (times must be sorted).
+
+    References:
+        Särkkä & Solin, *Applied Stochastic Differential Equations* (CUP 2019), sec. 6.2 and ch. 12.
     """
     if dt.dim() != 1:
         raise ValueError(f"discretize: dt must be a vector [N]; got shape {tuple(dt.shape)}")

@@ -223,6 +223,10 @@ class SVAEPosterior(NamedTuple):
         q: the posterior over paths, a reverse-time `GaussianMarkovChain` (event ``[T, D]``).
         means: ``[B, T, D]`` smoothed means; covs: ``[B, T, D, D]`` smoothed covariances.
         kl: ``[B]`` ``KL(q || p)`` in closed form.
+
+    References:
+        Johnson et al., *Composing Graphical Models with Neural Networks for Structured Representations
+        and Fast Inference* (NeurIPS 2016).
     """
 
     q: GaussianMarkovChain

@@ -202,6 +202,10 @@ def tv_posterior_chain(A: Tensor, res: FilterResult) -> GaussianMarkovChain:
     Batch ``[*B]``, event ``[T, D]``.
 
     Its ``rsample`` is a reparameterized draw by associative scan, differentiable in every input.
+
+    References:
+        Frühwirth-Schnatter, *Data Augmentation and Dynamic Linear Models* (J. Time Ser. Anal., 1994):
+        the backward kernels; Särkkä & García-Fernández (2021) for the scan.
     """
     T, D = res.filt_means.shape[0], res.filt_means.shape[-1]
     last_loc, last_tril = res.filt_means[-1], torch.linalg.cholesky(res.filt_covs[-1])
