@@ -54,13 +54,18 @@ def eight_schools_noncentered() -> Model:
     return Model(log_joint, {"mu": Site(), "tau": Site(constraint=C.positive), "eta": Site(shape=(8,))})
 
 
-def logistic_breast_cancer() -> Model:
+def breast_cancer_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [569, 30]`` standardized features, ``y [569]`` labels."""
     from sklearn.datasets import load_breast_cancer
 
     x, y = load_breast_cancer(return_X_y=True)
     x = torch.as_tensor(x, dtype=torch.get_default_dtype())
     x = (x - x.mean(0)) / x.std(0)
-    y = torch.as_tensor(y, dtype=x.dtype)
+    return x, torch.as_tensor(y, dtype=x.dtype)
+
+
+def logistic_breast_cancer() -> Model:
+    x, y = breast_cancer_data()
 
     def log_joint(p):
         logits = p["w"] @ x.T + p["b"][..., None]
@@ -73,12 +78,17 @@ def logistic_breast_cancer() -> Model:
     return Model(log_joint, {"w": Site(shape=(30,)), "b": Site()})
 
 
-def hierarchical_regression(groups: int = 50, per_group: int = 8) -> Model:
+def hierarchical_data(groups: int = 50, per_group: int = 8):
+    """``(group [n], x [n], y [n])`` with ``n = groups * per_group`` (seeded)."""
     g = torch.Generator().manual_seed(1)
     group = torch.arange(groups).repeat_interleave(per_group)
     x = torch.randn(groups * per_group, generator=g)
     a = 1.0 + 0.7 * torch.randn(groups, generator=g)
-    y = a[group] + 0.5 * x + 0.8 * torch.randn(groups * per_group, generator=g)
+    return group, x, a[group] + 0.5 * x + 0.8 * torch.randn(groups * per_group, generator=g)
+
+
+def hierarchical_regression(groups: int = 50, per_group: int = 8) -> Model:
+    group, x, y = hierarchical_data(groups, per_group)
 
     def log_joint(p):
         prior = Normal(0.0, 5.0).log_prob(p["mu"]) + HalfNormal(2.0).log_prob(p["tau"])
@@ -91,12 +101,17 @@ def hierarchical_regression(groups: int = 50, per_group: int = 8) -> Model:
     return Model(log_joint, {**sites, "a": Site(shape=(groups,))})
 
 
-def stochastic_volatility() -> Model:
+def gdp_growth() -> torch.Tensor:
+    """``[202]`` demeaned quarterly growth of US real GDP (statsmodels' macrodata), in percent."""
     import statsmodels.api as sm
 
     gdp = torch.tensor(sm.datasets.macrodata.load_pandas().data["realgdp"].to_numpy())
     r = 100 * (gdp[1:].log() - gdp[:-1].log())
-    r = (r - r.mean()).to(torch.get_default_dtype())  # [202] demeaned quarterly growth, in percent
+    return (r - r.mean()).to(torch.get_default_dtype())
+
+
+def stochastic_volatility() -> Model:
+    r = gdp_growth()
     T = r.shape[0]
 
     lag = torch.arange(T)[:, None] - torch.arange(T)  # [T, T] t - k
@@ -119,12 +134,17 @@ def stochastic_volatility() -> Model:
     return Model(log_joint, {**sites, "eps": Site(shape=(T,))})
 
 
-def glmm_poisson(groups: int = 30, per_group: int = 10) -> Model:
+def glmm_data(groups: int = 30, per_group: int = 10):
+    """``(group [n], x [n], y [n])`` counts with random intercepts (seeded)."""
     g = torch.Generator().manual_seed(2)
     group = torch.arange(groups).repeat_interleave(per_group)
     x = torch.randn(groups * per_group, generator=g)
     u = 0.6 * torch.randn(groups, generator=g)
-    y = torch.poisson((0.5 + 0.3 * x + u[group]).exp(), generator=g)
+    return group, x, torch.poisson((0.5 + 0.3 * x + u[group]).exp(), generator=g)
+
+
+def glmm_poisson(groups: int = 30, per_group: int = 10) -> Model:
+    group, x, y = glmm_data(groups, per_group)
 
     def log_joint(p):
         prior = Normal(0.0, 2.0).log_prob(p["alpha"]) + Normal(0.0, 2.0).log_prob(p["beta"])
@@ -136,11 +156,16 @@ def glmm_poisson(groups: int = 30, per_group: int = 10) -> Model:
     return Model(log_joint, {**sites, "z": Site(shape=(groups,))})
 
 
-def item_response(students: int = 100, items: int = 20) -> Model:
+def item_response_data(students: int = 100, items: int = 20) -> torch.Tensor:
+    """``[students, items]`` binary answers of a Rasch model (seeded)."""
     g = torch.Generator().manual_seed(3)
     ability = torch.randn(students, generator=g)
     difficulty = 0.8 * torch.randn(items, generator=g)
-    y = torch.bernoulli(torch.sigmoid(ability[:, None] - difficulty), generator=g)  # [students, items]
+    return torch.bernoulli(torch.sigmoid(ability[:, None] - difficulty), generator=g)
+
+
+def item_response(students: int = 100, items: int = 20) -> Model:
+    y = item_response_data(students, items)
 
     def log_joint(p):
         prior = Normal(0.0, 1.0).log_prob(p["ability"]).sum(-1) + Cauchy(0.0, 5.0).log_prob(p["mu"])
