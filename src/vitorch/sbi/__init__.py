@@ -20,9 +20,8 @@ from .embedding import DeepSetEmbedding, MLPEmbedding, Standardize
 from .flows import build_flow
 from .npe import NPE, atomic_log_prob, contrastive_indices
 from .posterior import NPEPosterior
-from .sequential import sequential_npe
 from .simulate import box_uniform, check_prior, simulate
-from .training import train_npe
+from .training import sequential_npe, train_npe
 from .twosample import c2st
 
 __all__ = [

@@ -84,7 +84,8 @@ def c2st(
         seed: seed of the folds and the classifier.
         n_folds: folds of the cross-validation.
         z_score: standardize both with ``X``'s mean and standard deviation.
-        max_epochs: the most training epochs per fold.
+        max_epochs: the most training epochs per fold (sbibm: 10000; a small sample in
+            many dimensions can take thousands of epochs to meet the stopping rule).
         backend: ``"torch"`` (this module's MLP) or ``"sklearn"`` (scikit-learn's
             ``MLPClassifier``, sbibm's exact code path).
 
@@ -120,7 +121,7 @@ def c2st(
     data = torch.cat([X, Y])
     target = torch.cat([torch.zeros(X.shape[0]), torch.ones(Y.shape[0])]).double()
     if backend == "sklearn":
-        return _sklearn(data, target, seed, n_folds)
+        return _sklearn(data, target, seed, n_folds, max_epochs)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -133,7 +134,7 @@ def c2st(
     return sum(scores) / len(scores)
 
 
-def _sklearn(data: Tensor, target: Tensor, seed: int, n_folds: int) -> float:
+def _sklearn(data: Tensor, target: Tensor, seed: int, n_folds: int, max_epochs: int) -> float:
     try:
         from sklearn.model_selection import KFold, cross_val_score
         from sklearn.neural_network import MLPClassifier
@@ -141,7 +142,7 @@ def _sklearn(data: Tensor, target: Tensor, seed: int, n_folds: int) -> float:
         raise ImportError("c2st(backend='sklearn') needs scikit-learn; use backend='torch'") from err
     d = data.shape[1]
     clf = MLPClassifier(
-        activation="relu", hidden_layer_sizes=(10 * d, 10 * d), max_iter=10000, solver="adam", random_state=seed
+        activation="relu", hidden_layer_sizes=(10 * d, 10 * d), max_iter=max_epochs, solver="adam", random_state=seed
     )
     cv = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return float(cross_val_score(clf, data.numpy(), target.numpy(), cv=cv, scoring="accuracy").mean())
