@@ -52,6 +52,9 @@ class FBGVIResult(NamedTuple):
             the step used (Monte Carlo estimates unless the moments are exact); with a
             normalized ``log_prob`` it equals ``-KL(q_k || pi)``.
         locs: ``[num_steps + 1, D]`` the means along the way.
+
+    References:
+        Diao, Balasubramanian, Chewi & Salim (ICML 2023), Algorithm 1.
     """
 
     q: FullRankNormal

@@ -47,6 +47,9 @@ class Moments(NamedTuple):
         energy: ``[]`` ``E_q[V]`` (with ``log_prob`` unnormalized, up to ``log Z``).
         grad: ``[D]`` ``E_q[grad V]``.
         hessian: ``[D, D]`` ``E_q[hess V]``, symmetric.
+
+    References:
+        Diao, Balasubramanian, Chewi & Salim (ICML 2023): the moments FB-GVI's step reads.
     """
 
     energy: Tensor
@@ -224,6 +227,10 @@ def gaussian_moments(loc: Tensor, precision: Tensor) -> Callable[[FullRankNormal
 
     Raises:
         ValueError: if the shapes disagree or ``precision`` is not positive definite.
+
+    References:
+        Diao, Balasubramanian, Chewi & Salim (ICML 2023): with exact moments of a Gaussian
+        target the target is FB-GVI's fixed point.
     """
     if not isinstance(loc, Tensor) or loc.dim() != 1:
         raise ValueError(f"gaussian_moments: loc must be a [D] tensor; got {loc!r}")

@@ -54,6 +54,9 @@ class PathfinderResult(NamedTuple):
             ``M <= 20``, too few draws to assess).
         num_evals: log-density and gradient evaluations along the path, plus the
             log-density evaluations of the ELBO and final draws.
+
+    References:
+        Zhang, Carpenter, Gelman & Vehtari (JMLR 2022), Algorithm 1.
     """
 
     q: FullRankNormal
@@ -77,6 +80,9 @@ class MultiPathfinderResult(NamedTuple):
         khat: ``[]`` PSIS k-hat of the pooled weights.
         index: ``[R]`` which pooled draw each resampled draw is.
         paths: the single-path `PathfinderResult` of every path.
+
+    References:
+        Zhang, Carpenter, Gelman & Vehtari (JMLR 2022), Algorithm 2; Vehtari et al. (2024).
     """
 
     draws: Tensor
