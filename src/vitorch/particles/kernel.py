@@ -8,7 +8,7 @@ every particle along (Liu & Wang, 2016, eq. 8)
 the steepest direction, in the unit ball of the kernel's RKHS, in which the KL divergence
 to ``p`` decreases.  The kernel is ``k(x, y) = exp(-|x - y|^2 / h)`` with the median
 heuristic ``h = med^2 / log(n + 1)``, ``med`` the median distance between distinct
-particles (Liu & Wang's ``med^2 / log n``, with ``n + 1`` so that two particles are allowed).
+particles (Liu & Wang write ``med^2 / log n``; their code, like Pyro, divides by ``log(n + 1)``).
 
 Preconditioning uses the matrix-valued kernel ``K(x, y) = Q^{-1} k_Q(x, y)`` of Wang, Tang,
 Bajaj & Liu (2019, sec. 3.3), where ``k_Q`` is the RBF kernel in the metric
