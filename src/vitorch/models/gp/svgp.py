@@ -24,7 +24,9 @@ Per step: one ``O(M^3 / 3)`` Cholesky of ``K_mm`` and four ``O(M^2 |b|)`` produc
 
 `SVGP.natural_gradient_step` (Gaussian likelihood, full-rank q) moves q
 along its natural gradient; with step 1 on the full data it lands on the optimal
-q of `vitorch.models.gp.SGPR`, where the two bounds coincide.
+q of `vitorch.models.gp.SGPR`, where the two bounds coincide.  For any other
+likelihood, `vitorch.models.gp.cvi.cvi_step` takes the same step with the
+likelihood's sites (conjugate-computation VI).
 
 References:
     Hensman, Fusi & Lawrence, Gaussian Processes for Big Data (UAI 2013);
@@ -291,7 +293,10 @@ class SVGP(nn.Module):
             ValueError: for a non-Gaussian likelihood, a diagonal family or ``lr`` outside ``(0, 1]``.
         """
         if not isinstance(self.likelihood, GaussianLikelihood):
-            raise ValueError("SVGP.natural_gradient_step: needs a GaussianLikelihood (closed-form optimum)")
+            raise ValueError(
+                "SVGP.natural_gradient_step: needs a GaussianLikelihood (closed-form optimum); for any other "
+                "likelihood use vitorch.models.gp.cvi.cvi_step(model, x, y, lr)"
+            )
         if self.family is not FullRankNormal:
             raise ValueError("SVGP.natural_gradient_step: needs family=FullRankNormal")
         if not 0 < lr <= 1:
