@@ -109,7 +109,8 @@ def main() -> None:
     results = {name: hybrid(x, y, z, name, rounds, m_steps) for name in ("elbo", "ep")}
     scores = {name: evaluate(model, xt, yt) for name, model in results.items()}
     for name, s in scores.items():
-        print(f"M-step on {name:4s}: test NLPD {s['nlpd']:.4f}, accuracy {s['accuracy']:.3f}, lengthscales {s['lengthscale']}")
+        ell = ", ".join(f"{v:.3f}" for v in s["lengthscale"])
+        print(f"M-step on {name:4s}: test NLPD {s['nlpd']:.4f}, accuracy {s['accuracy']:.3f}, lengthscales [{ell}]")
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     for name, trace in traces.items():

@@ -96,9 +96,7 @@ def main() -> None:
         ax.set_xticks([]), ax.set_yticks([])
         fig.colorbar(im, ax=ax, fraction=0.046)
     suffix = " (quick smoke run)" if args.quick else ""
-    fig.suptitle(
-        f"Test NLPD: NNGP {nn_scores['nlpd']:.3f}, SVGP {sv_scores['nlpd']:.3f} after {epochs} epochs{suffix}"
-    )
+    fig.suptitle(f"Test NLPD: NNGP {nn_scores['nlpd']:.3f}, SVGP {sv_scores['nlpd']:.3f} after {epochs} epochs{suffix}")
     fig.tight_layout()
     fig.savefig(args.out / "nngp_field.png", dpi=110)
     plt.close(fig)
