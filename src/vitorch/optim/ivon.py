@@ -78,8 +78,8 @@ class IVON(torch.optim.Optimizer):
     Args:
         params: the parameters (or parameter groups) to learn; every parameter of a group
             must share one device and dtype.
-        lr: learning rate ``α`` (``α (h₀ + δ)`` with ``rescale_lr``); paper values 0.1-0.5
-            for image classifiers trained from scratch.
+        lr: learning rate; the step is ``α = lr (h₀ + δ)`` with ``rescale_lr``, so ``lr``
+            is set as for SGD with momentum (0.05-0.5), decayed over the run.
         ess: effective sample size ``λ``, normally the number of training data ``N``;
             smaller values widen the posterior (a tempered posterior, temperature
             ``N / λ``).
