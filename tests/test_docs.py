@@ -47,6 +47,9 @@ PUBLIC_MODULES = [
     "vitorch.unscented",
     "vitorch.silent",
     "vitorch.families.wasserstein",
+    "vitorch.families.mixflow",
+    "vitorch.families.concrete",
+    "vitorch.particles",
 ]
 
 # Pages whose code blocks starting with an import are complete programs.
@@ -54,6 +57,7 @@ SNIPPET_PAGES = [
     "index.md",
     "training.md",
     "errors.md",
+    "mixflows.md",
     *(f"concepts/{p.name}" for p in sorted((DOCS / "concepts").glob("*.md"))),
 ]
 

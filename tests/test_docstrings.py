@@ -55,6 +55,7 @@ PACKAGES = [
     "vitorch.unscented",
     "vitorch.silent",
     "vitorch.families.wasserstein",
+    "vitorch.particles",
 ]
 
 _YEAR = r"(?:19|20)\d{2}[a-z]?"

@@ -29,9 +29,14 @@ _FAMILIES = (
     "Gamma",
     "LowRankNormal",
     "LowRankNormalHead",
+    "MixFlow",
     "RSVIBeta",
     "RSVIDirichlet",
     "RSVIGamma",
+    "RelaxedBernoulli",
+    "RelaxedBernoulliStraightThrough",
+    "RelaxedOneHotCategorical",
+    "RelaxedOneHotCategoricalStraightThrough",
     "stopped",
 )
 _SUBMODULES = (
@@ -45,6 +50,7 @@ _SUBMODULES = (
     "quadrature",
     "unscented",
     "silent",
+    "particles",
 )
 
 # public name -> (module under vitorch, attribute of it; None for the module itself)
