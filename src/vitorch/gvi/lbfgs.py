@@ -43,19 +43,13 @@ class LBFGSPath(NamedTuple):
     num_evals: int
 
 
-def _two_loop(grad: Tensor, s: list[Tensor], y: list[Tensor]) -> Tensor:
-    """``-H grad`` by the two-loop recursion, ``H_0 = (s^T y / y^T y) I`` from the newest pair."""
-    q = grad.clone()
-    rho = [1.0 / torch.dot(yi, si) for si, yi in zip(s, y)]
-    a = []
-    for si, yi, ri in zip(reversed(s), reversed(y), reversed(rho)):
-        ai = ri * torch.dot(si, q)
-        q = q - ai * yi
-        a.append(ai)
-    q = q * (torch.dot(s[-1], y[-1]) / torch.dot(y[-1], y[-1]))
-    for si, yi, ri, ai in zip(s, y, rho, reversed(a)):
-        q = q + (ai - ri * torch.dot(yi, q)) * si
-    return -q
+def _direction(grad: Tensor, s: Tensor, y: Tensor) -> Tensor:
+    """``-H grad`` for L-BFGS's ``H`` from pairs ``s, y [D, m]``, ``H_0 = (s^T y / y^T y) I`` from the
+    newest pair, through the compact form (the same ``H`` as the two-loop recursion, in a few
+    matrix products instead of ``4 m`` vector operations)."""
+    gamma0 = torch.dot(s[:, -1], y[:, -1]) / torch.dot(y[:, -1], y[:, -1])
+    beta, gamma = inverse_hessian_factors(gamma0.expand(grad.shape[0]), s, y)
+    return -(gamma0 * grad + beta @ (gamma @ (beta.mT @ grad)))
 
 
 def _line_search(fn, x, f0, g0, d, t, c1, c2, max_evals):
@@ -109,7 +103,7 @@ def lbfgs_path(
         fn: ``x [D] -> (V(x) [], grad V(x) [D])``.
         x0: ``[D]`` start, where ``V`` is finite.
         max_iters: iteration cap ``L``.
-        history: pairs the search direction uses.
+        history: pairs the search direction uses (its inverse Hessian, in compact form).
         rel_tol, grad_tol: stopping tolerances.
         c1, c2: Wolfe constants (``0 < c1 < c2 < 1``); a small ``c2`` makes the line
             search nearly exact.
@@ -122,14 +116,13 @@ def lbfgs_path(
     if not bool(torch.isfinite(f)) or not bool(torch.isfinite(g).all()):
         raise ValueError(f"pathfinder: the log density or its gradient is not finite at the start {x0.tolist()}")
     xs, fs, gs, evals = [x0], [f], [g], 1
-    s: list[Tensor] = []
-    y: list[Tensor] = []
+    s, y = x0.new_zeros(x0.shape[0], 0), x0.new_zeros(x0.shape[0], 0)
     x = x0
     for _ in range(max_iters):
         if g.abs().max().item() < grad_tol:
             break
-        d = _two_loop(g, s, y) if s else -g
-        t = 1.0 if s else 1.0 / max(g.norm().item(), 1e-300)
+        d = _direction(g, s, y) if s.shape[1] else -g
+        t = 1.0 if s.shape[1] else 1.0 / max(g.norm().item(), 1e-300)
         found = _line_search(fn, x, f, g, d, t, c1, c2, max_line_search)
         if found is None:
             break
@@ -138,7 +131,7 @@ def lbfgs_path(
         x_new = x + t * d
         si, yi = x_new - x, g_new - g
         if torch.dot(si, yi).item() > 0:  # strong Wolfe guarantees it up to rounding
-            s, y = (s + [si])[-history:], (y + [yi])[-history:]
+            s, y = torch.cat([s, si[:, None]], 1)[:, -history:], torch.cat([y, yi[:, None]], 1)[:, -history:]
         done = abs(f.item() - f_new.item()) / max(abs(f.item()), abs(f_new.item()), 1.0) < rel_tol
         x, f, g = x_new, f_new, g_new
         xs.append(x)
@@ -181,11 +174,11 @@ def inverse_hessian_factors(alpha: Tensor, s: Tensor, y: Tensor) -> tuple[Tensor
     ``gamma = [[0, -R^{-1}], [-R^{-T}, R^{-T} (E + Y^T diag(alpha) Y) R^{-1}]]``.
 
     Args:
-        alpha: ``[D]`` initial diagonal ``H_0``.
-        s, y: ``[D, J]`` steps and gradient changes.
+        alpha: ``[*batch, D]`` initial diagonal ``H_0``.
+        s, y: ``[*batch, D, J]`` steps and gradient changes.
 
     Returns:
-        ``beta [D, 2J]`` and ``gamma [2J, 2J]`` (symmetric, indefinite).
+        ``beta [*batch, D, 2J]`` and ``gamma [*batch, 2J, 2J]`` (symmetric, indefinite).
 
     References:
         Byrd, Nocedal & Schnabel (1994), Theorem 2.2; Zhang et al. (2022), Algorithm 4.
@@ -194,12 +187,12 @@ def inverse_hessian_factors(alpha: Tensor, s: Tensor, y: Tensor) -> tuple[Tensor
     sy = s.mT @ y
     r = torch.triu(sy)
     eye = torch.eye(j, dtype=s.dtype, device=s.device)
-    r_inv = torch.linalg.solve_triangular(r, eye, upper=True)
-    ay = alpha[:, None] * y
-    inner = torch.diag_embed(sy.diagonal()) + y.mT @ ay
+    r_inv = torch.linalg.solve_triangular(r, eye.expand_as(r), upper=True)
+    ay = alpha.unsqueeze(-1) * y
+    inner = torch.diag_embed(sy.diagonal(dim1=-2, dim2=-1)) + y.mT @ ay
     zero = torch.zeros_like(r)
     gamma = torch.cat(
-        [torch.cat([zero, -r_inv], 1), torch.cat([-r_inv.mT, r_inv.mT @ inner @ r_inv], 1)],
-        0,
+        [torch.cat([zero, -r_inv], -1), torch.cat([-r_inv.mT, r_inv.mT @ inner @ r_inv], -1)],
+        -2,
     )
-    return torch.cat([ay, s], 1), gamma
+    return torch.cat([ay, s], -1), gamma

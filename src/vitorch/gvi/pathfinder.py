@@ -94,45 +94,61 @@ class MultiPathfinderResult(NamedTuple):
 
 
 class _Approximation(NamedTuple):
-    loc: Tensor  # [D]
-    alpha: Tensor  # [D]
-    q_mat: Tensor  # [D, k] orthonormal columns (k = 0 without history)
-    chol: Tensor  # [k, k]
-    log_det: Tensor  # [] log det H
+    """Normal approximations ``N(loc, H)``, ``H = A^{1/2} (I + Q (C C^T - I) Q^T) A^{1/2}``, with
+    ``A = diag(alpha)``; every field may carry leading batch dimensions (one per iterate)."""
+
+    loc: Tensor  # [*b, D]
+    alpha: Tensor  # [*b, D]
+    q_mat: Tensor  # [*b, D, k] orthonormal columns (k = 0 without history)
+    chol: Tensor  # [*b, k, k]
+    log_det: Tensor  # [*b] log det H
 
     def sample(self, n: int, generator) -> tuple[Tensor, Tensor]:
-        d = self.loc.shape[0]
-        u = torch.randn(n, d, dtype=self.loc.dtype, device=self.loc.device, generator=generator)
+        """``n`` draws ``[*b, n, D]`` and their ``log q`` ``[*b, n]`` (Algorithm 5)."""
+        d = self.loc.shape[-1]
+        shape = (*self.loc.shape[:-1], n, d)
+        u = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device, generator=generator)
         qu = u @ self.q_mat
         eye = torch.eye(qu.shape[-1], dtype=u.dtype, device=u.device)
-        x = self.loc + self.alpha.sqrt() * (u + (qu @ (self.chol - eye).mT) @ self.q_mat.mT)
-        log_q = -0.5 * (u.pow(2).sum(-1) + self.log_det + d * _LOG_2PI)
+        x = self.loc.unsqueeze(-2) + self.alpha.sqrt().unsqueeze(-2) * (u + (qu @ (self.chol - eye).mT) @ self.q_mat.mT)
+        log_q = -0.5 * (u.pow(2).sum(-1) + self.log_det.unsqueeze(-1) + d * _LOG_2PI)
         return x, log_q
 
     def covariance(self) -> Tensor:
-        # H = A^{1/2} (I + Q (C C^T - I) Q^T) A^{1/2}, A = diag(alpha)
-        eye = torch.eye(self.chol.shape[0], dtype=self.chol.dtype, device=self.chol.device)
+        eye = torch.eye(self.chol.shape[-1], dtype=self.chol.dtype, device=self.chol.device)
         inner = self.q_mat @ (self.chol @ self.chol.mT - eye) @ self.q_mat.mT
         root = self.alpha.sqrt()
-        cov = torch.diag_embed(self.alpha) + root[:, None] * inner * root
+        cov = torch.diag_embed(self.alpha) + root.unsqueeze(-1) * inner * root.unsqueeze(-2)
         return 0.5 * (cov + cov.mT)
+
+    def select(self, i: int) -> _Approximation:
+        return _Approximation(*(t[i] for t in self))
+
+
+def _approximations(theta: Tensor, grad: Tensor, alpha: Tensor, s: Tensor, y: Tensor) -> tuple[_Approximation, Tensor]:
+    """The normal approximations at ``theta [*b, D]`` (Algorithm 4 and the set-up of Algorithm 5)
+    from histories ``s, y [*b, D, j]``; returns them and a ``[*b]`` mask of the valid ones."""
+    if s.shape[-1] == 0:
+        q_mat = theta.new_zeros(*theta.shape, 0)
+        valid = torch.ones(theta.shape[:-1], dtype=torch.bool, device=theta.device)
+        return _Approximation(theta - alpha * grad, alpha, q_mat, q_mat[..., :0, :], alpha.log().sum(-1)), valid
+    beta, gamma = inverse_hessian_factors(alpha, s, y)
+    correction = (beta @ (gamma @ (beta.mT @ grad.unsqueeze(-1)))).squeeze(-1)
+    loc = theta - (alpha * grad + correction)
+    q_mat, r = torch.linalg.qr(beta / alpha.sqrt().unsqueeze(-1))
+    inner = r @ gamma @ r.mT
+    eye = torch.eye(inner.shape[-1], dtype=theta.dtype, device=theta.device)
+    chol, info = torch.linalg.cholesky_ex(eye + 0.5 * (inner + inner.mT))
+    valid = info == 0  # rounding can lose positive definiteness: such iterates are skipped
+    chol = torch.where(valid[..., None, None], chol, eye)
+    log_det = alpha.log().sum(-1) + 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return _Approximation(loc, alpha, q_mat, chol, log_det), valid
 
 
 def _approximation(theta: Tensor, grad: Tensor, alpha: Tensor, s: Tensor, y: Tensor) -> _Approximation | None:
-    """The normal approximation at ``theta`` (Algorithm 4 and the set-up of Algorithm 5)."""
-    d = theta.shape[0]
-    if s.shape[-1] == 0:
-        q_mat = theta.new_zeros(d, 0)
-        return _Approximation(theta - alpha * grad, alpha, q_mat, q_mat[:0], alpha.log().sum())
-    beta, gamma = inverse_hessian_factors(alpha, s, y)
-    loc = theta - (alpha * grad + beta @ (gamma @ (beta.mT @ grad)))
-    q_mat, r = torch.linalg.qr(beta / alpha.sqrt()[:, None])
-    inner = r @ gamma @ r.mT
-    eye = torch.eye(inner.shape[0], dtype=theta.dtype, device=theta.device)
-    chol, info = torch.linalg.cholesky_ex(eye + 0.5 * (inner + inner.mT))
-    if bool(info):  # rounding lost positive definiteness: skip this iterate
-        return None
-    return _Approximation(loc, alpha, q_mat, chol, alpha.log().sum() + 2 * chol.diagonal().log().sum())
+    """One normal approximation at ``theta [D]``, or ``None`` if rounding broke it."""
+    approx, valid = _approximations(theta, grad, alpha, s, y)
+    return approx if bool(valid) else None
 
 
 def _check_int(value, name: str, who: str, low: int = 1) -> int:
@@ -219,31 +235,40 @@ def pathfinder(
     if n_iter == 0:
         raise ValueError("pathfinder: L-BFGS made no step from init (is the gradient zero there, or is init a mode?)")
     d = init.shape[0]
+    # The histories of Algorithm 3 along the path; iterates whose histories hold the same number
+    # of pairs are then approximated, and their ELBO draws made, together.
     alpha = torch.ones(d, dtype=init.dtype, device=init.device)
     s_hist = init.new_zeros(d, 0)
     y_hist = init.new_zeros(d, 0)
-    approximations, draws, log_qs = [], [], []
+    groups: dict[int, list[tuple[int, Tensor, Tensor, Tensor]]] = {}
     for ell in range(1, n_iter + 1):
         s, y = path.x[ell] - path.x[ell - 1], path.grad[ell] - path.grad[ell - 1]
         if torch.dot(s, y) > _CURVATURE_EPS * torch.dot(y, y):
             alpha = update_diagonal(alpha, s, y)
             s_hist = torch.cat([s_hist, s[:, None]], 1)[:, -history:]
             y_hist = torch.cat([y_hist, y[:, None]], 1)[:, -history:]
-        approx = _approximation(path.x[ell], path.grad[ell], alpha, s_hist, y_hist)
-        approximations.append(approx)
-        if approx is not None:
-            x, lq = approx.sample(num_elbo_draws, generator)
-        else:
-            x, lq = path.x[ell].expand(num_elbo_draws, d), torch.full((num_elbo_draws,), math.inf, dtype=init.dtype)
-        draws.append(x)
-        log_qs.append(lq)
+        groups.setdefault(s_hist.shape[1], []).append((ell - 1, alpha, s_hist, y_hist))
+    draws = init.new_empty(n_iter, num_elbo_draws, d)
+    log_qs = init.new_empty(n_iter, num_elbo_draws)
+    where: dict[int, tuple[_Approximation, int]] = {}
+    for members in groups.values():
+        index = torch.tensor([m[0] for m in members], device=init.device)
+        approx, valid = _approximations(
+            path.x[index + 1], path.grad[index + 1], *(torch.stack([m[k] for m in members]) for k in (1, 2, 3))
+        )
+        x, lq = approx.sample(num_elbo_draws, generator)
+        draws[index] = torch.where(valid[:, None, None], x, approx.loc.unsqueeze(-2))
+        log_qs[index] = torch.where(valid[:, None], lq, math.inf)  # an invalid iterate gets ELBO -inf
+        for i, m in enumerate(members):
+            where[m[0]] = (approx, i)
     # One batched call evaluates the ELBO draws of every iterate.
-    log_p = _batched_log_prob(log_prob, torch.cat(draws)).reshape(n_iter, num_elbo_draws)
-    elbo = (log_p - torch.stack(log_qs)).mean(-1).nan_to_num(nan=-math.inf)
+    log_p = _batched_log_prob(log_prob, draws.reshape(-1, d)).reshape(n_iter, num_elbo_draws)
+    elbo = (log_p - log_qs).mean(-1).nan_to_num(nan=-math.inf)
     best = int(elbo.argmax())
-    chosen = approximations[best]
-    if chosen is None or not bool(torch.isfinite(elbo[best])):
+    if not bool(torch.isfinite(elbo[best])):
         raise ValueError("pathfinder: no iterate of the path gave a finite ELBO estimate")
+    group, i = where[best]
+    chosen = group.select(i)
     x, log_q = chosen.sample(num_draws, generator)
     log_p_draws = _batched_log_prob(log_prob, x)
     q = FullRankNormal(chosen.loc, torch.linalg.cholesky(chosen.covariance()), validate_args=False)
