@@ -227,7 +227,7 @@ class IVON(torch.optim.Optimizer):
             params = buffers.params
             if train:
                 # The first draw of a step writes its noise where its Hessian statistic will
-                # accumulate (the product ε σ ĝ is formed in place); later draws use a spare.
+                # accumulate (the product ĝ ε is formed in place); later draws use a spare.
                 noise, flat = (buffers.noise, buffers.noise_flat) if self._draws == 0 else buffers.spare()
                 # The running average of earlier draws' gradients steps aside, so that
                 # backward writes this draw's gradient alone.
