@@ -218,12 +218,11 @@ class NNGP(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("q_")]
 
     # -- conditionals ----------------------------------------------------------------
-    def _conditional(self, t: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """For targets ``t [B, D]`` and neighbour indices ``idx [B, k']`` (``-1`` = none): the weights
-        ``b [B, k']``, conditional variances ``F [B]`` and the neighbours' prior means ``[B, k']``
-        (None for a zero mean)."""
-        pts = self.inducing[idx.clamp_min(0)]  # [B, k', D]
-        joint = _gram_blocks(self.kernel, torch.cat([pts, t.unsqueeze(-2)], dim=-2))  # [B, k'+1, k'+1]
+    def _conditional(self, pts: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """For blocks ``pts [B, k'+1, D]`` (the neighbours ``idx [B, k']``, ``-1`` = none, then the
+        target): the weights ``b [B, k']``, conditional variances ``F [B]`` and the neighbours'
+        prior means ``[B, k']`` (None for a zero mean)."""
+        joint = _gram_blocks(self.kernel, pts)  # [B, k'+1, k'+1]
         missing = idx < 0
         if bool(missing.any()):  # only the first k inducing points have fewer than k predecessors
             # missing neighbours become independent unit-variance dummies with zero cross-covariance
@@ -233,29 +232,33 @@ class NNGP(nn.Module):
         b, var = _ConditionalSolve.apply(joint, self.jitter)
         prior_mean = None  # a zero prior mean skips its terms (the common case, and the fast one)
         if not isinstance(self.mean, ZeroMean):
-            prior_mean = self.mean(pts.reshape(-1, pts.shape[-1])).reshape(idx.shape)
+            prior_mean = self.mean(pts[:, :-1].reshape(-1, pts.shape[-1])).reshape(idx.shape)
         return b, var.clamp_min(self.jitter if self.jitter > 0 else 0.0), prior_mean
 
     def _marginal(self, x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """``q(f)`` mean and variance ``[B]`` at ``x`` conditioned on the inducing points ``idx``."""
-        b, var, prior_mean = self._conditional(x, idx)
-        safe = idx.clamp_min(0)
-        centred = self.q_loc[safe] if prior_mean is None else self.q_loc[safe] - prior_mean
+        b, var, prior_mean = self._conditional(torch.cat([self.inducing[idx], x.unsqueeze(-2)], dim=-2), idx)
+        centred = self.q_loc[idx] if prior_mean is None else self.q_loc[idx] - prior_mean
         mean = self.mean(x) + (b * centred).sum(-1)
-        var = var + (b.pow(2) * self.q_scale[safe].pow(2)).sum(-1)
+        var = var + (b.pow(2) * self.q_scale[idx].pow(2)).sum(-1)
         return mean, var.clamp_min(1e-30)
+
+    def _kl_parts(self, j: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The KL terms ``[J]`` of inducing indices ``j [J]``, with ``q(u_j)``'s mean and variance ``[J]``."""
+        nbr = self.prior_neighbours[j]
+        both = torch.cat([nbr.clamp_min(0), j.unsqueeze(-1)], dim=-1)  # one gather each: neighbours, then j
+        b, f, prior_mean = self._conditional(self.inducing[both], nbr)
+        loc, s2 = self.q_loc[both], self.q_scale[both].pow(2)
+        loc_j, s2_j = loc[:, -1], s2[:, -1]
+        resid = loc_j - (b * loc[:, :-1]).sum(-1)
+        if prior_mean is not None:
+            resid = resid - self.mean(self.inducing[j]) + (b * prior_mean).sum(-1)
+        quad = resid.pow(2) + s2_j + (b.pow(2) * s2[:, :-1]).sum(-1)
+        return 0.5 * ((f / s2_j).log() - 1.0 + quad / f), loc_j, s2_j
 
     def kl_terms(self, j: Tensor) -> Tensor:
         """``KL(q || p~)``'s terms ``[J]`` for inducing indices ``j [J]`` (their sum over all ``M`` is the KL)."""
-        nbr = self.prior_neighbours[j]
-        b, f, prior_mean = self._conditional(self.inducing[j], nbr)
-        both = torch.cat([j.unsqueeze(-1), nbr.clamp_min(0)], dim=-1)  # one gather per q parameter
-        loc, s2 = self.q_loc[both], self.q_scale[both].pow(2)
-        resid = loc[:, 0] - (b * loc[:, 1:]).sum(-1)
-        if prior_mean is not None:
-            resid = resid - self.mean(self.inducing[j]) + (b * prior_mean).sum(-1)
-        quad = resid.pow(2) + s2[:, 0] + (b.pow(2) * s2[:, 1:]).sum(-1)
-        return 0.5 * ((f / s2[:, 0]).log() - 1.0 + quad / f)
+        return self._kl_parts(j)[0]
 
     def kl(self) -> Tensor:
         """The exact ``KL(q(u) || p~(u))``, a scalar (``O(M k^3)``, in chunks)."""
@@ -282,8 +285,9 @@ class NNGP(nn.Module):
                 raise ValueError(f"NNGP: inducing indices must lie in [0, M = {m})")
             self.likelihood.check_y(y)
             # Z = X: f_n is u_n itself, and the batch's own points estimate the KL (Wu et al., sec. 3)
-            expected = self.likelihood.expected_log_prob(y, self.q_loc[x], self.q_scale[x].pow(2).clamp_min(1e-30))
-            return expected, self._kl_estimate(x)
+            terms, loc, s2 = self._kl_parts(x)
+            expected = self.likelihood.expected_log_prob(y, loc, s2.clamp_min(1e-30))
+            return expected, terms.sum() * (m / x.shape[0])
         check_data("NNGP", x, y, dtype=self.inducing.dtype, width=self.inducing.shape[-1])
         self.likelihood.check_y(y)
         mean, var = self._marginal(x, nearest_neighbours(x, self.inducing, self.k))
