@@ -33,6 +33,8 @@ of a time difference is per-epoch speed and how much is a different stopping epo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 
 import torch
@@ -89,14 +91,15 @@ def sbi_run(sbi_inference, posterior_nn, prior, theta, x, x_o, n_samples, max_ep
     inference = sbi_inference.SNPE_C(prior, density_estimator=builder, show_progress_bars=False)
     inference.append_simulations(theta, x)
     t0 = _clock()
-    estimator = inference.train(
-        training_batch_size=BATCH,
-        learning_rate=LR,
-        validation_fraction=VAL,
-        stop_after_epochs=PATIENCE,
-        max_num_epochs=max_epochs,
-        clip_max_norm=CLIP,
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # sbi prints a convergence message; keep stdout JSON
+        estimator = inference.train(
+            training_batch_size=BATCH,
+            learning_rate=LR,
+            validation_fraction=VAL,
+            stop_after_epochs=PATIENCE,
+            max_num_epochs=max_epochs,
+            clip_max_norm=CLIP,
+        )
     elapsed = _clock() - t0
     epochs = int(inference._summary["epochs_trained"][-1])
     posterior = inference.build_posterior(estimator)

@@ -257,11 +257,10 @@ class NPE(nn.Module):
     def _fisher_trace(log_q: Tensor, x_std: Tensor) -> Tensor:
         """``|| d log q(theta_i | x_i) / d x_i ||^2`` per row ``[B]``, with a graph for the penalty.
 
-        Gloeckler et al. (2023, sec. 4) penalize ``E_x tr I(x)`` with
-        ``I(x) = E_{q(theta | x)}[s s^T]``, ``s = grad_x log q(theta | x)``; like their
-        cheap estimator we take the expectation over the training ``theta`` (drawn from
-        ``p(theta | x)``, which ``q`` approximates), so the penalty costs one extra
-        backward pass and no sampling."""
+        Gloeckler et al. (2023) penalize ``E_x tr I(x)`` with
+        ``I(x) = E_{q(theta | x)}[s s^T]``, ``s = grad_x log q(theta | x)``.  Here the inner
+        expectation is taken at the training ``theta`` (drawn from ``p(theta | x)``, which
+        ``q`` approximates), so the penalty costs one extra backward pass and no sampling."""
         (grad,) = torch.autograd.grad(log_q.sum(), x_std, create_graph=True)
         return grad.pow(2).flatten(1).sum(-1)
 
