@@ -1,28 +1,45 @@
-"""Automatic guides on standard posteriors: accuracy against NUTS references, speed against Pyro's autoguides.
+"""Automatic guides on standard posteriors: accuracy against NUTS references, speed against Pyro and NumPyro.
 
-For each model of ``benchmarks/reference/models.py`` and each guide, vitorch
-(``AutoGuide`` + ``VI``, ELBO, reparameterization gradients, Adam) and Pyro
-(``AutoNormal``, ``AutoMultivariateNormal``, ``AutoIAFNormal`` with ``Trace_ELBO`` and
-Adam) train on the same density (Pyro's model is the same log joint behind
-improper-uniform sites, unconstrained by the same ``biject_to`` maps), from the same
-start, for the same number of steps, particles and learning rate.  Each fitted guide's
-4000 draws are mapped to the constrained scalars and compared with the model's reference
-(``benchmarks/reference/<model>.json``, written by ``benchmarks/reference/nuts.py``):
+For each model of ``benchmarks/reference/models.py`` and each guide family (``diag``,
+``full``, ``flow``), four fits run on the same density, from the same start, for the
+same number of steps and particles, with Adam at the same learning rate:
 
-* ``max_mean_err``: the largest |posterior mean error| in reference standard deviations;
-* ``median_sd_ratio``: the median over scalars of guide sd / reference sd;
-* ``ms_per_step``: training time per step; ``seconds_to_accuracy``: the time at which the
-  error first came within 0.05 reference sd of its final value (checked 10 times per run).
+* vitorch eager: ``AutoGuide`` + ``VI`` (ELBO, reparameterization gradients), one
+  ``loss.backward(); opt.step()`` per step;
+* Pyro: ``AutoNormal`` / ``AutoMultivariateNormal`` / ``AutoIAFNormal`` with
+  ``Trace_ELBO`` on ``models.pyro_model`` (improper-uniform sites and the same log
+  joint through a factor; ``AutoIAFNormal`` ignores the start);
+* vitorch compiled: the same ``VI`` trained by ``vitorch.training.compile_step`` (its
+  first call compiles, untimed);
+* NumPyro: ``SVI`` with ``AutoNormal`` / ``AutoMultivariateNormal`` / ``AutoIAFNormal``
+  on ``numpyro_models.numpyro_model(name)`` (checked equal to ``model.log_density`` by
+  ``reference/nuts.py``), ``jax.jit(svi.update)`` (its first call compiles, untimed).
 
-One JSON line per (model, guide, library); with ``--table PATH`` also a Markdown table.
-A reference that does not qualify (R-hat >= 1.01 or ESS <= 400) is used but flagged;
-``--quick`` runs a short unqualified NUTS in place of a missing reference.
+Each step is timed on its own and the median per step is reported; the accuracy checks
+(10 per fit, 4000 draws each) are not timed.  Eager vitorch and Pyro are compared on the
+clock the harness reads (thread CPU time with ``--cpu-time``); compiled vitorch and
+NumPyro on the wall clock, because XLA may run a computation on a thread other than the
+caller's (set ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1"``, which this script does when it is unset).
+
+The fitted guide's draws, mapped to the constrained scalars, are compared with the NUTS
+reference ``benchmarks/reference/<model>.json`` (written by ``reference/nuts.py``):
+``max_mean_err_sd`` is the largest |posterior mean error| in reference standard
+deviations, ``median_sd_ratio`` the median over scalars of guide sd / reference sd.
+A reference that does not qualify (R-hat >= 1.01 or ESS <= 400) is used but flagged.
+
+One JSON line per (model, guide, peer) in the harness's format
+(``ratio = peer_s / vitorch_s``, so > 1 means vitorch is faster per step).
+``--table-from results.jsonl`` prints the Markdown table of a saved run instead.
 
     python benchmarks/posteriors.py [--quick] [--models a,b] [--guides diag,full,flow] [--steps 2000]
+        [--peers pyro,numpyro] [--threads 1 --cpu-time]
 
 References:
     Kucukelbir et al., *Automatic Differentiation Variational Inference* (JMLR 2017);
     Bingham et al., *Pyro: Deep Universal Probabilistic Programming* (JMLR 2019);
+    Phan, Pradhan & Jankowiak, *Composable Effects for Flexible and Accelerated
+    Probabilistic Programming in NumPyro* (2019);
     Yao, Vehtari, Simpson & Gelman, *Yes, but Did It Work?* (ICML 2018).
 """
 
@@ -31,6 +48,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import statistics
 import sys
 import time
 
@@ -39,12 +57,16 @@ import torch
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "reference"))
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 from nuts import constrained_scalars, reference  # noqa: E402
 
 from models import MODELS, pyro_model  # noqa: E402
 from vitorch.model import VI, AutoGuide, Model  # noqa: E402
+from vitorch.training import compile_step  # noqa: E402
+from vitorch.training.compile import fused_adam  # noqa: E402
 
-from _harness import parser, setup, try_import  # noqa: E402
+import _harness  # noqa: E402
+from _harness import parser, report, setup, try_import  # noqa: E402
 
 PYRO_GUIDES = {"diag": "AutoNormal", "full": "AutoMultivariateNormal", "flow": "AutoIAFNormal"}
 NUM_DRAWS = 4000
@@ -61,48 +83,66 @@ def load_reference(name: str, quick: bool) -> dict | None:
 
 
 def accuracy(draws: torch.Tensor, ref: dict) -> tuple[float, float]:
+    """``(max |mean error| / ref sd, median sd / ref sd)`` of constrained draws ``[S, P]``."""
     mean, sd = torch.tensor(ref["mean"]), torch.tensor(ref["sd"])
+    draws = draws.to(mean.dtype)
     err = ((draws.mean(0) - mean).abs() / sd).max().item()
     return err, (draws.std(0) / sd).median().item()
 
 
 def train(step, evaluate, steps: int) -> dict:
-    """Run ``steps`` calls of ``step()``, evaluating accuracy ``CHECKS`` times (untimed)."""
-    curve, elapsed = [], 0.0
+    """Run ``steps`` calls of ``step()``, each timed on both clocks; evaluate ``CHECKS`` times (untimed).
+
+    Returns the medians per step (``wall_s``, and ``cpu_s`` on the harness's clock), the
+    final accuracy, and ``seconds_to_accuracy``: the summed step time (harness clock) at
+    which the error first came within 0.05 reference sd of its final value.
+    """
+    walls, cpus, curve, elapsed = [], [], [], 0.0
     every = max(1, steps // CHECKS)
     for i in range(1, steps + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _harness._clock()
         step()
-        elapsed += time.perf_counter() - t0
+        cpus.append(_harness._clock() - c0)
+        walls.append(time.perf_counter() - t0)
+        elapsed += cpus[-1]
         if i % every == 0 or i == steps:
             curve.append((elapsed, *evaluate()))
     final_err, final_ratio = curve[-1][1], curve[-1][2]
     reach = next(t for t, e, _ in curve if e <= final_err + 0.05)
     return {
-        "max_mean_err": round(final_err, 3),
+        "wall_s": statistics.median(walls),
+        "cpu_s": statistics.median(cpus),
+        "max_mean_err_sd": round(final_err, 3),
         "median_sd_ratio": round(final_ratio, 3),
-        "ms_per_step": round(1e3 * elapsed / steps, 3),
         "seconds_to_accuracy": round(reach, 2),
     }
 
 
-def run_vitorch(model: Model, kind: str, steps: int, particles: int, ref: dict) -> dict:
+def run_vitorch(model: Model, kind: str, steps: int, particles: int, lr: float, ref: dict, compiled: bool) -> dict:
     torch.manual_seed(0)
     guide = AutoGuide(model, kind)
     vi = VI(model, guide, particles)
-    opt = torch.optim.Adam(vi.parameters(), lr=guide.default_lr)
+    if compiled:
+        step = compile_step(vi, fused_adam(vi.parameters(), lr))
+        step(None)  # compiles (tens of seconds), untimed; counted as one of the steps
+        steps -= 1
 
-    def step():
-        out = vi()
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
+        def one():
+            step(None)
+    else:
+        opt = torch.optim.Adam(vi.parameters(), lr=lr)
+
+        def one():
+            out = vi()
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
 
     def evaluate():
         with torch.no_grad():
             return accuracy(constrained_scalars(model, guide().sample((NUM_DRAWS,))), ref)
 
-    return train(step, evaluate, steps)
+    return train(one, evaluate, steps)
 
 
 def run_pyro(model: Model, kind: str, steps: int, particles: int, lr: float, ref: dict) -> dict:
@@ -126,7 +166,7 @@ def run_pyro(model: Model, kind: str, steps: int, particles: int, lr: float, ref
                 with pyro.plate("draws", NUM_DRAWS, dim=-1 - max(len(s.shape) for s in model.sites.values())):
                     values = guide()
             flat = [values[name].reshape(NUM_DRAWS, -1) for name in model.sites]
-            return accuracy(torch.cat(flat, -1).to(torch.get_default_dtype()), ref)
+            return accuracy(torch.cat(flat, -1), ref)
 
     return train(svi.step, evaluate, steps)
 
@@ -139,55 +179,135 @@ def _unpack(guide, z: torch.Tensor):
         yield site, biject_to(site["fn"].support)(unconstrained)
 
 
+def run_numpyro(name: str, model: Model, kind: str, steps: int, particles: int, lr: float, ref: dict) -> dict:
+    import jax
+    import numpy as np
+    import numpyro
+    from numpyro.infer import SVI, Trace_ELBO, autoguide
+    from numpyro.infer.initialization import init_to_value
+
+    jax.config.update("jax_enable_x64", True)
+    from numpyro_models import numpyro_model
+
+    fn, names = numpyro_model(name)
+    init = {k: jax.numpy.asarray(v[0].numpy()) for k, v in model.constrain(model.init().unsqueeze(0)).items()}
+    options = {"init_loc_fn": init_to_value(values=init)}
+    if kind != "flow":
+        options["init_scale"] = 0.1
+    guide = getattr(autoguide, PYRO_GUIDES[kind])(fn, **options)
+    svi = SVI(fn, guide, numpyro.optim.Adam(lr), Trace_ELBO(num_particles=particles))
+    update = jax.jit(svi.update)
+    state = [svi.init(jax.random.PRNGKey(0))]
+    state[0], loss = update(state[0])  # compiles, untimed; counted as one of the steps
+    loss.block_until_ready()
+
+    def one():
+        state[0], loss = update(state[0])
+        loss.block_until_ready()
+
+    def evaluate():
+        params = svi.get_params(state[0])
+        draws = guide.sample_posterior(jax.random.PRNGKey(1), params, sample_shape=(NUM_DRAWS,))
+        flat = np.concatenate([np.asarray(draws[k]).reshape(NUM_DRAWS, -1) for k in names], -1)
+        return accuracy(torch.from_numpy(flat), ref)
+
+    return train(one, evaluate, steps - 1)
+
+
+def compare(case: str, ours: dict, peer: str, theirs: dict | None, clock: str, common: dict, skipped=None) -> dict:
+    key = "cpu_s" if clock != "wall" else "wall_s"
+    extra = {"metric": "max_mean_err_sd", "vitorch": ours["max_mean_err_sd"]}
+    extra["peer_value"] = None if theirs is None else theirs["max_mean_err_sd"]
+    extra["vitorch_median_sd_ratio"] = ours["median_sd_ratio"]
+    extra["peer_median_sd_ratio"] = None if theirs is None else theirs["median_sd_ratio"]
+    extra["vitorch_seconds_to_accuracy"] = ours["seconds_to_accuracy"]
+    extra["peer_seconds_to_accuracy"] = None if theirs is None else theirs["seconds_to_accuracy"]
+    extra.update(common, clock=clock)
+    if skipped:
+        extra["skipped"] = skipped
+    return report("posteriors", case, ours[key], peer, None if theirs is None else theirs[key], **extra)
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--models", default=None, help="comma-separated (default all; --quick: eight schools)")
     p.add_argument("--guides", default="diag,full,flow")
+    p.add_argument("--peers", default="pyro,numpyro", help="comma-separated subset of pyro,numpyro")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("-K", "--particles", type=int, default=1)
-    p.add_argument("--table", default=None, help="also write a Markdown table here")
+    p.add_argument("--table-from", default=None, help="print the Markdown table of a saved JSONL run and exit")
     p.set_defaults(threads=1)
     args = p.parse_args()
+    if args.table_from:
+        print(table(pathlib.Path(args.table_from)))
+        return
     setup(args)
     torch.set_default_dtype(torch.float64)
     steps = args.steps or (100 if args.quick else 2000)
     default = "eight_schools_noncentered" if args.quick else ",".join(MODELS)
     models = (args.models or default).split(",")
-    pyro_mod, pyro_reason = try_import("pyro")
-    rows = []
+    peers = args.peers.split(",")
+    pyro_mod, pyro_reason = try_import("pyro") if "pyro" in peers else (None, "not asked")
+    npy_mod, npy_reason = try_import("numpyro") if "numpyro" in peers else (None, "not asked")
     for name in models:
         ref = load_reference(name, args.quick)
         if ref is None:
-            print(json.dumps({"bench": "posteriors", "model": name, "skipped": "no reference: run reference/nuts.py"}))
+            print(json.dumps({"bench": "posteriors", "case": name, "skipped": "no NUTS reference yet"}), flush=True)
             continue
         model = MODELS[name]()
         for kind in args.guides.split(","):
             lr = AutoGuide(model, kind).default_lr
-            libs = ["vitorch"] + ([f"pyro.{PYRO_GUIDES[kind]}"] if pyro_mod is not None else [])
-            for lib in libs:
-                if lib == "vitorch":
-                    result = run_vitorch(model, kind, steps, args.particles, ref)
-                else:
-                    result = run_pyro(model, kind, steps, args.particles, lr, ref)
-                line = {"bench": "posteriors", "model": name, "guide": kind, "library": lib, "steps": steps}
-                line.update(result)
-                line.update({"lr": lr, "particles": args.particles, "reference_qualified": ref["qualified"]})
-                print(json.dumps(line), flush=True)
-                rows.append(line)
-            if pyro_mod is None:
-                print(json.dumps({"bench": "posteriors", "model": name, "guide": kind, "skipped": pyro_reason}))
-    if args.table and rows:
-        write_table(pathlib.Path(args.table), rows)
+            common = {"steps": steps, "lr": lr, "particles": args.particles, "reference_qualified": ref["qualified"]}
+            case = f"{name} {kind}"
+            if "pyro" in peers:
+                ours = run_vitorch(model, kind, steps, args.particles, lr, ref, compiled=False)
+                theirs = None if pyro_mod is None else run_pyro(model, kind, steps, args.particles, lr, ref)
+                common_p = {**common, "vitorch_variant": "eager", "peer_guide": PYRO_GUIDES[kind]}
+                compare(case, ours, "pyro", theirs, _harness.clock_name(), common_p, pyro_reason)
+            if "numpyro" in peers:
+                ours = run_vitorch(model, kind, steps, args.particles, lr, ref, compiled=True)
+                theirs = None if npy_mod is None else run_numpyro(name, model, kind, steps, args.particles, lr, ref)
+                common_n = {**common, "vitorch_variant": "compile_step", "peer_guide": PYRO_GUIDES[kind]}
+                common_n["xla_flags"] = os.environ.get("XLA_FLAGS")
+                compare(case + " compiled", ours, "numpyro", theirs, "wall", common_n, npy_reason)
 
 
-def write_table(path: pathlib.Path, rows: list[dict]) -> None:
-    head = "| model | guide | library | max mean err (sd) | median sd ratio | ms/step | s to accuracy |"
-    lines = [head, "|" + "---|" * 7]
-    for r in rows:
-        cells = [r["model"], r["guide"], r["library"], r["max_mean_err"], r["median_sd_ratio"], r["ms_per_step"]]
-        lines.append("| " + " | ".join(str(c) for c in [*cells, r["seconds_to_accuracy"]]) + " |")
-    os.makedirs(path.parent, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+def table(path: pathlib.Path) -> str:
+    """A Markdown table of a saved run: one row per (model, guide), both comparisons side by side."""
+    rows: dict[tuple[str, str], dict] = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("bench") != "posteriors" or r.get("peer") is None:
+            continue
+        model, kind = r["case"].split()[:2]
+        rows.setdefault((model, kind), {})[r["peer"]] = r
+
+    def acc(err, ratio):
+        return "—" if err is None else f"{err:.2f} / {ratio:.2f}"
+
+    def ms(s):
+        return "—" if s is None else f"{1e3 * s:.2f}"
+
+    def ratio(r):
+        return "—" if r is None or r.get("ratio") is None else f"{r['ratio']:.1f}x"
+
+    head = (
+        "| model | guide | NUTS ref. qualified | vitorch err / sd ratio | Pyro | vitorch compiled | NumPyro "
+        "| vitorch ms | Pyro ms | Pyro / vitorch | compiled ms | NumPyro ms | NumPyro / compiled |"
+    )
+    out = [head, "|" + " --- |" * 13]
+    for (model, kind), by in rows.items():
+        py, npy = by.get("pyro"), by.get("numpyro")
+        first = py or npy
+        cells = [model, kind, "yes" if first["reference_qualified"] else "**no**"]
+        cells += [acc(py["vitorch"], py["vitorch_median_sd_ratio"]) if py else "—"]
+        cells += [acc(py["peer_value"], py["peer_median_sd_ratio"]) if py else "—"]
+        cells += [acc(npy["vitorch"], npy["vitorch_median_sd_ratio"]) if npy else "—"]
+        cells += [acc(npy["peer_value"], npy["peer_median_sd_ratio"]) if npy else "—"]
+        cells += [ms(py["vitorch_s"]) if py else "—", ms(py["peer_s"]) if py else "—", ratio(py)]
+        cells += [ms(npy["vitorch_s"]) if npy else "—", ms(npy["peer_s"]) if npy else "—", ratio(npy)]
+        out.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
