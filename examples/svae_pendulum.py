@@ -6,8 +6,11 @@ MLP decoder to pixels), is trained twice with the same data, steps and optimizer
 
 * **SVAE** (Johnson et al., 2016; Zhao & Linderman, 2023): a per-frame encoder emits Gaussian potentials,
   combined with the LDS prior by the Kalman smoother; KL in closed form.
+* **SVAE, masked training**: the same, trained with a random half of each sequence's frames dropped
+  (their potentials and likelihood terms), the self-supervised scheme of Zhao & Linderman (2023) that
+  makes the prior's dynamics carry the posterior between frames.
 * **DMM guide** (Krishnan et al., 2017): `StructuredInferenceNetwork` (a backward GRU and a combiner)
-  with the same generative model, through `SSMVI`.
+  with the same generative model, through `SSMVI`; it reads every frame, so it has no masked variant.
 
 Reported on held-out sequences: the ELBO per frame, and the error of predicting the last frames from
 the first ones.  The SVAE forecasts by dropping the potentials of the frames it must predict (the
@@ -75,6 +78,22 @@ class Decoder(nn.Module):
         return Independent(Normal(loc, self.log_sigma.exp().expand_as(loc)), 1)
 
 
+class MaskedTraining(nn.Module):
+    """Train an SVAE with a random half of each sequence's frames dropped (self-supervised, Zhao & Linderman, 2023).
+
+    Dropped frames lose their potentials and likelihood terms, so the prior's dynamics must carry the
+    posterior across them: the prior learns to predict.  Evaluation (``eval()``) sees every frame.
+    """
+
+    def __init__(self, svae: ssm.SVAE, drop: float = 0.5):
+        super().__init__()
+        self.svae, self.drop = svae, drop
+
+    def forward(self, y):
+        observed = torch.rand(y.shape[:2]) >= self.drop if self.training else None
+        return self.svae(y if observed is None else (y, observed))
+
+
 def make_model(seed: int) -> ssm.DeepLDS:
     torch.manual_seed(seed)
     return ssm.DeepLDS(ssm.LDSPrior(STATE_DIM), Decoder())
@@ -100,52 +119,64 @@ def main() -> None:
     y_train, y_test = simulate(n_train, T, gen), simulate(n_test, T, gen)
     t0 = T - HORIZON
 
-    svae = ssm.SVAE(make_model(0), ssm.GaussianPotentialEncoder(SIZE * SIZE, STATE_DIM, hidden=(64,)))
+    def make_svae() -> ssm.SVAE:
+        torch.manual_seed(1)
+        encoder = ssm.GaussianPotentialEncoder(SIZE * SIZE, STATE_DIM, hidden=(64,))
+        return ssm.SVAE(make_model(0), encoder)
+
+    svae, svae_masked = make_svae(), make_svae()
     torch.manual_seed(1)
     embed = nn.Sequential(nn.Linear(SIZE * SIZE, 32), nn.Tanh())
     guide = ssm.StructuredInferenceNetwork(obs_dim=32, state_dim=STATE_DIM, rnn_dim=32, embed=embed)
     dmm = ssm.SSMVI(make_model(0), guide)  # the same generative model and initialization
     fit = {"steps": steps, "batch_size": 16, "lr": 3e-3, "progress": False, "seed": 0}
     hist_svae = vt.fit(svae, y_train, **fit)
+    hist_masked = vt.fit(MaskedTraining(svae_masked), y_train, **fit)
     hist_dmm = vt.fit(dmm, y_train, **fit)
 
     with torch.no_grad():
         torch.manual_seed(2)
-        svae.num_particles, dmm.num_particles = 8, 8
+        svae.num_particles = svae_masked.num_particles = dmm.num_particles = 8
         elbo_svae = float(svae(y_test).bound.mean()) / T
+        elbo_masked = float(svae_masked(y_test).bound.mean()) / T
         elbo_dmm = float(dmm(y_test).bound.mean()) / T
         observed = torch.ones(n_test, T, dtype=torch.bool)
         observed[:, t0:] = False
         pred_svae = svae.reconstruct(y_test, observed)  # [B, T, p]: reconstructions, then forecasts
+        pred_masked = svae_masked.reconstruct(y_test, observed)
         pred_dmm = dmm_forecast(dmm, y_test, t0)
         truth = y_test[:, t0:]
         mse_svae = float((pred_svae[:, t0:] - truth).pow(2).mean())
+        mse_masked = float((pred_masked[:, t0:] - truth).pow(2).mean())
         mse_dmm = float((pred_dmm[:, t0:] - truth).pow(2).mean())
         mse_mean_frame = float((y_train.mean((0, 1)) - truth).pow(2).mean())
 
-    fig, axes = plt.subplots(4, HORIZON + 3, figsize=(1.4 * (HORIZON + 3), 6.4))
-    rows = (("data", y_test[0]), ("SVAE", None), ("DMM guide", None))
+    fig, axes = plt.subplots(5, HORIZON + 3, figsize=(1.4 * (HORIZON + 3), 7.8))
+    rows = (("data", y_test[0]), ("SVAE", pred_svae), ("SVAE masked", pred_masked), ("DMM guide", pred_dmm))
     show = range(t0 - 3, T)
     for j, t in enumerate(show):
         axes[0, j].imshow(y_test[0, t].reshape(SIZE, SIZE), cmap="gray")
         axes[0, j].set_title(f"t={t}" + (" (given)" if t < t0 else ""), fontsize=7)
-        axes[1, j].imshow(pred_svae[0, t].reshape(SIZE, SIZE), cmap="gray")
-        axes[2, j].imshow(pred_dmm[0, t].reshape(SIZE, SIZE), cmap="gray")
+        for i, (_, pred) in enumerate(rows[1:], start=1):
+            axes[i, j].imshow(pred[0, t].reshape(SIZE, SIZE), cmap="gray")
     for i, (name, _) in enumerate(rows):
         axes[i, 0].set_ylabel(name if i == 0 else f"{name}\nfit | forecast", fontsize=8)
-    for ax in axes[:3].ravel():
+    for ax in axes[:4].ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    gs = axes[3, 0].get_gridspec()
-    for ax in axes[3]:
+    gs = axes[4, 0].get_gridspec()
+    for ax in axes[4]:
         ax.remove()
-    curve = fig.add_subplot(gs[3, :])
-    for name, hist in (("SVAE", hist_svae), ("DMM guide", hist_dmm)):
+    curve = fig.add_subplot(gs[4, :])
+    for name, hist in (("SVAE", hist_svae), ("SVAE masked (half the frames)", hist_masked), ("DMM guide", hist_dmm)):
         curve.plot([b / T for b in hist.column("bound")], label=name)
     curve.set_xlabel("step")
     curve.set_ylabel("train ELBO / frame")
     curve.legend(fontsize=8)
-    title = f"Pendulum: held-out ELBO/frame SVAE {elbo_svae:.1f}, DMM {elbo_dmm:.1f}"
+    title = (
+        f"Pendulum, held-out ELBO/frame: SVAE {elbo_svae:.1f}, masked {elbo_masked:.1f}, DMM {elbo_dmm:.1f}; "
+        f"{HORIZON}-frame forecast MSE x1e3: {1e3 * mse_svae:.2f}, {1e3 * mse_masked:.2f}, {1e3 * mse_dmm:.2f}"
+    )
     fig.suptitle(title + (" (quick smoke run)" if args.quick else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "svae_pendulum.png"), dpi=110)
@@ -153,8 +184,10 @@ def main() -> None:
     metrics = {
         "steps": steps,
         "test_elbo_per_frame_svae": elbo_svae,
+        "test_elbo_per_frame_svae_masked": elbo_masked,
         "test_elbo_per_frame_dmm": elbo_dmm,
         f"forecast_mse_{HORIZON}_frames_svae": mse_svae,
+        f"forecast_mse_{HORIZON}_frames_svae_masked": mse_masked,
         f"forecast_mse_{HORIZON}_frames_dmm": mse_dmm,
         "forecast_mse_mean_frame": mse_mean_frame,
     }
