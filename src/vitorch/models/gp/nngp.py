@@ -79,17 +79,16 @@ def sequential_neighbours(z: Tensor, k: int) -> Tensor:
 def _gram_blocks(kernel: Kernel, pts: Tensor) -> Tensor:
     """The kernel matrix of each block of points ``pts [B, n, D]``, ``[B, n, n]``.
 
-    Any kernel goes through ``torch.func.vmap``; an `RBF` is evaluated directly on the batch
-    (the step's largest cost after the solves), with ``|a|^2 + |b|^2 - 2 a.b`` on coordinates
-    centred at each block's last point (a neighbourhood's own target), so nothing cancels for
-    blocks far from the origin.
+    Any kernel goes through ``torch.func.vmap``.  An `RBF` on points that need no gradient (the
+    fixed inducing inputs, data) is evaluated directly: the per-dimension squared differences are
+    formed outside autograd, so the graph holds only their weighting by ``1 / lengthscale^2`` and
+    the exponential (the step's largest cost after the solves).
     """
-    if type(kernel) is RBF:
-        a = pts / kernel.lengthscale
-        a = a - a[:, -1:]
-        sq = a.pow(2).sum(-1)
-        sqdist = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (a @ a.mT)).clamp_min(0.0)
-        return (kernel.variance.log() - 0.5 * sqdist).exp()
+    if type(kernel) is RBF and not pts.requires_grad:
+        with torch.no_grad():
+            sq = (pts.unsqueeze(-2) - pts.unsqueeze(-3)).pow(2)  # [B, n, n, D]
+        inv_l2 = kernel.lengthscale.pow(-2).expand(pts.shape[-1])
+        return (kernel.variance.log() - 0.5 * (sq @ inv_l2)).exp()
     return torch.func.vmap(kernel)(pts)
 
 
