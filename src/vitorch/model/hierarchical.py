@@ -108,6 +108,10 @@ class HierarchicalModel(nn.Module):
         return log_g, log_l + ladj_l
 
 
+def _indices(batch):
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
 def _unused(values):
     raise RuntimeError("a HierarchicalModel's local block is read through local_log_joint")
 
@@ -171,7 +175,9 @@ class HierarchicalVI(nn.Module):
     """The minibatch ELBO of a `HierarchicalModel` under a `StructuredGuide`, for ``vt.fit``.
 
     Args:
-        model, guide: the model and its guide.
+        model, guide: the model and its guide: a `StructuredGuide` (given the batch's
+            group indices) or a guide that reads the groups' data, such as
+            `vitorch.model.amortized.AmortizedGuide` (given the whole batch).
         num_particles: ``K`` draws of the globals (each with its own locals).
         stl: evaluate ``log q`` at stopped parameters (sticking the landing).
 
@@ -184,7 +190,7 @@ class HierarchicalVI(nn.Module):
         Roeder, Wu & Duvenaud, *Sticking the Landing* (NeurIPS 2017).
     """
 
-    def __init__(self, model: HierarchicalModel, guide: StructuredGuide, num_particles: int = 1, stl: bool = True):
+    def __init__(self, model: HierarchicalModel, guide: nn.Module, num_particles: int = 1, stl: bool = True):
         super().__init__()
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"HierarchicalVI: num_particles must be an integer >= 1; got {num_particles!r}")
@@ -196,17 +202,18 @@ class HierarchicalVI(nn.Module):
         return self.guide.default_lr
 
     def forward(self, batch) -> LossOutput:
-        idx = batch[0] if isinstance(batch, (tuple, list)) else batch
+        idx = _indices(batch)
         if not isinstance(idx, Tensor) or idx.dim() != 1 or idx.dtype not in (torch.int64, torch.int32):
             raise ValueError("HierarchicalVI: the batch's first element must be the group indices, an integer [B]")
         K, N = self.num_particles, self.model.num_groups
         q_g = self.guide.global_family()
         z_g = q_g.rsample((K,))  # [K, D_g]
-        q_l = self.guide.local_family(z_g, idx)  # batch [K, B]
+        key = self._local_key(idx, batch)
+        q_l = self.guide.local_family(z_g, key)  # batch [K, B]
         z_l = q_l.rsample()  # [K, B, D_l]
         if self.stl:
             log_q_g = q_g.detach().log_prob(z_g)
-            log_q_l = self.guide.local_family(z_g, idx, stop=True).log_prob(z_l)
+            log_q_l = self.guide.local_family(z_g, key, stop=True).log_prob(z_l)
         else:
             log_q_g, log_q_l = q_g.log_prob(z_g), q_l.log_prob(z_l)
         log_p_g, log_p_l = self.model.log_density(z_g, z_l, batch)
@@ -214,10 +221,27 @@ class HierarchicalVI(nn.Module):
         bound = per_group.mean(0)
         return LossOutput(-bound.mean(), bound.detach())
 
-    def sample(self, num_samples: int) -> dict[str, Tensor]:
-        """Named constrained draws: globals ``[S, *shape]``, locals ``[S, N, *shape]`` (no gradient)."""
+    def _local_key(self, idx: Tensor, batch):
+        # A structured guide stores parameters per group and reads the indices; any other
+        # guide (an amortized one) computes each group's posterior from the batch's data.
+        return idx if isinstance(self.guide, StructuredGuide) else batch
+
+    def sample(self, num_samples: int, batch=None) -> dict[str, Tensor]:
+        """Named constrained draws: globals ``[S, *shape]``, locals ``[S, N, *shape]`` (no gradient).
+
+        Args:
+            num_samples: ``S``.
+            batch: for a guide that reads the data (amortized), the groups to draw locals
+                for, ``(idx [B], data...)``, seen in training or new; locals are then
+                ``[S, B, *shape]``.  A `StructuredGuide` draws all ``N`` groups and needs none.
+        """
         with torch.no_grad():
             z_g = self.guide.global_family().sample((num_samples,))
-            idx = torch.arange(self.model.num_groups, device=z_g.device)
-            z_l = self.guide.local_family(z_g, idx).sample()
+            if isinstance(self.guide, StructuredGuide):
+                key = torch.arange(self.model.num_groups, device=z_g.device) if batch is None else _indices(batch)
+            elif batch is None:
+                raise ValueError("HierarchicalVI.sample: this guide reads the groups' data; pass batch=(idx, data...)")
+            else:
+                key = batch
+            z_l = self.guide.local_family(z_g, key).sample()
             return {**self.model.globals.constrain(z_g), **self.model.locals.constrain(z_l)}
