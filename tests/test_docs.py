@@ -50,6 +50,8 @@ PUBLIC_MODULES = [
     "vitorch.families.mixflow",
     "vitorch.families.concrete",
     "vitorch.particles",
+    "vitorch.gvi",
+    "vitorch.optim",
 ]
 
 # Pages whose code blocks starting with an import are complete programs.

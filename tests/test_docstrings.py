@@ -56,6 +56,8 @@ PACKAGES = [
     "vitorch.silent",
     "vitorch.families.wasserstein",
     "vitorch.particles",
+    "vitorch.gvi",
+    "vitorch.optim",
 ]
 
 _YEAR = r"(?:19|20)\d{2}[a-z]?"

@@ -51,6 +51,8 @@ _SUBMODULES = (
     "unscented",
     "silent",
     "particles",
+    "optim",
+    "gvi",
 )
 
 # public name -> (module under vitorch, attribute of it; None for the module itself)
@@ -64,6 +66,7 @@ _EXPORTS = {
     "History": ("training", "History"),
     **{name: ("model", name) for name in ("Model", "Site", "AutoGuide", "Posterior", "VI")},
     **{name: ("families", name) for name in _FAMILIES},
+    **{name: ("gvi", name) for name in ("FBGVI", "pathfinder", "multipath_pathfinder")},
     **{name: (name, None) for name in _SUBMODULES},
 }
 
