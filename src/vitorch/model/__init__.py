@@ -16,6 +16,7 @@ References:
     Vehtari, Simpson, Gelman, Yao & Gabry, *Pareto Smoothed Importance Sampling* (JMLR 2024).
 """
 
+from .amortized import AmortizedGuide, group_features
 from .bijections import Bijection, bijection_for, ordered_vector
 from .guides import (
     AutoDiagNormal,
@@ -51,6 +52,8 @@ __all__ = [
     "HierarchicalModel",
     "StructuredGuide",
     "HierarchicalVI",
+    "AmortizedGuide",
+    "group_features",
     "Posterior",
     "Summary",
     "summarize",
