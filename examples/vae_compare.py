@@ -232,8 +232,10 @@ def main(argv=None) -> list[dict]:
             rows.append(dict(name=name, recipe=recipe, failed=str(err).split(";")[0]))
             continue
         seconds = time.perf_counter() - t0
+        extra = {}
         if hasattr(model, "refit_prior"):  # ARD-VAE: the prior from 10,000 encoded training images
             model.refit_prior(refit)
+            extra["relevant_dims"] = int(model.relevant_dims().sum())
         variance["trained"] = encoder_grad_variance(model, probe, args.grad_repeats, args.seed + 2)
         torch.manual_seed(args.seed + 1)
         metrics = zoo.evaluate(model, test, num_particles=args.ll_particles)
@@ -244,6 +246,7 @@ def main(argv=None) -> list[dict]:
                 train_seconds=seconds,
                 skipped_steps=history.skipped,
                 grad_variance=variance,
+                **extra,
                 **metrics,
             )
         )

@@ -70,19 +70,30 @@ class ARDPrior(nn.Module):
         self.a0, self.b0 = float(a0), float(b0)
         self.register_buffer("concentration", torch.full((latent_dim,), self.a0 + 0.5))
         self.register_buffer("rate", torch.full((latent_dim,), self.b0 + 0.5))
+        self.register_buffer("num_codes", torch.ones((), dtype=torch.long))
 
     @torch.no_grad()
-    def update(self, codes: Tensor) -> None:
-        """Condition on encoded data ``codes [N, D]`` (the conjugate Gamma update of each precision)."""
+    def update(self, codes: Tensor, num_codes: int | None = None) -> None:
+        """Condition on encoded data ``codes [N, D]`` (the conjugate Gamma update of each precision).
+
+        ``num_codes`` (default ``N``) is how many observations the update counts, the mean
+        square of the codes standing for their average: `ARDVAE.refit_prior` averages over
+        a large set but keeps the training batch's count, so that the prior keeps the form
+        the encoder was trained against (a pruned axis's variance scales as ``1 / N``).
+        """
         if codes.dim() != 2 or codes.shape[-1] != self.rate.shape[0] or codes.shape[0] < 1:
             raise ValueError(f"ARDPrior.update: codes must be [N, {self.rate.shape[0]}]; got {tuple(codes.shape)}")
+        num = codes.shape[0] if num_codes is None else num_codes
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise ValueError(f"ARDPrior.update: num_codes must be an integer >= 1; got {num_codes!r}")
         codes = codes.to(self.rate.dtype)
-        self.concentration.fill_(self.a0 + 0.5 * codes.shape[0])
-        self.rate.copy_(self.b0 + 0.5 * codes.pow(2).sum(0))
+        self.concentration.fill_(self.a0 + 0.5 * num)
+        self.rate.copy_(self.b0 + 0.5 * num * codes.pow(2).mean(0))
+        self.num_codes.fill_(num)
 
     @property
     def relevance(self) -> Tensor:
-        """``[D]`` the prior variance of each axis, ``E[1/alpha_d | D_z] = b_d / (a_d - 1)`` (``b_d / a_d`` if ``a_d <= 1``)."""
+        """``[D]`` each axis's prior variance ``E[1/alpha_d | D_z] = b_d / (a_d - 1)`` (``b_d / a_d`` for a <= 1)."""
         a = self.concentration
         return torch.where(a > 1, self.rate / (a - 1).clamp_min(1e-12), self.rate / a)
 
@@ -94,7 +105,7 @@ class ARDPrior(nn.Module):
         """``log p(z | D_z)``: ``[*S, D] -> [*S]``."""
         return self._law(z).log_prob(z).sum(-1)
 
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
+    def sample(self, sample_shape=()) -> Tensor:
         """``[*sample_shape, D]`` draws of the prior."""
         return self._law(self.rate).sample(torch.Size(sample_shape))
 
@@ -142,8 +153,13 @@ class ARDVAE(VAE):
 
     @torch.no_grad()
     def refit_prior(self, x: Tensor, batch_size: int = 1024) -> None:
-        """Condition the prior on the encoder means of a data set ``x [N, *event]`` (the paper's ``X_alpha``)."""
-        self.custom_prior.update(torch.cat([self.encoder(xb).mean for xb in x.split(batch_size)]))
+        """Condition the prior on the encoder means of a data set ``x [N, *event]`` (the paper's ``X_alpha``).
+
+        The codes' mean square comes from all of ``x``; the update counts as many codes as
+        the last training batch had (see `ARDPrior.update`).
+        """
+        codes = torch.cat([self.encoder(xb).mean for xb in x.split(batch_size)])
+        self.custom_prior.update(codes, int(self.custom_prior.num_codes))
 
     def forward(self, x) -> LossOutput:
         """The ELBO (or the chosen bound) under the ARD prior on a batch ``x [B, *event]``."""
