@@ -33,6 +33,8 @@ References:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -89,7 +91,11 @@ def _gram_blocks(kernel: Kernel, pts: Tensor) -> Tensor:
             sq = (pts.unsqueeze(-2) - pts.unsqueeze(-3)).pow(2)  # [B, n, n, D]
         inv_l2 = kernel.lengthscale.pow(-2).expand(pts.shape[-1])
         return (kernel.variance.log() - 0.5 * (sq @ inv_l2)).exp()
-    return torch.func.vmap(kernel)(pts)
+    with warnings.catch_warnings():
+        # a kernel's in-place diagonal fix-up has no vmap batching rule: torch falls back to a loop,
+        # slower but exact, and says so on every call
+        warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule.*", category=UserWarning)
+        return torch.func.vmap(kernel)(pts)
 
 
 class _ConditionalSolve(torch.autograd.Function):
