@@ -90,6 +90,11 @@ def test_training_forward_conditions_on_the_batch():
     means = model.encoder(x).mean.detach()
     torch.testing.assert_close(model.custom_prior.rate, 1e-3 + 0.5 * means.pow(2).sum(0))
     assert "custom_prior.rate" in model.state_dict()
+    # a refit averages over more codes but counts as many as the training batch had
+    big = torch.cat([x] * 5)
+    model.refit_prior(big)
+    assert float(model.custom_prior.concentration[0]) == pytest.approx(1e-3 + 0.5 * 20)
+    torch.testing.assert_close(model.custom_prior.rate, 1e-3 + 0.5 * 20 * means.pow(2).mean(0))
 
 
 def test_bad_input():
