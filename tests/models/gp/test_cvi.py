@@ -217,7 +217,7 @@ def test_ep_objective_with_gaussian_sites_is_the_exact_evidence(power):
     model = gp.SVGP(_kernel(), x.clone(), gp.GaussianLikelihood(0.1), num_data=20)
     sites = cvi.Sites(y / 0.1, torch.full((20,), 10.0))
     want = gp.ExactGP(_kernel(), noise=0.1).log_marginal_likelihood(x, y)
-    assert abs(float(cvi.ep_objective(model, x, y, sites, power=power) - want)) < 1e-7
+    assert abs(float((cvi.ep_objective(model, x, y, sites, power=power) - want).detach())) < 1e-7
 
 
 def test_ep_objective_tends_to_the_dual_elbo_as_power_vanishes():
@@ -225,12 +225,14 @@ def test_ep_objective_tends_to_the_dual_elbo_as_power_vanishes():
     model = _bernoulli_cvi(x, y, torch.rand(M, 2) * 3)  # sparse: Z is not X
     sites = cvi.site_parameters(model, x, y)
     a = 1e-4
-    # L_alpha = ELBO + c alpha + O(alpha^2): Richardson's 2 L_a - L_2a removes the linear term
-    extrapolated = 2 * cvi.ep_objective(model, x, y, sites, a) - cvi.ep_objective(model, x, y, sites, 2 * a)
-    elbo = cvi.dual_elbo(model, x, y, sites)
+    with torch.no_grad():
+        # L_alpha = ELBO + c alpha + O(alpha^2): Richardson's 2 L_a - L_2a removes the linear term
+        extrapolated = 2 * cvi.ep_objective(model, x, y, sites, a) - cvi.ep_objective(model, x, y, sites, 2 * a)
+        elbo = cvi.dual_elbo(model, x, y, sites)
+        energy = cvi.ep_objective(model, x, y, sites)
     assert abs(float(extrapolated - elbo)) < 1e-6
     # and EP's energy differs from the ELBO (the two objectives are not the same function)
-    assert abs(float(cvi.ep_objective(model, x, y, sites) - elbo)) > 1e-2
+    assert abs(float(energy - elbo)) > 1e-2
 
 
 def test_ep_objective_trains_hyperparameters():
