@@ -87,10 +87,14 @@ def _gram_blocks(kernel: Kernel, pts: Tensor) -> Tensor:
     the exponential (the step's largest cost after the solves).
     """
     if type(kernel) is RBF and not pts.requires_grad:
+        inv_l2 = kernel.lengthscale.pow(-2)
         with torch.no_grad():
             sq = (pts.unsqueeze(-2) - pts.unsqueeze(-3)).pow(2)  # [B, n, n, D]
-        inv_l2 = kernel.lengthscale.pow(-2).expand(pts.shape[-1])
-        return (kernel.variance.log() - 0.5 * (sq @ inv_l2)).exp()
+            if inv_l2.numel() == 1:
+                sq = sq.sum(-1)
+        # elementwise weights, not a matrix-vector product: a GEMV with D columns is slow for small D
+        r2 = sq * inv_l2.reshape(()) if inv_l2.numel() == 1 else (sq * inv_l2).sum(-1)
+        return (kernel.variance.log() - 0.5 * r2).exp()
     with warnings.catch_warnings():
         # a kernel's in-place diagonal fix-up has no vmap batching rule: torch falls back to a loop,
         # slower but exact, and says so on every call
