@@ -174,6 +174,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--rows", nargs="+", default=None, help="keep only rows whose name contains one of these")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grad-repeats", type=int, default=16, help="draws behind the encoder-gradient variance")
+    p.add_argument(
+        "--variance-at-init-only",
+        action="store_true",
+        help="only the encoder-gradient variance at the seed's initial parameters (no training, no test metrics)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core box)")
     p.add_argument("--quick", action="store_true", help="digits, 150 steps, K=10 rows, K=100 test")
     p.add_argument("--out", default="outputs/vae_compare")
@@ -215,6 +220,12 @@ def main(argv=None) -> list[dict]:
             del kw["latent_dim"]
         model = zoo.RECIPES[recipe](train.dim, hidden=tuple(args.hidden), **kw)
         variance = {"init": encoder_grad_variance(model, probe, args.grad_repeats, args.seed + 2)}
+        if args.variance_at_init_only:
+            rows.append(dict(name=name, recipe=recipe, grad_variance=variance))
+            print(f"{name:32s} encoder grad variance at init {variance['init']['trace']:.4g}", flush=True)
+            if args.json:
+                write_json(pathlib.Path(args.json), rows, args)
+            continue
         t0 = time.perf_counter()
         try:
             history = fit(
@@ -262,6 +273,9 @@ def main(argv=None) -> list[dict]:
         )
     if not rows:
         p.error(f"--only {args.only} selects none of the compared recipes")
+    if args.variance_at_init_only:
+        print(json.dumps({r["name"]: r["grad_variance"]["init"]["trace"] for r in rows}))
+        return rows
     figure([r for r in rows if "failed" not in r], out / "comparison.png")
     print(f"table: {table_path}; figure: {out / 'comparison.png'}")
     lls = {r["name"]: round(r["log_likelihood"], 3) if "failed" not in r else None for r in rows}
