@@ -20,7 +20,9 @@ Each step is timed on its own and the median per step is reported; the accuracy 
 clock the harness reads (thread CPU time with ``--cpu-time``); compiled vitorch and
 NumPyro on the wall clock, because XLA may run a computation on a thread other than the
 caller's (set ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1"``, which this script does when it is unset).
+intra_op_parallelism_threads=1"``, which this script does when it is unset).  Their lines
+also carry both sides' process CPU time (every thread of the process: robust to other jobs
+on the machine, and it counts XLA's worker threads).
 
 The fitted guide's draws, mapped to the constrained scalars, are compared with the NUTS
 reference ``benchmarks/reference/<model>.json`` (written by ``reference/nuts.py``):
@@ -93,16 +95,18 @@ def accuracy(draws: torch.Tensor, ref: dict) -> tuple[float, float]:
 def train(step, evaluate, steps: int) -> dict:
     """Run ``steps`` calls of ``step()``, each timed on both clocks; evaluate ``CHECKS`` times (untimed).
 
-    Returns the medians per step (``wall_s``, and ``cpu_s`` on the harness's clock), the
+    Returns the medians per step (``wall_s``; ``cpu_s`` on the harness's clock; ``process_cpu_s``,
+    the CPU time of all the process's threads, which counts XLA's worker threads), the
     final accuracy, and ``seconds_to_accuracy``: the summed step time (harness clock) at
     which the error first came within 0.05 reference sd of its final value.
     """
-    walls, cpus, curve, elapsed = [], [], [], 0.0
+    walls, cpus, procs, curve, elapsed = [], [], [], [], 0.0
     every = max(1, steps // CHECKS)
     for i in range(1, steps + 1):
-        t0, c0 = time.perf_counter(), _harness._clock()
+        t0, c0, p0 = time.perf_counter(), _harness._clock(), time.process_time()
         step()
         cpus.append(_harness._clock() - c0)
+        procs.append(time.process_time() - p0)
         walls.append(time.perf_counter() - t0)
         elapsed += cpus[-1]
         if i % every == 0 or i == steps:
@@ -112,6 +116,7 @@ def train(step, evaluate, steps: int) -> dict:
     return {
         "wall_s": statistics.median(walls),
         "cpu_s": statistics.median(cpus),
+        "process_cpu_s": statistics.median(procs),
         "max_mean_err_sd": round(final_err, 3),
         "median_sd_ratio": round(final_ratio, 3),
         "seconds_to_accuracy": round(reach, 2),
@@ -269,6 +274,8 @@ def main() -> None:
                 theirs = None if npy_mod is None else run_numpyro(name, model, kind, steps, args.particles, lr, ref)
                 common_n = {**common, "vitorch_variant": "compile_step", "peer_guide": PYRO_GUIDES[kind]}
                 common_n["xla_flags"] = os.environ.get("XLA_FLAGS")
+                common_n["vitorch_process_cpu_s"] = ours["process_cpu_s"]
+                common_n["peer_process_cpu_s"] = None if theirs is None else theirs["process_cpu_s"]
                 compare(case + " compiled", ours, "numpyro", theirs, "wall", common_n, npy_reason)
 
 
