@@ -163,7 +163,10 @@ class Stationary(Kernel):
         a, b = self.scaled_inputs(x1, x2)
         # addmm fuses the product and the norms; clamp the rounding-negative entries.
         d = torch.addmm(a.pow(2).sum(-1, keepdim=True), a, b.mT, alpha=-2.0) + b.pow(2).sum(-1)
-        return d.clamp_min(0.0)
+        d = d.clamp_min(0.0)
+        if x2 is None:  # a point's distance to itself is exactly 0, not the expansion's rounding
+            d = d.fill_diagonal_(0.0)
+        return d
 
     def scaled_dist(self, x1: Tensor, x2: Tensor | None) -> Tensor:
         # sqrt has an infinite derivative at 0; the floor zeroes the gradient there instead.
