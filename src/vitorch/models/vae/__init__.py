@@ -8,8 +8,11 @@ Example:
     >>> metrics = vae.evaluate(model, x_test, num_particles=5000)
 """
 
+from .ard import ARDVAE, ARDPrior
+from .discrete import CategoricalEncoder, DiscreteVAE, OneHotLatents
 from .evaluation import evaluate, iwae_log_likelihood, latent_means
 from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood, Poisson
+from .lipschitz import InverseLipschitzDecoder, MonotoneGradientMap
 from .model import VAE
 from .networks import (
     ConvDecoder,
@@ -22,9 +25,6 @@ from .networks import (
     Tanh,
     mlp,
 )
-from .ard import ARDPrior, ARDVAE
-from .discrete import CategoricalEncoder, DiscreteVAE, OneHotLatents
-from .lipschitz import InverseLipschitzDecoder, MonotoneGradientMap
 from .plots import image_grid, save_image_grid
 from .recipes import (
     RECIPES,

@@ -90,8 +90,8 @@ class OneHotLatents(Distribution):
         shape = torch.Size(batch_shape) + self.logits.shape[-2:]
         return OneHotLatents(self.logits.expand(shape))
 
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
-        return self.base.sample(sample_shape).flatten(-2)
+    def sample(self, sample_shape=()) -> Tensor:
+        return self.base.sample(torch.Size(sample_shape)).flatten(-2)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``[*sample, *batch]`` log-pmf of flat one-hot codes ``value [*sample, *batch, L*C]``."""

@@ -211,7 +211,7 @@ def unscented_ae(data_dim, beta=1.0, num_sigma_points=None, image_shape=None, **
 
 
 def silent_vae(data_dim, anneal_steps=2000, hold=0, image_shape=None, **kw) -> SilentVAE:
-    """VAE whose encoder follows a linear decoder's zero-variance gradient first, annealed to reparam over ``anneal_steps``.
+    """VAE whose encoder follows a linear decoder's zero-variance gradient, annealed to reparam over ``anneal_steps``.
 
     Shapes: the model maps ``x [B, data_dim]`` (or ``[B, C, H, W]``) to ``out.loss`` (scalar),
     ``out.bound [B]`` and ``out.log_w [K, B]``.

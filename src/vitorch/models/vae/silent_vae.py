@@ -27,7 +27,6 @@ References:
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from ... import silent
 from ...loss import LossOutput, loss
