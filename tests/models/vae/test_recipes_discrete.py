@@ -136,3 +136,5 @@ def test_bad_input():
         vae.DiscreteVAE(enc, dec, method="enumerate", num_particles=3)
     with pytest.raises(ValueError, match="num_latents"):
         vae.DiscreteVAE(vae.GaussianEncoder(None, X_DIM, 3), dec)
+    with pytest.raises(ValueError, match="image_shape"):
+        vae.gumbel_vae(64, image_shape=(1, 8, 8))

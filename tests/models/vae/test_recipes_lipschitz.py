@@ -102,6 +102,8 @@ def test_bad_input():
         vae.InverseLipschitzDecoder(2, (5,), 1.0, hidden=(3,))
     with pytest.raises(ValueError, match="parameter per entry"):
         vae.inverse_lipschitz_vae(5, latent_dim=2, likelihood=vae.Gaussian(learned="decoder"))
+    with pytest.raises(ValueError, match="image_shape"):
+        vae.inverse_lipschitz_vae(64, image_shape=(1, 8, 8))
 
 
 def test_unconstrained_map_can_flatten_a_direction():

@@ -224,7 +224,13 @@ def silent_vae(data_dim, anneal_steps=2000, hold=0, image_shape=None, **kw) -> S
     return build(image_shape or data_dim, observed_dim=flat, anneal_steps=anneal_steps, hold=hold, **kw)
 
 
+def _mlp_only(name: str, image_shape) -> None:
+    if image_shape is not None:
+        raise ValueError(f"{name}: the MLP model only (no image_shape); got image_shape={image_shape!r}")
+
+
 def _discrete(data_dim, num_latents, num_classes, hidden=(200, 200), likelihood=None, activation=Tanh, **kw):
+    _mlp_only("the categorical recipes", kw.pop("image_shape", None))
     from .likelihoods import Bernoulli
 
     likelihood = likelihood if likelihood is not None else Bernoulli()
@@ -309,6 +315,7 @@ def inverse_lipschitz_vae(
     """
     from .likelihoods import Bernoulli
 
+    _mlp_only("inverse_lipschitz_vae", kw.pop("image_shape", None))
     likelihood = likelihood if likelihood is not None else Bernoulli()
     if likelihood.params_per_entry != 1:
         raise ValueError(f"inverse_lipschitz_vae needs one parameter per entry; got {likelihood.params_per_entry}")
