@@ -18,6 +18,16 @@ One step (Shen et al., 2024, Algorithm 1):
 With ``rescale_lr`` (the default, as in the authors' package) the step size is
 ``α = lr (h₀ + δ)``, so ``lr`` plays the part of an SGD learning rate.
 
+Data parallel (``DistributedDataParallel``): every process must draw the *same* ``ε``
+(`broadcast_noise` gives them rank 0's noise stream; `vitorch.fit` calls it).  DDP's
+averaged gradient is then the gradient of the whole batch at one draw ``θ``, ``ĥ = ĝ ε / σ``
+pairs that gradient with its own noise, and N processes take exactly the step one
+process takes on the union of their batches; ``h`` and the noise stay equal on every
+rank without any communication of their own.  Independent draws per rank would pair the
+averaged gradient with each rank's own ``ε`` (a wrong ``ĥ`` that differs between ranks)
+unless the products ``ĝ_r ε_r`` were all-reduced as well, and would then give another
+estimator (N draws, each on 1/N of the batch) than the one-process run.
+
 The loss the model returns must be the *average* negative log-likelihood per datum
 over the batch (a cross-entropy with ``reduction="mean"``): IVON multiplies by ``ess``
 itself.
@@ -36,6 +46,7 @@ import math
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ._buffers import GroupBuffers, check_group
@@ -357,8 +368,11 @@ class IVON(torch.optim.Optimizer):
         Draws collected since the last step are not part of it: save after `step`.
         """
         state = super().state_dict()
-        state["noise"] = {"seed": self._seed, "generators": {k: g.get_state() for k, g in self._generators.items()}}
+        state["noise"] = self._noise_state()
         return state
+
+    def _noise_state(self) -> dict:
+        return {"seed": self._seed, "generators": {k: g.get_state() for k, g in self._generators.items()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if self._open:
@@ -368,7 +382,41 @@ class IVON(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self._draws = 0
         if noise is not None:
-            self._seed = int(noise["seed"])
-            self._generators = {}
-            for key, value in noise["generators"].items():
-                self._generator(torch.device(key)).set_state(value)
+            self._load_noise(noise)
+
+    def _load_noise(self, noise: dict) -> None:
+        """Take a saved ``{"seed", "generators"}``; a generator saved for another device of the
+        same type (``cuda:0`` read on ``cuda:1``) goes to this optimizer's device of that type."""
+        self._seed = int(noise["seed"])
+        self._generators = {}
+        saved = {torch.device(k): v for k, v in noise["generators"].items()}
+        ours = {p.device for group in self.param_groups for p in group["params"] if p.requires_grad}
+        for device, value in saved.items():
+            if device not in ours:
+                same_type = [d for d in ours if d.type == device.type]
+                if len(same_type) == 1 and sum(d.type == device.type for d in saved) == 1:
+                    device = same_type[0]
+            self._generator(device).set_state(value)
+
+    def broadcast_noise(self, src: int = 0, group=None) -> None:
+        """Give every process of ``group`` rank ``src``'s noise: its seed and generator states.
+
+        Under data parallelism all ranks must draw the same ``ε`` (see the module notes):
+        call this once after building (or loading) the optimizer on every rank;
+        `vitorch.fit` does so under a process group.  Outside an initialized process group
+        it does nothing.
+
+        Args:
+            src: the rank whose noise the others take.
+            group: the process group (default: the whole world).
+
+        Raises:
+            RuntimeError: if a draw is open or draws were collected since the last step.
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        if self._open or self._draws:
+            raise RuntimeError("IVON.broadcast_noise: call it between steps, not with draws open or collected")
+        noise = [self._noise_state()]
+        dist.broadcast_object_list(noise, src=src, group=group)
+        self._load_noise(noise[0])

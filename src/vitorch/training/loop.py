@@ -120,6 +120,12 @@ class Run(RunState):
         self.epoch_start: dict | None = None
         self.finish_epoch = False
         self.resume_rng = self._restore(payload) if payload is not None else None
+        share_noise = getattr(self.optimizer, "broadcast_noise", None)
+        if self.topo.active and share_noise is not None:
+            # An optimizer that draws weight noise of its own (vitorch.optim.IVON; duck-typed)
+            # must draw rank 0's on every rank: DDP averages the gradients, and each rank pairs
+            # that average with its noise in the Hessian estimate.
+            share_noise(src=0)
         self.eval_loader = None
         if opt.eval_data is not None:
             self.eval_loader = make_eval_loader(
