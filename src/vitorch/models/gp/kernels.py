@@ -165,7 +165,8 @@ class Stationary(Kernel):
         d = torch.addmm(a.pow(2).sum(-1, keepdim=True), a, b.mT, alpha=-2.0) + b.pow(2).sum(-1)
         d = d.clamp_min(0.0)
         if x2 is None:  # a point's distance to itself is exactly 0, not the expansion's rounding
-            d = d.fill_diagonal_(0.0)
+            # (out of place, so the kernel stays batchable under torch.func.vmap)
+            d = torch.where(torch.eye(d.shape[-1], dtype=torch.bool, device=d.device), 0.0, d)
         return d
 
     def scaled_dist(self, x1: Tensor, x2: Tensor | None) -> Tensor:

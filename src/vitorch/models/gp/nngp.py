@@ -33,8 +33,6 @@ References:
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor, nn
 
@@ -95,11 +93,7 @@ def _gram_blocks(kernel: Kernel, pts: Tensor) -> Tensor:
         # elementwise weights, not a matrix-vector product: a GEMV with D columns is slow for small D
         r2 = sq * inv_l2.reshape(()) if inv_l2.numel() == 1 else (sq * inv_l2).sum(-1)
         return (kernel.variance.log() - 0.5 * r2).exp()
-    with warnings.catch_warnings():
-        # a kernel's in-place diagonal fix-up has no vmap batching rule: torch falls back to a loop,
-        # slower but exact, and says so on every call
-        warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule.*", category=UserWarning)
-        return torch.func.vmap(kernel)(pts)
+    return torch.func.vmap(kernel)(pts)
 
 
 class _ConditionalSolve(torch.autograd.Function):
