@@ -181,3 +181,21 @@ def test_npe_atomic_on_two_ranks_equals_the_one_process_emulation(ranks):
         got, got_losses = rank["npe"]["atomic"]
         assert_all_close(got, [p.detach() for p in npe.parameters()])
         assert got_losses == pytest.approx(logged, rel=1e-9)
+
+
+def test_npe_without_a_seed_holds_out_the_same_pairs_on_every_rank(ranks):
+    # Without a seed, train_npe takes rank 0's draw from its global stream on every rank; one
+    # process drawing the same seeds from the same stream reaches the same weights.  Had rank 1
+    # split with its own (reseeded) stream in the second call, the ranks would train on other
+    # rows and validate on rows the other rank trains on: other losses and weights.
+    theta, x = npe_pairs()
+    npe = npe_model()  # leaves the global stream where the workers' was
+    losses = []
+    for _ in range(2):
+        seed = int(torch.randint(2**62, ()).item())
+        hist = train_npe(npe, theta, x, batch_size=2 * PER_RANK, max_epochs=2, lr=NPE_LR, seed=seed)
+        losses += [r["loss"] for r in hist.steps] + [e["bound"] for e in hist.evals]
+    for rank in ranks:
+        got, got_losses = rank["npe"]["unseeded"]
+        assert_all_close(got, [p.detach() for p in npe.parameters()])
+        assert got_losses == pytest.approx(losses, rel=1e-9)

@@ -150,6 +150,15 @@ def run_npe() -> dict:
     hist = vt.fit(npe, (theta, x), steps=NPE_STEPS, batch_size=PER_RANK, shuffle=False, lr=NPE_LR, seed=0,
                   progress=False)  # fmt: skip
     result["atomic"] = params(npe), [r["loss"] for r in hist.steps]
+
+    # 3. no seed, twice: the second call comes after fit has reseeded rank 1's global stream,
+    # yet both ranks must hold out (and shard) the same pairs.
+    npe = npe_model()
+    losses = []
+    for _ in range(2):
+        hist = train_npe(npe, theta, x, batch_size=PER_RANK, max_epochs=2, lr=NPE_LR)
+        losses += [r["loss"] for r in hist.steps] + [e["bound"] for e in hist.evals]
+    result["unseeded"] = params(npe), losses
     return result
 
 

@@ -29,12 +29,26 @@ import numbers
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ..training import History, fit
 from .simulate import simulate
 
 __all__ = ["train_npe", "sequential_npe"]
+
+
+def _agreed_seed(seed: int | None) -> int | None:
+    """``seed``, or under a process group of several ranks rank 0's draw from its global stream.
+
+    Data-parallel ranks must hold out and simulate the same pairs, but their global streams
+    differ once `vitorch.fit` has reseeded ranks above 0.
+    """
+    if seed is not None or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return seed
+    shared = [int(torch.randint(2**62, ()).item())]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def _check_pairs(npe, theta: Tensor, x: Tensor) -> None:
@@ -94,7 +108,8 @@ def train_npe(
         patience: stop after this many epochs without a better held-out ``log q``; the
             best weights are restored.
         clip_grad_norm: clip the gradients' 2-norm to this (``None``: no clipping).
-        seed: seed of the split, the data order and the initial atoms (default: the global RNG).
+        seed: seed of the split, the data order and the initial atoms (default: the global RNG;
+            under a process group, rank 0's draw from it, shared by every rank).
         **fit_kwargs: passed to `vitorch.fit` (e.g. ``log_dir``, ``progress``, ``callbacks``).
 
     Returns:
@@ -128,6 +143,7 @@ def train_npe(
         raise ValueError("train_npe:\n  - " + "\n  - ".join(problems))
     if not bool(npe.standardized):
         npe.set_standardization(theta, x)
+    seed = _agreed_seed(seed)
     n_val = min(n - 1, max(1, round(validation_fraction * n)))
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     perm = torch.randperm(n, generator=gen).to(theta.device)
@@ -178,7 +194,7 @@ def sequential_npe(
         simulations_per_round: simulations drawn in each round.
         num_atoms: atoms per datum of the atomic loss (rounds 2 and later).
         seed: seed of the simulations and of each round's training (round ``r`` uses
-            ``seed + r``); default the global RNG.
+            ``seed + r``); default the global RNG (under a process group, rank 0's draw from it).
         **train_kwargs: passed to `vitorch.sbi.train_npe` (batch size, patience, ...).
 
     Returns:
@@ -199,6 +215,7 @@ def sequential_npe(
     if not isinstance(x_o, Tensor) or tuple(x_o.shape) != tuple(npe.x_shape):
         got = tuple(x_o.shape) if isinstance(x_o, Tensor) else type(x_o).__name__
         raise ValueError(f"sequential_npe: x_o must have shape {tuple(npe.x_shape)} (one observation); got {got}")
+    seed = _agreed_seed(seed)
     thetas, xs, histories = [], [], []
     for r in range(rounds):
         proposal = npe.prior if r == 0 else npe.posterior(x_o)
