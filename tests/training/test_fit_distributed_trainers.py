@@ -33,6 +33,7 @@ from trainers_ddp_worker import (
     npe_model,
     npe_pairs,
     regression,
+    regression_data,
     worker,
 )
 
@@ -199,3 +200,19 @@ def test_npe_without_a_seed_holds_out_the_same_pairs_on_every_rank(ranks):
         got, got_losses = rank["npe"]["unseeded"]
         assert_all_close(got, [p.detach() for p in npe.parameters()])
         assert got_losses == pytest.approx(losses, rel=1e-9)
+
+
+def test_broadcast_noise_outside_a_process_group_keeps_the_noise_and_refuses_pending_draws():
+    assert not dist.is_initialized()
+    net = regression()
+    opt = ivon(net.parameters(), seed=3)
+    with opt.sampled_params():
+        pass  # creates the generator and advances it
+    before = opt.state_dict()["noise"]
+    opt.broadcast_noise()
+    after = opt.state_dict()["noise"]
+    assert after["seed"] == 3 and all(torch.equal(after["generators"][k], v) for k, v in before["generators"].items())
+    with opt.sampled_params(train=True):
+        net(tuple(t[:4] for t in regression_data())).backward()
+    with pytest.raises(RuntimeError, match="between steps"):
+        opt.broadcast_noise()

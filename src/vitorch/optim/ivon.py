@@ -107,7 +107,8 @@ class IVON(torch.optim.Optimizer):
         debias: divide the momentum by ``1 - β₁ᵗ``.
         seed: seed of the optimizer's own generator for the weight noise; default drawn
             from torch's global generator when the optimizer is built.  The generator's
-            state is part of `state_dict`, so a resumed run draws the same noise.
+            state is part of `state_dict`, so a resumed run draws the same noise.  Under
+            `vitorch.fit` in a process group every rank takes rank 0's (`broadcast_noise`).
 
     Shapes: every state tensor (``momentum``, ``hess``) has its parameter's shape;
     the posterior standard deviations are `posterior_std`.
@@ -413,10 +414,10 @@ class IVON(torch.optim.Optimizer):
         Raises:
             RuntimeError: if a draw is open or draws were collected since the last step.
         """
-        if not (dist.is_available() and dist.is_initialized()):
-            return
         if self._open or self._draws:
             raise RuntimeError("IVON.broadcast_noise: call it between steps, not with draws open or collected")
+        if not (dist.is_available() and dist.is_initialized()):
+            return
         noise = [self._noise_state()]
         dist.broadcast_object_list(noise, src=src, group=group)
         self._load_noise(noise[0])
