@@ -48,6 +48,7 @@ References:
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import statistics
@@ -112,14 +113,17 @@ def train(step, evaluate, steps: int) -> dict:
         if i % every == 0 or i == steps:
             curve.append((elapsed, *evaluate()))
     final_err, final_ratio = curve[-1][1], curve[-1][2]
-    reach = next(t for t, e, _ in curve if e <= final_err + 0.05)
+    if not (math.isfinite(final_err) and math.isfinite(final_ratio)):  # the fit diverged: say so, no NaN in JSON
+        final_err = final_ratio = reach = None
+    else:
+        reach = next(t for t, e, _ in curve if e <= final_err + 0.05)
     return {
         "wall_s": statistics.median(walls),
         "cpu_s": statistics.median(cpus),
         "process_cpu_s": statistics.median(procs),
-        "max_mean_err_sd": round(final_err, 3),
-        "median_sd_ratio": round(final_ratio, 3),
-        "seconds_to_accuracy": round(reach, 2),
+        "max_mean_err_sd": None if final_err is None else round(final_err, 3),
+        "median_sd_ratio": None if final_ratio is None else round(final_ratio, 3),
+        "seconds_to_accuracy": None if reach is None else round(reach, 2),
     }
 
 
@@ -290,7 +294,7 @@ def table(path: pathlib.Path) -> str:
         rows.setdefault((model, kind), {})[r["peer"]] = r
 
     def acc(err, ratio):
-        return "—" if err is None else f"{err:.2f} / {ratio:.2f}"
+        return "diverged" if err is None else f"{err:.2f} / {ratio:.2f}"
 
     def ms(s):
         return "—" if s is None else f"{1e3 * s:.2f}"
