@@ -284,7 +284,8 @@ def main() -> None:
 
 
 def table(path: pathlib.Path) -> str:
-    """A Markdown table of a saved run: one row per (model, guide), both comparisons side by side."""
+    """Markdown tables of a saved run: accuracy of all four fits and eager speed against Pyro per
+    (model, guide); then, from the lines that carry it, compiled speed against NumPyro in process CPU time."""
     rows: dict[tuple[str, str], dict] = {}
     for line in path.read_text().splitlines():
         r = json.loads(line)
@@ -293,32 +294,34 @@ def table(path: pathlib.Path) -> str:
         model, kind = r["case"].split()[:2]
         rows.setdefault((model, kind), {})[r["peer"]] = r
 
-    def acc(err, ratio):
+    def acc(r, side):
+        if r is None:
+            return "—"
+        err, ratio = (
+            (r["vitorch"], r["vitorch_median_sd_ratio"])
+            if side == "v"
+            else (r["peer_value"], r["peer_median_sd_ratio"])
+        )
         return "diverged" if err is None else f"{err:.2f} / {ratio:.2f}"
 
-    def ms(s):
-        return "—" if s is None else f"{1e3 * s:.2f}"
-
-    def ratio(r):
-        return "—" if r is None or r.get("ratio") is None else f"{r['ratio']:.1f}x"
-
-    head = (
-        "| model | guide | NUTS ref. qualified | vitorch err / sd ratio | Pyro | vitorch compiled | NumPyro "
-        "| vitorch ms | Pyro ms | Pyro / vitorch | compiled ms | NumPyro ms | NumPyro / compiled |"
-    )
-    out = [head, "|" + " --- |" * 13]
+    head = "| model | guide | NUTS ref. qualified | vitorch | Pyro | vitorch compiled | NumPyro "
+    head += "| vitorch ms | Pyro ms | Pyro / vitorch |"
+    out = [head, "|" + " --- |" * 10]
+    timing = ["| model | guide | compiled ms | NumPyro ms | NumPyro / compiled |", "|" + " --- |" * 5]
     for (model, kind), by in rows.items():
         py, npy = by.get("pyro"), by.get("numpyro")
         first = py or npy
         cells = [model, kind, "yes" if first["reference_qualified"] else "**no**"]
-        cells += [acc(py["vitorch"], py["vitorch_median_sd_ratio"]) if py else "—"]
-        cells += [acc(py["peer_value"], py["peer_median_sd_ratio"]) if py else "—"]
-        cells += [acc(npy["vitorch"], npy["vitorch_median_sd_ratio"]) if npy else "—"]
-        cells += [acc(npy["peer_value"], npy["peer_median_sd_ratio"]) if npy else "—"]
-        cells += [ms(py["vitorch_s"]) if py else "—", ms(py["peer_s"]) if py else "—", ratio(py)]
-        cells += [ms(npy["vitorch_s"]) if npy else "—", ms(npy["peer_s"]) if npy else "—", ratio(npy)]
-        out.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(out)
+        cells += [acc(py, "v"), acc(py, "p"), acc(npy, "v"), acc(npy, "p")]
+        if py:
+            cells += [f"{1e3 * py['vitorch_s']:.2f}", f"{1e3 * py['peer_s']:.2f}", f"{py['ratio']:.1f}x"]
+        else:
+            cells += ["—"] * 3
+        out.append("| " + " | ".join(cells) + " |")
+        if npy and npy.get("peer_process_cpu_s"):
+            v, n = npy["vitorch_process_cpu_s"], npy["peer_process_cpu_s"]
+            timing.append(f"| {model} | {kind} | {1e3 * v:.2f} | {1e3 * n:.2f} | {n / v:.2f}x |")
+    return "\n".join(out) + ("\n\n" + "\n".join(timing) if len(timing) > 2 else "")
 
 
 if __name__ == "__main__":
