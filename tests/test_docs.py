@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import os
 import re
-import subprocess
-import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -68,9 +66,7 @@ RUN_ELSEWHERE = {
 }
 
 # Pages whose blocks do not run yet, with the reason (kept short-lived: fix the page, drop the entry).
-KNOWN_BROKEN: dict[str, str] = {
-    "vae.md": "block 1 uses `batches`, which no block on the page defines",
-}
+KNOWN_BROKEN: dict[str, str] = {}
 
 
 def _nav_pages() -> set[str]:
@@ -106,24 +102,6 @@ def test_every_image_in_the_docs_exists():
 
 _BLOCK = re.compile(r"^([ \t]*)```python[ \t]*\n(.*?)^\1```", re.S | re.M)
 
-# Runs one page's blocks in order in one namespace, in a fresh interpreter (nothing leaks
-# between pages: default dtype, threads, seeds, matplotlib state). Prints the failing block.
-_RUNNER = """
-import re, sys, textwrap, traceback
-import matplotlib
-matplotlib.use("Agg")
-page = sys.argv[1]
-blocks = [textwrap.dedent(b) for _, b in re.compile(sys.argv[2], re.S | re.M).findall(open(page).read())]
-namespace = {"__name__": "__main__"}
-for i, code in enumerate(blocks):
-    try:
-        exec(compile(code, f"{page} (python block {i})", "exec"), namespace)
-    except BaseException:
-        traceback.print_exc()
-        print(f"FAILED: python block {i} of {page}", file=sys.stderr)
-        sys.exit(1)
-"""
-
 
 def python_blocks(page: Path) -> list[str]:
     """The ```python blocks of a page, in order (indented ones, e.g. inside an admonition, dedented)."""
@@ -144,19 +122,33 @@ def _pages():
 
 
 @pytest.mark.parametrize("page", list(_pages()))
-def test_every_python_block_of_the_page_runs_top_to_bottom(page, tmp_path):
-    # A reader copies the page top to bottom: one namespace per page, blocks in order.
-    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, "-c", _RUNNER, str(page), _BLOCK.pattern],
-        cwd=tmp_path,  # files a page writes land in a scratch folder
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+def test_every_python_block_of_the_page_runs_top_to_bottom(page, tmp_path, monkeypatch):
+    # A reader copies the page top to bottom: one fresh namespace per page, blocks in order.
+    # In this process (a subprocess per page would add seconds of imports to each), with the
+    # global state a page may change (default dtype, threads, RNG, figures) restored after it.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    monkeypatch.chdir(tmp_path)  # files a page writes land in a scratch folder
+    dtype, threads, rng = torch.get_default_dtype(), torch.get_num_threads(), torch.get_rng_state()
+    namespace = {"__name__": "__main__"}
+    torch.set_default_dtype(torch.float32)  # as a reader runs it (the test session defaults to float64)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for i, code in enumerate(python_blocks(page)):
+                try:
+                    exec(compile(code, f"{page} (python block {i})", "exec"), namespace)
+                except Exception as error:
+                    raise AssertionError(f"python block {i} of {page.relative_to(DOCS)} failed: {error!r}") from error
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng)
+        plt.close("all")
 
 
 def test_measure_estimators_quick_produces_every_table_row(tmp_path):
