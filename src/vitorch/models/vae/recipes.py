@@ -23,6 +23,7 @@ from ... import estimators as E
 from ... import objectives as O
 from .ard import ARDVAE
 from .discrete import CategoricalEncoder, DiscreteVAE
+from .likelihoods import Bernoulli
 from .lipschitz import InverseLipschitzDecoder
 from .model import VAE
 from .networks import GaussianEncoder, MLPDecoder, SymmetricDirichletPrior, Tanh
@@ -231,8 +232,6 @@ def _mlp_only(name: str, image_shape) -> None:
 
 def _discrete(data_dim, num_latents, num_classes, hidden=(200, 200), likelihood=None, activation=Tanh, **kw):
     _mlp_only("the categorical recipes", kw.pop("image_shape", None))
-    from .likelihoods import Bernoulli
-
     likelihood = likelihood if likelihood is not None else Bernoulli()
     encoder = CategoricalEncoder(data_dim, num_latents, num_classes, hidden, activation)
     decoder = MLPDecoder(
@@ -313,8 +312,6 @@ def inverse_lipschitz_vae(
         Kinoshita, Oono, Fukumizu, Yoshida & Maeda, *Controlling Posterior Collapse by an Inverse
         Lipschitz Constraint on the Decoder Network* (ICML 2023).
     """
-    from .likelihoods import Bernoulli
-
     _mlp_only("inverse_lipschitz_vae", kw.pop("image_shape", None))
     likelihood = likelihood if likelihood is not None else Bernoulli()
     if likelihood.params_per_entry != 1:
