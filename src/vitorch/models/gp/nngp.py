@@ -51,7 +51,12 @@ _CHUNK = 1 << 22  # distances per cdist call: 32 MiB in float64
 
 def nearest_neighbours(query: Tensor, ref: Tensor, k: int) -> Tensor:
     """Indices ``[Q, k]`` of the ``k`` rows of ``ref [R, D]`` nearest to each row of ``query [Q, D]``,
-    nearest first; brute-force ``torch.cdist`` in row chunks."""
+    nearest first; brute-force ``torch.cdist`` in row chunks.
+
+    References:
+        Wu, Pleiss & Cunningham, *Variational Nearest Neighbor Gaussian Process* (ICML 2022): each
+        datum conditions on its k nearest inducing points.
+    """
     rows = max(1, _CHUNK // max(ref.shape[0], 1))
     out = [torch.cdist(q, ref).topk(k, largest=False).indices for q in query.detach().split(rows)]
     return torch.cat(out)
@@ -59,7 +64,13 @@ def nearest_neighbours(query: Tensor, ref: Tensor, k: int) -> Tensor:
 
 def sequential_neighbours(z: Tensor, k: int) -> Tensor:
     """For each row ``j`` of ``z [M, D]``, the indices of its ``k`` nearest rows among ``0..j-1``,
-    ``[M, k]``, padded with ``-1`` where ``j < k`` (Vecchia's conditioning sets)."""
+    ``[M, k]``, padded with ``-1`` where ``j < k`` (Vecchia's conditioning sets).
+
+    References:
+        Vecchia, *Estimation and Model Identification for Continuous Spatial Processes* (JRSS B, 1988);
+        Datta, Banerjee, Finley & Gelfand, *Hierarchical Nearest-Neighbor Gaussian Process Models*
+        (JASA 2016).
+    """
     z = z.detach()
     m = z.shape[0]
     out = torch.full((m, k), -1, dtype=torch.long, device=z.device)
