@@ -302,7 +302,9 @@ def table(path: pathlib.Path) -> str:
             if side == "v"
             else (r["peer_value"], r["peer_median_sd_ratio"])
         )
-        return "diverged" if err is None else f"{err:.2f} / {ratio:.2f}"
+        if err is None:
+            return "diverged"
+        return f"{err:.2f} / {ratio:.2f}" if err < 1e3 else f"{err:.1e} / {ratio:.2f}"
 
     head = "| model | guide | NUTS ref. qualified | vitorch | Pyro | vitorch compiled | NumPyro "
     head += "| vitorch ms | Pyro ms | Pyro / vitorch |"
