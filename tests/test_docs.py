@@ -54,6 +54,7 @@ PUBLIC_MODULES = [
     "vitorch.particles",
     "vitorch.gvi",
     "vitorch.optim",
+    "vitorch.sbi",
 ]
 
 # Pages whose Python blocks another test already runs (skipped by the page test below so

@@ -58,6 +58,7 @@ PACKAGES = [
     "vitorch.particles",
     "vitorch.gvi",
     "vitorch.optim",
+    "vitorch.sbi",
 ]
 
 _YEAR = r"(?:19|20)\d{2}[a-z]?"

@@ -53,6 +53,7 @@ _SUBMODULES = (
     "particles",
     "optim",
     "gvi",
+    "sbi",
 )
 
 # public name -> (module under vitorch, attribute of it; None for the module itself)
