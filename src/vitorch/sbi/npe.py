@@ -45,7 +45,9 @@ from ..families.gaussian import DiagNormal
 from ..model.bijections import bijection_for
 from .embedding import Standardize
 from .flows import build_flow
+from .posterior import NPEPosterior
 from .simulate import check_prior
+from .training import train_npe
 
 __all__ = ["NPE", "atomic_log_prob", "contrastive_indices"]
 
@@ -217,7 +219,6 @@ class NPE(nn.Module):
     def posterior(self, x: Tensor):
         """The amortized posterior at ``x [*batch, *x_shape]``, a torch distribution
         (`vitorch.sbi.NPEPosterior`) with batch shape ``[*batch]`` and event shape ``[D]``."""
-        from .posterior import NPEPosterior
 
         return NPEPosterior(self, x)
 
@@ -267,7 +268,6 @@ class NPE(nn.Module):
     # --- training -------------------------------------------------------------------------
     def fit(self, theta: Tensor, x: Tensor, **kwargs):
         """Fit the flow to simulated pairs; see `vitorch.sbi.train_npe` for the options."""
-        from .training import train_npe
 
         return train_npe(self, theta, x, **kwargs)
 
