@@ -84,8 +84,22 @@ def run(script: pathlib.Path) -> dict:
     return {"metrics": metrics, "figures": figures}
 
 
+def _short(value):
+    """Numbers to four significant digits, recursively (the metrics line keeps full precision)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _short(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_short(v) for v in value]
+    return value
+
+
 def section(script: pathlib.Path, record: dict) -> str:
-    metrics = ", ".join(f"`{k}`: {v}" for k, v in record["metrics"].items() if k != "quick_smoke_run_not_converged")
+    items = record["metrics"].items()
+    metrics = ", ".join(
+        f"`{k}`: {_short(v)}" for k, v in items if k not in ("quick_smoke_run_not_converged", "example")
+    )
     lines = [f"## {summary(script)}", "", f"`python examples/{script.name} --quick`", "", f"Metrics: {metrics}.", ""]
     lines += [f"![{script.stem}](assets/gallery/{name})" for name in record["figures"]]
     return "\n".join(lines) + "\n"
@@ -95,7 +109,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="*", default=None, help="example names (without .py) to rerun")
     p.add_argument("--jobs", type=int, default=1, help="examples run at the same time")
+    p.add_argument("--page-only", action="store_true", help="rewrite the page from the recorded runs, run nothing")
     args = p.parse_args()
+    if args.page_only:
+        records = json.loads(RECORD.read_text())
+        scripts = sorted(EXAMPLES.glob("*.py"))
+        PAGE.write_text(HEADER + "\n" + "\n".join(section(s, records[s.stem]) for s in scripts if s.stem in records))
+        return
     scripts = sorted(EXAMPLES.glob("*.py"))
     chosen = [s for s in scripts if args.only is None or s.stem in args.only]
     ASSETS.mkdir(parents=True, exist_ok=True)

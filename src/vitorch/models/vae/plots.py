@@ -69,7 +69,10 @@ def save_image_grid(
 
     grid = image_grid(images, image_shape, nrow)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig = Figure(figsize=(grid.shape[1] / 40 + 1, grid.shape[0] / 40 + 1))
+    # At least ~600 px across whatever the image size (8x8 digits make a grid of ~80 pixels), and
+    # at least 2.5 screen pixels per image pixel, so a grid is readable at its saved size.
+    scale = max(2.5, 600 / grid.shape[1])  # screen pixels per image pixel
+    fig = Figure(figsize=(grid.shape[1] * scale / 100 + 0.5, grid.shape[0] * scale / 100 + 0.5))
     ax = fig.add_subplot()
     ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
