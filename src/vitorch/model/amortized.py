@@ -52,6 +52,10 @@ def group_features(batch) -> Tensor:
 
     Returns:
         ``[B, F]``, the data tensors reshaped to ``[B, -1]`` and concatenated.
+
+    References:
+        Agrawal & Domke, *Amortized Variational Inference for Simple Hierarchical Models*
+        (NeurIPS 2021): one network maps each group's data to its local posterior.
     """
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise ValueError("group_features: the batch must be (group indices [B], per-group data [B, ...], ...)")

@@ -88,6 +88,10 @@ class SBCResult(NamedTuple):
         passed: whether every p-value is above ``level / D`` (Bonferroni).
         level: the family-wise false-rejection rate for a calibrated posterior.
         bins: the number of bins of the histogram.
+
+    References:
+        Talts, Betancourt, Simpson, Vehtari & Gelman, *Validating Bayesian Inference Algorithms
+        with Simulation-Based Calibration* (2018).
     """
 
     statistic: Tensor

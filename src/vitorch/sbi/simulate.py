@@ -57,6 +57,10 @@ def check_prior(prior) -> int:
     Raises:
         TypeError: if ``prior`` is not a torch ``Distribution``.
         ValueError: if its event shape is not ``[D]`` or it has a batch shape.
+
+    References:
+        Papamakarios & Murray, *Fast epsilon-free Inference of Simulation Models with Bayesian
+        Conditional Density Estimation* (NeurIPS 2016): the prior over parameters ``[D]``.
     """
     if not isinstance(prior, Distribution):
         raise TypeError(f"prior must be a torch.distributions.Distribution; got {type(prior).__name__}")
