@@ -78,7 +78,7 @@ def main() -> None:
     sv = StochVol()
     guide = ssm.StructuredInferenceNetwork(1, 1, rnn_dim=24, embed=None)
     vi = ssm.SSMVI(sv, guide, 8, objective=vt.objectives.iwae, estimator=vt.estimators.dreg)
-    steps = 250 if args.quick else 2000
+    steps = 100 if args.quick else 2000
     # One series: the data set is r[None] [1, T, 1], one sequence per batch.
     history = vt.fit(vi, r[None], steps=steps, batch_size=1, lr=0.01, seed=0, progress=False).column("bound")
 
