@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-import time
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from ddp_launch import run_two_ranks
 from fit_ddp_worker import PER_RANK, N, fit_options, init_model, worker
 from fit_models import RegressionBound, regression_data
 
@@ -17,33 +14,10 @@ from vitorch.training import fit
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    # The workers start from a fork server: a fresh single-threaded process (forking this
-    # multi-threaded pytest process directly can deadlock a child) that imports torch,
-    # torch._dynamo (imported by torch on the first optimizer, ~10 s on a busy 2-core
-    # machine) and vitorch once, so both ranks start at once instead of importing twice.
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    if method == "forkserver":
-        mp.get_context("forkserver").set_forkserver_preload(["torch._dynamo", "vitorch.training", "fit_ddp_worker"])
-    context = mp.start_processes(worker, args=(2, free_port(), str(out)), nprocs=2, join=False, start_method=method)
-    deadline = time.monotonic() + 300  # a stuck collective fails the test instead of stalling CI
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0)):
-            if time.monotonic() > deadline:
-                for p in context.processes:
-                    p.kill()
-                raise TimeoutError("the DDP workers did not finish within 300 s")
-    except Exception as err:
-        stacks = "\n".join(f.read_text() for f in sorted(out.glob("stuck*.txt")))
-        pytest.fail(f"{type(err).__name__}: {err}\n{stacks}")
+    run_two_ranks(worker, out, ["torch._dynamo", "vitorch.training", "fit_ddp_worker"])
     return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 

@@ -14,13 +14,10 @@ emulation of the zoo test (each shard stepped with its rank's stream, losses ave
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from test_fit_distributed import free_port
+from ddp_launch import run_two_ranks
 from trainers_ddp_worker import (
     ATOMS,
     MLE_EPOCHS,
@@ -48,21 +45,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("trainers_ddp")
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    if method == "forkserver":
-        preload = ["torch._dynamo", "vitorch.training", "vitorch.sbi", "trainers_ddp_worker"]
-        mp.get_context("forkserver").set_forkserver_preload(preload)
-    context = mp.start_processes(worker, args=(2, free_port(), str(out)), nprocs=2, join=False, start_method=method)
-    deadline = time.monotonic() + 300  # a stuck collective fails the test instead of stalling CI
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0)):
-            if time.monotonic() > deadline:
-                for p in context.processes:
-                    p.kill()
-                raise TimeoutError("the DDP workers did not finish within 300 s")
-    except Exception as err:
-        stacks = "\n".join(f.read_text() for f in sorted(out.glob("stuck*.txt")))
-        pytest.fail(f"{type(err).__name__}: {err}\n{stacks}")
+    run_two_ranks(worker, out, ["torch._dynamo", "vitorch.training", "vitorch.sbi", "trainers_ddp_worker"])
     return [torch.load(out / f"trainers{r}.pt", weights_only=True) for r in range(2)]
 
 
