@@ -18,6 +18,7 @@ from .gaussian import diag_normal_rsample_and_log_prob
 from .likelihood import bernoulli_log_lik, gaussian_log_lik
 from .logweights import logsumexp, normalized_weights
 from .mmd import mmd
+from .neighbour_solve import NotPositiveDefiniteBlocks, neighbour_solve
 from .planar import planar_stack
 from .rbf import rbf_cross
 from .vbll_regression import vbll_heteroscedastic_bound, vbll_regression_bound
@@ -39,6 +40,8 @@ __all__ = [
     "bernoulli_linear_log_prob",
     "tanh",
     "rbf_cross",
+    "neighbour_solve",
+    "NotPositiveDefiniteBlocks",
     "whitened_marginals",
     "vbll_regression_bound",
     "vbll_heteroscedastic_bound",
@@ -58,6 +61,7 @@ OPS = {
     "bernoulli_linear_log_prob": "bernoulli_linear",
     "tanh": "activation",
     "rbf_cross": "rbf",
+    "neighbour_solve": "neighbour_solve",
     "whitened_marginals": "whitened_marginals",
     "vbll_regression_bound": "vbll_regression",
     "vbll_heteroscedastic_bound": "vbll_regression",

@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ... import kernels as vk
 from ...families import DiagNormal
 from ...loss import LossOutput
 from .kernels import RBF, Kernel
@@ -105,47 +106,6 @@ def _gram_blocks(kernel: Kernel, pts: Tensor) -> Tensor:
         r2 = sq * inv_l2.reshape(()) if inv_l2.numel() == 1 else (sq * inv_l2).sum(-1)
         return (kernel.variance.log() - 0.5 * r2).exp()
     return torch.func.vmap(kernel)(pts)
-
-
-class _ConditionalSolve(torch.autograd.Function):
-    """For a batch of joint blocks ``[[K, k], [k^T, c]]`` (``[B, k'+1, k'+1]``, the target last):
-    ``b = (K + eps I)^{-1} k`` and ``F = c + eps - k^T b``, keeping one Cholesky factor per block.
-
-    Autograd through ``cholesky``, two triangular solves and the slicing of the block takes about a
-    dozen batched passes; here the backward is one more solve against the stored factor, written
-    into one gradient block: ``dK = (F' b - h) b^T``, ``dk = h - 2 F' b``, ``dc = F'`` with
-    ``h = K^{-1} b'`` (from ``db = K^{-1} (dk - dK b)`` and ``dF = dc - 2 b^T dk + b^T dK b``).
-    """
-
-    @staticmethod
-    def forward(ctx, joint: Tensor, jitter: float):
-        kk = joint.shape[-1] - 1
-        k_nn = joint[:, :kk, :kk]
-        if jitter > 0:
-            k_nn = k_nn + jitter * torch.eye(kk, dtype=joint.dtype, device=joint.device)
-        l_nn, info = torch.linalg.cholesky_ex(k_nn)
-        if bool((info > 0).any()):
-            raise NotPositiveDefiniteError(
-                f"NNGP: {int((info > 0).sum())} neighbour blocks are not positive definite; duplicated inducing "
-                "inputs or a long lengthscale (increase jitter)"
-            )
-        k_nt = joint[:, :kk, kk]
-        b = torch.cholesky_solve(k_nt.unsqueeze(-1), l_nn).squeeze(-1)
-        ctx.save_for_backward(l_nn, b)
-        return b, joint[:, kk, kk] + jitter - (k_nt * b).sum(-1)
-
-    @staticmethod
-    def backward(ctx, g_b: Tensor, g_f: Tensor):
-        l_nn, b = ctx.saved_tensors
-        kk = b.shape[-1]
-        h = torch.cholesky_solve(g_b.unsqueeze(-1), l_nn).squeeze(-1)
-        g_f1 = g_f.unsqueeze(-1)
-        grad = b.new_empty(b.shape[0], kk + 1, kk + 1)
-        torch.mul((g_f1 * b - h).unsqueeze(-1), b.unsqueeze(-2), out=grad[:, :kk, :kk])
-        grad[:, :kk, kk] = h - 2 * g_f1 * b
-        grad[:, kk, :kk] = 0.0
-        grad[:, kk, kk] = g_f
-        return grad, None
 
 
 class NNGP(nn.Module):
@@ -243,7 +203,13 @@ class NNGP(nn.Module):
             v = torch.cat([~missing, missing.new_ones(missing.shape[0], 1)], dim=-1).to(joint.dtype)
             pad = torch.cat([missing, missing.new_zeros(missing.shape[0], 1)], dim=-1).to(joint.dtype)
             joint = joint * (v.unsqueeze(-1) * v.unsqueeze(-2)) + torch.diag_embed(pad)
-        b, var = _ConditionalSolve.apply(joint, self.jitter)
+        try:
+            b, var = vk.neighbour_solve(joint, self.jitter)
+        except vk.NotPositiveDefiniteBlocks as err:
+            raise NotPositiveDefiniteError(
+                f"NNGP: {err.count} neighbour blocks are not positive definite; duplicated inducing "
+                "inputs or a long lengthscale (increase jitter)"
+            ) from err
         prior_mean = None  # a zero prior mean skips its terms (the common case, and the fast one)
         if not isinstance(self.mean, ZeroMean):
             prior_mean = self.mean(pts[:, :-1].reshape(-1, pts.shape[-1])).reshape(idx.shape)
