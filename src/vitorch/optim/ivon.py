@@ -19,14 +19,9 @@ With ``rescale_lr`` (the default, as in the authors' package) the step size is
 ``α = lr (h₀ + δ)``, so ``lr`` plays the part of an SGD learning rate.
 
 Data parallel (``DistributedDataParallel``): every process must draw the *same* ``ε``
-(`broadcast_noise` gives them rank 0's noise stream; `vitorch.fit` calls it).  DDP's
-averaged gradient is then the gradient of the whole batch at one draw ``θ``, ``ĥ = ĝ ε / σ``
-pairs that gradient with its own noise, and N processes take exactly the step one
-process takes on the union of their batches; ``h`` and the noise stay equal on every
-rank without any communication of their own.  Independent draws per rank would pair the
-averaged gradient with each rank's own ``ε`` (a wrong ``ĥ`` that differs between ranks)
-unless the products ``ĝ_r ε_r`` were all-reduced as well, and would then give another
-estimator (N draws, each on 1/N of the batch) than the one-process run.
+(`broadcast_noise` gives them rank 0's noise stream; `vitorch.fit` calls it); then N
+processes take exactly the step one process takes on the union of their batches.  Why,
+and how the noise is seeded and checkpointed, is in `vitorch.optim._noise`.
 
 The loss the model returns must be the *average* negative log-likelihood per datum
 over the batch (a cross-entropy with ``reduction="mean"``): IVON multiplies by ``ess``
@@ -46,10 +41,10 @@ import math
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from ._buffers import GroupBuffers, check_group
+from ._noise import NoiseStreams
 
 __all__ = ["IVON"]
 
@@ -151,8 +146,7 @@ class IVON(torch.optim.Optimizer):
             raise TypeError(f"IVON: seed must be an int or None; got {type(seed).__name__} {seed!r}")
         super().__init__(params, defaults)
         self.mc_samples = mc_samples
-        self._seed = int(torch.randint(2**62, ()).item()) if seed is None else seed
-        self._generators: dict[str, torch.Generator] = {}
+        self._noise = NoiseStreams(seed)
         self._buffers: dict[int, GroupBuffers] = {}
         self._draws = 0  # training draws collected since the last step
         self._open = False
@@ -167,11 +161,15 @@ class IVON(torch.optim.Optimizer):
 
     # ----- the weight noise --------------------------------------------------------
 
+    @property
+    def _seed(self) -> int:
+        return self._noise.seed
+
     def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self._seed)
-        return self._generators[key]
+        return self._noise.generator(device)
+
+    def _devices(self) -> set[torch.device]:
+        return {p.device for group in self.param_groups for p in group["params"] if p.requires_grad}
 
     def _groups(self) -> Iterator[tuple[int, dict, GroupBuffers]]:
         """Each group with trainable parameters, its state initialized, and its scratch buffers."""
@@ -369,11 +367,8 @@ class IVON(torch.optim.Optimizer):
         Draws collected since the last step are not part of it: save after `step`.
         """
         state = super().state_dict()
-        state["noise"] = self._noise_state()
+        state["noise"] = self._noise.state()
         return state
-
-    def _noise_state(self) -> dict:
-        return {"seed": self._seed, "generators": {k: g.get_state() for k, g in self._generators.items()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if self._open:
@@ -383,21 +378,7 @@ class IVON(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self._draws = 0
         if noise is not None:
-            self._load_noise(noise)
-
-    def _load_noise(self, noise: dict) -> None:
-        """Take a saved ``{"seed", "generators"}``; a generator saved for another device of the
-        same type (``cuda:0`` read on ``cuda:1``) goes to this optimizer's device of that type."""
-        self._seed = int(noise["seed"])
-        self._generators = {}
-        saved = {torch.device(k): v for k, v in noise["generators"].items()}
-        ours = {p.device for group in self.param_groups for p in group["params"] if p.requires_grad}
-        for device, value in saved.items():
-            if device not in ours:
-                same_type = [d for d in ours if d.type == device.type]
-                if len(same_type) == 1 and sum(d.type == device.type for d in saved) == 1:
-                    device = same_type[0]
-            self._generator(device).set_state(value)
+            self._noise.load(noise, self._devices())
 
     def broadcast_noise(self, src: int = 0, group=None) -> None:
         """Give every process of ``group`` rank ``src``'s noise: its seed and generator states.
@@ -416,8 +397,4 @@ class IVON(torch.optim.Optimizer):
         """
         if self._open or self._draws:
             raise RuntimeError("IVON.broadcast_noise: call it between steps, not with draws open or collected")
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        noise = [self._noise_state()]
-        dist.broadcast_object_list(noise, src=src, group=group)
-        self._load_noise(noise[0])
+        self._noise.broadcast(self._devices(), src, group)
