@@ -16,6 +16,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 from torch import nn
+from vae_cases import ppca, train
 
 from vitorch.models import vae
 
@@ -41,23 +42,15 @@ def test_prior_update_and_student_t_marginal():
     assert float(t_only) == pytest.approx(math.log(dens), rel=1e-7)
 
 
-def _ppca(rank: int, n: int = 400, data_dim: int = 8, sigma: float = 0.3, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.randn(rank, data_dim, generator=g)
-    return torch.randn(n, rank, generator=g) @ mix + sigma * torch.randn(n, data_dim, generator=g), sigma
+def _ppca(rank: int, n: int = 400, seed: int = 1):
+    return ppca(rank, n=n, data_dim=8, sigma=0.3, seed=seed)
 
 
 def _fit_ard(x, sigma, latent, seed, steps=400, lr=0.05):
     torch.manual_seed(seed)
     encoder = vae.GaussianEncoder(None, x.shape[1], latent)
     model = vae.ARDVAE(encoder, nn.Linear(latent, x.shape[1]), vae.Gaussian(scale=sigma), latent)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 ** (s / steps))  # lr 0.05 -> 0.005
-    for _ in range(steps):
-        opt.zero_grad()
-        model(x).loss.backward()
-        opt.step()
-        decay.step()
+    train(model, x, steps, lr)  # lr 0.05 -> 0.005
     model.refit_prior(x)
     return model
 

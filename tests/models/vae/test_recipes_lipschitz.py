@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from vae_cases import ppca, train
 
 from vitorch.diagnostics import collapse_diagnostics
 from vitorch.models import vae
@@ -50,23 +51,14 @@ def test_blocks_are_gradients_of_convex_potentials():
 
 
 def _ppca(n=400, data_dim=6, rank=1, sigma=0.3, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    mix = 2 * torch.randn(rank, data_dim, generator=g)
-    return torch.randn(n, rank, generator=g) @ mix + sigma * torch.randn(n, data_dim, generator=g), sigma
+    return ppca(rank, n=n, data_dim=data_dim, sigma=sigma, seed=seed, scale=2.0)
 
 
 def _fit(x, sigma, lipschitz, latent=3, seed=0, steps=400, lr=0.03):
     torch.manual_seed(seed)
     enc = vae.GaussianEncoder(None, x.shape[1], latent)
     dec = vae.InverseLipschitzDecoder(latent, (x.shape[1],), lipschitz, hidden=(16, 16))
-    model = vae.VAE(enc, dec, vae.Gaussian(scale=sigma), latent)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 ** (s / steps))
-    for _ in range(steps):
-        opt.zero_grad()
-        model(x).loss.backward()
-        opt.step()
-        decay.step()
+    model = train(vae.VAE(enc, dec, vae.Gaussian(scale=sigma), latent), x, steps, lr)
     return collapse_diagnostics(model.encoder, x)
 
 

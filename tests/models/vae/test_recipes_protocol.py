@@ -21,41 +21,16 @@ import math
 
 import torch
 from torch import nn
-from torch.distributions import MultivariateNormal
+from vae_cases import BINARY_DIM, DATA_DIM, LATENT, SIGMA, BinaryCase, LinearGaussianCase
 
 from vitorch.models import vae
-from vitorch.testing import ModelTestCase
-
-DATA_DIM, LATENT, SIGMA = 6, 2, 0.5
 
 
-def _real_data():
-    g = torch.Generator().manual_seed(11)
-    mix = torch.randn(LATENT, DATA_DIM, generator=g)
-    return torch.randn(32, LATENT, generator=g) @ mix + SIGMA * torch.randn(32, DATA_DIM, generator=g)
-
-
-def _binary_data():
-    g = torch.Generator().manual_seed(12)
-    return torch.bernoulli(torch.full((32, 12), 0.4), generator=g)
-
-
-class _LinearGaussianCase(ModelTestCase):
+class _RegularizedLinearGaussianCase(LinearGaussianCase):
     loss_equals_bound = False  # UAE: W2 in the loss, the unscented ELBO reported; silent: two losses added
 
-    def make_data(self):
-        return _real_data()
 
-    def exact_log_evidence(self, model, batch):
-        w, b = model.decoder.weight, model.decoder.bias
-        cov = w @ w.T + SIGMA**2 * torch.eye(DATA_DIM)
-        return MultivariateNormal(b, cov).log_prob(batch)
-
-    def predict_args(self, batch):
-        return (batch,)
-
-
-class TestUnscentedAEProtocol(_LinearGaussianCase):
+class TestUnscentedAEProtocol(_RegularizedLinearGaussianCase):
     bound_draws = 2  # sigma points: the bound is deterministic
 
     def make_model(self):
@@ -63,7 +38,7 @@ class TestUnscentedAEProtocol(_LinearGaussianCase):
         return vae.UnscentedAE(encoder, nn.Linear(LATENT, DATA_DIM), vae.Gaussian(scale=SIGMA), LATENT, beta=0.5)
 
 
-class TestSilentVAEProtocol(_LinearGaussianCase):
+class TestSilentVAEProtocol(_RegularizedLinearGaussianCase):
     bound_draws = 40
 
     def make_model(self):
@@ -78,11 +53,8 @@ class TestSilentVAEProtocol(_LinearGaussianCase):
         )
 
 
-class _DiscreteCase(ModelTestCase):
+class _DiscreteCase(BinaryCase):
     """Two 3-class latents (9 codes): the exact evidence by enumeration."""
-
-    def make_data(self):
-        return _binary_data()
 
     def exact_log_evidence(self, model, batch):
         codes = torch.tensor(list(itertools.product(range(3), repeat=2)))  # [9, 2]
@@ -90,20 +62,17 @@ class _DiscreteCase(ModelTestCase):
         log_lik = model.log_likelihood(z.unsqueeze(1).expand(-1, batch.shape[0], -1), batch)  # [9, N]
         return torch.logsumexp(log_lik - 2 * math.log(3), 0)
 
-    def predict_args(self, batch):
-        return (batch,)
-
 
 class TestEnumeratedVAEProtocol(_DiscreteCase):
     bound_draws = 2  # enumeration: the bound is deterministic
 
     def make_model(self):
-        return vae.enumerated_vae(12, num_latents=2, num_classes=3, hidden=(8,))
+        return vae.enumerated_vae(BINARY_DIM, num_latents=2, num_classes=3, hidden=(8,))
 
 
 class TestStraightThroughGumbelVAEProtocol(_DiscreteCase):
     def make_model(self):
-        return vae.gumbel_vae(12, num_latents=2, num_classes=3, straight_through=True, hidden=(8,))
+        return vae.gumbel_vae(BINARY_DIM, num_latents=2, num_classes=3, straight_through=True, hidden=(8,))
 
 
 class TestGumbelVAEProtocol(_DiscreteCase):
@@ -111,26 +80,14 @@ class TestGumbelVAEProtocol(_DiscreteCase):
         return None  # the relaxed bound is not a bound of the discrete model
 
     def make_model(self):
-        return vae.gumbel_vae(12, num_latents=2, num_classes=3, hidden=(8,))
+        return vae.gumbel_vae(BINARY_DIM, num_latents=2, num_classes=3, hidden=(8,))
 
 
-class TestARDVAEProtocol(ModelTestCase):
+class TestARDVAEProtocol(BinaryCase):
     def make_model(self):
-        return vae.ard_vae(12, latent_dim=3, hidden=(8,))
-
-    def make_data(self):
-        return _binary_data()
-
-    def predict_args(self, batch):
-        return (batch,)
+        return vae.ard_vae(BINARY_DIM, latent_dim=3, hidden=(8,))
 
 
-class TestInverseLipschitzVAEProtocol(ModelTestCase):
+class TestInverseLipschitzVAEProtocol(BinaryCase):
     def make_model(self):
-        return vae.inverse_lipschitz_vae(12, lipschitz=0.5, latent_dim=3, hidden=(8, 8))
-
-    def make_data(self):
-        return _binary_data()
-
-    def predict_args(self, batch):
-        return (batch,)
+        return vae.inverse_lipschitz_vae(BINARY_DIM, lipschitz=0.5, latent_dim=3, hidden=(8, 8))
