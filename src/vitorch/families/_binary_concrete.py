@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.distributions import constraints
 from torch.nn import functional as F
 
-from ._concrete_base import _Relaxed, _StraightThrough
+from ._concrete_base import _HardMoments, _Relaxed, _StraightThrough
 from .base import cast_value
 
 __all__ = ["binary_concrete_log_prob", "RelaxedBernoulli", "RelaxedBernoulliStraightThrough"]
@@ -125,7 +125,7 @@ class RelaxedBernoulli(_Relaxed):
         return binary_concrete_log_prob(self.logits, self.temperature, cast_value(value, self._param.dtype))
 
 
-class RelaxedBernoulliStraightThrough(RelaxedBernoulli):
+class RelaxedBernoulliStraightThrough(_HardMoments, RelaxedBernoulli):
     """Straight-through binary Concrete: 0/1 values, the relaxed sample's gradient.
 
     ``rsample`` returns ``h + (x - stop(x))`` with ``h = [x > 1/2]`` (equivalently
@@ -153,15 +153,6 @@ class RelaxedBernoulliStraightThrough(RelaxedBernoulli):
             self._validate_sample(value)
         h = cast_value(value, self._param.dtype)
         return -h * F.softplus(-self.logits) - (1 - h) * F.softplus(self.logits)
-
-    @property
-    def mean(self) -> Tensor:
-        return self.probs
-
-    @property
-    def variance(self) -> Tensor:
-        p = self.probs
-        return p * (1 - p)
 
     def entropy(self) -> Tensor:
         p = self.probs

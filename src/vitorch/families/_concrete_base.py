@@ -137,3 +137,18 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         return grad, None
+
+
+class _HardMoments:
+    """Moments of a straight-through family: its values are exactly one-hot (0/1) with probabilities
+    ``probs``, so each coordinate is Bernoulli(``probs``): mean ``probs``, variance ``probs (1 - probs)``,
+    ``[*batch, K]`` (``[*batch]`` for a Bernoulli)."""
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    @property
+    def variance(self) -> Tensor:
+        p = self.probs
+        return p * (1 - p)

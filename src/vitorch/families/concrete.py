@@ -47,7 +47,7 @@ from torch import Tensor
 from torch.distributions import Categorical, OneHotCategorical, constraints, register_kl
 
 from ._binary_concrete import RelaxedBernoulli, RelaxedBernoulliStraightThrough, binary_concrete_log_prob
-from ._concrete_base import _Relaxed, _StraightThrough
+from ._concrete_base import _HardMoments, _Relaxed, _StraightThrough
 from .base import cast_value
 from .constraints import simplex
 
@@ -131,7 +131,7 @@ class RelaxedOneHotCategorical(_Relaxed):
         return concrete_log_prob(self._raw_logits(), self.temperature, value.log())
 
 
-class RelaxedOneHotCategoricalStraightThrough(RelaxedOneHotCategorical):
+class RelaxedOneHotCategoricalStraightThrough(_HardMoments, RelaxedOneHotCategorical):
     """Straight-through Gumbel-softmax: one-hot values, the Concrete sample's gradient (Jang et al.,
     2017, sec. 2.2).
 
@@ -161,15 +161,6 @@ class RelaxedOneHotCategoricalStraightThrough(RelaxedOneHotCategorical):
         if self._validate_args:
             self._validate_sample(value)
         return (cast_value(value, self._param.dtype) * self.logits).sum(-1)
-
-    @property
-    def mean(self) -> Tensor:
-        return self.probs
-
-    @property
-    def variance(self) -> Tensor:
-        p = self.probs
-        return p * (1 - p)
 
     def entropy(self) -> Tensor:
         return -(self.probs * self.logits).sum(-1)
