@@ -3,7 +3,10 @@
 For each sbibm task and simulation budget both libraries train the same conditional
 flow on the same simulations, and each posterior at observation 1 is scored by C2ST
 against sbibm's reference posterior samples (sbibm's definition of ``c2st``: scikit-learn
-MLP, 5-fold cross-validation, z-scored by the reference; 0.5 is perfect, 1.0 is disjoint).
+MLP with two hidden layers of ``10 D`` ReLU units, Adam, up to 10,000 epochs, 5-fold
+shuffled cross-validation, z-scored by the reference; 0.5 is perfect, 1.0 is disjoint).
+``--c2st-samples`` posterior and reference samples enter each C2ST, the same number
+for both libraries.
 
 Matched settings (both sides):
 
@@ -14,6 +17,8 @@ Matched settings (both sides):
 * z-scoring of theta and x with training statistics;
 * Adam, learning rate 5e-4, batch 200, 10% validation split, early stopping after 20
   epochs without improvement, best weights restored, gradient norm clipped at 5;
+  at most ``--max-epochs`` epochs, and at most ``--large-epochs`` at budgets of
+  100,000 simulations and more (both libraries alike; ``max_epochs`` in each line);
 * the same training pairs (prior draws and simulations, seeded).
 
 Differences that remain: sbi samples its flow on R^D and rejects samples outside a
@@ -27,7 +32,15 @@ the training call (one run each, not a median: training to convergence is too lo
 repeat), ``ratio = peer_s / vitorch_s``; ``epochs_*`` and ``s_per_epoch_*`` show how much
 of a time difference is per-epoch speed and how much is a different stopping epoch.
 
-    python benchmarks/npe.py [--quick] [--budgets 1000 10000] [--tasks ...] [--c2st-samples 2000]
+With ``--compile`` each case adds a line ``"<task>/sims=<n>/compiled"``: vitorch trained
+through ``torch.compile`` (``NPE.fit(..., compile=True)``) on the same pairs, against the
+same sbi run.  Its ``vitorch_s`` includes compiling: the process's CPU time (this thread
+plus the compiler's child processes) over the whole call, with Inductor's on-disk caches
+off, so every case compiles from scratch; ``compile_s`` is that time up to the end of the
+first step, and ``ratio_excluding_compile`` divides by the rest.
+
+    python benchmarks/npe.py [--quick] [--budgets 1000 10000 100000] [--tasks ...]
+                             [--c2st-samples 2000] [--large-epochs 10] [--compile]
                              [--threads 1 --cpu-time]
 """
 
@@ -36,6 +49,14 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
+import resource
+import time
+
+# Compile in this process (its compiler children are waited for, so their CPU time is
+# counted) and from scratch: a compiled line reports the cost a first run pays.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 
 import torch
 from torch import nn
@@ -57,10 +78,19 @@ def _clock():
     return _harness._clock()
 
 
-def vitorch_run(prior, theta, x, x_o, n_samples, max_epochs, seed):
+def _cpu_with_children():
+    """This thread's CPU time plus that of finished child processes (the C++ compiler)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.thread_time() + children.ru_utime + children.ru_stime
+
+
+def vitorch_run(prior, theta, x, x_o, n_samples, max_epochs, seed, compile=False):
     torch.manual_seed(seed)
     npe = NPE(prior, tuple(x.shape[1:]), flow="maf", transforms=TRANSFORMS, hidden=(HIDDEN,) * 3, activation=nn.Tanh)
-    t0 = _clock()
+    clock = _cpu_with_children if compile else _clock
+    first_step = []
+    callbacks = [lambda ctx: first_step.append(clock()) if ctx.step == 1 else None] if compile else []
+    t0 = clock()
     history = npe.fit(
         theta,
         x,
@@ -71,12 +101,16 @@ def vitorch_run(prior, theta, x, x_o, n_samples, max_epochs, seed):
         max_epochs=max_epochs,
         clip_grad_norm=CLIP,
         seed=seed,
+        compile=compile,
+        callbacks=callbacks,
     )
-    elapsed = _clock() - t0
+    elapsed = clock() - t0
     epochs = history.steps[-1]["epoch"] + 1 if history.steps else 0
-    samples = npe.posterior(x_o).sample((n_samples,))
+    with torch.no_grad():
+        samples = npe.posterior(x_o).sample((n_samples,))
     params = sum(p.numel() for p in npe.parameters())
-    return samples, elapsed, epochs, params
+    compile_s = first_step[0] - t0 if first_step else None
+    return samples, elapsed, epochs, params, compile_s
 
 
 def sbi_run(sbi_inference, posterior_nn, prior, theta, x, x_o, n_samples, max_epochs, seed):
@@ -112,28 +146,41 @@ def prior_for_warmup():
     return torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))
 
 
-def warm_up(prior, sbi_parts):
+def warm_up(prior, sbi_parts, compile):
     """One tiny untimed training per library: the first optimizer in a process imports
     torch's compiler stack (seconds), which neither library's timing should carry."""
     theta = prior.sample((100,))
     x = theta + torch.randn_like(theta)
     vitorch_run(prior, theta, x, x[0], 10, 1, 0)
+    if compile:
+        vitorch_run(prior, theta, x, x[0], 10, 1, 0, compile=True)
     if sbi_parts:
         sbi_run(*sbi_parts, prior, theta, x, x[0], 10, 1, 0)
+
+
+def _sbibm_c2st():
+    """sbibm's own ``c2st`` (to check vitorch's against it once), or ``None`` if it will not import."""
+    try:
+        from sbibm.metrics import c2st as sbibm_c2st
+    except Exception:  # sbibm.metrics needs the optional 'future' package
+        return None
+    return sbibm_c2st
 
 
 def main():
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=None, help=f"sbibm task names (default: {' '.join(TASKS)})")
-    p.add_argument("--budgets", nargs="+", type=int, default=None, help="simulation budgets (default 1000 10000)")
+    p.add_argument("--budgets", nargs="+", type=int, default=None, help="simulation budgets (default 1e3 1e4 1e5)")
     p.add_argument("--c2st-samples", type=int, default=None, help="posterior and reference samples per C2ST")
     p.add_argument("--max-epochs", type=int, default=None, help="epoch cap for both libraries (default 1000)")
+    p.add_argument("--large-epochs", type=int, default=10, help="epoch cap at budgets >= 100000 (both libraries)")
     p.add_argument("--c2st-epochs", type=int, default=None, help="classifier epoch cap (sbibm: 10000)")
+    p.add_argument("--compile", action="store_true", help="add a line per case for vitorch with compile=True")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     setup(args)
     tasks = args.tasks or (["two_moons", "gaussian_linear"] if args.quick else TASKS)
-    budgets = args.budgets or ([500] if args.quick else [1000, 10000])
+    budgets = args.budgets or ([500] if args.quick else [1000, 10000, 100000])
     n_c2st = args.c2st_samples or (500 if args.quick else 2000)
     max_epochs = args.max_epochs or (30 if args.quick else 1000)
     c2st_epochs = args.c2st_epochs or (50 if args.quick else 10000)
@@ -147,7 +194,8 @@ def main():
         from sbi.utils.get_nn_models import posterior_nn
 
         from sbi import inference as sbi_inference
-    warm_up(prior_for_warmup(), sbi_ok is not None and (sbi_inference, posterior_nn))
+    warm_up(prior_for_warmup(), sbi_ok is not None and (sbi_inference, posterior_nn), args.compile)
+    sbibm_c2st = _sbibm_c2st()
     for name in tasks:
         task = sbibm.get_task(name)
         prior, simulator = task.get_prior_dist(), task.get_simulator()
@@ -157,7 +205,8 @@ def main():
             torch.manual_seed(args.seed + n)
             theta = prior.sample((n,))
             x = simulator(theta)
-            s_v, t_v, e_v, p_v = vitorch_run(prior, theta, x, x_o, n_c2st, max_epochs, args.seed)
+            epochs_cap = min(max_epochs, args.large_epochs) if n >= 100_000 else max_epochs
+            s_v, t_v, e_v, p_v, _ = vitorch_run(prior, theta, x, x_o, n_c2st, epochs_cap, args.seed)
             c_v = c2st(reference, s_v, seed=1, backend=C2ST_BACKEND, max_epochs=c2st_epochs)
             extra = dict(
                 metric="c2st",
@@ -172,29 +221,40 @@ def main():
                 repeats=1,
                 flow=f"maf {TRANSFORMS}x{HIDDEN}x3 tanh",
                 batch=BATCH,
-                max_epochs=max_epochs,
+                max_epochs=epochs_cap,
                 c2st_max_epochs=c2st_epochs,
             )
+            if sbibm_c2st is not None and not args.quick:
+                # Once: vitorch's c2st(backend="sklearn") beside sbibm.metrics.c2st on the same samples.
+                extra["c2st_sbibm_check"] = float(sbibm_c2st(reference, s_v, seed=1))
+                sbibm_c2st = None
             if sbi_ok is None:
                 report("npe", f"{name}/sims={n}", t_v, "sbi", None, skipped=why_sbi, peer_value=None, **extra)
                 continue
             s_p, t_p, e_p, p_p = sbi_run(
-                sbi_inference, posterior_nn, prior, theta, x, x_o, n_c2st, max_epochs, args.seed
+                sbi_inference, posterior_nn, prior, theta, x, x_o, n_c2st, epochs_cap, args.seed
             )
             c_p = c2st(reference, s_p, seed=1, backend=C2ST_BACKEND, max_epochs=c2st_epochs)
-            report(
-                "npe",
-                f"{name}/sims={n}",
-                t_v,
-                "sbi",
-                t_p,
-                peer_value=c_p,
-                epochs_sbi=e_p,
-                s_per_epoch_sbi=t_p / max(e_p, 1),
-                params_sbi=p_p,
-                per_epoch_ratio=(t_p / max(e_p, 1)) / (t_v / max(e_v, 1)),
-                **extra,
+            peer = dict(epochs_sbi=e_p, s_per_epoch_sbi=t_p / max(e_p, 1), params_sbi=p_p, peer_value=c_p)
+            per_epoch = (t_p / max(e_p, 1)) / (t_v / max(e_v, 1))
+            report("npe", f"{name}/sims={n}", t_v, "sbi", t_p, per_epoch_ratio=per_epoch, **peer, **extra)
+            if not args.compile:
+                continue
+            s_c, t_c, e_c, _, compile_s = vitorch_run(prior, theta, x, x_o, n_c2st, epochs_cap, args.seed, True)
+            c_c = c2st(reference, s_c, seed=1, backend=C2ST_BACKEND, max_epochs=c2st_epochs)
+            steady = (t_c - compile_s) / max(e_c, 1)
+            compiled = dict(
+                extra,
+                vitorch=c_c,
+                epochs_vitorch=e_c,
+                s_per_epoch_vitorch=steady,
+                compile_s=compile_s,
+                ratio_excluding_compile=t_p / (t_c - compile_s),
+                per_epoch_ratio=(t_p / max(e_p, 1)) / steady,
+                clock="thread CPU time plus compiler child processes",
             )
+            compiled.pop("c2st_sbibm_check", None)
+            report("npe", f"{name}/sims={n}/compiled", t_c, "sbi", t_p, **peer, **compiled)
 
 
 if __name__ == "__main__":

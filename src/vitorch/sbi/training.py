@@ -26,7 +26,7 @@ References:
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -86,6 +86,7 @@ def train_npe(
     patience: int = 20,
     clip_grad_norm: float | None = 5.0,
     seed: int | None = None,
+    compile: bool | Mapping = False,
     **fit_kwargs,
 ) -> History:
     """Fit ``npe`` to simulated pairs by maximum likelihood (or APT's atomic loss).
@@ -110,6 +111,12 @@ def train_npe(
         clip_grad_norm: clip the gradients' 2-norm to this (``None``: no clipping).
         seed: seed of the split, the data order and the initial atoms (default: the global RNG;
             under a process group, rank 0's draw from it, shared by every rank).
+        compile: ``True`` (or a dict of ``torch.compile`` options) trains through a
+            compiled forward (`vitorch.fit`'s ``compile``): Inductor fuses the flow's
+            elementwise work and its backward, which on a CPU makes an epoch of a small
+            MAF about a quarter to a third cheaper.  Compiling costs seconds, once per
+            batch shape (a short last batch compiles again), so it pays only when the run
+            has many epochs or many simulations.
         **fit_kwargs: passed to `vitorch.fit` (e.g. ``log_dir``, ``progress``, ``callbacks``).
 
     Returns:
@@ -169,6 +176,7 @@ def train_npe(
             clip_grad_norm=clip_grad_norm,
             seed=seed,
             drop_last=drop_last,
+            compile=compile,
             **fit_kwargs,
         )
 
