@@ -71,8 +71,9 @@ def _tensors(dtype: torch.dtype, device: torch.device, *values) -> tuple[Tensor,
 
 @functools.lru_cache(maxsize=64)
 def _regression_consts(o, d, prior_var, num_data, wishart_a, wishart_psi, dtype, device) -> tuple[Tensor, ...]:
-    """``(strict, lower, coef, one, c0, inv_var)``: the masks of the strict and the full lower
-    triangle ``[D, D]``; ``penalty / N = coef . [||L||_F^2, ||m||^2, sum l, sum log v, sum 1/v, 1]``."""
+    """``(strict, lower, coef, one, c0, inv_var, inv_n, g_log_v0, psi_half)``: the masks of the strict and
+    the full lower triangle ``[D, D]``; ``penalty / N = coef . [||L||_F^2, ||m||^2, sum l, sum log v, sum 1/v,
+    1]``; and, for the backward of ``loss`` alone, ``1 / N``, ``1/2 + a / N`` and ``psi / (2N)``."""
     coef = [
         0.5 / prior_var,
         0.5 / prior_var,
@@ -83,7 +84,9 @@ def _regression_consts(o, d, prior_var, num_data, wishart_a, wishart_psi, dtype,
     ]
     coef = [c / num_data for c in coef]
     lower = torch.ones(d, d, dtype=dtype, device=device).tril_()
-    return (lower.tril(-1), lower, *_tensors(dtype, device, coef, 1.0, -0.5 * o * _LOG_2PI, 1.0 / prior_var))
+    values = (coef, 1.0, -0.5 * o * _LOG_2PI, 1.0 / prior_var, 1.0 / num_data)
+    values += (0.5 + wishart_a / num_data, 0.5 * wishart_psi / num_data)
+    return (lower.tril(-1), lower, *_tensors(dtype, device, *values))
 
 
 @functools.lru_cache(maxsize=64)
@@ -121,7 +124,8 @@ def _pack(raw: Tensor, mean: Tensor, keep: Tensor) -> Tensor:
 
 def _outputs(expected: Tensor, penalty_over_n: Tensor) -> tuple[Tensor, Tensor]:
     """``(bound, loss)`` from the expected log-likelihoods and ``penalty / N``."""
-    return torch.sub(expected, penalty_over_n), torch.sub(penalty_over_n, expected.mean())
+    # 1/B as an alpha: a Python number in a tensor expression would be wrapped into a tensor
+    return torch.sub(expected, penalty_over_n), torch.sub(penalty_over_n, expected.sum(), alpha=1.0 / len(expected))
 
 
 def _upstream(g_bound: Tensor | None, g_loss: Tensor | None, b: int, num_data: int) -> tuple[Tensor, Tensor]:
@@ -176,7 +180,7 @@ class RegressionBound(torch.autograd.Function):
         b, o = y.shape
         d = phi.shape[-1]
         consts = _regression_consts(o, d, prior_var, num_data, wishart_a, wishart_psi, phi.dtype, phi.device)
-        strict, lower, coef, one, c0, inv_var = consts
+        strict, lower, coef, one, c0 = consts[:5]
         log_diag = raw.diagonal(dim1=-2, dim2=-1)
         tril = raw * strict  # L: the strict lower triangle, then exp(l) on the diagonal
         torch.exp(log_diag, out=tril.diagonal(dim1=-2, dim2=-1))
@@ -189,7 +193,7 @@ class RegressionBound(torch.autograd.Function):
         flat, m_flat = tril.view(-1), mean.reshape(-1)
         terms = [torch.dot(flat, flat), torch.dot(m_flat, m_flat), log_diag.sum(), log_v_sum, prec.sum(), one]
         ctx.save_for_backward(phi, mean, tril, proj, resid, sq, prec)
-        ctx.consts = (num_data, wishart_a, wishart_psi, inv_var, lower)
+        ctx.consts = (prior_var, num_data, wishart_a, wishart_psi, consts)
         ctx.set_materialize_grads(False)
         return _outputs(expected, torch.dot(torch.stack(terms), coef))
 
@@ -197,14 +201,16 @@ class RegressionBound(torch.autograd.Function):
     def backward(ctx, g_bound, g_loss):
         if g_bound is None and g_loss is None:
             return (None, None, None, None, None, None, None, None, None)
+        if g_bound is None:
+            return RegressionBound._loss_backward(ctx, g_loss)
         phi, mean, tril, proj, resid, sq, prec = ctx.saved_tensors
-        num_data, wishart_a, wishart_psi, inv_var, lower = ctx.consts
+        _, num_data, wishart_a, wishart_psi, consts = ctx.consts
+        lower, inv_var = consts[1], consts[5]
         b, o = sq.shape
         gn, h = _upstream(g_bound, g_loss, b, num_data)
-        uniform = gn.dim() == 0
-        scale = prec * gn if uniform else torch.outer(gn, prec)  # g'_ni = -g_n / v_i: [O] or [B, O]
+        scale = torch.outer(gn, prec)  # g'_ni = -g_n / v_i, [B, O]
         g_resid = resid * scale  # [B, O]
-        g_proj = proj * (scale.view(o, 1, 1) if uniform else scale.mT.unsqueeze(-1))  # G_i, [O, B, D]
+        g_proj = proj * scale.mT.unsqueeze(-1)  # G_i, [O, B, D]
         decay = h * inv_var
         g_tril = torch.baddbmm(tril * decay, phi.mT.expand(o, -1, -1), g_proj)
         g_raw = g_tril.mul_(lower)  # dL/dR keeps the lower triangle; on the diagonal dL/dl = exp(l)
@@ -213,17 +219,46 @@ class RegressionBound(torch.autograd.Function):
         g_log_v = None
         if ctx.needs_input_grad[4]:
             # d/dlog v_i = 1/v_i (sum_n g_n sq_ni - psi h) / 2 + a h - sum_n g_n / 2, with g = -gn
-            if uniform:
-                data, gn_sum = sq.sum(0).mul_(gn), gn * b
-            else:
-                data, gn_sum = torch.mv(sq.mT, gn), gn.sum()
-            base = torch.add(h * wishart_a, gn_sum, alpha=0.5)
-            g_log_v = torch.addcmul(base, prec, data.add_(h, alpha=wishart_psi), value=-0.5)
+            base = torch.add(h * wishart_a, gn.sum(), alpha=0.5)
+            g_log_v = torch.addcmul(base, prec, torch.mv(sq.mT, gn).add_(h, alpha=wishart_psi), value=-0.5)
         g_phi = None
         if ctx.needs_input_grad[0]:
             g_phi = torch.addmm(_phi_grad(g_proj, tril), g_resid, mean, alpha=-1.0)
         g_y = g_resid if ctx.needs_input_grad[1] else None
         return g_phi, g_y, g_mean, g_raw, g_log_v, None, None, None, None
+
+    @staticmethod
+    def _loss_backward(ctx, g_loss):
+        """The backward of ``loss`` alone: every datum weighs ``1 / B``.
+
+        The gradients are formed for a unit upstream gradient, with ``1 / B`` and ``1 / (N s^2)``
+        passed as the products' ``alpha`` and ``beta`` (numbers that need no tensor), then scaled
+        by ``g_loss`` together.  With ``G_i = P_i / v_i`` and ``g_ni = r_ni / v_i``:
+        ``d/dL_i = Phi^T G_i / B + L_i / (N s^2)``, ``d/dm_i = -Phi^T g_i / B + m_i / (N s^2)``,
+        ``d/dlog v_i = 1/2 + a/N - (sum_n sq_ni / (2B) + psi / (2N)) / v_i``.
+        """
+        phi, mean, tril, proj, resid, sq, prec = ctx.saved_tensors
+        prior_var, num_data, _, _, consts = ctx.consts
+        lower, inv_n, g_log_v0, psi_half = consts[1], *consts[6:]
+        b, o = sq.shape
+        decay = 1.0 / (num_data * prior_var)
+        g_proj = proj * prec.view(o, 1, 1)  # B G_i, [O, B, D]
+        g_resid = resid * prec  # [B, O]
+        g_raw = torch.baddbmm(tril, phi.mT.expand(o, -1, -1), g_proj, beta=decay, alpha=1.0 / b).mul_(lower)
+        g_raw.diagonal(dim1=-2, dim2=-1).mul_(tril.diagonal(dim1=-2, dim2=-1)).sub_(inv_n)
+        grads = [torch.addmm(mean, g_resid.mT, phi, beta=decay, alpha=-1.0 / b), g_raw]
+        g_phi = g_y = g_log_v = None
+        if ctx.needs_input_grad[4]:
+            g_log_v = torch.addcmul(g_log_v0, prec, torch.add(psi_half, sq.sum(0), alpha=0.5 / b), value=-1.0)
+            grads.append(g_log_v)
+        if ctx.needs_input_grad[0]:
+            g_phi = torch.addmm(_phi_grad(g_proj, tril), g_resid, mean, beta=1.0 / b, alpha=-1.0 / b)
+            grads.append(g_phi)
+        if ctx.needs_input_grad[1]:
+            g_y = torch.div(g_resid, b)
+            grads.append(g_y)
+        torch._foreach_mul_(grads, g_loss)
+        return g_phi, g_y, grads[0], g_raw, g_log_v, None, None, None, None
 
 
 class HeteroscedasticBound(torch.autograd.Function):
