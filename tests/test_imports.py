@@ -26,6 +26,9 @@ NOT_BELOW_KERNELS = (
     "vitorch.training",
     "vitorch.loss",
     "vitorch.objectives",
+    "vitorch._objectives_base",
+    "vitorch._objectives_iw",
+    "vitorch._objectives_power",
     "vitorch.estimators",
 )
 
