@@ -99,34 +99,60 @@ class HandVAE(nn.Module):
         return loc, F.softplus(raw) + 1e-4
 
 
+HALF_LOG_2PI = 0.5 * LATENT * math.log(2 * math.pi)
+
+
+def hand_loss(net: HandVAE, x: torch.Tensor, K: int) -> torch.Tensor:
+    """The negative ELBO (K = 1) or IWAE bound written directly in torch, averaged over the batch."""
+    loc, scale = net.guide(x)
+    eps = torch.randn(K, *loc.shape)
+    z = loc + scale * eps
+    logits = net.dec(z)
+    log_lik = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+    log_p = log_lik - 0.5 * z.pow(2).sum(-1) - HALF_LOG_2PI
+    log_q = -0.5 * eps.pow(2).sum(-1) - scale.log().sum(-1) - HALF_LOG_2PI
+    log_w = log_p - log_q
+    bound = log_w.mean(0) if K == 1 else torch.logsumexp(log_w, 0) - math.log(K)
+    return -bound.mean()
+
+
+class HandLoss(nn.Module):
+    """`hand_loss` as a module, ``forward(x) -> scalar``: the hand-written step as `compile_step` compiles it."""
+
+    def __init__(self, net: HandVAE, K: int):
+        super().__init__()
+        self.net, self.K = net, K
+
+    def forward(self, x):
+        return hand_loss(self.net, x, self.K)
+
+
 def torch_step(net: HandVAE, batches: Batches, K: int, kind: str):
     """One training step written directly in torch, the way a careful user would."""
     opt = torch.optim.Adam(net.parameters(), LR)
     enc, dec = list(net.enc.parameters()), list(net.dec.parameters())
-    half_log_2pi = 0.5 * LATENT * math.log(2 * math.pi)
+    half_log_2pi = HALF_LOG_2PI
 
     def step():
         x = batches()
         opt.zero_grad(set_to_none=True)
+        if kind != "dreg":
+            hand_loss(net, x, K).backward()
+            opt.step()
+            return
         loc, scale = net.guide(x)
-        eps = torch.randn(K, *loc.shape)
-        z = loc + scale * eps
+        z = loc + scale * torch.randn(K, *loc.shape)
         logits = net.dec(z)
         log_lik = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
         log_p = log_lik - 0.5 * z.pow(2).sum(-1) - half_log_2pi
-        if kind == "dreg":  # log q at stopped parameters; encoder on w~^2, decoder on w~
-            log_q = (-0.5 * ((z - loc.detach()) / scale.detach()).pow(2) - scale.detach().log()).sum(-1)
-            log_w = log_p - log_q + half_log_2pi
-            w = torch.softmax(log_w.detach(), 0)
-            g_enc = torch.autograd.grad(-(w.pow(2) * log_w).sum(0).mean(), enc, retain_graph=True)
-            g_dec = torch.autograd.grad(-(w * log_w).sum(0).mean(), dec)
-            for p, g in zip(enc + dec, g_enc + g_dec):
-                p.grad = g
-        else:
-            log_q = -0.5 * eps.pow(2).sum(-1) - scale.log().sum(-1) - half_log_2pi
-            log_w = log_p - log_q
-            bound = log_w.mean(0) if K == 1 else torch.logsumexp(log_w, 0) - math.log(K)
-            (-bound.mean()).backward()
+        # DReG: log q at stopped parameters; encoder on w~^2, decoder on w~
+        log_q = (-0.5 * ((z - loc.detach()) / scale.detach()).pow(2) - scale.detach().log()).sum(-1)
+        log_w = log_p - log_q + half_log_2pi
+        w = torch.softmax(log_w.detach(), 0)
+        g_enc = torch.autograd.grad(-(w.pow(2) * log_w).sum(0).mean(), enc, retain_graph=True)
+        g_dec = torch.autograd.grad(-(w * log_w).sum(0).mean(), dec)
+        for p, g in zip(enc + dec, g_enc + g_dec):
+            p.grad = g
         opt.step()
 
     return step
@@ -256,7 +282,7 @@ def loops(args, x, d):
 
     pythae, skip = try_import("pythae.trainers")
     n = args.inner * BATCH
-    for case, K, _, _ in CASES[:2]:
+    for case, K, _, _ in (c for c in CASES[:2] if c in args.cases):
         label = f"{case}, training loop (one epoch of {n} images)"
         if pythae is None:
             report("vae", label, None, "pythae", None, skipped=skip)
@@ -293,7 +319,7 @@ def speed(args, x, d):
     pyro, pyro_skip = try_import("pyro")
     pythae, pythae_skip = try_import("pythae.models")
     cases = CASES[:2] if args.quick else CASES
-    for case, K, objective, estimator in cases:
+    for case, K, objective, estimator in (c for c in cases if c in args.cases):
         inner = max(2, args.inner // K) if K > 1 else args.inner
         fns, peers = {}, {}
 
@@ -365,11 +391,14 @@ def _compiled_once(fns: dict, stats: dict, name: str, fn) -> None:
 
 def compiled(args, x, d):
     """The fused step (``vitorch.training.compile.compile_step``: compiled forward and backward, fused
-    Adam) against the eager hand-written step, and ``torch.compile(model)`` with the hand step's Adam."""
+    Adam) against the hand-written step eager and compiled the same way (``compile_step`` of
+    `HandLoss`: the fair comparison of two compiled steps; not for DReG, whose hand step takes two
+    ``autograd.grad`` calls), at IWAE K=5 also against Pyro (eager), and ``torch.compile(model)``
+    with the hand step's Adam."""
     from vitorch.training.compile import compile_step
 
-    cases = (CASES[0], CASES[2], CASES[3])
-    for case, K, objective, estimator in cases:
+    pyro, _ = try_import("pyro")
+    for case, K, objective, estimator in args.cases:
         if args.quick:
             report("vae", f"fused step {case}", None, "torch-eager", None, skipped="--quick: compile time")
             continue
@@ -387,28 +416,42 @@ def compiled(args, x, d):
             other = vae.VAE.mlp(d, LATENT, HIDDEN, **options)
             step = vitorch_step(other, Batches(x), torch.compile(other))
             _compiled_once(fns, stats, "compiled forward", repeat(step, inner))
+            if not kind:
+                hand, hand_batches = compile_step(HandLoss(HandVAE(d), K), lr=LR), Batches(x)
+                _compiled_once(fns, stats, "torch-compiled", repeat(lambda f=hand, b=hand_batches: f(b()), inner))
         except Exception as err:  # no compiler, or an op inductor cannot lower: report, never fake
             report("vae", f"fused step {case}", None, "torch-eager", None, skipped=f"{type(err).__name__}: {err}")
             continue
         fns["torch"] = repeat(torch_step(HandVAE(d), Batches(x), K, kind), inner)
+        impls = {"torch": "hand-written, eager, torch.optim.Adam", "torch-compiled": "hand-written, compile_step"}
+        if K == 5 and pyro is not None:
+            fn, pyro_impl = pyro_step(pyro, d, Batches(x), K)
+            fns["pyro"], impls["pyro"] = repeat(fn, inner), f"{pyro_impl}, eager, pyro.optim.Adam"
         t = interleaved_medians(fns, args.repeats, warmup=1)
         for name, impl in (
             ("fused", "compile_step (fused Adam), float32"),
             ("fused bf16", "compile_step(autocast_dtype=bfloat16): bf16 matrix products, float32 densities and Adam"),
             ("compiled forward", "torch.compile(model), Adam"),
         ):
-            report(
-                "vae",
-                f"{name} {case}",
-                t[name] / inner,
-                "torch-eager",
-                t["torch"] / inner,
-                vitorch_impl=impl,
-                vitorch_steps_per_s=inner / t[name],
-                peer_steps_per_s=inner / t["torch"],
-                clock=args.clock,
-                **stats[name],
-            )
+            peers = {"torch-eager": "torch"}
+            if name == "fused":
+                peers |= {p: p for p in ("torch-compiled", "pyro") if p in t}
+            for peer, key in peers.items():
+                peer_stats = {f"peer_{k}": v for k, v in stats.get(key, {}).items()}
+                report(
+                    "vae",
+                    f"{name} {case}",
+                    t[name] / inner,
+                    peer,
+                    t[key] / inner,
+                    vitorch_impl=impl,
+                    peer_impl=impls[key],
+                    vitorch_steps_per_s=inner / t[name],
+                    peer_steps_per_s=inner / t[key],
+                    clock=args.clock,
+                    **stats[name],
+                    **peer_stats,
+                )
 
 
 def _as_vae(net: HandVAE, d: int) -> vae.VAE:
@@ -496,6 +539,7 @@ def main():
     p.add_argument("--ll-particles", type=int, default=None)
     p.add_argument("--ll-images", type=int, default=None)
     p.add_argument("--no-fused-ll", dest="fused_ll", action="store_false", help="skip the fused paths' log-likelihood")
+    p.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES], default=None, help="run only these cases")
     p.add_argument(
         "--parts",
         nargs="+",
@@ -505,6 +549,7 @@ def main():
     )
     args = p.parse_args()
     setup(args)
+    args.cases = [c for c in CASES if args.cases is None or c[0] in args.cases]
     args.clock = clock_name()  # the harness's --cpu-time switches every interleaved timing
     args.repeats = args.repeats or (2 if args.quick else 15)
     args.inner = args.inner or (3 if args.quick else 20)
