@@ -172,7 +172,9 @@ def test_parity_normalized_weights(device, dtype, K):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("kernel", ["rbf", "imq"])
-@pytest.mark.parametrize("n", [2, 7, 127])
+# n = 67 spans three 32-row tiles with a ragged last one; the pairwise cost grows as n^2,
+# which is what the Triton interpreter pays for.
+@pytest.mark.parametrize("n", [2, 7, 67])
 def test_parity_mmd(device, dtype, kernel, n):
     require_device(device)
     c = n != 7
@@ -188,9 +190,13 @@ def test_parity_mmd(device, dtype, kernel, n):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_parity_mmd_large_event(device):
-    """``n = 1000`` rows and an event of 1000 > MAX_D: the kernel takes the rows, the event goes to torch."""
+    """Many rows and an event of 1000 > MAX_D: the kernel takes the rows, the event goes to torch.
+
+    1000 rows on CUDA; 200 (seven 32-row tiles, the last ragged) under the interpreter, whose
+    cost grows with the number of row pairs.
+    """
     require_device(device)
-    z_q = torch.randn(1000, 4, device=device, dtype=torch.float32)
+    z_q = torch.randn(1000 if device == "cuda" else 200, 4, device=device, dtype=torch.float32)
     z_p = torch.randn(40, 4, device=device, dtype=torch.float32)
     check(
         lambda z_q, z_p: vk.mmd(z_q, z_p, "imq", 1.0, backend="triton"),
