@@ -93,65 +93,100 @@ def accuracy(draws: torch.Tensor, ref: dict) -> tuple[float, float]:
     return err, (draws.std(0) / sd).median().item()
 
 
-def train(step, evaluate, steps: int) -> dict:
-    """Run ``steps`` calls of ``step()``, each timed on both clocks; evaluate ``CHECKS`` times (untimed).
+def train(step, evaluate, steps: int, clock: str = "harness") -> dict:
+    """Run ``steps`` calls of ``step()``, each timed on three clocks; evaluate ``CHECKS`` times (untimed).
+
+    ``step()`` returns the loss (a number or 0-d tensor), read after the clocks: a
+    non-finite loss, a step that raises, or a non-finite accuracy check ends the fit as
+    *diverged* (``diverged_at_step``, ``error``), with the step times taken so far; the run goes on.
 
     Returns the medians per step (``wall_s``; ``cpu_s`` on the harness's clock; ``process_cpu_s``,
     the CPU time of all the process's threads, which counts XLA's worker threads), the
-    final accuracy, and ``seconds_to_accuracy``: the summed step time (harness clock) at
-    which the error first came within 0.05 reference sd of its final value.
+    final accuracy, and ``seconds_to_accuracy``: the summed step time (on ``clock``:
+    the harness's, or ``"process"``) at which the error first came within 0.05 reference
+    sd of its final value.
     """
     walls, cpus, procs, curve, elapsed = [], [], [], [], 0.0
     every = max(1, steps // CHECKS)
+    diverged, error = None, None
     for i in range(1, steps + 1):
         t0, c0, p0 = time.perf_counter(), _harness._clock(), time.process_time()
-        step()
+        try:
+            value = step()
+        except Exception as err:  # a peer's validation error on NaN parameters, a failed solve...
+            diverged, error = i, f"{type(err).__name__}: {str(err)[:200]}"
+            break
         cpus.append(_harness._clock() - c0)
         procs.append(time.process_time() - p0)
         walls.append(time.perf_counter() - t0)
-        elapsed += cpus[-1]
+        elapsed += procs[-1] if clock == "process" else cpus[-1]
+        if not math.isfinite(float(value)):
+            diverged, error = i, "non-finite loss"
+            break
         if i % every == 0 or i == steps:
-            curve.append((elapsed, *evaluate()))
-    final_err, final_ratio = curve[-1][1], curve[-1][2]
-    if not (math.isfinite(final_err) and math.isfinite(final_ratio)):  # the fit diverged: say so, no NaN in JSON
+            err, ratio = evaluate()
+            if not (math.isfinite(err) and math.isfinite(ratio)):
+                diverged, error = i, "non-finite draws"
+                break
+            curve.append((elapsed, err, ratio))
+
+    def median(xs):
+        return statistics.median(xs) if xs else None
+
+    if diverged is not None:  # say so; no NaN in the JSON
         final_err = final_ratio = reach = None
     else:
+        final_err, final_ratio = curve[-1][1], curve[-1][2]
         reach = next(t for t, e, _ in curve if e <= final_err + 0.05)
     return {
-        "wall_s": statistics.median(walls),
-        "cpu_s": statistics.median(cpus),
-        "process_cpu_s": statistics.median(procs),
+        "diverged_at_step": diverged,
+        "error": error,
+        "wall_s": median(walls),
+        "cpu_s": median(cpus),
+        "process_cpu_s": median(procs),
         "max_mean_err_sd": None if final_err is None else round(final_err, 3),
         "median_sd_ratio": None if final_ratio is None else round(final_ratio, 3),
         "seconds_to_accuracy": None if reach is None else round(reach, 2),
     }
 
 
-def run_vitorch(model: Model, kind: str, steps: int, particles: int, lr: float, ref: dict, compiled: bool) -> dict:
+def run_vitorch(model: Model, kind: str, steps: int, particles: int, lr: float, ref: dict, variant: str) -> dict:
+    """One fit; ``variant``: ``"eager"`` (``vt.fit``'s step: fused Adam, autograd), ``"fused"``
+    (``VI.fused_step``: the whole step one compiled call) or ``"compile_step"``
+    (``vitorch.training.compile_step``: compiled forward, autograd backward, fused Adam)."""
     torch.manual_seed(0)
     guide = AutoGuide(model, kind)
     vi = VI(model, guide, particles)
-    if compiled:
-        step = compile_step(vi, fused_adam(vi.parameters(), lr))
-        step(None)  # compiles (tens of seconds), untimed; counted as one of the steps
-        steps -= 1
+    if variant != "eager":
+        torch.compiler.reset()  # each fit compiles afresh: no earlier model's graphs or guards linger
+        if variant == "fused":
+            one = vi.fused_step(lr)
+        else:
+            step = compile_step(vi, fused_adam(vi.parameters(), lr))
 
-        def one():
-            step(None)
+            def one():
+                return step(None).loss.detach()
+
+        try:
+            one()  # compiles (tens of seconds), untimed; counted as one of the steps
+        except Exception as err:
+            return {"diverged_at_step": 1, "error": f"{type(err).__name__}: {str(err)[:200]}"}
+        steps -= 1
     else:
-        opt = torch.optim.Adam(vi.parameters(), lr=lr)
+        opt = fused_adam(vi.parameters(), lr)  # what vt.fit builds
 
         def one():
             out = vi()
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             opt.step()
+            return out.loss.detach()
 
     def evaluate():
         with torch.no_grad():
             return accuracy(constrained_scalars(model, guide().sample((NUM_DRAWS,))), ref)
 
-    return train(one, evaluate, steps)
+    return train(one, evaluate, steps, "harness" if variant == "eager" else "process")
 
 
 def run_pyro(model: Model, kind: str, steps: int, particles: int, lr: float, ref: dict) -> dict:
@@ -212,7 +247,7 @@ def run_numpyro(name: str, model: Model, kind: str, steps: int, particles: int, 
 
     def one():
         state[0], loss = update(state[0])
-        loss.block_until_ready()
+        return float(loss)  # waits for XLA
 
     def evaluate():
         params = svi.get_params(state[0])
@@ -220,21 +255,22 @@ def run_numpyro(name: str, model: Model, kind: str, steps: int, particles: int, 
         flat = np.concatenate([np.asarray(draws[k]).reshape(NUM_DRAWS, -1) for k in names], -1)
         return accuracy(torch.from_numpy(flat), ref)
 
-    return train(one, evaluate, steps - 1)
+    return train(one, evaluate, steps - 1, "process")
 
 
 def compare(case: str, ours: dict, peer: str, theirs: dict | None, clock: str, common: dict, skipped=None) -> dict:
-    key = "cpu_s" if clock != "wall" else "wall_s"
-    extra = {"metric": "max_mean_err_sd", "vitorch": ours["max_mean_err_sd"]}
-    extra["peer_value"] = None if theirs is None else theirs["max_mean_err_sd"]
-    extra["vitorch_median_sd_ratio"] = ours["median_sd_ratio"]
-    extra["peer_median_sd_ratio"] = None if theirs is None else theirs["median_sd_ratio"]
-    extra["vitorch_seconds_to_accuracy"] = ours["seconds_to_accuracy"]
-    extra["peer_seconds_to_accuracy"] = None if theirs is None else theirs["seconds_to_accuracy"]
+    key = {"wall": "wall_s", "process CPU time": "process_cpu_s"}.get(clock, "cpu_s")
+    theirs = theirs or {}
+    extra = {"metric": "max_mean_err_sd", "vitorch": ours.get("max_mean_err_sd")}
+    extra["peer_value"] = theirs.get("max_mean_err_sd")
+    for field in ("median_sd_ratio", "seconds_to_accuracy", "diverged_at_step", "error"):
+        extra[f"vitorch_{field}"] = ours.get(field)
+        extra[f"peer_{field}"] = theirs.get(field)
+    extra["vitorch_wall_s"], extra["peer_wall_s"] = ours.get("wall_s"), theirs.get("wall_s")
     extra.update(common, clock=clock)
     if skipped:
         extra["skipped"] = skipped
-    return report("posteriors", case, ours[key], peer, None if theirs is None else theirs[key], **extra)
+    return report("posteriors", case, ours.get(key), peer, theirs.get(key), **extra)
 
 
 def main() -> None:
@@ -242,6 +278,12 @@ def main() -> None:
     p.add_argument("--models", default=None, help="comma-separated (default all; --quick: eight schools)")
     p.add_argument("--guides", default="diag,full,flow")
     p.add_argument("--peers", default="pyro,numpyro", help="comma-separated subset of pyro,numpyro")
+    p.add_argument(
+        "--compiled",
+        default="fused",
+        choices=["fused", "compile_step"],
+        help="vitorch's side of the NumPyro comparison: VI.fused_step or vitorch.training.compile_step",
+    )
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("-K", "--particles", type=int, default=1)
     p.add_argument("--table-from", default=None, help="print the Markdown table of a saved JSONL run and exit")
@@ -269,23 +311,21 @@ def main() -> None:
             common = {"steps": steps, "lr": lr, "particles": args.particles, "reference_qualified": ref["qualified"]}
             case = f"{name} {kind}"
             if "pyro" in peers:
-                ours = run_vitorch(model, kind, steps, args.particles, lr, ref, compiled=False)
+                ours = run_vitorch(model, kind, steps, args.particles, lr, ref, "eager")
                 theirs = None if pyro_mod is None else run_pyro(model, kind, steps, args.particles, lr, ref)
                 common_p = {**common, "vitorch_variant": "eager", "peer_guide": PYRO_GUIDES[kind]}
                 compare(case, ours, "pyro", theirs, _harness.clock_name(), common_p, pyro_reason)
             if "numpyro" in peers:
-                ours = run_vitorch(model, kind, steps, args.particles, lr, ref, compiled=True)
+                ours = run_vitorch(model, kind, steps, args.particles, lr, ref, args.compiled)
                 theirs = None if npy_mod is None else run_numpyro(name, model, kind, steps, args.particles, lr, ref)
-                common_n = {**common, "vitorch_variant": "compile_step", "peer_guide": PYRO_GUIDES[kind]}
+                common_n = {**common, "vitorch_variant": args.compiled, "peer_guide": PYRO_GUIDES[kind]}
                 common_n["xla_flags"] = os.environ.get("XLA_FLAGS")
-                common_n["vitorch_process_cpu_s"] = ours["process_cpu_s"]
-                common_n["peer_process_cpu_s"] = None if theirs is None else theirs["process_cpu_s"]
-                compare(case + " compiled", ours, "numpyro", theirs, "wall", common_n, npy_reason)
+                compare(case + " compiled", ours, "numpyro", theirs, "process CPU time", common_n, npy_reason)
 
 
 def table(path: pathlib.Path) -> str:
     """Markdown tables of a saved run: accuracy of all four fits and eager speed against Pyro per
-    (model, guide); then, from the lines that carry it, compiled speed against NumPyro in process CPU time."""
+    (model, guide); then compiled speed against NumPyro (process CPU time, both sides)."""
     rows: dict[tuple[str, str], dict] = {}
     for line in path.read_text().splitlines():
         r = json.loads(line)
@@ -297,14 +337,16 @@ def table(path: pathlib.Path) -> str:
     def acc(r, side):
         if r is None:
             return "—"
-        err, ratio = (
-            (r["vitorch"], r["vitorch_median_sd_ratio"])
-            if side == "v"
-            else (r["peer_value"], r["peer_median_sd_ratio"])
-        )
+        prefix = "vitorch" if side == "v" else "peer"
+        err = r["vitorch"] if side == "v" else r["peer_value"]
         if err is None:
-            return "diverged"
+            at = r.get(f"{prefix}_diverged_at_step")
+            return "diverged" + (f" (step {at})" if at else "")
+        ratio = r[f"{prefix}_median_sd_ratio"]
         return f"{err:.2f} / {ratio:.2f}" if err < 1e3 else f"{err:.1e} / {ratio:.2f}"
+
+    def ms(x):
+        return "—" if x is None else f"{1e3 * x:.2f}"
 
     head = "| model | guide | NUTS ref. qualified | vitorch | Pyro | vitorch compiled | NumPyro "
     head += "| vitorch ms | Pyro ms | Pyro / vitorch |"
@@ -316,13 +358,14 @@ def table(path: pathlib.Path) -> str:
         cells = [model, kind, "yes" if first["reference_qualified"] else "**no**"]
         cells += [acc(py, "v"), acc(py, "p"), acc(npy, "v"), acc(npy, "p")]
         if py:
-            cells += [f"{1e3 * py['vitorch_s']:.2f}", f"{1e3 * py['peer_s']:.2f}", f"{py['ratio']:.1f}x"]
+            ratio = "—" if py["ratio"] is None else f"{py['ratio']:.1f}x"
+            cells += [ms(py["vitorch_s"]), ms(py["peer_s"]), ratio]
         else:
             cells += ["—"] * 3
         out.append("| " + " | ".join(cells) + " |")
-        if npy and npy.get("peer_process_cpu_s"):
-            v, n = npy["vitorch_process_cpu_s"], npy["peer_process_cpu_s"]
-            timing.append(f"| {model} | {kind} | {1e3 * v:.2f} | {1e3 * n:.2f} | {n / v:.2f}x |")
+        if npy and npy.get("clock") == "process CPU time":
+            ratio = "—" if npy["ratio"] is None else f"{npy['ratio']:.2f}x"
+            timing.append(f"| {model} | {kind} | {ms(npy['vitorch_s'])} | {ms(npy['peer_s'])} | {ratio} |")
     return "\n".join(out) + ("\n\n" + "\n".join(timing) if len(timing) > 2 else "")
 
 

@@ -18,6 +18,7 @@ References:
 
 from .amortized import AmortizedGuide, group_features
 from .bijections import Bijection, bijection_for, ordered_vector
+from .fused import FusedStep
 from .guides import (
     AutoDiagNormal,
     AutoFlow,
@@ -49,6 +50,7 @@ __all__ = [
     "Standardize",
     "default_flow",
     "VI",
+    "FusedStep",
     "HierarchicalModel",
     "StructuredGuide",
     "HierarchicalVI",
