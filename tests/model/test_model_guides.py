@@ -142,7 +142,7 @@ def test_laplace_without_a_mode_raises():
 def test_flow_guide_defaults_and_custom_layers():
     model = _model()
     guide = AutoGuide(model, "flow")
-    assert guide.default_lr == 0.01 and AutoGuide(model, "full").default_lr == 0.02
+    assert guide.default_lr == 0.005 and AutoGuide(model, "full").default_lr == 0.02
     q = guide()
     assert q.transforms[-1] is guide.standardize
     z, log_q = q.rsample_and_log_prob((5,))
@@ -151,6 +151,19 @@ def test_flow_guide_defaults_and_custom_layers():
     assert len(custom().transforms) == 2
     with pytest.raises(ValueError, match="dim 2"):
         AutoFlow(model, transforms=[vt.flows.Planar(3)])
+
+
+def test_default_flow_starts_as_the_diagonal_gaussian_at_the_start_point():
+    # Zero-initialized output layers make every coupling the identity, so the untrained guide
+    # is exactly N(z0, init_scale^2 I): its log_prob must equal that Gaussian's (to rounding).
+    model = _model()
+    z0 = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    for layers in ("affine", "spline"):
+        torch.manual_seed(2)
+        q = AutoFlow(model, init_loc=z0, init_scale=0.3, layers=layers, dtype=torch.float64)()
+        z = z0 + torch.randn(50, 2, dtype=torch.float64)
+        expected = Normal(z0, 0.3).log_prob(z).sum(-1)
+        torch.testing.assert_close(q.log_prob(z), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_state_dict_round_trips_every_trainable_guide():
