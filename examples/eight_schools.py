@@ -10,7 +10,7 @@ known standard error ``sigma_j``.  The hierarchical model, in its non-centred fo
    builds the unconstrained space (``log tau``) and its Jacobian.
 2. Three ``AutoGuide`` s, each trained by ``vt.fit`` through ``VI`` with no data set:
    mean-field (``"diag"``), full-rank (``"full"``, sticking-the-landing gradients) and a
-   spline flow (``"flow"``); the Laplace approximation is printed as a baseline.
+   flow (``"flow"``: affine couplings started at the identity); the Laplace approximation is printed as a baseline.
 3. A reference posterior: a NUTS run with Pyro when it is installed (the plot says how
    long), else a Pareto-smoothed importance-sampling reference with the full-rank guide
    as proposal (its k-hat is printed; below 0.7 it is trustworthy).
