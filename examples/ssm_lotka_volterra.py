@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join("outputs", "ssm_lotka_volterra"))
     p.add_argument("--estimator", choices=("reparam", "stl"), default="reparam", help="ELBO gradient estimator")
     p.add_argument("--particles", type=int, default=4, help="K, particles per step")
-    p.add_argument("--steps", type=int, default=None, help="Adam steps (default 60 quick, 800 full)")
+    p.add_argument("--steps", type=int, default=None, help="Adam steps (default 20 quick, 800 full)")
     args = p.parse_args()
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
@@ -87,7 +87,7 @@ def main() -> None:
     vi = ssm.SSMVI(sde, guide, args.particles, estimator=estimator)
     theta_params = [guide.theta_loc, guide.theta_off, guide.theta_diag]
     opt = torch.optim.Adam([{"params": theta_params, "lr": 0.03}, {"params": guide.step.parameters(), "lr": 3e-3}])
-    steps = args.steps or (60 if args.quick else 800)
+    steps = args.steps or (20 if args.quick else 800)
     cosine = lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, steps)  # noqa: E731
     # One observed series: the data set is y[None] [1, J, 2], one sequence per batch.
     history = vt.fit(vi, y[None], optimizer=opt, scheduler=cosine, steps=steps, batch_size=1, seed=0, progress=False)
@@ -108,7 +108,9 @@ def main() -> None:
         axes[0].plot(t, x_true[:, i], "k--", lw=0.8)
         axes[0].plot(sde.obs_index * dt, y[:, i], "o", color=c, ms=4)
     axes[0].set_xlabel("time")
-    axes[0].set_title("posterior band (shaded), truth (dashed), observations (dots)")
+    axes[0].set_title(
+        "posterior band (shaded), truth (dashed), observations (dots)" + (" (quick smoke run)" if args.quick else "")
+    )
     axes[0].legend(fontsize=8)
     for i in range(3):
         axes[1].hist((theta[:, i] / TRUE_THETA[i]).numpy(), bins=30, alpha=0.5, label=f"theta{i + 1} / true")
