@@ -82,13 +82,17 @@ def build(args, data_dim: int, side: int) -> zoo.VAE:
     return zoo.VAE.mlp(data_dim, hidden=tuple(args.hidden), **options)
 
 
-def save_figures(model, history, test, side, out: pathlib.Path) -> None:
+def save_figures(model, history, test, side, out: pathlib.Path, suffix: str = "") -> None:
     from matplotlib.figure import Figure
 
-    zoo.save_image_grid(str(out / "samples.png"), model.sample(64), (side, side), title="samples (decoder means)")
+    zoo.save_image_grid(
+        str(out / "samples.png"), model.sample(64), (side, side), title="samples (decoder means)" + suffix
+    )
     x = test[:32]
     pairs = torch.stack([x, model.reconstruct(x)], 1).reshape(64, -1)
-    zoo.save_image_grid(str(out / "reconstructions.png"), pairs, (side, side), nrow=8, title="data | reconstruction")
+    zoo.save_image_grid(
+        str(out / "reconstructions.png"), pairs, (side, side), nrow=8, title="data | reconstruction" + suffix
+    )
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     steps, losses = history.column("step"), history.column("loss")
@@ -104,6 +108,7 @@ def save_figures(model, history, test, side, out: pathlib.Path) -> None:
         )
     ax.set_xlabel("step")
     ax.set_ylabel("nats per image")
+    ax.set_title("training loss" + suffix)
     ax.legend()
     fig.savefig(out / "loss.png", dpi=100, bbox_inches="tight")
 
@@ -181,7 +186,7 @@ def main(argv=None) -> dict:
         steps_per_second=round(len(history.steps) / train_s, 2),
         final_train_loss=history.steps[-1]["loss"],
     )
-    save_figures(model, history, test, side, out)
+    save_figures(model, history, test, side, out, " (quick smoke run)" if args.quick else "")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(
         f"test IWAE-{metrics['num_particles']} log-likelihood {metrics['log_likelihood']:.2f} nats, "

@@ -140,7 +140,7 @@ def write_json(path: pathlib.Path, rows: list[dict], args) -> None:
     path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
-def figure(rows: list[dict], path: pathlib.Path) -> None:
+def figure(rows: list[dict], path: pathlib.Path, title: str) -> None:
     """One row per model: the ELBO and the IWAE log-likelihood as two points joined by the gap."""
     from matplotlib.figure import Figure
 
@@ -155,6 +155,7 @@ def figure(rows: list[dict], path: pathlib.Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("nats per image (higher is better)")
     ax.legend(loc="best")
+    ax.set_title(title)
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
@@ -180,7 +181,7 @@ def main(argv=None) -> list[dict]:
         help="only the encoder-gradient variance at the seed's initial parameters (no training, no test metrics)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core box)")
-    p.add_argument("--quick", action="store_true", help="digits, 150 steps, K=10 rows, K=100 test")
+    p.add_argument("--quick", action="store_true", help="digits, 40 steps of batch 64, K=10 rows, K=50 test")
     p.add_argument("--out", default="outputs/vae_compare")
     p.add_argument("--table", default=None, help="markdown file (default vae_comparison.md under --out)")
     p.add_argument("--json", default=None, help="also write the rows and the settings to this JSON file")
@@ -194,8 +195,9 @@ def main(argv=None) -> list[dict]:
     torch.set_num_threads(args.threads)
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
     if args.quick:
-        args.data, args.steps, args.big_k, args.ll_particles, args.test_images = "digits", 150, 10, 100, 359
-        args.hidden, args.latent, args.grad_repeats = [64], 8, 4
+        # A smoke run: every row trains and is scored, briefly (CI runs it on every change).
+        args.data, args.steps, args.big_k, args.ll_particles, args.test_images = "digits", 40, 10, 50, 64
+        args.hidden, args.latent, args.grad_repeats, args.batch_size = [64], 8, 2, 64
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table_path = pathlib.Path(args.table or out / "vae_comparison.md")
@@ -276,7 +278,8 @@ def main(argv=None) -> list[dict]:
     if args.variance_at_init_only:
         print(json.dumps({r["name"]: r["grad_variance"]["init"]["trace"] for r in rows}))
         return rows
-    figure([r for r in rows if "failed" not in r], out / "comparison.png")
+    title = f"VAE zoo on {args.data}, {steps} Adam steps per model" + (" (quick smoke run)" if args.quick else "")
+    figure([r for r in rows if "failed" not in r], out / "comparison.png", title)
     print(f"table: {table_path}; figure: {out / 'comparison.png'}")
     lls = {r["name"]: round(r["log_likelihood"], 3) if "failed" not in r else None for r in rows}
     print(json.dumps({**lls, "quick_smoke_run_not_converged": args.quick}))
