@@ -141,8 +141,8 @@ def main():
     t0 = time.time()
 
     n_topics, vocab, length = 5, 50, 60
-    n_train, n_test = (1000, 300) if args.quick else (4000, 1000)
-    steps = 600 if args.quick else 4000
+    n_train, n_test = (500, 150) if args.quick else (4000, 1000)
+    steps = 200 if args.quick else 4000
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     counts, planted = make_corpus(n_train + n_test, n_topics, vocab, length, gen)
@@ -191,6 +191,8 @@ def main():
     axes[3].set_xlabel("step")
     axes[3].set_ylabel("training ELBO per token")
     axes[3].legend()
+    title = f"Dirichlet-latent topic VAE, {steps} steps: RSVI (B = {args.boost}) and implicit gradients"
+    fig.suptitle(title + (" (quick smoke run)" if args.quick else ""))
     fig.tight_layout()
     fig.savefig(out_dir / "topics.png", dpi=110)
     plt.close(fig)
