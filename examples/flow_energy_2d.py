@@ -175,7 +175,7 @@ def importance_log_z(u, module, n: int) -> float:
 # ---------------------------------------------------------------- figure
 
 
-def plot(results, modules, out_dir: pathlib.Path, grid_half=4.0, n=200):
+def plot(results, modules, out_dir: pathlib.Path, grid_half=4.0, n=200, suptitle=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,6 +201,8 @@ def plot(results, modules, out_dir: pathlib.Path, grid_half=4.0, n=200):
                 ax.set_ylabel(target)
             label = title if col == 0 else f"{title}\nELBO {results[target][title]['elbo']:.3f}"
             ax.set_title(label, fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     path = out_dir / "densities.png"
     fig.savefig(path, dpi=110)
@@ -265,7 +267,8 @@ def main():
                 f"IS log Z {iw:8.4f}   ({time.perf_counter() - t0:.1f} s)",
                 flush=True,
             )
-    path = plot(results, modules, out_dir)
+    smoke = f"Flows fitted by reverse KL, {steps} steps per fit (quick smoke run)" if args.quick else None
+    path = plot(results, modules, out_dir, suptitle=smoke)
     planar = ["planar-2", "planar-8", "planar-32"]
     tighter = {t: all(r[a]["elbo"] <= r[b]["elbo"] for a, b in zip(planar, planar[1:])) for t, r in results.items()}
     print(f"wrote {path}")

@@ -45,7 +45,7 @@ def load(seed: int):
     return (x[tr] - mu) / sd, y[tr], (x[te] - mu) / sd, y[te]
 
 
-def calibration_figure(p: torch.Tensor, y: torch.Tensor, path: Path, bins: int = 10) -> float:
+def calibration_figure(p: torch.Tensor, y: torch.Tensor, path: Path, bins: int = 10, suffix: str = "") -> float:
     """Reliability diagram and histogram of predicted probabilities; returns the expected calibration error."""
     edges = torch.linspace(0, 1, bins + 1)
     which = torch.bucketize(p, edges[1:-1])
@@ -62,7 +62,7 @@ def calibration_figure(p: torch.Tensor, y: torch.Tensor, path: Path, bins: int =
     ax1.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax1.plot(centres, freq, "o-", label="SVGP")
     ax1.set_ylabel("observed frequency of benign")
-    ax1.set_title(f"Calibration on held-out data (ECE {ece:.3f})")
+    ax1.set_title(f"Calibration on held-out data (ECE {ece:.3f})" + suffix)
     ax1.legend(loc="upper left")
     ax2.hist(p.numpy(), bins=edges.numpy(), color="C0", alpha=0.7)
     ax2.set_xlabel("predicted P(benign)")
@@ -99,7 +99,7 @@ def main() -> None:
     rate = y.mean()
     const_lp = torch.where(yt == 1, rate.log(), (1 - rate).log())
     acc = float(((prob > 0.5).double() == yt).double().mean())
-    ece = calibration_figure(prob, yt, args.out / "calibration.png")
+    ece = calibration_figure(prob, yt, args.out / "calibration.png", suffix=" (quick smoke run)" if args.quick else "")
     metrics = {
         "test_accuracy": acc,
         "test_nlpd": float(gp.nlpd(lp)),

@@ -56,7 +56,8 @@ def one_d(args, out: Path) -> dict:
     ax.scatter(x[:, 0], y, s=6, c="k", alpha=0.5, label="data")
     zz = model.inducing.detach()[:, 0]
     ax.scatter(zz, torch.full_like(zz, float(mean.min() - 2 * sd.max())), marker="^", c="C3", label="inducing")
-    ax.set_title(f"SGPR, M = {m}: bound {bound:.1f} vs exact log evidence {exact:.1f}")
+    title = f"SGPR, M = {m}: bound {bound:.1f} vs exact log evidence {exact:.1f}"
+    ax.set_title(title + (" (quick smoke run)" if args.quick else ""))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=7, ncol=5, frameon=False)
     fig.tight_layout()
     fig.savefig(out / "sgpr_1d.png", dpi=120)

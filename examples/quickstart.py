@@ -125,7 +125,8 @@ def main():
         ax.set_xlabel("step")
         ax.set_ylabel("ELBO (nats)")
         ax.set_ylim(min(history[len(history) // 10 :]) - 20, max(history) + 5)
-        ax.set_title("Bayesian logistic regression, full-rank Gaussian guide")
+        title = "Bayesian logistic regression, full-rank Gaussian guide"
+        ax.set_title(title + (" (quick smoke run)" if args.quick else ""))
         fig.tight_layout()
         fig.savefig(out_dir / "bound.png", dpi=120)
         plt.close(fig)
