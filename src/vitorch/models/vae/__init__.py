@@ -10,6 +10,7 @@ Example:
 
 from .ard import ARDVAE, ARDPrior
 from .discrete import CategoricalEncoder, DiscreteVAE, OneHotLatents
+from .encoders import DirichletEncoder, GaussianEncoder, IAFEncoder, SymmetricDirichletPrior
 from .evaluation import evaluate, iwae_log_likelihood, latent_means
 from .likelihoods import Bernoulli, Categorical, Gaussian, Likelihood, Poisson
 from .lipschitz import InverseLipschitzDecoder, MonotoneGradientMap
@@ -17,11 +18,7 @@ from .model import VAE
 from .networks import (
     ConvDecoder,
     ConvFeatures,
-    DirichletEncoder,
-    GaussianEncoder,
-    IAFEncoder,
     MLPDecoder,
-    SymmetricDirichletPrior,
     Tanh,
     mlp,
 )

@@ -39,15 +39,12 @@ from ..._autocast import full_precision
 from ...families import DiagNormal
 from ...loss import LossOutput, check, loss
 from ...mmd import mmd
+from .encoders import DirichletEncoder, GaussianEncoder, IAFEncoder, SymmetricDirichletPrior
 from .likelihoods import Bernoulli, Likelihood
 from .networks import (
     ConvDecoder,
     ConvFeatures,
-    DirichletEncoder,
-    GaussianEncoder,
-    IAFEncoder,
     MLPDecoder,
-    SymmetricDirichletPrior,
     Tanh,
 )
 

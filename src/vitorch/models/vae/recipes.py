@@ -23,10 +23,11 @@ from ... import estimators as E
 from ... import objectives as O
 from .ard import ARDVAE
 from .discrete import CategoricalEncoder, DiscreteVAE
+from .encoders import GaussianEncoder, SymmetricDirichletPrior
 from .likelihoods import Bernoulli
 from .lipschitz import InverseLipschitzDecoder
 from .model import VAE
-from .networks import GaussianEncoder, MLPDecoder, SymmetricDirichletPrior, Tanh
+from .networks import MLPDecoder, Tanh
 from .silent_vae import SilentVAE
 from .unscented_ae import UnscentedAE
 
