@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
     p.add_argument("--test-images", type=int, default=1000, help="test images scored by the IWAE bound")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core box)")
-    p.add_argument("--quick", action="store_true", help="a small run: at most 2,000 images, 10 epochs, K=100 test")
+    p.add_argument("--quick", action="store_true", help="a small run: at most 2,000 images, 3 epochs, K=100 test")
     p.add_argument(
         "--compile",
         action="store_true",
@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.epochs, args.ll_particles, args.test_images = min(args.epochs, 10), min(args.ll_particles, 100), 200
+        args.epochs, args.ll_particles, args.test_images = min(args.epochs, 3), min(args.ll_particles, 100), 200
     torch.manual_seed(args.seed)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -181,7 +181,7 @@ def main(argv=None) -> list[dict]:
         help="only the encoder-gradient variance at the seed's initial parameters (no training, no test metrics)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core box)")
-    p.add_argument("--quick", action="store_true", help="digits, 40 steps of batch 64, K=10 rows, K=50 test")
+    p.add_argument("--quick", action="store_true", help="digits, 25 steps of batch 64, K=10 rows, K=20 test")
     p.add_argument("--out", default="outputs/vae_compare")
     p.add_argument("--table", default=None, help="markdown file (default vae_comparison.md under --out)")
     p.add_argument("--json", default=None, help="also write the rows and the settings to this JSON file")
@@ -196,7 +196,7 @@ def main(argv=None) -> list[dict]:
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
     if args.quick:
         # A smoke run: every row trains and is scored, briefly (CI runs it on every change).
-        args.data, args.steps, args.big_k, args.ll_particles, args.test_images = "digits", 40, 10, 50, 64
+        args.data, args.steps, args.big_k, args.ll_particles, args.test_images = "digits", 25, 10, 20, 64
         args.hidden, args.latent, args.grad_repeats, args.batch_size = [64], 8, 2, 64
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
