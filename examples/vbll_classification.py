@@ -138,7 +138,7 @@ def main():
     torch.set_num_threads(1)  # tiny networks: a second thread only adds contention
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    steps = 100 if args.quick else 4000
+    steps = 60 if args.quick else 4000
     x_tr, y_tr, x_te, y_te, x_ood = load_digits()
     suffix = " (quick smoke run)" if args.quick else ""
     d, n = x_tr.shape[1], len(y_tr)

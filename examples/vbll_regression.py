@@ -277,7 +277,7 @@ def main():
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     # 1000 is the benchmark's budget (longer runs overfit diabetes); the smoke run only checks the code paths.
-    steps = 60 if args.quick else 1000
+    steps = 30 if args.quick else 1000
     splits = 1 if args.quick else 5
 
     suffix = " (quick smoke run)" if args.quick else ""
@@ -293,7 +293,7 @@ def main():
     for k, (nll, rmse) in summary.items():
         print(f"diabetes median over {splits} split(s): {k:>16}  NLL {nll:.3f}  RMSE {rmse:.3f}")
 
-    gaps, seconds = objectives(out_dir, trained, 40 if args.quick else 2000, suffix)
+    gaps, seconds = objectives(out_dir, trained, 25 if args.quick else 2000, suffix)
     for k in gaps:
         print(f"frozen features: {k:>20}: ELBO - log Z = {gaps[k]:.3f} after training ({seconds[k]:.2f} s)")
 
