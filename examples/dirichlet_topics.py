@@ -141,8 +141,8 @@ def main():
     t0 = time.time()
 
     n_topics, vocab, length = 5, 50, 60
-    n_train, n_test = (500, 150) if args.quick else (4000, 1000)
-    steps = 200 if args.quick else 4000
+    n_train, n_test = (300, 100) if args.quick else (4000, 1000)
+    steps = 100 if args.quick else 4000
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     counts, planted = make_corpus(n_train + n_test, n_topics, vocab, length, gen)

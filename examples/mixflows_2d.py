@@ -142,10 +142,10 @@ def main():
     torch.set_default_dtype(torch.float64)
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    q0_steps = 100 if args.quick else 600
-    ns = (1, 10, 30) if args.quick else (1, 10, 50, 200)
+    q0_steps = 60 if args.quick else 600
+    ns = (1, 5, 15) if args.quick else (1, 10, 50, 200)
     leapfrog, step = (5, 0.1) if args.quick else (10, 0.05)
-    draws = 200 if args.quick else 2000
+    draws = 100 if args.quick else 2000
     t_start = time.perf_counter()
     results, samples, densities = {}, {}, {}
     for name, (lp, mean, var, _) in TARGETS.items():

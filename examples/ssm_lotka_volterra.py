@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join("outputs", "ssm_lotka_volterra"))
     p.add_argument("--estimator", choices=("reparam", "stl"), default="reparam", help="ELBO gradient estimator")
     p.add_argument("--particles", type=int, default=4, help="K, particles per step")
-    p.add_argument("--steps", type=int, default=None, help="Adam steps (default 20 quick, 800 full)")
+    p.add_argument("--steps", type=int, default=None, help="Adam steps (default 10 quick, 800 full)")
     args = p.parse_args()
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
@@ -87,7 +87,7 @@ def main() -> None:
     vi = ssm.SSMVI(sde, guide, args.particles, estimator=estimator)
     theta_params = [guide.theta_loc, guide.theta_off, guide.theta_diag]
     opt = torch.optim.Adam([{"params": theta_params, "lr": 0.03}, {"params": guide.step.parameters(), "lr": 3e-3}])
-    steps = args.steps or (20 if args.quick else 800)
+    steps = args.steps or (10 if args.quick else 800)
     cosine = lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, steps)  # noqa: E731
     # One observed series: the data set is y[None] [1, J, 2], one sequence per batch.
     history = vt.fit(vi, y[None], optimizer=opt, scheduler=cosine, steps=steps, batch_size=1, seed=0, progress=False)

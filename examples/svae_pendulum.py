@@ -115,7 +115,7 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     torch.set_default_dtype(torch.float32)
     gen = torch.Generator().manual_seed(0)
-    n_train, n_test, T, steps = (32, 16, 20, 25) if args.quick else (256, 64, 30, 1500)
+    n_train, n_test, T, steps = (32, 16, 20, 15) if args.quick else (256, 64, 30, 1500)
     y_train, y_test = simulate(n_train, T, gen), simulate(n_test, T, gen)
     t0 = T - HORIZON
 
