@@ -40,5 +40,13 @@ def test_example_quick_run(script, tmp_path):
     assert figures, f"{script.name} wrote no PNG under --out"
 
 
+@pytest.mark.examples
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
+def test_example_marks_quick_figures(script):
+    # A reader of the PNG never sees the metrics line: a smoke run's figure title says what it is.
+    # (A source check: the titles themselves are inside the figures.)
+    assert "(quick smoke run)" in script.read_text(), f"{script.name}: no figure title says (quick smoke run)"
+
+
 def test_every_example_is_smoke_tested():
     assert EXAMPLES and all(p.suffix == ".py" for p in EXAMPLES)
