@@ -38,6 +38,7 @@ import types
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 from torch.func import functional_call, grad_and_value
 
 __all__ = ["FusedStep"]
@@ -127,7 +128,14 @@ class FusedStep:
 
     def __call__(self) -> Tensor:
         """One step; returns the loss (0-d) at the parameters before the update."""
-        return self._compiled()
+        # torch.distributions' argument checks are data-dependent branches that Dynamo cannot
+        # always trace (and a compiled graph would not keep); the model checked its start point.
+        old = Distribution._validate_args
+        Distribution.set_default_validate_args(False)
+        try:
+            return self._compiled()
+        finally:
+            Distribution.set_default_validate_args(old)
 
     def __repr__(self) -> str:
         return f"FusedStep(lr={self.lr}, params={list(self.params)})"
