@@ -164,10 +164,14 @@ def _compare(data, models: dict, s: Settings, steps: int, repeats: int, warmup: 
     return times, nll
 
 
+PARTS = ["homoscedastic", "heteroscedastic", "compiled"]
+
+
 def main():
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=None, help="training steps (1000; 100 with --quick)")
     p.add_argument("--select", action="store_true", help="score every recipe's settings on a validation split")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, help="which comparisons to run")
     args = p.parse_args()
     setup(args)
     steps = args.steps or (100 if args.quick else 1000)
@@ -181,7 +185,7 @@ def main():
     ridge = bayesian_ridge_nll(data)
     missing = {"skipped": _vbll_missing} if vbll is None else {}
     peers = {"mlp": MLPModel, **({"vbll": PeerModel} if vbll is not None else {})}
-    for label, s in configs.items():
+    for label, s in configs.items() if "homoscedastic" in args.parts else ():
         # the refits run at the setting chosen for them on the validation split (CHOSEN)
         refits = REFITS if label == "chosen" else {}
         times, nll = _compare(data, {"vitorch": VitorchModel, **refits, **peers}, s, steps, repeats, warmup)
@@ -197,8 +201,9 @@ def main():
             )  # fmt: skip
             report("vbll", name, times[recipe], "gaussian_mlp_head", times["mlp"], vitorch_nll=nll[recipe],
                    peer_nll=nll["mlp"], **common)  # fmt: skip
-    heteroscedastic(data, steps, repeats, warmup, ridge, quick=args.quick)
-    if not args.quick:
+    if "heteroscedastic" in args.parts:
+        heteroscedastic(data, steps, repeats, warmup, ridge, quick=args.quick)
+    if "compiled" in args.parts and not args.quick:
         compiled(data, steps, repeats, warmup, ridge)
 
 
