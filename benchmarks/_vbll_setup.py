@@ -222,7 +222,7 @@ class HeteroscedasticDenseModel(HeteroscedasticModel):
 
 
 class PeerModel(nn.Module):
-    fullgraph = False  # the vbll package's layers break Dynamo's graph: compiled in pieces
+    fullgraph = False  # the vbll package's layers break Dynamo's graph
 
     def __init__(self, d_in, n, s: Settings):
         super().__init__()

@@ -213,9 +213,10 @@ def compiled(data, steps: int, repeats: int, warmup: int, ridge: float) -> None:
     For the homoscedastic head at :data:`CHOSEN` and the validation-chosen heteroscedastic
     head (dense ``q(U)``) at :data:`CHOSEN_HETEROSCEDASTIC`, timed together in one loop:
     vitorch compiled and eager (torch's default ``AdamW``), the ``vbll`` package eager with
-    torch's default and fused ``AdamW`` and compiled the same way (its layers break Dynamo's
-    graph, so it is compiled in pieces), and the MLP head compiled.  Each line names how
-    both sides ran (``vitorch_mode``, ``peer_mode``).
+    torch's default and fused ``AdamW``, and the MLP head compiled.  Each line names how both
+    sides ran (``vitorch_mode``, ``peer_mode``).  The ``vbll`` package is not compiled: its
+    layers break Dynamo's graph, and the pieces fail in AOTAutograd with torch 2.13 (a
+    ``RuntimeError`` from the alias handling of a graph output; reported as skipped).
     """
     if vbll is None:
         report("vbll", "compiled", None, "vbll", None, skipped=_vbll_missing)
@@ -236,7 +237,6 @@ def compiled(data, steps: int, repeats: int, warmup: int, ridge: float) -> None:
             "vitorch eager": (mine, s),
             "vbll eager": (peer, s),
             "vbll fused": (peer, fused),
-            "vbll compiled": (peer, comp),
             "mlp compiled": (MLPModel, comp),
         }
         times, nll = _compare(data, models, s, steps, repeats, warmup)
@@ -246,11 +246,12 @@ def compiled(data, steps: int, repeats: int, warmup: int, ridge: float) -> None:
         for name, peer_name, mode in (
             ("vbll eager", "vbll", "eager"),
             ("vbll fused", "vbll", "fused"),
-            ("vbll compiled", "vbll", "compiled"),
             ("mlp compiled", "gaussian_mlp_head", "compiled"),
         ):
             report("vbll", f"{case} vs {mode}", times["vitorch compiled"], peer_name, times[name],
                    peer_mode=modes[mode], vitorch_nll=nll["vitorch compiled"], peer_nll=nll[name], **extra)  # fmt: skip
+        reason = "torch.compile of the vbll package fails in AOTAutograd (torch 2.13): RuntimeError, invalid view shape"
+        report("vbll", f"{case} vs compiled", times["vitorch compiled"], "vbll", None, skipped=reason)
 
 
 def heteroscedastic(data, steps: int, repeats: int, warmup: int, ridge: float, quick: bool = False) -> None:
