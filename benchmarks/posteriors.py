@@ -5,24 +5,27 @@ For each model of ``benchmarks/reference/models.py`` and each guide family (``di
 same number of steps and particles, with Adam at the same learning rate:
 
 * vitorch eager: ``AutoGuide`` + ``VI`` (ELBO, reparameterization gradients), one
-  ``loss.backward(); opt.step()`` per step;
+  ``loss.backward(); opt.step()`` per step with torch's fused Adam (what ``vt.fit`` builds);
 * Pyro: ``AutoNormal`` / ``AutoMultivariateNormal`` / ``AutoIAFNormal`` with
   ``Trace_ELBO`` on ``models.pyro_model`` (improper-uniform sites and the same log
   joint through a factor; ``AutoIAFNormal`` ignores the start);
-* vitorch compiled: the same ``VI`` trained by ``vitorch.training.compile_step`` (its
-  first call compiles, untimed);
+* vitorch compiled: the same ``VI`` trained by ``VI.fused_step`` (draw, density,
+  gradient and Adam's update in one compiled call), or with ``--compiled compile_step``
+  by ``vitorch.training.compile_step`` (compiled forward, autograd backward, fused
+  Adam); the first call compiles, untimed, and Dynamo is reset before each fit;
 * NumPyro: ``SVI`` with ``AutoNormal`` / ``AutoMultivariateNormal`` / ``AutoIAFNormal``
   on ``numpyro_models.numpyro_model(name)`` (checked equal to ``model.log_density`` by
   ``reference/nuts.py``), ``jax.jit(svi.update)`` (its first call compiles, untimed).
 
 Each step is timed on its own and the median per step is reported; the accuracy checks
-(10 per fit, 4000 draws each) are not timed.  Eager vitorch and Pyro are compared on the
-clock the harness reads (thread CPU time with ``--cpu-time``); compiled vitorch and
-NumPyro on the wall clock, because XLA may run a computation on a thread other than the
-caller's (set ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1"``, which this script does when it is unset).  Their lines
-also carry both sides' process CPU time (every thread of the process: robust to other jobs
-on the machine, and it counts XLA's worker threads).
+(10 per fit, 4000 draws each) are not timed.  A fit whose loss or draws stop being
+finite, or whose step raises, is reported as diverged (``*_diverged_at_step``,
+``*_error``) and the run goes on.  Eager vitorch and Pyro are compared on the clock the
+harness reads (thread CPU time with ``--cpu-time``); compiled vitorch and NumPyro on
+process CPU time (every thread of the process: XLA may run a computation on a thread
+other than the caller's; set ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1"``, which this script does when it is unset), with both
+sides' wall-clock medians alongside.
 
 The fitted guide's draws, mapped to the constrained scalars, are compared with the NUTS
 reference ``benchmarks/reference/<model>.json`` (written by ``reference/nuts.py``):
@@ -35,7 +38,7 @@ One JSON line per (model, guide, peer) in the harness's format
 ``--table-from results.jsonl`` prints the Markdown table of a saved run instead.
 
     python benchmarks/posteriors.py [--quick] [--models a,b] [--guides diag,full,flow] [--steps 2000]
-        [--peers pyro,numpyro] [--threads 1 --cpu-time]
+        [--peers pyro,numpyro] [--compiled fused|compile_step] [--threads 1 --cpu-time]
 
 References:
     Kucukelbir et al., *Automatic Differentiation Variational Inference* (JMLR 2017);
