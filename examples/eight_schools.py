@@ -109,7 +109,7 @@ def compare(draws: torch.Tensor, ref: torch.Tensor) -> dict:
     return {"max_mean_error_sd": round(err, 3), "median_sd_ratio": round(ratio, 3)}
 
 
-def plot(out_dir: pathlib.Path, results: dict, ref: torch.Tensor, ref_label: str) -> None:
+def plot(out_dir: pathlib.Path, results: dict, ref: torch.Tensor, ref_label: str, quick: bool) -> None:
     try:
         import matplotlib
 
@@ -118,6 +118,7 @@ def plot(out_dir: pathlib.Path, results: dict, ref: torch.Tensor, ref_label: str
     except ImportError:
         print("matplotlib is not installed; skipping the figures (pip install vitorch[examples])")
         return
+    smoke = " (quick smoke run)" if quick else ""
     colors = {"reference": "black", "diag": "tab:blue", "full": "tab:orange", "flow": "tab:green"}
     fig, ax = plt.subplots(figsize=(8, 4.5))
     series = {"reference": ref, **{k: v["draws"] for k, v in results.items()}}
@@ -128,7 +129,7 @@ def plot(out_dir: pathlib.Path, results: dict, ref: torch.Tensor, ref_label: str
         ax.errorbar(x, mid, yerr=[mid - lo, hi - mid], fmt="o", ms=3, color=colors[name], label=label, capsize=2)
     ax.set_xticks(range(len(SCALARS)), SCALARS, rotation=30)
     ax.set_ylabel("posterior median and 90% interval")
-    ax.set_title("Eight schools (non-centred): automatic guides against the reference")
+    ax.set_title("Eight schools (non-centred): automatic guides against the reference" + smoke)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "intervals.png", dpi=120)
@@ -140,6 +141,7 @@ def plot(out_dir: pathlib.Path, results: dict, ref: torch.Tensor, ref_label: str
     for name, v in results.items():
         tau = v["draws"][:, 1].clamp_max(25)
         ax.hist(tau, bins=bins, density=True, histtype="step", color=colors[name], label=name)
+    ax.set_title("Group scale tau" + smoke)
     ax.set_xlabel("tau (values above 25 shown at 25)")
     ax.set_ylabel("density")
     ax.legend(fontsize=7)
@@ -182,7 +184,7 @@ def main():
 
     print("\nfull-rank guide, summary (mean, sd, quantiles over q's draws; importance ESS and k-hat):")
     print(results["full"]["post"].summary())
-    plot(out_dir, results, ref, ref_label)
+    plot(out_dir, results, ref, ref_label, args.quick)
 
     metrics = {"example": "eight_schools", "steps": steps, "reference": ref_label}
     for kind, r in results.items():

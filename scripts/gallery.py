@@ -96,7 +96,7 @@ def _short(value):
 
 
 def section(script: pathlib.Path, record: dict) -> str:
-    items = record["metrics"].items()
+    items = sorted(record["metrics"].items())  # the same order whether fresh or read back from runs.json
     metrics = ", ".join(
         f"`{k}`: {_short(v)}" for k, v in items if k not in ("quick_smoke_run_not_converged", "example")
     )
