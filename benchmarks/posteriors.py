@@ -153,11 +153,14 @@ def train(step, evaluate, steps: int, clock: str = "harness") -> dict:
     }
 
 
-def run_vitorch(model: Model, kind: str, steps: int, particles: int, lr: float, ref: dict, variant: str) -> dict:
+def run_vitorch(
+    model: Model, kind: str, steps: int, particles: int, lr: float, ref: dict, variant: str, seed: int = 0
+) -> dict:
     """One fit; ``variant``: ``"eager"`` (``vt.fit``'s step: fused Adam, autograd), ``"fused"``
     (``VI.fused_step``: the whole step one compiled call) or ``"compile_step"``
-    (``vitorch.training.compile_step``: compiled forward, autograd backward, fused Adam)."""
-    torch.manual_seed(0)
+    (``vitorch.training.compile_step``: compiled forward, autograd backward, fused Adam).
+    ``seed`` seeds the draws (and a flow's initial inner weights), never the start point."""
+    torch.manual_seed(seed)
     guide = AutoGuide(model, kind)
     vi = VI(model, guide, particles)
     if variant != "eager":
@@ -192,12 +195,12 @@ def run_vitorch(model: Model, kind: str, steps: int, particles: int, lr: float, 
     return train(one, evaluate, steps, "harness" if variant == "eager" else "process")
 
 
-def run_pyro(model: Model, kind: str, steps: int, particles: int, lr: float, ref: dict) -> dict:
+def run_pyro(model: Model, kind: str, steps: int, particles: int, lr: float, ref: dict, seed: int = 0) -> dict:
     import pyro
     from pyro.infer import SVI, Trace_ELBO, autoguide
 
     pyro.clear_param_store()
-    pyro.set_rng_seed(0)
+    pyro.set_rng_seed(seed)
     fn = pyro_model(model)
     init = {k: v[0] for k, v in model.constrain(model.init().unsqueeze(0)).items()}
     options = {} if kind == "flow" else {"init_loc_fn": autoguide.init_to_value(values=init)}  # IAF ignores it
@@ -226,7 +229,9 @@ def _unpack(guide, z: torch.Tensor):
         yield site, biject_to(site["fn"].support)(unconstrained)
 
 
-def run_numpyro(name: str, model: Model, kind: str, steps: int, particles: int, lr: float, ref: dict) -> dict:
+def run_numpyro(
+    name: str, model: Model, kind: str, steps: int, particles: int, lr: float, ref: dict, seed: int = 0
+) -> dict:
     import jax
     import numpy as np
     import numpyro
@@ -244,7 +249,7 @@ def run_numpyro(name: str, model: Model, kind: str, steps: int, particles: int, 
     guide = getattr(autoguide, PYRO_GUIDES[kind])(fn, **options)
     svi = SVI(fn, guide, numpyro.optim.Adam(lr), Trace_ELBO(num_particles=particles))
     update = jax.jit(svi.update)
-    state = [svi.init(jax.random.PRNGKey(0))]
+    state = [svi.init(jax.random.PRNGKey(seed))]
     state[0], loss = update(state[0])  # compiles, untimed; counted as one of the steps
     loss.block_until_ready()
 
@@ -254,7 +259,8 @@ def run_numpyro(name: str, model: Model, kind: str, steps: int, particles: int, 
 
     def evaluate():
         params = svi.get_params(state[0])
-        draws = guide.sample_posterior(jax.random.PRNGKey(1), params, sample_shape=(NUM_DRAWS,))
+        key = jax.random.PRNGKey(1 + 1000 * seed)  # seed 0: the key of earlier runs' checks
+        draws = guide.sample_posterior(key, params, sample_shape=(NUM_DRAWS,))
         flat = np.concatenate([np.asarray(draws[k]).reshape(NUM_DRAWS, -1) for k in names], -1)
         return accuracy(torch.from_numpy(flat), ref)
 
