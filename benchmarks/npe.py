@@ -18,7 +18,13 @@ Matched settings (both sides):
 * Adam, learning rate 5e-4, batch 200, 10% validation split, early stopping after 20
   epochs without improvement, best weights restored, gradient norm clipped at 5;
   at most ``--max-epochs`` epochs, and at most ``--large-epochs`` at budgets of
-  100,000 simulations and more (both libraries alike; ``max_epochs`` in each line);
+  100,000 simulations and more (both libraries alike; ``max_epochs`` in each line).
+  sbi 0.21's loop runs while ``epoch <= max_num_epochs``, one epoch more than its
+  ``max_num_epochs``, so it is passed ``cap - 1`` and both sides train ``cap`` epochs
+  (``epochs_vitorch`` and ``epochs_sbi`` in each line show it).  Early stopping is the
+  same rule on both sides (stop after ``patience`` epochs without a better held-out
+  ``log q``); a run that reaches the cap keeps its last weights in sbi and its best
+  held-out weights in vitorch;
 * the same training pairs (prior draws and simulations, seeded).
 
 Differences that remain: sbi samples its flow on R^D and rejects samples outside a
@@ -131,7 +137,7 @@ def sbi_run(sbi_inference, posterior_nn, prior, theta, x, x_o, n_samples, max_ep
             learning_rate=LR,
             validation_fraction=VAL,
             stop_after_epochs=PATIENCE,
-            max_num_epochs=max_epochs,
+            max_num_epochs=max_epochs - 1,  # sbi's loop trains max_num_epochs + 1 epochs
             clip_max_norm=CLIP,
         )
     elapsed = _clock() - t0
