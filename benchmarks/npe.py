@@ -32,6 +32,15 @@ bounded prior's support (leakage); vitorch maps the flow onto the support throug
 prior's bijection, so it has no leakage.  The affine maps' scale functions differ
 (nflows: sigmoid, vitorch: soft-clamped exp).
 
+Beside C2ST, which scores one observation, each line has ``heldout_log_q_vitorch`` and
+``heldout_log_q_sbi``: the mean ``log q(theta | x)`` over ``--heldout`` fresh pairs from
+the prior and simulator (the same pairs for both, drawn once per task, independent of
+``--seed``).  Its difference between the libraries estimates the difference of their
+expected ``KL(p(theta | x) || q(theta | x))`` over ``x`` from the prior predictive, with a
+standard error (``heldout_diff_se``) from the paired differences.  For a bounded prior
+sbi's value is its flow's density before the leakage correction (a lower bound on its
+posterior's); vitorch's flow lives on the support.
+
 Each line: ``{"bench": "npe", "case": "<task>/sims=<n>", "vitorch_s", "peer": "sbi",
 "peer_s", "ratio", "metric": "c2st", "vitorch", "peer_value", ...}`` where the times are
 the training call (one run each, not a median: training to convergence is too long to
@@ -90,7 +99,7 @@ def _cpu_with_children():
     return time.thread_time() + children.ru_utime + children.ru_stime
 
 
-def vitorch_run(prior, theta, x, x_o, n_samples, max_epochs, seed, compile=False):
+def vitorch_run(prior, theta, x, x_o, n_samples, max_epochs, seed, compile=False, heldout=None):
     torch.manual_seed(seed)
     npe = NPE(prior, tuple(x.shape[1:]), flow="maf", transforms=TRANSFORMS, hidden=(HIDDEN,) * 3, activation=nn.Tanh)
     clock = _cpu_with_children if compile else _clock
@@ -116,10 +125,20 @@ def vitorch_run(prior, theta, x, x_o, n_samples, max_epochs, seed, compile=False
         samples = npe.posterior(x_o).sample((n_samples,))
     params = sum(p.numel() for p in npe.parameters())
     compile_s = first_step[0] - t0 if first_step else None
-    return samples, elapsed, epochs, params, compile_s
+    log_q = _chunked(npe.log_prob, heldout)
+    return samples, elapsed, epochs, params, compile_s, log_q
 
 
-def sbi_run(sbi_inference, posterior_nn, prior, theta, x, x_o, n_samples, max_epochs, seed):
+def _chunked(log_prob, heldout, rows=5000):
+    """``log_prob(theta, x)`` ``[N]`` over the held-out pairs in chunks (``None`` without pairs)."""
+    if heldout is None:
+        return None
+    theta, x = heldout
+    with torch.no_grad():
+        return torch.cat([log_prob(theta[i : i + rows], x[i : i + rows]) for i in range(0, len(theta), rows)])
+
+
+def sbi_run(sbi_inference, posterior_nn, prior, theta, x, x_o, n_samples, max_epochs, seed, heldout=None):
     torch.manual_seed(seed)
     builder = posterior_nn(
         model="maf",
@@ -145,7 +164,8 @@ def sbi_run(sbi_inference, posterior_nn, prior, theta, x, x_o, n_samples, max_ep
     posterior = inference.build_posterior(estimator)
     samples = posterior.sample((n_samples,), x=x_o, show_progress_bars=False)
     params = sum(p.numel() for p in estimator.parameters())
-    return samples, elapsed, epochs, params
+    log_q = _chunked(lambda t, c: estimator.log_prob(t, context=c), heldout)
+    return samples, elapsed, epochs, params, log_q
 
 
 def prior_for_warmup():
@@ -183,6 +203,7 @@ def main():
     p.add_argument("--c2st-epochs", type=int, default=None, help="classifier epoch cap (sbibm: 10000)")
     p.add_argument("--compile", action="store_true", help="add a line per case for vitorch with compile=True")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heldout", type=int, default=None, help="held-out pairs for the mean log q (default 10000)")
     args = p.parse_args()
     setup(args)
     tasks = args.tasks or (["two_moons", "gaussian_linear"] if args.quick else TASKS)
@@ -190,6 +211,7 @@ def main():
     n_c2st = args.c2st_samples or (500 if args.quick else 2000)
     max_epochs = args.max_epochs or (30 if args.quick else 1000)
     c2st_epochs = args.c2st_epochs or (50 if args.quick else 10000)
+    n_heldout = args.heldout or (1000 if args.quick else 10000)
     sbibm, why = try_import("sbibm")
     if sbibm is None:
         for task in tasks:
@@ -207,12 +229,17 @@ def main():
         prior, simulator = task.get_prior_dist(), task.get_simulator()
         x_o = task.get_observation(num_observation=1)[0]
         reference = task.get_reference_posterior_samples(num_observation=1)[:n_c2st]
+        torch.manual_seed(2**31 - 1)  # the same held-out pairs whatever --seed
+        theta_h = prior.sample((n_heldout,))
+        heldout = (theta_h, simulator(theta_h))
         for n in budgets:
             torch.manual_seed(args.seed + n)
             theta = prior.sample((n,))
             x = simulator(theta)
             epochs_cap = min(max_epochs, args.large_epochs) if n >= 100_000 else max_epochs
-            s_v, t_v, e_v, p_v, _ = vitorch_run(prior, theta, x, x_o, n_c2st, epochs_cap, args.seed)
+            s_v, t_v, e_v, p_v, _, lq_v = vitorch_run(
+                prior, theta, x, x_o, n_c2st, epochs_cap, args.seed, heldout=heldout
+            )
             c_v = c2st(reference, s_v, seed=1, backend=C2ST_BACKEND, max_epochs=c2st_epochs)
             extra = dict(
                 metric="c2st",
@@ -229,6 +256,9 @@ def main():
                 batch=BATCH,
                 max_epochs=epochs_cap,
                 c2st_max_epochs=c2st_epochs,
+                heldout_log_q_vitorch=float(lq_v.mean()),
+                heldout_pairs=n_heldout,
+                seed=args.seed,
             )
             if sbibm_c2st is not None and not args.quick:
                 # Once: vitorch's c2st(backend="sklearn") beside sbibm.metrics.c2st on the same samples.
@@ -237,22 +267,33 @@ def main():
             if sbi_ok is None:
                 report("npe", f"{name}/sims={n}", t_v, "sbi", None, skipped=why_sbi, peer_value=None, **extra)
                 continue
-            s_p, t_p, e_p, p_p = sbi_run(
-                sbi_inference, posterior_nn, prior, theta, x, x_o, n_c2st, epochs_cap, args.seed
+            s_p, t_p, e_p, p_p, lq_p = sbi_run(
+                sbi_inference, posterior_nn, prior, theta, x, x_o, n_c2st, epochs_cap, args.seed, heldout
             )
             c_p = c2st(reference, s_p, seed=1, backend=C2ST_BACKEND, max_epochs=c2st_epochs)
-            peer = dict(epochs_sbi=e_p, s_per_epoch_sbi=t_p / max(e_p, 1), params_sbi=p_p, peer_value=c_p)
+            diff = lq_v - lq_p
+            peer = dict(
+                epochs_sbi=e_p,
+                s_per_epoch_sbi=t_p / max(e_p, 1),
+                params_sbi=p_p,
+                peer_value=c_p,
+                heldout_log_q_sbi=float(lq_p.mean()),
+                heldout_diff_se=float(diff.std() / math.sqrt(len(diff))),
+            )
             per_epoch = (t_p / max(e_p, 1)) / (t_v / max(e_v, 1))
             report("npe", f"{name}/sims={n}", t_v, "sbi", t_p, per_epoch_ratio=per_epoch, **peer, **extra)
             if not args.compile:
                 continue
-            s_c, t_c, e_c, _, compile_s = vitorch_run(prior, theta, x, x_o, n_c2st, epochs_cap, args.seed, True)
+            s_c, t_c, e_c, _, compile_s, lq_c = vitorch_run(
+                prior, theta, x, x_o, n_c2st, epochs_cap, args.seed, True, heldout
+            )
             c_c = c2st(reference, s_c, seed=1, backend=C2ST_BACKEND, max_epochs=c2st_epochs)
             steady = (t_c - compile_s) / max(e_c, 1)
             compiled = dict(
                 extra,
                 vitorch=c_c,
                 epochs_vitorch=e_c,
+                heldout_log_q_vitorch=float(lq_c.mean()),
                 s_per_epoch_vitorch=steady,
                 compile_s=compile_s,
                 ratio_excluding_compile=t_p / (t_c - compile_s),
