@@ -11,6 +11,7 @@ import torch
 from torch.distributions import HalfCauchy, Normal
 from torch.distributions import constraints as C
 
+import vitorch as vt
 from vitorch.model import VI, AutoGuide, FusedStep, Model, Site
 
 REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "reference" / "eight_schools_noncentered.json"
@@ -28,17 +29,21 @@ def _eight_schools_noncentered() -> Model:
     return Model(log_joint, {"mu": Site(), "tau": Site(constraint=C.positive), "eta": Site(shape=(8,))})
 
 
-def test_fused_step_is_torch_adam():
+@pytest.mark.parametrize(("kind", "estimator"), [("diag", "reparam"), ("full", "stl"), ("full", "dreg")])
+def test_fused_step_is_torch_adam(kind, estimator):
     # Same seed per step -> same particles (torch's generator); the update is Adam's to rounding,
     # so after 15 steps the parameters agree to float64 rounding, far below any one step's size.
+    # The full-rank STL and DReG pairs trace the stopped-parameter density's triangular solve.
     model = _eight_schools_noncentered()
     torch.manual_seed(0)
-    eager = VI(model, AutoGuide(model, "diag", dtype=torch.float64), 2)
-    fused = VI(model, AutoGuide(model, "diag", dtype=torch.float64), 2)
+    est = getattr(vt.estimators, estimator)
+    objective = vt.objectives.iwae if estimator == "dreg" else vt.objectives.elbo
+    eager = VI(model, AutoGuide(model, kind, dtype=torch.float64), 2, objective, est)
+    fused = VI(model, AutoGuide(model, kind, dtype=torch.float64), 2, objective, est)
     fused.guide.load_state_dict(eager.guide.state_dict())
     opt = torch.optim.Adam(eager.parameters(), lr=0.02)
     step = fused.fused_step(backend="aot_eager")  # Inductor's code generation is covered by the benchmark
-    assert step.lr == 0.02  # the guide's default_lr
+    assert step.lr == fused.default_lr
     for i in range(15):
         torch.manual_seed(100 + i)
         loss = step()

@@ -42,12 +42,13 @@ def _apply(op: Callable[[Tensor, Tensor], Tensor], m: Tensor, x: Tensor) -> Tens
     # rest (where it is shared) become columns.
     kept = [i for i in range(n) if m_batch[i] != 1]
     folded = [i for i in range(n) if m_batch[i] == 1]
-    n_kept = math.prod(full[i] for i in kept)
-    n_folded = math.prod(full[i] for i in folded)
+    # Lists, not generator expressions: torch.compile traces lists but not generators.
+    n_kept = math.prod([full[i] for i in kept])
+    n_folded = math.prod([full[i] for i in folded])
     x = x.expand(*full, e).permute(*kept, n, *folded).reshape(n_kept, e, n_folded)
     y = op(m.reshape(n_kept, *m.shape[-2:]), x)  # [n_kept, D, n_folded]
     d = y.shape[1]
-    y = y.reshape(*(full[i] for i in kept), d, *(full[i] for i in folded))
+    y = y.reshape(*[full[i] for i in kept], d, *[full[i] for i in folded])
     # Undo the permutation: position j of ``order`` holds the source dimension of output dimension j.
     order = kept + [n] + folded
     inverse = [order.index(j) for j in range(n + 1)]
