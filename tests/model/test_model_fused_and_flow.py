@@ -69,6 +69,9 @@ def test_fused_step_bad_input():
         FusedStep(lambda: None, lr=0.01)
     with pytest.raises(ValueError, match="no parameters"):
         FusedStep(torch.nn.Linear(2, 2).requires_grad_(False), lr=0.01)
+    flow_stl = VI(model, AutoGuide(model, "flow"), estimator=vt.estimators.stl)
+    with pytest.raises(ValueError, match="flow guide with stl"):
+        flow_stl.fused_step()
 
 
 @pytest.mark.slow

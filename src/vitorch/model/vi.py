@@ -25,6 +25,7 @@ from torch import nn
 
 from .._output import LossOutput
 from ..estimators import Estimator, reparam
+from ..families.flow import Flow
 from ..loss import check, loss
 from ..objectives import elbo
 from ..training import History, fit
@@ -130,5 +131,15 @@ class VI(nn.Module):
         Args:
             lr: Adam's learning rate (default `default_lr`).
             **options: ``betas``, ``eps``, ``backend`` of `vitorch.model.FusedStep`.
+
+        Raises:
+            ValueError: for a flow guide with ``stl`` or ``dreg`` (use `fit` for that pair).
         """
+        stops = getattr(self.estimator, "name", "") in ("stl", "dreg")
+        if stops and isinstance(self.guide(), Flow):
+            raise ValueError(
+                f"VI.fused_step: a flow guide with {self.estimator.name} does not compile (its density at "
+                "stopped parameters swaps the flow's parameters inside the traced gradient); train it "
+                "eagerly with VI.fit, or use the reparam estimator"
+            )
         return FusedStep(self, lr or self.default_lr, **options)
