@@ -195,3 +195,25 @@ def test_compiled_training_follows_the_eager_trajectory():
     losses = [torch.tensor([r["loss"] for r in h.steps]) for h in runs]
     assert len(losses[0]) == len(losses[1]) == 5  # four full batches and one of 10
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-6)
+
+
+def test_softplus_affine_inverts_and_its_log_derivative_is_the_jacobian_diagonal():
+    from vitorch.sbi.flows import SoftplusAffine, build_flow
+
+    m = SoftplusAffine()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    params = 3 * torch.randn(5, 3, 2, generator=gen, dtype=torch.float64)
+    y, ladj = m(x, params)
+    x_back, ladj_back = m.inverse(y, params)
+    torch.testing.assert_close(x_back, x)
+    torch.testing.assert_close(ladj_back, -ladj)
+    # Elementwise map: d y_ij / d x_ij is the whole Jacobian; compare its log with ladj.
+    (dy,) = torch.autograd.grad(m(x.requires_grad_(True), params)[0].sum(), x)
+    torch.testing.assert_close(dy.log(), ladj)
+    # The scale never falls below eps, however negative raw is.
+    _, floor = m(x[:1], torch.full((1, 3, 2), -200.0, dtype=torch.float64))
+    torch.testing.assert_close(floor, torch.full((1, 3), torch.tensor(1e-3).log().item(), dtype=torch.float64))
+    assert isinstance(build_flow("maf", 3, 2).transforms[0].transformer, SoftplusAffine)
+    with pytest.raises(ValueError, match="eps"):
+        SoftplusAffine(eps=0.0)
