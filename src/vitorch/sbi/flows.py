@@ -8,13 +8,14 @@ layer's index, so a rebuilt model loads a saved state), which plays the part of 
 permutation layers between transforms.  ``log q`` is one MADE pass per transform.
 
 The affine maps of ``"maf"`` take their scale from a softplus (`SoftplusAffine`, the
-choice of nflows and so of the ``sbi`` package) rather than the soft-clamped ``exp`` of
-`vitorch.flows.AffineMap`.  For NPE this trains markedly faster: the clamp's
-gradient falls as ``1 / (1 + |raw| / bound)^2``, so a layer that must shrink its scale
-well below 1 (a posterior wide for its ``x``) learns slowly, whereas ``log softplus`` is
-nearly linear there.  On sbibm's Bernoulli GLM the held-out ``log q`` after 5 epochs on
-100,000 simulations rose by about 0.12 nats per pair with the softplus, and by about
-0.08 after 100 epochs on 10,000.
+choice of nflows 0.14 and so of the ``sbi`` package) rather than the soft-clamped
+``exp`` of `vitorch.flows.AffineMap`.  For NPE the softplus trains markedly faster:
+on sbibm's Bernoulli GLM the held-out ``log q`` rose by about 0.12 nats per pair after
+5 epochs on 100,000 simulations and by about 0.08 after 100 epochs on 10,000.  The two
+differ in their gradients: the clamp keeps each layer's log-scale inside
+``(-bound, bound)`` and its derivative ``1 / (1 + |raw| / bound)^2`` is already 1/4 at
+half the bound, whereas ``log(softplus(raw) + eps)`` follows ``raw`` almost linearly
+for scales below 1 (down to ``log eps``) and grows like ``log raw`` above.
 
 A one-dimensional parameter has no autoregressive structure for the context to
 enter through, so for ``D = 1`` the flow is a conditional affine map of the base
