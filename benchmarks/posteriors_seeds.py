@@ -142,6 +142,12 @@ def summarize(lines: list[dict]) -> list[dict]:
     return out
 
 
+def _pm(mean: float, se: float | None) -> str:
+    """``mean ± se``, with a third decimal where the standard error is below 0.01."""
+    digits = 3 if se is not None and se < 0.01 else 2
+    return f"{mean:.{digits}f}" + ("" if se is None else f" ± {se:.{digits}f}")
+
+
 def _round(x):
     return None if x is None else round(x, 3)
 
@@ -154,8 +160,7 @@ def table(lines: list[dict]) -> str:
             return "—"
         if s["n"] == 0:
             return f"diverged ({s['diverged']} of {s['diverged']})"
-        (e, se), (r, rse) = s["err"], s["ratio"]
-        text = f"{e:.2f} ± {se or 0:.2f} / {r:.2f} ± {rse or 0:.2f}"
+        text = f"{_pm(*s['err'])} / {_pm(*s['ratio'])}"
         return text + (f" ({s['diverged']} diverged)" if s["diverged"] else "")
 
     head = "| model | guide | seeds | vitorch | Pyro | NumPyro | vs Pyro | vs NumPyro |"
