@@ -32,6 +32,8 @@ reference ``benchmarks/reference/<model>.json`` (written by ``reference/nuts.py`
 ``max_mean_err_sd`` is the largest |posterior mean error| in reference standard
 deviations, ``median_sd_ratio`` the median over scalars of guide sd / reference sd.
 A reference that does not qualify (R-hat >= 1.01 or ESS <= 400) is used but flagged.
+Each fit takes a ``seed`` (default 0: the draws, never the start); ``posteriors_seeds.py``
+repeats the fits over seeds and reports the mean and standard error of their accuracy.
 
 One JSON line per (model, guide, peer) in the harness's format
 (``ratio = peer_s / vitorch_s``, so > 1 means vitorch is faster per step).
