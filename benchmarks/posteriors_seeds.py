@@ -26,8 +26,8 @@ to the distance of the sd ratio from 1, ``|1 - median_sd_ratio|``.  A diverged f
 One JSON line per fit (``"bench": "posteriors_seeds"``, ``library``, ``seed``), then one
 comparison line per (model, guide, peer) in the harness's format, with timing fields
 null and the means, standard errors and verdicts as extra fields.
-``--summarize-from FILE`` prints the comparison lines of saved fit lines and
-``--table-from FILE`` their Markdown table.
+``--summarize-from FILE [FILE ...]`` prints the comparison lines of saved fit lines (of
+several runs together) and ``--table-from FILE [FILE ...]`` their Markdown table.
 
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \\
         python benchmarks/posteriors_seeds.py --threads 1 --seeds 5 [--models a,b] [--guides diag,full]
@@ -180,8 +180,12 @@ def table(lines: list[dict]) -> str:
     return "\n".join(out)
 
 
-def read_lines(path: str) -> list[dict]:
-    return [json.loads(x) for x in pathlib.Path(path).read_text().splitlines() if x.strip().startswith("{")]
+def read_lines(paths: list[str]) -> list[dict]:
+    """The JSON lines of several saved runs, in order."""
+    lines = []
+    for path in paths:
+        lines += [json.loads(x) for x in pathlib.Path(path).read_text().splitlines() if x.strip().startswith("{")]
+    return lines
 
 
 def main() -> None:
@@ -192,8 +196,10 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5, help="number of seeds: 0, 1, ..., seeds - 1")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--table-from", default=None, help="print the Markdown table of saved fit lines and exit")
-    p.add_argument("--summarize-from", default=None, help="print the comparison lines of saved fit lines and exit")
+    p.add_argument("--table-from", nargs="+", default=None, help="print the Markdown table of saved fit lines and exit")
+    p.add_argument(
+        "--summarize-from", nargs="+", default=None, help="print the comparison lines of saved fits and exit"
+    )
     p.set_defaults(threads=1)
     args = p.parse_args()
     if args.table_from:
