@@ -30,7 +30,7 @@ Matched settings (both sides):
 Differences that remain: sbi samples its flow on R^D and rejects samples outside a
 bounded prior's support (leakage); vitorch maps the flow onto the support through the
 prior's bijection, so it has no leakage.  Both affine maps take their scale from
-``softplus(raw) + 1e-3`` (nflows 0.14, `vitorch.sbi.flows.SoftplusAffine`), but the
+``softplus(raw) + 1e-3`` (nflows 0.14, `vitorch.flows.SoftplusAffine`), but the
 context enters each MADE differently: nflows adds ``tanh(Linear(context))`` to the first
 hidden layer's input, vitorch reads the context as extra inputs of that layer.
 

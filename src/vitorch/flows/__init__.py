@@ -37,7 +37,7 @@ from .made import MADE
 from .planar import Planar
 from .radial import Radial
 from .sylvester import HouseholderSylvester, OrthogonalSylvester
-from .univariate import AffineMap, RQSpline, UnivariateMap
+from .univariate import AffineMap, RQSpline, SoftplusAffine, UnivariateMap
 
 __all__ = [
     "Transform",
@@ -56,6 +56,7 @@ __all__ = [
     "SplineCoupling",
     "UnivariateMap",
     "AffineMap",
+    "SoftplusAffine",
     "RQSpline",
     "ElementwiseAffine",
     "Softplus",

@@ -133,10 +133,10 @@ class VI(nn.Module):
             **options: ``betas``, ``eps``, ``backend`` of `vitorch.model.FusedStep`.
 
         Raises:
-            ValueError: for a flow guide with ``stl`` or ``dreg`` (use `fit` for that pair).
+            ValueError: for a flow guide with an estimator that reads ``log q`` at stopped
+                parameters (``stl``, ``dreg``; use `fit` for that pair).
         """
-        stops = getattr(self.estimator, "name", "") in ("stl", "dreg")
-        if stops and isinstance(self.guide(), Flow):
+        if getattr(self.estimator, "stop_q", False) and isinstance(self.guide(), Flow):
             raise ValueError(
                 f"VI.fused_step: a flow guide with {self.estimator.name} does not compile (its density at "
                 "stopped parameters swaps the flow's parameters inside the traced gradient); train it "
